@@ -1,0 +1,144 @@
+"""Base configuration shared by every experiment.
+
+Experiment configs (`configs/synthetic_demo.py`, `configs/clotho.py`, ...)
+start from `get_base_config()` and change what they need. Any field can be
+overridden on the command line: `--config.optim.lr=3e-4`.
+"""
+
+import ml_collections
+
+
+def get_dataset_config() -> ml_collections.ConfigDict:
+  """Where the data lives and how examples are cut and batched."""
+  c = ml_collections.ConfigDict()
+  c.name = 'synthetic_aac'  # TFDS dataset name (registered by aac_jax.data).
+  c.builder_config = ''  # TFDS builder config name; '' = the builder default.
+  c.data_dir = '~/tensorflow_datasets'  # TFDS data_dir.
+  c.build_if_missing = True  # Build the dataset first if it is not there.
+  c.train_split = 'train'
+  c.validation_split = 'validation'
+  c.test_split = 'test'
+  c.sample_rate = 16000  # Must equal the builder's sample rate.
+  c.max_audio_seconds = 10.0  # Train crops / pads every clip to this length.
+  c.max_caption_tokens = 24  # Including EOS; longer captions are truncated.
+  c.vocab_min_count = 1  # Words seen fewer times in train become <unk>.
+  c.num_workers = 0  # Grain worker processes (0 = in the main process).
+  c.seed = 0
+  return c
+
+
+def get_frontend_config() -> ml_collections.ConfigDict:
+  """Log-mel front end and SpecAugment (computed on device)."""
+  c = ml_collections.ConfigDict()
+  c.n_fft = 512
+  c.win_length = 400  # 25 ms at 16 kHz.
+  c.hop_length = 160  # 10 ms at 16 kHz.
+  c.n_mels = 64
+  c.fmin = 0.0
+  c.fmax = 8000.0
+  c.log_floor = 1e-6  # log(max(power_mel, log_floor)).
+  c.spec_augment = True  # Training only.
+  c.freq_masks = 2
+  c.freq_mask_width = 8  # Maximum width in mel bins.
+  c.time_masks = 2
+  c.time_mask_ratio = 0.05  # Maximum width as a share of the real frames.
+  return c
+
+
+def get_model_config() -> ml_collections.ConfigDict:
+  """Conformer encoder + transformer decoder sizes."""
+  c = ml_collections.ConfigDict()
+  c.subsampling = 4  # Time reduction of the convolutional front (2 or 4 or 8).
+  c.encoder_dim = 256
+  c.encoder_layers = 6
+  c.encoder_heads = 4
+  c.encoder_ff_dim = 1024
+  c.conv_kernel_size = 15  # Depthwise kernel of the convolution module.
+  c.decoder_dim = 256
+  c.decoder_layers = 3
+  c.decoder_heads = 4
+  c.decoder_ff_dim = 1024
+  c.dropout = 0.1
+  c.attention_dropout = 0.1
+  c.max_decode_len = 32  # Positions of the decoder (>= max_caption_tokens + 1).
+  c.compute_dtype = 'float32'  # 'bfloat16' computes in bf16, parameters stay fp32.
+  return c
+
+
+def get_optim_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.lr = 5e-4  # Peak learning rate.
+  c.warmup_steps = 500
+  c.end_lr_ratio = 0.02  # Cosine decay ends at lr * end_lr_ratio.
+  c.weight_decay = 0.01
+  c.b1 = 0.9
+  c.b2 = 0.98
+  c.clip_norm = 1.0  # Global gradient norm clip (0 = off).
+  c.label_smoothing = 0.1
+  c.grad_accum_steps = 1  # Micro-batches per optimizer update.
+  return c
+
+
+def get_train_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.batch_size = 32  # Global batch (all devices, all processes).
+  c.num_steps = 20000
+  c.log_every = 50
+  c.eval_every = 2000
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3  # Most recent checkpoints kept (plus the best).
+  c.best_metric = 'cider_d'  # Validation metric selecting the best checkpoint.
+  c.init_from = ''  # Another run's workdir: start from its parameters.
+  c.num_sample_captions = 5  # Captions logged as text at each evaluation.
+  return c
+
+
+def get_eval_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.batch_size = 64  # Global eval batch.
+  c.max_examples = -1  # Evaluate on at most this many clips (-1 = all).
+  c.meteor = False  # Run METEOR (needs Java and pycocoevalcap's jar).
+  c.spice = False  # Run SPICE (needs Java and the CoreNLP 3.6.0 jars).
+  return c
+
+
+def get_decode_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = 'greedy'  # 'greedy', 'beam' or 'sample'.
+  c.max_len = 24  # Maximum tokens including EOS.
+  c.min_len = 1
+  c.beam_size = 3
+  c.length_penalty = 0.6  # alpha in ((5 + len) / 6) ** alpha.
+  c.no_repeat_ngram_size = 0  # 0 = off.
+  c.ban_repeated_content_words = False
+  c.temperature = 1.0
+  c.top_k = 0  # 0 = off.
+  c.top_p = 1.0  # 1.0 = off.
+  return c
+
+
+def get_scst_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.enabled = False
+  c.num_samples = 5  # K sampled captions per clip.
+  c.baseline = 'mean_others'  # 'greedy' or 'mean_others'.
+  c.normalize_advantage = False
+  c.reward = 'cider_d'  # 'cider_d', 'spider' or 'mix'.
+  c.reward_weights = ml_collections.ConfigDict({'cider_d': 1.0, 'spice': 0.0})
+  c.temperature = 1.0
+  return c
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """Returns the full default configuration."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.dataset = get_dataset_config()
+  config.frontend = get_frontend_config()
+  config.model = get_model_config()
+  config.optim = get_optim_config()
+  config.train = get_train_config()
+  config.eval = get_eval_config()
+  config.decode = get_decode_config()
+  config.scst = get_scst_config()
+  return config

@@ -1,0 +1,45 @@
+"""Installs aac_jax. TensorFlow is not a dependency."""
+
+import setuptools
+
+INSTALL_REQUIRES = [
+  'jax==0.10.2',
+  'jaxlib==0.10.2',
+  'flax==0.12.8',
+  'optax==0.2.8',
+  'orbax-checkpoint==0.12.8',
+  'tensorflow-datasets==4.9.10',
+  'grain==0.2.18',
+  'librosa==0.11.0',
+  'ml-collections==1.1.0',
+  'soundfile==0.14.0',
+  'absl-py==2.5.1',
+  'flatbuffers>=24.3.25',
+  'tensorboardX>=2.6',
+  'tqdm>=4.66',
+]
+
+EXTRAS_REQUIRE = {
+  # METEOR 1.5 and the PTB tokenizer jars ship inside pycocoevalcap's wheel.
+  'eval': ['pycocoevalcap==1.2'],
+  'test': ['pytest>=8', 'ruff==0.17.6', 'pycocoevalcap==1.2'],
+}
+
+setuptools.setup(
+  name='aac_jax',
+  version='0.1.0',
+  description='Automated audio captioning in JAX/Flax: conformer encoder, '
+  'transformer decoder, data-parallel training and SCST.',
+  packages=setuptools.find_packages(include=['aac_jax', 'aac_jax.*']),
+  python_requires='>=3.10',
+  install_requires=INSTALL_REQUIRES,
+  extras_require=EXTRAS_REQUIRE,
+  entry_points={
+    'console_scripts': [
+      'aac-train=aac_jax.main:run',
+      'aac-caption=aac_jax.caption_cli:run',
+      'aac-evaluate=aac_jax.metrics.evaluate_cli:run',
+      'aac-build-dataset=aac_jax.data.build_cli:run',
+    ],
+  },
+)
