@@ -1,0 +1,78 @@
+"""The demo: a small conformer captioner on the built-in synthetic benchmark.
+
+  python -m aac_jax.main --config configs/synthetic_demo.py --workdir workdirs/demo
+
+Variants (after ':'):
+  runlocal   shrinks data, model and steps to a smoke run of well under a
+             minute (used by the end-to-end test).
+  data=NAME  synthetic builder config: default (5000/500/500), small, tiny.
+"""
+
+import ml_collections
+
+from configs import base
+from configs.config_args import parse_config_arg
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = parse_config_arg(arg, {'runlocal': False, 'data': 'default'})
+  config = base.get_base_config()
+
+  config.dataset.name = 'synthetic_aac'
+  config.dataset.builder_config = args['data']
+  config.dataset.data_dir = 'workdirs/tensorflow_datasets'
+  config.dataset.max_audio_seconds = 10.0
+  config.dataset.max_caption_tokens = 24
+
+  config.frontend.spec_augment = True
+
+  # Sized to learn the synthetic grammar on 2 CPU cores in about 10 minutes.
+  config.model.subsampling = 8
+  config.model.encoder_dim = 128
+  config.model.encoder_layers = 3
+  config.model.encoder_heads = 4
+  config.model.encoder_ff_dim = 512
+  config.model.conv_kernel_size = 15
+  config.model.decoder_dim = 128
+  config.model.decoder_layers = 2
+  config.model.decoder_heads = 4
+  config.model.decoder_ff_dim = 512
+  config.model.dropout = 0.1
+  config.model.attention_dropout = 0.0
+
+  config.optim.lr = 2e-3
+  config.optim.warmup_steps = 200
+  config.optim.label_smoothing = 0.1
+
+  config.train.batch_size = 32
+  config.train.num_steps = 2000
+  config.train.log_every = 50
+  config.train.eval_every = 1000
+  config.train.checkpoint_every = 500
+
+  config.eval.batch_size = 64
+
+  if args['runlocal']:
+    _shrink_for_local_run(config)
+  return config
+
+
+def _shrink_for_local_run(config: ml_collections.ConfigDict) -> None:
+  """A smoke-test size: tiny data, tiny model, a handful of steps."""
+  config.dataset.builder_config = 'tiny'
+  config.dataset.max_audio_seconds = 4.0
+  config.model.encoder_dim = 32
+  config.model.encoder_layers = 1
+  config.model.encoder_heads = 2
+  config.model.encoder_ff_dim = 64
+  config.model.decoder_dim = 32
+  config.model.decoder_layers = 1
+  config.model.decoder_heads = 2
+  config.model.decoder_ff_dim = 64
+  config.train.batch_size = 8
+  config.train.num_steps = 6
+  config.train.log_every = 2
+  config.train.eval_every = 6
+  config.train.checkpoint_every = 3
+  config.eval.batch_size = 16
+  config.eval.max_examples = 16
