@@ -15,7 +15,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = parse_config_arg(arg, {'model': 'base', 'runlocal': False})
   variant = f'model={args["model"]}' + (',runlocal' if args['runlocal'] else '')
   config = clotho.get_config(variant)
-  config.dataset.name = 'audiocaps'
+  config.dataset.name = 'audiocaps_aac'
   config.dataset.train_split = 'train'
   config.dataset.validation_split = 'val'
   config.dataset.test_split = 'test'

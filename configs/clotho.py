@@ -23,7 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if args['model'] not in MODEL_SIZES:
     raise ValueError(f'model={args["model"]!r}: choose one of {sorted(MODEL_SIZES)}')
   config = base.get_base_config()
-  config.dataset.name = 'clotho'
+  config.dataset.name = 'clotho_aac'
   config.dataset.train_split = 'development'
   config.dataset.validation_split = 'validation'
   config.dataset.test_split = 'evaluation'
