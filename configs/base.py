@@ -20,6 +20,7 @@ def get_dataset_config() -> ml_collections.ConfigDict:
   c.test_split = 'test'
   c.sample_rate = 16000  # Must equal the builder's sample rate.
   c.max_audio_seconds = 10.0  # Train crops / pads every clip to this length.
+  c.max_eval_audio_seconds = -1.0  # Eval crops clips to this (<= 0: same as max_audio_seconds).
   c.max_caption_tokens = 24  # Including EOS; longer captions are truncated.
   c.vocab_min_count = 1  # Words seen fewer times in train become <unk>.
   c.num_workers = 0  # Grain worker processes (0 = in the main process).
@@ -88,6 +89,9 @@ def get_train_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3  # Most recent checkpoints kept (plus the best).
   c.best_metric = 'cider_d'  # Validation metric selecting the best checkpoint.
+  c.best_mode = 'max'  # 'max' or 'min': which way `best_metric` is better.
+  c.async_checkpointing = True  # Write checkpoints in a background thread.
+  c.stop_at_step = -1  # Save and stop after this step (-1 = num_steps); for time-boxed jobs.
   c.init_from = ''  # Another run's workdir: start from its parameters.
   c.num_sample_captions = 5  # Captions logged as text at each evaluation.
   return c
@@ -97,6 +101,7 @@ def get_eval_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.batch_size = 64  # Global eval batch.
   c.max_examples = -1  # Evaluate on at most this many clips (-1 = all).
+  c.test_at_end = True  # After the last step, evaluate the best checkpoint on the test split.
   c.meteor = False  # Run METEOR (needs Java and pycocoevalcap's jar).
   c.spice = False  # Run SPICE (needs Java and the CoreNLP 3.6.0 jars).
   return c
