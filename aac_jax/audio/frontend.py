@@ -1,0 +1,205 @@
+"""Log-mel features and SpecAugment, computed on the device in pure JAX.
+
+The log-mel matches `librosa.feature.melspectrogram` (power 2, `center=True`,
+librosa 0.11's default zero `pad_mode='constant'`, periodic Hann window of
+`win_length` centred in `n_fft`, Slaney mel filters from
+`librosa.filters.mel`), followed by `log(max(mel, log_floor))`.
+
+Padding convention: `paddings` is 1.0 on padded samples. Frame `t` is real
+iff its centre sample `t * hop_length` is a real sample; padded samples are
+zeroed first, so appending padding never changes the features of real
+frames (librosa's own zero centre padding treats the end of a clip the same
+way).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import librosa
+import ml_collections
+import numpy as np
+
+DEFAULT_SAMPLE_RATE = 16000
+
+
+@functools.lru_cache(maxsize=16)
+def mel_matrix(
+  sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None
+) -> np.ndarray:
+  """Returns the `[n_fft // 2 + 1, n_mels]` float32 Slaney mel filter bank."""
+  filters = librosa.filters.mel(
+    sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, dtype=np.float32
+  )
+  filters = filters.T.copy()
+  filters.setflags(write=False)
+  return filters
+
+
+@functools.lru_cache(maxsize=16)
+def fft_window(n_fft: int, win_length: int) -> np.ndarray:
+  """Returns the periodic Hann window of `win_length`, zero-padded to `[n_fft]`."""
+  if win_length > n_fft:
+    raise ValueError(f'win_length {win_length} exceeds n_fft {n_fft}')
+  n = np.arange(win_length, dtype=np.float64)
+  window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / win_length)
+  left = (n_fft - win_length) // 2
+  window = np.pad(window, (left, n_fft - win_length - left)).astype(np.float32)
+  window.setflags(write=False)
+  return window
+
+
+def num_frames(num_samples: int, hop_length: int) -> int:
+  """Frames of a centred STFT over `num_samples` samples."""
+  return 1 + num_samples // hop_length
+
+
+def frame_signal(waveform: jax.Array, n_fft: int, hop_length: int) -> jax.Array:
+  """Cuts centred, overlapping frames with zero padding at both ends.
+
+  Slicing whole hops instead of gathering sample indices keeps this cheap on
+  accelerators.
+
+  Args:
+    waveform: `[batch, samples]`.
+    n_fft: frame length.
+    hop_length: frame step.
+
+  Returns:
+    `[batch, frames, n_fft]` with `frames = 1 + samples // hop_length`.
+  """
+  batch, samples = waveform.shape
+  frames = num_frames(samples, hop_length)
+  hops_per_frame = -(-n_fft // hop_length)
+  total = (frames - 1 + hops_per_frame) * hop_length
+  left = n_fft // 2
+  padded = jnp.pad(waveform, ((0, 0), (left, total - left - samples)))
+  hops = padded.reshape(batch, frames - 1 + hops_per_frame, hop_length)
+  pieces = [hops[:, i : i + frames] for i in range(hops_per_frame)]
+  return jnp.concatenate(pieces, axis=-1)[..., :n_fft]
+
+
+def frame_paddings_from(paddings: jax.Array, hop_length: int) -> jax.Array:
+  """Frame paddings: frame `t` is padding iff sample `t * hop` is (or is past the end).
+
+  Args:
+    paddings: `[batch, samples]`, 1.0 = padding.
+    hop_length: frame step.
+
+  Returns:
+    `[batch, 1 + samples // hop_length]` float32.
+  """
+  frames = num_frames(paddings.shape[1], hop_length)
+  extended = jnp.pad(paddings.astype(jnp.float32), ((0, 0), (0, hop_length)), constant_values=1.0)
+  return extended[:, : frames * hop_length : hop_length]
+
+
+def power_mel(
+  waveform: jax.Array, paddings: jax.Array, cfg: ml_collections.ConfigDict, sample_rate: int
+) -> tuple[jax.Array, jax.Array]:
+  """Power mel spectrogram of padded waveforms.
+
+  Args:
+    waveform: `[batch, samples]` float.
+    paddings: `[batch, samples]`, 1.0 = padding.
+    cfg: `config.frontend`.
+    sample_rate: Hz of `waveform`.
+
+  Returns:
+    `(mel, frame_paddings)`: float32 `[batch, frames, n_mels]` and
+    `[batch, frames]`.
+  """
+  waveform = waveform.astype(jnp.float32) * (1.0 - paddings.astype(jnp.float32))
+  frames = frame_signal(waveform, cfg.n_fft, cfg.hop_length)
+  spectrum = jnp.fft.rfft(frames * fft_window(cfg.n_fft, cfg.win_length), axis=-1)
+  power = jnp.real(spectrum) ** 2 + jnp.imag(spectrum) ** 2
+  filters = mel_matrix(sample_rate, cfg.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
+  mel = jnp.einsum('btf,fm->btm', power, filters, precision=jax.lax.Precision.HIGHEST)
+  return mel, frame_paddings_from(paddings, cfg.hop_length)
+
+
+def log_mel(
+  waveform: jax.Array,
+  paddings: jax.Array,
+  cfg: ml_collections.ConfigDict,
+  sample_rate: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+  """Log-mel features of padded waveforms.
+
+  Args:
+    waveform: `[batch, samples]` float in [-1, 1].
+    paddings: `[batch, samples]`, 1.0 = padding.
+    cfg: `config.frontend` (`n_fft`, `win_length`, `hop_length`, `n_mels`,
+      `fmin`, `fmax`, `log_floor`).
+    sample_rate: Hz of `waveform`; default `cfg.sample_rate` where the config
+      has one, else 16000.
+
+  Returns:
+    `(features, frame_paddings)`: float32 `[batch, frames, n_mels]` with
+    `frames = 1 + samples // hop_length`, and `[batch, frames]`.
+  """
+  if sample_rate is None:
+    sample_rate = cfg.get('sample_rate', DEFAULT_SAMPLE_RATE)
+  mel, frame_paddings = power_mel(waveform, paddings, cfg, int(sample_rate))
+  return jnp.log(jnp.maximum(mel, cfg.log_floor)), frame_paddings
+
+
+def _band_mask(rng: jax.Array, size: jax.Array, max_width: jax.Array, num: int, axis_len: int):
+  """Union of `num` random bands per example, each inside `[0, size)`.
+
+  Args:
+    rng: PRNG key.
+    size: `[batch]` int, the allowed extent (bands never pass it).
+    max_width: `[batch]` int, the widest band (inclusive).
+    num: bands per example.
+    axis_len: length of the masked axis.
+
+  Returns:
+    `[batch, axis_len]` bool, True inside a band.
+  """
+  width_rng, start_rng = jax.random.split(rng)
+  shape = (size.shape[0], num)
+  max_width = jnp.minimum(max_width, size)[:, None]
+  widths = jax.random.randint(width_rng, shape, 0, max_width + 1)
+  starts = jax.random.randint(start_rng, shape, 0, size[:, None] - widths + 1)
+  positions = jnp.arange(axis_len)[None, None, :]
+  inside = (positions >= starts[..., None]) & (positions < (starts + widths)[..., None])
+  return jnp.any(inside, axis=1)
+
+
+def spec_augment(
+  rng: jax.Array, features: jax.Array, frame_paddings: jax.Array, cfg: ml_collections.ConfigDict
+) -> jax.Array:
+  """SpecAugment frequency and time masks (training only; jittable).
+
+  Masked values are set to the mean of the example's real features, a
+  neutral level for log-mel (0 would be a loud power of 1). Padded frames
+  are never touched; time masks are at most `time_mask_ratio` of each
+  example's real length wide and lie inside it.
+
+  Args:
+    rng: PRNG key; the same key gives the same masks.
+    features: `[batch, frames, mels]`.
+    frame_paddings: `[batch, frames]`, 1.0 = padding.
+    cfg: `config.frontend` (`spec_augment`, `freq_masks`,
+      `freq_mask_width`, `time_masks`, `time_mask_ratio`).
+
+  Returns:
+    `[batch, frames, mels]` masked features (unchanged if disabled).
+  """
+  if not cfg.spec_augment:
+    return features
+  batch, frames, mels = features.shape
+  real = 1.0 - frame_paddings.astype(features.dtype)
+  lengths = jnp.sum(real, axis=1).astype(jnp.int32)
+  freq_rng, time_rng = jax.random.split(rng)
+  all_bins = jnp.full((batch,), mels, jnp.int32)
+  freq = _band_mask(
+    freq_rng, all_bins, jnp.full((batch,), cfg.freq_mask_width), cfg.freq_masks, mels
+  )
+  max_time = jnp.floor(cfg.time_mask_ratio * lengths).astype(jnp.int32)
+  time = _band_mask(time_rng, lengths, max_time, cfg.time_masks, frames)
+  masked = (freq[:, None, :] | time[:, :, None]) & (real[:, :, None] > 0)
+  real_sum = jnp.sum(features * real[:, :, None], axis=(1, 2))
+  fill = real_sum / jnp.maximum(lengths * mels, 1).astype(features.dtype)
+  return jnp.where(masked, fill[:, None, None].astype(features.dtype), features)

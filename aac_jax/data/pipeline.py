@@ -1,0 +1,280 @@
+"""Grain input pipelines: infinite shuffled training batches, exact eval passes.
+
+Both read a TFDS split with `tfds.data_source` (no TensorFlow) and emit numpy
+batches in the layout of docs/CONTRACTS.md, per process: with P processes,
+each one reads its own shard and yields `global_batch_size / P` examples, and
+the trainer assembles the global batch with
+`jax.make_array_from_process_local_data`.
+
+Train: shuffle, repeat forever, random crop (or zero pad) of each clip to
+`max_audio_seconds`, one reference caption drawn at random per clip per pass.
+The returned iterator is a Grain `DatasetIterator`: its state goes into an
+orbax checkpoint with `grain.checkpoint.CheckpointSave(iterator)` and comes
+back with `CheckpointRestore(iterator)`, giving the identical next batch.
+
+Eval: every clip exactly once, in source order, cropped from its start to
+the eval maximum; the last batches are filled with filler examples
+(`example_mask` 0, `index` -1) so every process gets the same number of
+full-size batches. References stay on the host, in an `EvalSplit`.
+"""
+
+import dataclasses
+import math
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from absl import flags
+
+from aac_jax.data import sources
+from aac_jax.data.sources import EvalSplit
+from aac_jax.data.tokenizer import Tokenizer
+
+__all__ = [
+  'EvalSplit',
+  'eval_batch_indices',
+  'fit_audio',
+  'make_eval_batches',
+  'make_train_dataset',
+  'make_train_iterator',
+  'per_process_batch_size',
+]
+
+# Threads assembling whole batches in the main process (no workers) or in
+# each worker process; each thread holds one batch in flight.
+_READ_THREADS = 4
+_WORKER_READ_THREADS = 2
+
+
+def per_process_batch_size(global_batch_size: int, process_count: int) -> int:
+  """Returns `global_batch_size / process_count`, which must be whole."""
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ValueError(
+      f'global batch size {global_batch_size} is not a positive multiple of the '
+      f'{process_count} processes'
+    )
+  return global_batch_size // process_count
+
+
+def _process_index_and_count(process_index: int | None, process_count: int | None):
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  if not 0 <= index < count:
+    raise ValueError(f'process index {index} is not in [0, {count})')
+  return index, count
+
+
+def fit_audio(audio: np.ndarray, num_samples: int, start: int = 0):
+  """Cuts `num_samples` from `start` or zero-pads to that length.
+
+  Args:
+    audio: `[n]` int16 waveform.
+    num_samples: output length.
+    start: first sample kept (only used when `n > num_samples`).
+
+  Returns:
+    `(waveform, paddings)`, both float32 `[num_samples]`: the samples scaled
+    by 1/32768 (zeros after the clip), and 1.0 where a sample is padding.
+  """
+  clip = np.asarray(audio)[start : start + num_samples]
+  waveform = np.zeros((num_samples,), np.float32)
+  waveform[: len(clip)] = clip.astype(np.float32) / 32768.0
+  paddings = np.ones((num_samples,), np.float32)
+  paddings[: len(clip)] = 0.0
+  return waveform, paddings
+
+
+def _seconds_to_samples(seconds: float, sample_rate: int) -> int:
+  return int(round(seconds * sample_rate))
+
+
+def _eval_max_samples(cfg: ml_collections.ConfigDict) -> int:
+  # `max_eval_audio_seconds` is optional; unset or <= 0 means the train length.
+  seconds = cfg.get('max_eval_audio_seconds', None)
+  if not seconds or seconds <= 0:
+    seconds = cfg.max_audio_seconds
+  return _seconds_to_samples(seconds, cfg.sample_rate)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainExample(grain.transforms.RandomMap):
+  """Record -> one training example (random crop, random reference)."""
+
+  tokenizer: Tokenizer
+  max_samples: int
+  max_tokens: int
+
+  def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    captions = record['captions']
+    if len(captions) == 0:
+      raise ValueError(f'training clip {record["id"]!r} has no caption')
+    caption = captions[int(rng.integers(len(captions)))]
+    audio = record['audio']
+    start = int(rng.integers(max(len(audio) - self.max_samples, 0) + 1))
+    waveform, paddings = fit_audio(audio, self.max_samples, start)
+    caption = caption.decode('utf-8') if isinstance(caption, bytes) else caption
+    return {
+      'audio': waveform,
+      'audio_paddings': paddings,
+      'targets': self.tokenizer.encode_targets(caption, self.max_tokens),
+    }
+
+
+def _ensure_flags_parsed() -> None:
+  # Grain worker processes read absl flags; a library caller (a test, a
+  # notebook) may never have parsed them.
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def _finish(dataset: grain.MapDataset, batch_size: int, num_workers: int) -> grain.IterDataset:
+  """Batches, reads batches with threads, and moves the work to worker processes.
+
+  Batching the random-access dataset (not the iterator) makes batch `k`
+  the examples `k * b .. k * b + b - 1` whatever the number of workers:
+  workers take whole batches in turn, so the output is the same with 0 or N
+  workers and nothing is dropped or regrouped in eval.
+  """
+  threads = _WORKER_READ_THREADS if num_workers > 0 else _READ_THREADS
+  read_options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads)
+  iter_dataset = dataset.batch(batch_size, drop_remainder=True).to_iter_dataset(read_options)
+  if num_workers > 0:
+    _ensure_flags_parsed()
+    iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter_dataset
+
+
+def make_train_dataset(
+  cfg: ml_collections.ConfigDict,
+  tokenizer: Tokenizer,
+  global_batch_size: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> grain.IterDataset:
+  """Builds this process's infinite training dataset.
+
+  Args:
+    cfg: `config.dataset` (`train_split`, `max_audio_seconds`,
+      `max_caption_tokens`, `sample_rate`, `num_workers`, `seed`, ...).
+    tokenizer: the caption tokenizer.
+    global_batch_size: examples per step over all processes.
+    process_index: this process (default `jax.process_index()`).
+    process_count: number of processes (default `jax.process_count()`).
+
+  Returns:
+    An `IterDataset` of dicts: `audio` and `audio_paddings` float32
+    `[b, max_samples]`, `targets` int32 `[b, max_caption_tokens]`, with
+    `b = global_batch_size / process_count`.
+  """
+  index, count = _process_index_and_count(process_index, process_count)
+  batch_size = per_process_batch_size(global_batch_size, count)
+  source = sources.open_source(cfg, cfg.train_split)
+  if len(source) < count:
+    raise ValueError(f'{len(source)} training clips cannot feed {count} processes')
+  # Shards differ in content, and the seed too, so crops are not correlated.
+  seed = int(np.random.SeedSequence([int(cfg.seed), index]).generate_state(1)[0])
+  transform = _TrainExample(
+    tokenizer=tokenizer,
+    max_samples=_seconds_to_samples(cfg.max_audio_seconds, cfg.sample_rate),
+    max_tokens=int(cfg.max_caption_tokens),
+  )
+  dataset = grain.MapDataset.source(source)[index::count].seed(seed).shuffle().repeat()
+  return _finish(dataset.random_map(transform), batch_size, int(cfg.num_workers))
+
+
+def make_train_iterator(
+  cfg: ml_collections.ConfigDict,
+  tokenizer: Tokenizer,
+  global_batch_size: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> grain.DatasetIterator:
+  """Returns a checkpointable iterator over `make_train_dataset` batches."""
+  dataset = make_train_dataset(cfg, tokenizer, global_batch_size, process_index, process_count)
+  return iter(dataset)
+
+
+def eval_batch_indices(
+  num_examples: int, global_batch_size: int, process_index: int, process_count: int
+) -> np.ndarray:
+  """Assigns clips to one process's eval batches.
+
+  Global batch `k` holds clips `k * B .. k * B + B - 1` (B the global batch
+  size); process `p` takes its `p`-th slice of `B / P`, so the batches of all
+  processes, put side by side in process order, are the clips in order.
+
+  Args:
+    num_examples: clips in the split (N).
+    global_batch_size: B.
+    process_index: p.
+    process_count: P.
+
+  Returns:
+    `[ceil(N / B), B / P]` int64 clip indices, -1 for fillers.
+  """
+  batch_size = per_process_batch_size(global_batch_size, process_count)
+  num_batches = math.ceil(num_examples / global_batch_size)
+  positions = np.arange(num_batches * global_batch_size).reshape(
+    num_batches, process_count, batch_size
+  )[:, process_index]
+  return np.where(positions < num_examples, positions, -1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalExample(grain.transforms.Map):
+  """Clip index -> eval example (a filler for index -1)."""
+
+  source: Any
+  max_samples: int
+
+  def map(self, index: int) -> dict[str, np.ndarray]:
+    index = int(index)
+    if index < 0:
+      waveform = np.zeros((self.max_samples,), np.float32)
+      paddings = np.ones((self.max_samples,), np.float32)
+    else:
+      waveform, paddings = fit_audio(self.source[index]['audio'], self.max_samples)
+    return {
+      'audio': waveform,
+      'audio_paddings': paddings,
+      'example_mask': np.float32(index >= 0),
+      'index': np.int32(index),
+    }
+
+
+def make_eval_batches(
+  cfg: ml_collections.ConfigDict,
+  split: str,
+  global_batch_size: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  max_examples: int = -1,
+) -> tuple[EvalSplit, grain.IterDataset]:
+  """Builds one process's pass over an eval split.
+
+  Args:
+    cfg: `config.dataset`; clips longer than `max_eval_audio_seconds` (if set
+      and > 0, else `max_audio_seconds`) are cropped from their start.
+    split: TFDS split name.
+    global_batch_size: examples per step over all processes.
+    process_index: this process (default `jax.process_index()`).
+    process_count: number of processes (default `jax.process_count()`).
+    max_examples: evaluate the first this many clips only (-1 = all).
+
+  Returns:
+    `(eval_split, batches)`: the ids and references of the evaluated clips,
+    and a re-iterable dataset of dicts: `audio`, `audio_paddings` float32
+    `[b, max_samples]`, `example_mask` float32 `[b]`, `index` int32 `[b]`
+    (position in `eval_split`, -1 for fillers). Every process gets
+    `ceil(N / global_batch_size)` batches of `b = global_batch_size / P`.
+  """
+  index, count = _process_index_and_count(process_index, process_count)
+  source = sources.open_source(cfg, split)
+  eval_split = sources.read_eval_split(source, split, max_examples)
+  indices = eval_batch_indices(len(eval_split), global_batch_size, index, count)
+  transform = _EvalExample(source=source, max_samples=_eval_max_samples(cfg))
+  dataset = grain.MapDataset.source(indices.reshape(-1).tolist()).map(transform)
+  batch_size = indices.shape[1]
+  return eval_split, _finish(dataset, batch_size, int(cfg.num_workers))

@@ -1,0 +1,179 @@
+"""Word-level caption tokenizer with the special ids of docs/CONTRACTS.md.
+
+The vocabulary is built from the training captions after DCASE normalisation
+(`aac_jax.data.text.normalize_caption`), keeping words seen at least
+`min_count` times. It is saved as plain text, one token per line, the line
+index being the id, so a run can always be decoded with the file beside it.
+"""
+
+import collections
+import os
+import pathlib
+from collections.abc import Iterable, Sequence
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from aac_jax.data import sources, text
+
+PAD_ID = 0
+BOS_ID = 1
+EOS_ID = 2
+UNK_ID = 3
+SPECIAL_TOKENS = ('<pad>', '<bos>', '<eos>', '<unk>')
+VOCAB_FILENAME = 'vocab.txt'
+
+
+class Tokenizer:
+  """Maps normalised caption words to ids and back."""
+
+  def __init__(self, tokens: Sequence[str]):
+    """Wraps a full token list (specials first, then words; index = id).
+
+    Args:
+      tokens: `SPECIAL_TOKENS` followed by distinct words.
+
+    Raises:
+      ValueError: where the specials are missing or a token repeats.
+    """
+    tokens = list(tokens)
+    if tuple(tokens[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+      raise ValueError(f'vocabulary must start with {SPECIAL_TOKENS}, got {tokens[:4]}')
+    if len(set(tokens)) != len(tokens):
+      raise ValueError('vocabulary has repeated tokens')
+    self._tokens = tokens
+    self._ids = {token: i for i, token in enumerate(tokens)}
+
+  @classmethod
+  def build(cls, captions: Iterable[str], min_count: int = 1) -> 'Tokenizer':
+    """Builds the vocabulary of `captions`.
+
+    Args:
+      captions: raw caption strings (normalised here).
+      min_count: words seen fewer times become `<unk>` when encoding.
+
+    Returns:
+      A tokenizer whose words are ordered by decreasing count, ties broken
+      alphabetically, so the same captions always give the same ids.
+    """
+    counts = collections.Counter()
+    for caption in captions:
+      counts.update(text.caption_words(caption))
+    words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+    return cls(SPECIAL_TOKENS + tuple(words))
+
+  @classmethod
+  def load(cls, path: str | os.PathLike) -> 'Tokenizer':
+    """Reads a vocabulary file written by `save`."""
+    lines = pathlib.Path(path).read_text(encoding='utf-8').split('\n')
+    if lines and lines[-1] == '':
+      lines.pop()
+    return cls(lines)
+
+  def save(self, path: str | os.PathLike) -> None:
+    """Writes the vocabulary, one token per line, atomically.
+
+    Several processes may save the same vocabulary at once: each writes a
+    private temporary file and renames it, so readers never see half a file.
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    tmp.write_text(''.join(token + '\n' for token in self._tokens), encoding='utf-8')
+    os.replace(tmp, path)
+
+  @property
+  def vocab_size(self) -> int:
+    """Number of ids, specials included."""
+    return len(self._tokens)
+
+  @property
+  def tokens(self) -> list[str]:
+    """All tokens; index = id."""
+    return list(self._tokens)
+
+  def encode(self, caption: str) -> list[int]:
+    """Normalises `caption` and maps its words to ids (no BOS/EOS)."""
+    return [self._ids.get(word, UNK_ID) for word in text.caption_words(caption)]
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Maps ids back to words; stops at EOS, skips PAD and BOS."""
+    words = []
+    for i in ids:
+      i = int(i)
+      if i == EOS_ID:
+        break
+      if i in (PAD_ID, BOS_ID):
+        continue
+      words.append(self._tokens[i])
+    return ' '.join(words)
+
+  def encode_targets(self, caption: str, max_tokens: int) -> np.ndarray:
+    """Tokenizes a caption into fixed-length training targets.
+
+    Args:
+      caption: raw caption text.
+      max_tokens: output length, EOS included.
+
+    Returns:
+      `[max_tokens]` int32: `[w1 .. wn, EOS, PAD ...]`; a caption longer than
+      `max_tokens - 1` words is truncated and still ends with EOS.
+    """
+    ids = self.encode(caption)[: max_tokens - 1] + [EOS_ID]
+    targets = np.full((max_tokens,), PAD_ID, dtype=np.int32)
+    targets[: len(ids)] = ids
+    return targets
+
+
+def shift_right(targets):
+  """Makes decoder inputs: BOS in front, the last position dropped.
+
+  Args:
+    targets: `[..., length]` int token ids.
+
+  Returns:
+    `[..., length]` int32 jax array `[BOS, t_0, ..., t_{length-2}]`.
+  """
+  targets = jnp.asarray(targets, dtype=jnp.int32)
+  widths = [(0, 0)] * (targets.ndim - 1) + [(1, 0)]
+  return jnp.pad(targets[..., :-1], widths, constant_values=BOS_ID)
+
+
+def _vocab_cache_path(source, split: str, min_count: int) -> pathlib.Path:
+  return pathlib.Path(sources.source_dir(source)) / f'vocab_{split}_min{min_count}.txt'
+
+
+def get_tokenizer(cfg: ml_collections.ConfigDict, workdir: str | None = None) -> Tokenizer:
+  """Returns the run's tokenizer, building the vocabulary once per dataset.
+
+  Look-up order: `workdir/vocab.txt` (a resumed run keeps its ids), then the
+  copy saved beside the dataset's files, then a fresh build from
+  `cfg.train_split` with `cfg.vocab_min_count`. The result is saved beside
+  the data (best effort: the data folder may be read-only) and in `workdir`.
+
+  Args:
+    cfg: `config.dataset`.
+    workdir: the run's folder, or None.
+
+  Returns:
+    The tokenizer.
+  """
+  run_path = pathlib.Path(workdir) / VOCAB_FILENAME if workdir else None
+  if run_path is not None and run_path.exists():
+    return Tokenizer.load(run_path)
+  source = sources.open_source(cfg, cfg.train_split)
+  data_path = _vocab_cache_path(source, cfg.train_split, cfg.vocab_min_count)
+  if data_path.exists():
+    tokenizer = Tokenizer.load(data_path)
+  else:
+    captions = [c for _, caps in sources.scan_ids_and_captions(source) for c in caps]
+    tokenizer = Tokenizer.build(captions, cfg.vocab_min_count)
+    try:
+      tokenizer.save(data_path)
+    except OSError as e:
+      logging.warning('Could not save the vocabulary beside the data (%s): %s', data_path, e)
+  if run_path is not None:
+    tokenizer.save(run_path)
+  return tokenizer
