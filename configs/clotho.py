@@ -24,6 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     raise ValueError(f'model={args["model"]!r}: choose one of {sorted(MODEL_SIZES)}')
   config = base.get_base_config()
   config.dataset.name = 'clotho_aac'
+  config.dataset.build_if_missing = False  # Built from the user's files: tools/build_dataset.py.
   config.dataset.train_split = 'development'
   config.dataset.validation_split = 'validation'
   config.dataset.test_split = 'evaluation'

@@ -12,6 +12,8 @@ import grain
 import ml_collections
 import tensorflow_datasets as tfds
 
+from aac_jax.data import registry
+
 # Threads reading records when a whole split is scanned (captions, ids).
 _SCAN_THREADS = 8
 
@@ -35,12 +37,12 @@ def open_source(cfg: ml_collections.ConfigDict, split: str):
 
   Raises:
     ValueError: the builder's sample rate differs from `cfg.sample_rate`.
+    registry.DatasetNotBuiltError: the dataset is not built and cannot be
+      built here.
   """
+  registry.ensure_built(cfg)
   source = tfds.data_source(
-    dataset_name(cfg),
-    split=split,
-    data_dir=os.path.expanduser(cfg.data_dir),
-    download=bool(cfg.get('build_if_missing', False)),
+    dataset_name(cfg), split=split, data_dir=os.path.expanduser(cfg.data_dir), download=False
   )
   stored_rate = (source.dataset_info.metadata or {}).get('sample_rate')
   if stored_rate is not None and int(stored_rate) != int(cfg.sample_rate):
