@@ -38,8 +38,10 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from aac_jax.data import audio_io
+from aac_jax.data import audio_io, tfds_compat
 from aac_jax.data.text import normalize_caption
+
+tfds_compat.install()
 
 DUPLICATE_ROW = 'duplicate_row'
 BAD_ROW = 'bad_row'
