@@ -20,9 +20,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
-if ! python -c 'import aac_jax, jax, flax, grain' >/dev/null 2>&1; then
+# Reinstall whenever setup.py changed since the last install into this venv.
+STAMP="$VENV/.aac_jax_setup.sha256"
+if ! sha256sum --status -c "$STAMP" 2>/dev/null; then
   echo "[demo] installing aac_jax and its pinned dependencies (about 1 minute)"
   python -m pip install -q --upgrade pip >/dev/null
   python -m pip install -q -e .
+  sha256sum setup.py > "$STAMP"
 fi
 exec python -m aac_jax.demo --workdir "$WORKDIR" "$@"
