@@ -50,6 +50,7 @@ def get_model_config() -> ml_collections.ConfigDict:
   """Conformer encoder + transformer decoder sizes."""
   c = ml_collections.ConfigDict()
   c.subsampling = 4  # Time reduction of the convolutional front (2 or 4 or 8).
+  c.subsampling_channels = 0  # Channels of the subsampling conv2d layers (0 = encoder_dim).
   c.encoder_dim = 256
   c.encoder_layers = 6
   c.encoder_heads = 4
