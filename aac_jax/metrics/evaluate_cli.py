@@ -1,0 +1,198 @@
+"""`aac-evaluate`: scores predicted captions against references.
+
+  aac-evaluate --predictions preds.csv --references clotho_captions_evaluation.csv
+  aac-evaluate --predictions preds.json --references audiocaps/test.csv --meteor
+  aac-evaluate --predictions preds.csv --tfds clotho_aac/16000hz --split evaluation \\
+      --data_dir ~/tensorflow_datasets --spice --spice_jars ~/corenlp-3.6.0
+
+Predictions: a CSV with a header (id column `id`, `file_name`, `youtube_id`
+or `audiocap_id`; caption column `prediction`, `caption_predicted`,
+`caption` or `text`), or JSON: `{id: caption}` or a list of records with
+those keys (the trainer's `predictions/*.json`, whose `references` are used
+when no other references are given).
+References: a Clotho CSV (`file_name,caption_1..caption_5`), an AudioCaps
+CSV (`audiocap_id,youtube_id,start_time,caption`, clip id `youtube_id`, or
+`youtube_id_start_time` where a video has several clips), or a TFDS split
+read with `tfds.data_source` (features `id` and `captions`).
+Prints a table and writes the JSON (`--output`, default
+`<predictions>.scores.json`) with corpus scores, the reasons for missing
+metrics and, with `--per_clip`, every clip's scores.
+"""
+
+import argparse
+import collections
+import csv
+import io
+import json
+import math
+import os
+import pathlib
+import sys
+from collections.abc import Sequence
+
+from aac_jax.metrics import evaluate
+
+ID_COLUMNS = ('id', 'file_name', 'youtube_id', 'audiocap_id')
+CAPTION_COLUMNS = ('prediction', 'caption_predicted', 'caption', 'text')
+
+
+def _pick(row: dict, names: Sequence[str], what: str, source: str) -> str:
+  for name in names:
+    if name in row:
+      return str(row[name])
+  raise ValueError(f'{source}: no {what} column/key (expected one of {list(names)})')
+
+
+def read_predictions(path: str) -> tuple[dict[str, str], dict[str, list[str]]]:
+  """Reads predictions (and references embedded in trainer JSON).
+
+  Args:
+    path: CSV or JSON file.
+
+  Returns:
+    (id -> predicted caption, id -> references found in the file).
+  """
+  text = pathlib.Path(path).expanduser().read_text(encoding='utf-8')
+  if path.endswith('.json'):
+    data = json.loads(text)
+    if isinstance(data, dict):
+      return {str(k): str(v) for k, v in data.items()}, {}
+    rows = data
+  else:
+    rows = list(csv.DictReader(io.StringIO(text, newline='')))
+  predictions, references = {}, {}
+  for row in rows:
+    clip = _pick(row, ID_COLUMNS, 'id', path)
+    if clip in predictions:
+      raise ValueError(f'{path}: clip {clip!r} is predicted twice')
+    predictions[clip] = _pick(row, CAPTION_COLUMNS, 'caption', path)
+    if isinstance(row.get('references'), list):
+      references[clip] = [str(r) for r in row['references']]
+  return predictions, references
+
+
+def read_reference_csv(path: str) -> dict[str, list[str]]:
+  """Reads a Clotho or AudioCaps caption CSV into id -> references."""
+  with open(os.path.expanduser(path), encoding='utf-8', newline='') as f:
+    rows = list(csv.DictReader(f))
+  if rows and 'file_name' in rows[0]:
+    columns = sorted((k for k in rows[0] if k.startswith('caption_')), key=lambda k: int(k[8:]))
+    return {r['file_name']: [r[c] for c in columns if r[c]] for r in rows}
+  if rows and {'youtube_id', 'start_time', 'caption'} <= set(rows[0]):
+    groups = collections.defaultdict(list)
+    for r in rows:
+      groups[(r['youtube_id'].strip(), r['start_time'].strip())].append(r['caption'])
+    starts = collections.Counter(y for y, _ in groups)
+    return {(y if starts[y] == 1 else f'{y}_{s}'): caps for (y, s), caps in groups.items()}
+  raise ValueError(f'{path}: neither a Clotho nor an AudioCaps caption CSV')
+
+
+def read_tfds_references(name: str, split: str, data_dir: str | None) -> dict[str, list[str]]:
+  """Reads id -> captions of a TFDS split with `tfds.data_source`."""
+  import tensorflow_datasets as tfds  # Heavy; only for this source.
+
+  from aac_jax.data import sources
+
+  kwargs = {'data_dir': os.path.expanduser(data_dir)} if data_dir else {}
+  source = tfds.data_source(name, split=split, **kwargs)
+  return dict(sources.scan_ids_and_captions(source))
+
+
+def align(
+  predictions: dict[str, str], references: dict[str, list[str]]
+) -> tuple[list[str], list[str], list[list[str]]]:
+  """Pairs predictions with references by id.
+
+  Args:
+    predictions: id -> caption.
+    references: id -> references.
+
+  Returns:
+    (ids, predictions, references) in reference order.
+
+  Raises:
+    ValueError: a clip without prediction or references.
+  """
+  missing = [k for k in references if k not in predictions]
+  extra = [k for k in predictions if k not in references]
+  if missing or extra:
+    raise ValueError(
+      f'{len(missing)} clips have no prediction (e.g. {missing[:3]}), '
+      f'{len(extra)} predictions have no references (e.g. {extra[:3]})'
+    )
+  empty = [k for k, refs in references.items() if not refs]
+  if empty:
+    raise ValueError(f'{len(empty)} clips have no reference caption (e.g. {empty[:3]})')
+  ids = list(references)
+  return ids, [predictions[k] for k in ids], [references[k] for k in ids]
+
+
+def format_table(result: evaluate.CaptionMetrics) -> str:
+  """Renders corpus scores and reasons for missing metrics as text."""
+  lines = [f'{"metric":<10} {"score":>8}']
+  for name in evaluate.METRICS:
+    if name in result.corpus:
+      value = result.corpus[name]
+      lines.append(
+        f'{name:<10} {value:>8.4f}' if math.isfinite(value) else f'{name:<10} {"nan":>8}'
+      )
+    else:
+      lines.append(f'{name:<10} {"n/a":>8}  ({result.unavailable.get(name, "")})')
+  return '\n'.join(lines)
+
+
+def make_parser() -> argparse.ArgumentParser:
+  """Returns the command-line parser."""
+  parser = argparse.ArgumentParser(prog='aac-evaluate', description=__doc__.split('\n')[0])
+  parser.add_argument('--predictions', required=True, help='CSV or JSON predictions.')
+  group = parser.add_mutually_exclusive_group()
+  group.add_argument('--references', help='Clotho or AudioCaps caption CSV.')
+  group.add_argument('--tfds', help='TFDS dataset name, e.g. clotho_aac/16000hz.')
+  parser.add_argument('--split', help='TFDS split (with --tfds).')
+  parser.add_argument('--data_dir', help='TFDS data_dir (with --tfds).')
+  parser.add_argument('--meteor', action='store_true', help='Also METEOR (Java).')
+  parser.add_argument('--spice', action='store_true', help='Also SPICE and SPIDEr (Java).')
+  parser.add_argument('--spice_jars', help='Folder with the CoreNLP 3.6.0 jars for SPICE.')
+  parser.add_argument('--java', default='java', help='Java executable.')
+  parser.add_argument('--output', help='JSON output (default: <predictions>.scores.json).')
+  parser.add_argument('--per_clip', action='store_true', help='Write per-clip scores too.')
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+  """Runs the evaluation; returns what was written as JSON."""
+  args = make_parser().parse_args(argv)
+  predictions, embedded = read_predictions(args.predictions)
+  if args.tfds:
+    if not args.split:
+      raise SystemExit('--tfds needs --split')
+    references = read_tfds_references(args.tfds, args.split, args.data_dir)
+  elif args.references:
+    references = read_reference_csv(args.references)
+  elif embedded:
+    references = embedded
+  else:
+    raise SystemExit('give --references or --tfds (or predictions JSON with references)')
+  ids, preds, refs = align(predictions, references)
+  result = evaluate.compute_caption_metrics(
+    preds, refs, meteor=args.meteor, spice=args.spice, spice_jars=args.spice_jars, java=args.java
+  )
+  print(f'{len(ids)} clips')
+  print(format_table(result))
+  report = {'num_clips': len(ids), 'corpus': result.corpus, 'unavailable': result.unavailable}
+  if args.per_clip:
+    report['per_clip'] = {
+      clip: {k: float(v[i]) for k, v in result.per_clip.items()} for i, clip in enumerate(ids)
+    }
+  output = args.output or f'{args.predictions}.scores.json'
+  pathlib.Path(output).expanduser().write_text(json.dumps(report, indent=1) + '\n')
+  print(f'wrote {output}')
+  return report
+
+
+def run() -> None:
+  """Console entry point (`aac-evaluate`)."""
+  try:
+    main(sys.argv[1:])
+  except (ValueError, OSError) as e:
+    raise SystemExit(f'aac-evaluate: {e}') from e

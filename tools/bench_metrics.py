@@ -1,0 +1,156 @@
+"""Times aac_jax's metrics against pycocoevalcap 1.2 and the SCST reward.
+
+  python tools/bench_metrics.py [--corpora ../shared/corpora] [--repeats 5]
+
+1. Scores the Clotho evaluation split (caption_1 of each clip against the
+   other four) with pycocoevalcap (Java PTB tokenizer + Bleu(4), Rouge,
+   Cider) and with `aac_jax.metrics.compute_caption_metrics` (same metrics,
+   tokenizer cache cleared before each run); prints both scores, their
+   largest difference, both wall times (best of --repeats runs, and of at
+   least 20 for aac_jax) and their ratio, and the same for CPU time (Java
+   processes included), which a busy machine disturbs less.
+2. Times `CiderDReward` (document frequencies from the Clotho development
+   references) on batches of 256 candidates with five references each,
+   through its three entry points (text references, corpus clip indices,
+   token ids), and prints captions/s.
+
+Needs pycocoevalcap (`pip install 'aac_jax[eval]'`) and Java for part 1.
+"""
+
+import argparse
+import csv
+import pathlib
+import resource
+import time
+
+import numpy as np
+
+from aac_jax.metrics import compute_caption_metrics, ptb_tokenizer
+from aac_jax.metrics.reward import EOS_ID, CiderDReward
+
+_KEYS = ('bleu_1', 'bleu_2', 'bleu_3', 'bleu_4', 'rouge_l', 'cider_d')
+
+
+def load_clotho(path: pathlib.Path) -> list[list[str]]:
+  """Returns the five captions of every clip."""
+  with open(path, encoding='utf-8', newline='') as f:
+    return [[row[f'caption_{i}'] for i in range(1, 6)] for row in csv.DictReader(f)]
+
+
+def pycocoevalcap_scores(cands: list[str], refs: list[list[str]]) -> dict[str, float]:
+  """pycocoevalcap's own pipeline: PTB tokenization (Java), then the scorers."""
+  from pycocoevalcap.bleu.bleu import Bleu
+  from pycocoevalcap.cider.cider import Cider
+  from pycocoevalcap.rouge.rouge import Rouge
+  from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+  tokenizer = PTBTokenizer()
+  gts = tokenizer.tokenize({i: [{'caption': r} for r in rs] for i, rs in enumerate(refs)})
+  res = tokenizer.tokenize({i: [{'caption': c}] for i, c in enumerate(cands)})
+  bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+  rouge, _ = Rouge().compute_score(gts, res)
+  cider, _ = Cider().compute_score(gts, res)
+  return dict(zip(_KEYS, [*bleu, rouge, cider], strict=True))
+
+
+def ours(cands: list[str], refs: list[list[str]]) -> dict[str, float]:
+  """aac_jax, from raw text, with a cold tokenizer cache."""
+  ptb_tokenizer.tokenize_caption.cache_clear()
+  corpus = compute_caption_metrics(cands, refs).corpus
+  return {k: corpus[k] for k in _KEYS}
+
+
+def _cpu_seconds() -> float:
+  """CPU time of this process and of its finished children (the Java runs)."""
+  children = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def best_time(fn, repeats: int):
+  """Returns (result, best wall seconds, best CPU seconds) of `repeats` calls."""
+  best_wall, best_cpu, result = float('inf'), float('inf'), None
+  for _ in range(repeats):
+    wall, cpu = time.perf_counter(), _cpu_seconds()
+    result = fn()
+    best_wall = min(best_wall, time.perf_counter() - wall)
+    best_cpu = min(best_cpu, _cpu_seconds() - cpu)
+  return result, best_wall, best_cpu
+
+
+def bench_parity(corpora: pathlib.Path, repeats: int) -> None:
+  clips = load_clotho(corpora / 'clotho' / 'clotho_captions_evaluation.csv')
+  cands, refs = [c[0] for c in clips], [c[1:] for c in clips]
+  ref_scores, ref_time, ref_cpu = best_time(lambda: pycocoevalcap_scores(cands, refs), repeats)
+  # Ours is cheap: more runs make its best time robust to a busy machine.
+  our_repeats = max(repeats, 20)
+  our_scores, our_time, our_cpu = best_time(lambda: ours(cands, refs), our_repeats)
+  print(f'Clotho evaluation: {len(cands)} clips, caption_1 vs caption_2..5')
+  print(f'{"metric":<9} {"pycocoevalcap":>14} {"aac_jax":>14}')
+  for k in _KEYS:
+    print(f'{k:<9} {ref_scores[k]:>14.10f} {our_scores[k]:>14.10f}')
+  diff = max(abs(ref_scores[k] - our_scores[k]) for k in _KEYS)
+  print(f'largest difference: {diff:.3e} ({"same numbers" if diff < 1e-6 else "DIFFERENT"})')
+  print(f'pycocoevalcap (Java PTB + Bleu + Rouge + Cider): {ref_time:.3f} s (CPU {ref_cpu:.3f} s)')
+  print(f'aac_jax (Python PTB + BLEU + ROUGE-L + CIDEr-D): {our_time:.3f} s (CPU {our_cpu:.3f} s)')
+  print(
+    f'speed-up: {ref_time / our_time:.1f}x wall, {ref_cpu / our_cpu:.1f}x CPU '
+    f'(best of {repeats} and {our_repeats} runs; CPU includes the Java processes)'
+  )
+
+
+def bench_reward(corpora: pathlib.Path, batch: int, repeats: int) -> None:
+  train = load_clotho(corpora / 'clotho' / 'clotho_captions_development.csv')
+  start = time.perf_counter()
+  reward = CiderDReward(train)
+  print(
+    f'\nCiderDReward: {reward.num_ngrams} n-grams from {len(train)} clips, '
+    f'fitted in {time.perf_counter() - start:.2f} s'
+  )
+  rng = np.random.default_rng(0)
+  picks = rng.choice(len(train), size=batch, replace=False)
+  refs = [train[i] for i in picks]
+  # New candidates for every call, as sampled captions are (the scorer caches
+  # the words of captions it has seen, which helps the references only).
+  fresh = iter([_shuffled(train[i][0], rng) for i in picks] for _ in range(4 * repeats))
+  _, text_time, _ = best_time(lambda: reward.score(next(fresh), refs), repeats)
+  _, clip_time, _ = best_time(lambda: reward.score_clips(next(fresh), picks), repeats)
+  # Token ids: words of the corpus numbered from 4 (docs/CONTRACTS.md).
+  vocab: dict[str, int] = {}
+
+  def encode(caption: str, length: int = 32) -> list[int]:
+    ids = [vocab.setdefault(w, len(vocab) + 4) for w in caption.lower().split()][: length - 1]
+    return ids + [EOS_ID] + [0] * (length - 1 - len(ids))
+
+  corpus_ids = np.array([[encode(c) for c in clip] for clip in train])
+  id_reward = CiderDReward.from_token_ids(corpus_ids)
+  cand_ids, ref_ids = corpus_ids[picks, 0], corpus_ids[picks]
+  _, id_time, _ = best_time(lambda: id_reward.score_ids(cand_ids, ref_ids), repeats)
+  print(f'batch of {batch} candidates x 5 references:')
+  print(f'  captions + reference captions (score):      {_rate(text_time, batch)}')
+  print(f'  captions + corpus clip index (score_clips): {_rate(clip_time, batch)}')
+  print(f'  token ids + reference ids (score_ids):     {_rate(id_time, batch)}')
+
+
+def _shuffled(caption: str, rng: np.random.Generator) -> str:
+  words = caption.split()
+  rng.shuffle(words)
+  return ' '.join(words)
+
+
+def _rate(seconds: float, batch: int) -> str:
+  return f'{seconds * 1e3:6.1f} ms, {batch / seconds:>9,.0f} captions/s'
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  default = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'corpora'
+  parser.add_argument('--corpora', type=pathlib.Path, default=default)
+  parser.add_argument('--repeats', type=int, default=5)
+  parser.add_argument('--batch', type=int, default=256)
+  args = parser.parse_args()
+  bench_parity(args.corpora, args.repeats)
+  bench_reward(args.corpora, args.batch, max(args.repeats, 5))
+
+
+if __name__ == '__main__':
+  main()
