@@ -1,1 +1,12 @@
-"""aac_jax.models."""
+"""aac_jax.models: conformer encoder + transformer decoder captioner."""
+
+from aac_jax.models.captioner import Captioner, count_params, init_params
+from aac_jax.models.config import CaptionerConfig, make_captioner_config
+
+__all__ = [
+  'Captioner',
+  'CaptionerConfig',
+  'count_params',
+  'init_params',
+  'make_captioner_config',
+]

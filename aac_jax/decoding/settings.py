@@ -1,0 +1,123 @@
+"""Decoding settings: `config.decode` as a frozen (hashable, jit-static) dataclass."""
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+# Token ids of docs/CONTRACTS.md (aac_jax.data.tokenizer; a test checks they agree).
+PAD_ID = 0
+BOS_ID = 1
+EOS_ID = 2
+NUM_SPECIAL_IDS = 4  # PAD, BOS, EOS, UNK.
+
+METHODS = ('greedy', 'beam', 'sample')
+
+# English function words: the words that `ban_repeated_content_words` lets
+# repeat. Map them to ids with the tokenizer (see `make_repeat_ban_mask`).
+FUNCTION_WORDS = frozenset(
+  'a an the and or but nor so yet of in on at to from with without by for as into onto '
+  'over under near through across along around behind between during after before '
+  'while then than again also very too is are was were be been being has have had can '
+  'could it its this that these those there their they them he she his her him some '
+  'someone something another other others one two up down out off away back not no '
+  'more most much many few several each both all'.split()
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSettings:
+  """How to decode; mirrors `config.decode` (configs/base.py).
+
+  Attributes:
+    method: 'greedy', 'beam' or 'sample'.
+    max_len: maximum tokens per caption, EOS included (= output length).
+    min_len: minimum words before EOS (EOS is banned at earlier steps).
+    beam_size: beams per clip ('beam').
+    length_penalty: alpha in the score logp / ((5 + len) / 6) ** alpha, len
+      counting EOS ('beam').
+    no_repeat_ngram_size: no n-gram of this size occurs twice in an output
+      (0 = off).
+    ban_repeated_content_words: a token outside the function words may occur
+      only once (needs a repeat-ban mask, see `make_repeat_ban_mask`).
+    temperature: divides the logits before sampling ('sample'; <= 0 = greedy).
+    top_k: sample among the k most likely tokens (0 = off).
+    top_p: sample from the smallest set with probability >= top_p (1 = off).
+    pad_id: padding id written after EOS.
+    bos_id: first decoder input.
+    eos_id: end of caption.
+  """
+
+  method: str = 'greedy'
+  max_len: int = 24
+  min_len: int = 1
+  beam_size: int = 3
+  length_penalty: float = 0.6
+  no_repeat_ngram_size: int = 0
+  ban_repeated_content_words: bool = False
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  pad_id: int = PAD_ID
+  bos_id: int = BOS_ID
+  eos_id: int = EOS_ID
+
+  def __post_init__(self):
+    if self.method not in METHODS:
+      raise ValueError(f'decode method must be one of {METHODS}, got {self.method!r}')
+    if self.max_len < 1 or self.min_len >= self.max_len:
+      raise ValueError(
+        f'need 1 <= max_len and min_len < max_len, got {self.min_len}, {self.max_len}'
+      )
+    if self.beam_size < 1 or self.top_k < 0 or not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f'bad beam_size/top_k/top_p: {self.beam_size}, {self.top_k}, {self.top_p}')
+    if self.no_repeat_ngram_size >= self.max_len:
+      raise ValueError('no_repeat_ngram_size must be < max_len')
+
+  def replace(self, **changes) -> 'DecodeSettings':
+    """Returns a copy with `changes` applied."""
+    return dataclasses.replace(self, **changes)
+
+
+def make_decode_settings(
+  decode_cfg: Mapping[str, Any] | None = None, **overrides
+) -> DecodeSettings:
+  """Builds settings from `config.decode`, overridden per call.
+
+  Args:
+    decode_cfg: `config.decode` (a ConfigDict or any mapping), or None for
+      the defaults.
+    **overrides: fields to change, e.g. `method='beam', beam_size=5`.
+
+  Returns:
+    A `DecodeSettings`.
+
+  Raises:
+    ValueError: for a field `DecodeSettings` does not have.
+  """
+  values = dict(decode_cfg.items()) if decode_cfg is not None else {}
+  values.update(overrides)
+  known = {f.name for f in dataclasses.fields(DecodeSettings)}
+  unknown = set(values) - known
+  if unknown:
+    raise ValueError(f'unknown decode settings: {sorted(unknown)}')
+  return DecodeSettings(**values)
+
+
+def make_repeat_ban_mask(vocab_size: int, function_word_ids: Iterable[int] = ()) -> np.ndarray:
+  """Which tokens `ban_repeated_content_words` forbids from repeating.
+
+  Args:
+    vocab_size: number of token ids.
+    function_word_ids: ids that may repeat (e.g. the tokenizer's ids of
+      `FUNCTION_WORDS`); special ids may always repeat.
+
+  Returns:
+    bool `[vocab_size]`, True for content words.
+  """
+  mask = np.ones((vocab_size,), dtype=bool)
+  mask[:NUM_SPECIAL_IDS] = False
+  ids = np.asarray(list(function_word_ids), dtype=np.int64)
+  mask[ids[(ids >= 0) & (ids < vocab_size)]] = False
+  return mask

@@ -1,0 +1,92 @@
+"""The audio captioner: conformer encoder + transformer decoder."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aac_jax.models.config import CaptionerConfig
+from aac_jax.models.conformer import ConformerEncoder
+from aac_jax.models.decoder import TransformerDecoder
+
+
+class Captioner(nn.Module):
+  """Encoder-decoder captioning model (see docs/CONTRACTS.md).
+
+  Dropout draws from the `'dropout'` rng unless `config.deterministic`. With
+  `config.decode`, `decode` runs against the `cache` collection: a first call
+  with `mutable=['cache']` on full-length decoder inputs creates the cache,
+  later calls feed one step of tokens `[batch, 1]` each (see
+  `aac_jax.decoding.make_step_fn`).
+  """
+
+  config: CaptionerConfig
+
+  def setup(self):
+    self.encoder = ConformerEncoder(self.config)
+    self.decoder = TransformerDecoder(self.config)
+
+  def encode(self, features: jax.Array, feature_paddings: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Encodes audio features.
+
+    Args:
+      features: `[batch, time, mels]` log-mel features.
+      feature_paddings: `[batch, time]`, 1 = pad.
+
+    Returns:
+      encoded `[batch, enc_time, encoder_dim]` and enc_paddings
+      `[batch, enc_time]` with enc_time = ceil(time / subsampling).
+    """
+    return self.encoder(features, feature_paddings)
+
+  def decode(
+    self, encoded: jax.Array, enc_paddings: jax.Array, decoder_inputs: jax.Array
+  ) -> jax.Array:
+    """Next-token logits.
+
+    Args:
+      encoded: `[batch, enc_time, encoder_dim]`.
+      enc_paddings: `[batch, enc_time]`, 1 = pad.
+      decoder_inputs: `[batch, length]` int32, BOS then the targets shifted
+        right (teacher forcing), or the next tokens in cached decoding.
+
+    Returns:
+      float32 logits `[batch, length, vocab_size]`.
+    """
+    return self.decoder(encoded, enc_paddings, decoder_inputs)
+
+  def __call__(
+    self, features: jax.Array, feature_paddings: jax.Array, decoder_inputs: jax.Array
+  ) -> jax.Array:
+    """Teacher-forced logits `[batch, length, vocab_size]` (see `encode`, `decode`)."""
+    encoded, enc_paddings = self.encode(features, feature_paddings)
+    return self.decode(encoded, enc_paddings, decoder_inputs)
+
+
+def init_params(
+  model: Captioner, rng: jax.Array, num_frames: int = 64, num_mels: int = 64, length: int = 8
+) -> Any:
+  """Initialises parameters from dummy inputs (shapes only matter for mels).
+
+  Args:
+    model: a `Captioner` (any mode).
+    rng: PRNG key.
+    num_frames: dummy input frames.
+    num_mels: mel bins of the real features (fixes the subsampling projection).
+    length: dummy decoder length (<= max_decode_len).
+
+  Returns:
+    The `params` collection.
+  """
+  init_model = model.clone(config=model.config.replace(decode=False, deterministic=True))
+  features = jnp.zeros((1, num_frames, num_mels), jnp.float32)
+  paddings = jnp.zeros((1, num_frames), jnp.float32)
+  tokens = jnp.zeros((1, length), jnp.int32)
+  return jax.jit(init_model.init)(rng, features, paddings, tokens)['params']
+
+
+def count_params(params: Any) -> int:
+  """Number of scalar parameters in a pytree."""
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

@@ -1,0 +1,107 @@
+"""Hyper-parameters of the captioner as a frozen dataclass.
+
+The Linen modules take one `CaptionerConfig`; variants for evaluation and
+cached decoding are made with `.replace(deterministic=True, decode=True)`.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+import ml_collections
+
+_SUBSAMPLING_FACTORS = (2, 4, 8)
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionerConfig:
+  """Sizes and switches of the conformer encoder and transformer decoder.
+
+  Attributes:
+    vocab_size: number of token ids (special ids included).
+    subsampling: time reduction of the convolutional front end (2, 4 or 8),
+      made of log2(subsampling) stride-2 conv2d layers.
+    subsampling_channels: channels of those conv2d layers (0 = encoder_dim).
+    encoder_dim: width of the conformer.
+    encoder_layers: conformer blocks.
+    encoder_heads: self-attention heads of the conformer.
+    encoder_ff_dim: hidden width of the conformer feed-forward modules.
+    conv_kernel_size: depthwise kernel of the convolution module (frames).
+    decoder_dim: width of the transformer decoder (= token embedding size).
+    decoder_layers: decoder layers.
+    decoder_heads: attention heads of the decoder.
+    decoder_ff_dim: hidden width of the decoder feed-forward modules.
+    dropout: dropout on residual branches and feed-forward hidden units.
+    attention_dropout: dropout on attention weights.
+    max_decode_len: decoder positions (longest decoder input).
+    compute_dtype: 'float32' or 'bfloat16'; parameters always stay float32.
+    deterministic: disables dropout (evaluation, decoding).
+    decode: the decoder works one step at a time with a KV cache held in the
+      Linen `cache` collection.
+  """
+
+  vocab_size: int
+  subsampling: int = 4
+  subsampling_channels: int = 0
+  encoder_dim: int = 256
+  encoder_layers: int = 6
+  encoder_heads: int = 4
+  encoder_ff_dim: int = 1024
+  conv_kernel_size: int = 15
+  decoder_dim: int = 256
+  decoder_layers: int = 3
+  decoder_heads: int = 4
+  decoder_ff_dim: int = 1024
+  dropout: float = 0.1
+  attention_dropout: float = 0.1
+  max_decode_len: int = 32
+  compute_dtype: str = 'float32'
+  deterministic: bool = False
+  decode: bool = False
+
+  def __post_init__(self):
+    if self.subsampling not in _SUBSAMPLING_FACTORS:
+      raise ValueError(f'subsampling must be one of {_SUBSAMPLING_FACTORS}, got {self.subsampling}')
+    if self.compute_dtype not in _DTYPES:
+      raise ValueError(f'compute_dtype must be one of {tuple(_DTYPES)}, got {self.compute_dtype}')
+    for dim, heads, name in (
+      (self.encoder_dim, self.encoder_heads, 'encoder'),
+      (self.decoder_dim, self.decoder_heads, 'decoder'),
+    ):
+      if dim % heads or (dim // heads) % 2:
+        raise ValueError(f'{name}_dim {dim} must split into {heads} heads of even size')
+
+  @property
+  def dtype(self) -> Any:
+    """The compute dtype as a jnp dtype."""
+    return _DTYPES[self.compute_dtype]
+
+  @property
+  def conv_channels(self) -> int:
+    """Channels of the subsampling conv2d layers."""
+    return self.subsampling_channels or self.encoder_dim
+
+  def replace(self, **changes) -> 'CaptionerConfig':
+    """Returns a copy with `changes` applied (e.g. `decode=True`)."""
+    return dataclasses.replace(self, **changes)
+
+
+def make_captioner_config(
+  model_cfg: ml_collections.ConfigDict, vocab_size: int, **changes
+) -> CaptionerConfig:
+  """Builds the model config from `config.model`.
+
+  Args:
+    model_cfg: the `config.model` ConfigDict (see configs/base.py). An
+      optional `subsampling_channels` field is honoured where present.
+    vocab_size: size of the tokenizer's vocabulary.
+    **changes: fields to override (e.g. `deterministic=True`).
+
+  Returns:
+    A `CaptionerConfig` in training mode unless `changes` say otherwise.
+  """
+  fields = {f.name for f in dataclasses.fields(CaptionerConfig) if f.name not in ('vocab_size',)}
+  values = {name: model_cfg[name] for name in fields if name in model_cfg}
+  values.update(changes)
+  return CaptionerConfig(vocab_size=vocab_size, **values)

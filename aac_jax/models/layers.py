@@ -1,0 +1,218 @@
+"""Attention, feed-forward and position helpers shared by encoder and decoder.
+
+Masks are boolean and broadcast to `[batch, heads, queries, keys]`; True
+means the query may attend to the key. Paddings are floats, 1 = pad.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+# Large but finite, so that a fully masked row gives a uniform (not NaN) softmax.
+_MASK_VALUE = -1e9
+
+
+def sinusoidal_table(length: int, dim: int) -> np.ndarray:
+  """Fixed sine/cosine position embeddings.
+
+  Args:
+    length: number of positions.
+    dim: embedding size (even).
+
+  Returns:
+    float32 `[length, dim]`: sines in the first half, cosines in the second.
+  """
+  half = dim // 2
+  inv_freq = np.exp(-np.log(10000.0) * np.arange(half) / max(half - 1, 1))
+  angles = np.arange(length)[:, None] * inv_freq[None, :]
+  return np.concatenate([np.sin(angles), np.cos(angles)], axis=-1).astype(np.float32)
+
+
+def apply_rotary(x: jax.Array, positions: jax.Array) -> jax.Array:
+  """Rotary position embedding (RoFormer) over the last axis.
+
+  Args:
+    x: `[batch, time, heads, head_dim]` queries or keys (head_dim even).
+    positions: `[time]` integer positions.
+
+  Returns:
+    `x` rotated by position-dependent angles, same shape and dtype.
+  """
+  half = x.shape[-1] // 2
+  inv_freq = 1.0 / (10000.0 ** (jnp.arange(half, dtype=jnp.float32) / half))
+  angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]  # [time, half]
+  sin = jnp.sin(angles)[None, :, None, :]
+  cos = jnp.cos(angles)[None, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x.dtype)
+
+
+def padding_mask(paddings: jax.Array) -> jax.Array:
+  """Key mask from paddings: `[batch, keys]` -> `[batch, 1, 1, keys]` bool."""
+  return (paddings < 0.5)[:, None, None, :]
+
+
+def causal_mask(query_positions: jax.Array, num_keys: int) -> jax.Array:
+  """Mask letting query at position p see keys 0..p.
+
+  Args:
+    query_positions: `[queries]` absolute positions of the queries.
+    num_keys: number of keys (positions 0..num_keys-1).
+
+  Returns:
+    bool `[1, 1, queries, keys]`.
+  """
+  return (jnp.arange(num_keys)[None, :] <= query_positions[:, None])[None, None]
+
+
+def _heads(dim: int, num_heads: int, dtype: Any, name: str) -> nn.DenseGeneral:
+  """Projection `[..., d_in]` -> `[..., heads, dim // heads]`."""
+  return nn.DenseGeneral(features=(num_heads, dim // num_heads), dtype=dtype, name=name)
+
+
+def _merge_heads(dim: int, dtype: Any) -> nn.DenseGeneral:
+  """Projection `[..., heads, head_dim]` -> `[..., dim]`."""
+  return nn.DenseGeneral(features=dim, axis=(-2, -1), dtype=dtype, name='out')
+
+
+def _attend(q, k, v, mask, weight_dropout: nn.Dropout, deterministic: bool) -> jax.Array:
+  """Scaled dot-product attention.
+
+  Args:
+    q: `[batch, queries, heads, head_dim]`.
+    k: `[batch, keys, heads, head_dim]`.
+    v: `[batch, keys, heads, head_dim]`.
+    mask: bool, broadcastable to `[batch, heads, queries, keys]`.
+    weight_dropout: dropout applied to the attention weights.
+    deterministic: disables that dropout.
+
+  Returns:
+    `[batch, queries, heads, head_dim]` in the dtype of `v`.
+  """
+  scale = q.shape[-1] ** -0.5
+  logits = jnp.einsum('bqhd,bkhd->bhqk', q * jnp.asarray(scale, q.dtype), k)
+  logits = jnp.where(mask, logits.astype(jnp.float32), _MASK_VALUE)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  weights = weight_dropout(weights, deterministic=deterministic)
+  return jnp.einsum('bhqk,bkhd->bqhd', weights, v)
+
+
+class EncoderSelfAttention(nn.Module):
+  """Self-attention with rotary positions and a key padding mask."""
+
+  num_heads: int
+  dropout: float
+  attention_dropout: float
+  deterministic: bool
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, paddings: jax.Array) -> jax.Array:
+    """Residual branch (pre-norm); `x` `[b, t, d]`, paddings `[b, t]` -> `[b, t, d]`."""
+    dim = x.shape[-1]
+    y = nn.LayerNorm(dtype=self.dtype, name='norm')(x)
+    positions = jnp.arange(x.shape[1])
+    q = apply_rotary(_heads(dim, self.num_heads, self.dtype, 'query')(y), positions)
+    k = apply_rotary(_heads(dim, self.num_heads, self.dtype, 'key')(y), positions)
+    v = _heads(dim, self.num_heads, self.dtype, 'value')(y)
+    y = _attend(
+      q, k, v, padding_mask(paddings), nn.Dropout(self.attention_dropout), self.deterministic
+    )
+    y = _merge_heads(dim, self.dtype)(y)
+    return nn.Dropout(self.dropout)(y, deterministic=self.deterministic)
+
+
+class CausalSelfAttention(nn.Module):
+  """Decoder self-attention; with `decode=True` keys and values are cached.
+
+  Cache variables (collection `cache`): `cached_key`, `cached_value`
+  `[batch, max_len, heads, head_dim]` and `cache_index` `[]`. They are created
+  by a first call on a full-length input (which computes ordinary causal
+  attention), then each later call appends its tokens at `cache_index`.
+  """
+
+  num_heads: int
+  attention_dropout: float
+  deterministic: bool
+  decode: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """`x` `[b, l, d]` (already normalised) -> `[b, l, d]`."""
+    dim, length = x.shape[-1], x.shape[1]
+    q = _heads(dim, self.num_heads, self.dtype, 'query')(x)
+    k = _heads(dim, self.num_heads, self.dtype, 'key')(x)
+    v = _heads(dim, self.num_heads, self.dtype, 'value')(x)
+    mask = causal_mask(jnp.arange(length), length)
+    if self.decode:
+      initialized = self.has_variable('cache', 'cached_key')
+      cached_k = self.variable('cache', 'cached_key', jnp.zeros, k.shape, k.dtype)
+      cached_v = self.variable('cache', 'cached_value', jnp.zeros, v.shape, v.dtype)
+      index = self.variable('cache', 'cache_index', lambda: jnp.zeros((), jnp.int32))
+      if initialized:
+        start = index.value
+        k = lax.dynamic_update_slice(cached_k.value, k, (0, start, 0, 0))
+        v = lax.dynamic_update_slice(cached_v.value, v, (0, start, 0, 0))
+        cached_k.value, cached_v.value = k, v
+        index.value = start + length
+        mask = causal_mask(start + jnp.arange(length), k.shape[1])
+    y = _attend(q, k, v, mask, nn.Dropout(self.attention_dropout), self.deterministic)
+    return _merge_heads(dim, self.dtype)(y)
+
+
+class CrossAttention(nn.Module):
+  """Decoder-to-encoder attention honouring the encoder padding mask.
+
+  With `decode=True` the projected encoder keys and values are computed once
+  (on the call that creates the cache) and kept as `cache/cross_key` and
+  `cache/cross_value` `[batch, enc_time, heads, head_dim]`.
+  """
+
+  num_heads: int
+  attention_dropout: float
+  deterministic: bool
+  decode: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, encoded: jax.Array, enc_paddings: jax.Array) -> jax.Array:
+    """`x` `[b, l, d]`, encoded `[b, s, e]`, enc_paddings `[b, s]` -> `[b, l, d]`."""
+    dim = x.shape[-1]
+    q = _heads(dim, self.num_heads, self.dtype, 'query')(x)
+    if self.decode and self.has_variable('cache', 'cross_key'):
+      k = self.get_variable('cache', 'cross_key')
+      v = self.get_variable('cache', 'cross_value')
+    else:
+      k = _heads(dim, self.num_heads, self.dtype, 'key')(encoded)
+      v = _heads(dim, self.num_heads, self.dtype, 'value')(encoded)
+      if self.decode:
+        self.put_variable('cache', 'cross_key', k)
+        self.put_variable('cache', 'cross_value', v)
+    y = _attend(
+      q, k, v, padding_mask(enc_paddings), nn.Dropout(self.attention_dropout), self.deterministic
+    )
+    return _merge_heads(dim, self.dtype)(y)
+
+
+class FeedForward(nn.Module):
+  """Pre-norm feed-forward residual branch: LN, dense, swish, dense."""
+
+  hidden_dim: int
+  dropout: float
+  deterministic: bool
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """`[..., d]` -> `[..., d]`."""
+    y = nn.LayerNorm(dtype=self.dtype, name='norm')(x)
+    y = nn.swish(nn.Dense(self.hidden_dim, dtype=self.dtype, name='wi')(y))
+    y = nn.Dropout(self.dropout)(y, deterministic=self.deterministic)
+    y = nn.Dense(x.shape[-1], dtype=self.dtype, name='wo')(y)
+    return nn.Dropout(self.dropout)(y, deterministic=self.deterministic)
