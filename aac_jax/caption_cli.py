@@ -1,0 +1,438 @@
+"""Captions audio files with a trained model (the `aac-caption` command).
+
+  aac-caption --workdir workdirs/demo/ce clips/ street.mp3
+  aac-caption --workdir RUN --step 2000 --method beam --beam_size 5 \\
+      --no_repeat_ngram_size 3 --output captions.csv clips/
+  python tools/caption.py --workdir RUN/checkpoints/2000 long_recording.flac --window 10 --hop 5
+
+Inputs are files or folders (searched recursively for audio files) in any
+format soundfile reads (wav, flac, ogg, mp3, ...) at any sample rate and
+channel count: each is mixed down to mono and resampled to the model's rate
+(`aac_jax.data.audio_io`). A recording longer than the window (default: the
+model's training clip length) is captioned per window, with timestamps:
+
+  long.flac:
+    00:00-00:10  a dog barks twice
+    00:10-00:14  a car passes by
+
+Files that give no audio (missing, unreadable, empty, too short, silent) are
+reported on stderr and the rest are still captioned. `--output X.csv` or
+`X.json` writes a table instead of printing. Exit status: 0 every file
+captioned, 1 some files failed, 2 usage error (bad flags, no model, no input
+files).
+"""
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import sys
+from collections.abc import Iterator, Sequence
+from typing import TextIO
+
+import numpy as np
+from absl import logging as absl_logging
+
+from aac_jax import inference
+from aac_jax.data import audio_io
+
+EXIT_OK = 0
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+
+# Reasons a file is not captioned, beyond `aac_jax.data.audio_io`'s.
+EMPTY_FILE = 'empty_file'
+TOO_SHORT = 'too_short'
+NO_AUDIO_FILES = 'no_audio_files'
+
+# Decoding flags: name -> (type, help). Unset flags keep the run's config.decode.
+_DECODE_FLAGS = {
+  'method': (str, "'greedy', 'beam' or 'sample'"),
+  'beam_size': (int, 'beams per clip (beam)'),
+  'length_penalty': (float, 'alpha in ((5 + len) / 6) ** alpha (beam)'),
+  'max_len': (int, 'maximum tokens per caption, EOS included'),
+  'min_len': (int, 'minimum words before EOS'),
+  'no_repeat_ngram_size': (int, 'no n-gram of this size repeats (0 = off)'),
+  'temperature': (float, 'sampling temperature (sample)'),
+  'top_k': (int, 'sample among the k most likely tokens (0 = off)'),
+  'top_p': (float, 'nucleus sampling mass (1 = off)'),
+}
+
+
+@dataclasses.dataclass
+class FileResult:
+  """What happened to one input file.
+
+  Attributes:
+    path: the file as named on the command line (or found in a folder).
+    duration: seconds of decoded audio (0 when it failed).
+    segments: `[(start_s, end_s, caption), ...]`, one per window.
+    error: '' when captioned, else a reason (`audio_io` reasons, `EMPTY_FILE`,
+      `TOO_SHORT`, `NO_AUDIO_FILES`).
+    detail: human-readable detail of the error.
+  """
+
+  path: str
+  duration: float = 0.0
+  segments: list[tuple[float, float, str]] = dataclasses.field(default_factory=list)
+  error: str = ''
+  detail: str = ''
+
+
+def make_parser() -> argparse.ArgumentParser:
+  """The command-line flags."""
+  parser = argparse.ArgumentParser(
+    prog='aac-caption',
+    description='Caption audio files with a trained aac_jax model.',
+    epilog='Exit status: 0 all captioned, 1 some files failed, 2 usage error.',
+  )
+  parser.add_argument('inputs', nargs='+', help='audio files and/or folders (searched recursively)')
+  _add_model_flags(parser.add_argument_group('model'))
+  _add_io_flags(parser.add_argument_group('input and output'))
+  _add_decode_flags(parser.add_argument_group('decoding (default: the run config.decode)'))
+  return parser
+
+
+def _add_model_flags(group: argparse._ArgumentGroup) -> None:
+  group.add_argument(
+    '--workdir',
+    '--run',
+    '--checkpoint',
+    dest='workdir',
+    required=True,
+    help='training run folder, or one of its checkpoints (RUN/checkpoints/STEP)',
+  )
+  group.add_argument('--step', type=int, help='checkpoint step (default: best, else latest)')
+  group.add_argument('--batch_size', type=int, default=16, help='windows per model call')
+  group.add_argument('--verbose', action='store_true', help='show library logs')
+
+
+def _add_io_flags(group: argparse._ArgumentGroup) -> None:
+  group.add_argument('--output', '-o', default='', help='write .csv or .json instead of printing')
+  group.add_argument(
+    '--format', choices=('text', 'csv', 'json'), help='default: from --output, else text'
+  )
+  group.add_argument('--window', type=float, help='seconds per window (default: training clips)')
+  group.add_argument('--hop', type=float, help='seconds between window starts (default: --window)')
+  group.add_argument(
+    '--min_seconds', type=float, default=0.25, help='shorter files and window tails are skipped'
+  )
+  group.add_argument('--num_workers', type=int, default=2, help='threads decoding audio files')
+
+
+def _add_decode_flags(group: argparse._ArgumentGroup) -> None:
+  for name, (kind, text) in _DECODE_FLAGS.items():
+    choices = ('greedy', 'beam', 'sample') if name == 'method' else None
+    group.add_argument(f'--{name}', type=kind, choices=choices, help=text)
+  group.add_argument(
+    '--ban_repeated_content_words',
+    action=argparse.BooleanOptionalAction,
+    help='each content word at most once per caption',
+  )
+  group.add_argument('--seed', type=int, default=0, help='sampling seed (--method sample)')
+
+
+def find_audio_files(inputs: Sequence[str]) -> tuple[list[str], list[FileResult]]:
+  """Expands folders into the audio files inside them (sorted, recursive).
+
+  Args:
+    inputs: paths given on the command line.
+
+  Returns:
+    `(files, failures)`: files to read in order (explicit files are kept
+    whatever their extension, so a missing one is reported when read), and
+    a failure for each folder holding no audio file.
+  """
+  files, failures = [], []
+  for name in inputs:
+    path = pathlib.Path(name)
+    if not path.is_dir():
+      files.append(name)
+      continue
+    found = sorted(
+      p
+      for p in path.rglob('*')
+      if p.is_file()
+      and p.suffix.lower() in audio_io.AUDIO_EXTENSIONS
+      and not any(part.startswith('.') for part in p.relative_to(path).parts)
+    )
+    if not found:
+      extensions = ' '.join(sorted(audio_io.AUDIO_EXTENSIONS))
+      failures.append(
+        FileResult(name, error=NO_AUDIO_FILES, detail=f'no files ending in {extensions}')
+      )
+    files.extend(str(p) for p in found)
+  return files, failures
+
+
+def read_files(
+  files: Sequence[str], sample_rate: int, min_seconds: float, num_workers: int
+) -> Iterator[tuple[str, np.ndarray | None, FileResult | None]]:
+  """Decodes files to float32 mono at `sample_rate`, in order.
+
+  Yields:
+    `(path, audio [samples] or None, failure or None)`.
+  """
+  decoder = audio_io.ClipDecoder(sample_rate, num_workers, progress=False)
+  try:
+    for path, decoded in decoder.decode([(f, f) for f in files]):
+      reason, detail = decoded.reason, decoded.detail
+      if reason == audio_io.UNREADABLE and os.path.isfile(path) and os.path.getsize(path) == 0:
+        reason, detail = EMPTY_FILE, 'the file is 0 bytes'
+      if not reason and decoded.audio.shape[0] < min_seconds * sample_rate:
+        seconds = decoded.audio.shape[0] / sample_rate
+        reason, detail = (
+          TOO_SHORT,
+          f'{seconds:.3f} s of audio, fewer than --min_seconds {min_seconds}',
+        )
+      if reason:
+        yield path, None, FileResult(path, error=reason, detail=detail)
+      else:
+        yield path, decoded.audio.astype(np.float32) / 32768.0, None
+  finally:
+    decoder.close()
+
+
+def format_timestamp(seconds: float) -> str:
+  """`MM:SS` (`H:MM:SS` past an hour), with tenths when not whole: `01:02.5`."""
+  tenths = int(round(seconds * 10))
+  whole, tenth = divmod(tenths, 10)
+  hours, rest = divmod(whole, 3600)
+  minutes, secs = divmod(rest, 60)
+  text = f'{hours}:{minutes:02d}:{secs:02d}' if hours else f'{minutes:02d}:{secs:02d}'
+  return f'{text}.{tenth}' if tenth else text
+
+
+def format_text(result: FileResult) -> str:
+  """One line for a single-window file, else a header and one line per window."""
+  if len(result.segments) == 1:
+    return f'{result.path}: {result.segments[0][2]}'
+  lines = [f'{result.path}:']
+  for start, end, caption in result.segments:
+    lines.append(f'  {format_timestamp(start)}-{format_timestamp(end)}  {caption}')
+  return '\n'.join(lines)
+
+
+def report_failure(result: FileResult) -> None:
+  """One clear line on stderr."""
+  print(f'aac-caption: FAILED {result.path}: {result.error} ({result.detail})', file=sys.stderr)
+
+
+class CaptionStream:
+  """Queues windows of many files, captions them in batches, yields files in order."""
+
+  def __init__(self, captioner, hop_samples: int, min_samples: int):
+    self._captioner = captioner
+    self._hop = hop_samples
+    self._min = min_samples
+    self._rate = captioner.loaded.sample_rate
+    self._files: list[FileResult] = []  # Waiting to be emitted, in input order.
+    self._todo: dict[int, int] = {}  # id(file) -> windows not captioned yet.
+    self._queue: list[tuple[FileResult, int, np.ndarray]] = []
+
+  def add(self, result: FileResult, audio: np.ndarray | None) -> Iterator[FileResult]:
+    """Adds a file (audio None: a failure) and yields the files now complete."""
+    self._files.append(result)
+    if audio is not None:
+      result.duration = audio.shape[0] / self._rate
+      bounds = inference.window_bounds(
+        audio.shape[0], self._captioner.window_samples, self._hop, self._min
+      )
+      self._todo[id(result)] = len(bounds)
+      for start, end in bounds:
+        result.segments.append((start / self._rate, end / self._rate, ''))
+        self._queue.append((result, len(result.segments) - 1, audio[start:end]))
+    while len(self._queue) >= self._captioner.batch_size:
+      self._run(self._captioner.batch_size)
+    yield from self._ready()
+
+  def finish(self) -> Iterator[FileResult]:
+    """Captions what is queued and yields the remaining files."""
+    while self._queue:
+      self._run(self._captioner.batch_size)
+    yield from self._ready()
+
+  def _run(self, count: int) -> None:
+    batch, self._queue = self._queue[:count], self._queue[count:]
+    captions = self._captioner.caption_clips([clip for _, _, clip in batch])
+    for (result, index, _), caption in zip(batch, captions, strict=True):
+      start, end, _ = result.segments[index]
+      result.segments[index] = (start, end, caption)
+      self._todo[id(result)] -= 1
+
+  def _ready(self) -> Iterator[FileResult]:
+    while self._files and self._todo.get(id(self._files[0]), 0) == 0:
+      result = self._files.pop(0)
+      self._todo.pop(id(result), None)
+      yield result
+
+
+def write_csv(stream: TextIO, results: Sequence[FileResult]) -> None:
+  """`file,start,end,caption` (seconds), one row per window of each captioned file."""
+  writer = csv.writer(stream)
+  writer.writerow(['file', 'start', 'end', 'caption'])
+  for result in results:
+    for start, end, caption in result.segments:
+      writer.writerow([result.path, f'{start:.3f}', f'{end:.3f}', caption])
+
+
+def json_document(results: Sequence[FileResult], model_info: dict) -> dict:
+  """`{model: ..., files: [{file, duration, segments | error, detail}]}`."""
+  files = []
+  for r in results:
+    if r.error:
+      files.append({'file': r.path, 'error': r.error, 'detail': r.detail})
+      continue
+    segments = [{'start': round(s, 3), 'end': round(e, 3), 'caption': c} for s, e, c in r.segments]
+    files.append({'file': r.path, 'duration': round(r.duration, 3), 'segments': segments})
+  return {'model': model_info, 'files': files}
+
+
+def _output_format(args: argparse.Namespace) -> str:
+  if args.format:
+    return args.format
+  suffix = pathlib.Path(args.output).suffix.lower()
+  if args.output and suffix not in ('.csv', '.json'):
+    raise ValueError(f'--output {args.output}: use a .csv or .json name, or give --format')
+  return suffix[1:] if args.output else 'text'
+
+
+def _check_args(args: argparse.Namespace) -> None:
+  if args.window is not None and args.window <= 0:
+    raise ValueError('--window must be positive')
+  if args.hop is not None and args.hop <= 0:
+    raise ValueError('--hop must be positive')
+  if args.batch_size < 1:
+    raise ValueError('--batch_size must be >= 1')
+
+
+def _quiet_libraries(verbose: bool) -> None:
+  """Keeps orbax/absl INFO and WARNING lines off the user's terminal."""
+  if not verbose:
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    logging.getLogger('jax').setLevel(logging.ERROR)
+
+
+def build_captioner(args: argparse.Namespace):
+  """Loads the model and builds the `AudioCaptioner` for these flags."""
+  loaded = inference.load_model(args.workdir, args.step)
+  overrides = {name: getattr(args, name) for name in _DECODE_FLAGS}
+  overrides['ban_repeated_content_words'] = args.ban_repeated_content_words
+  settings, mask = inference.make_settings(loaded, **overrides)
+  captioner = inference.AudioCaptioner(
+    loaded,
+    settings,
+    repeat_ban_mask=mask,
+    batch_size=args.batch_size,
+    window_seconds=args.window,
+    seed=args.seed,
+  )
+  return captioner
+
+
+def model_info(captioner) -> dict:
+  """Where the captions come from (for the JSON output and the log line)."""
+  loaded = captioner.loaded
+  return {
+    'workdir': loaded.workdir,
+    'step': loaded.step,
+    'checkpoint': loaded.step_kind,
+    'window_seconds': captioner.window_samples / loaded.sample_rate,
+    'decode': dataclasses.asdict(captioner.settings),
+  }
+
+
+def caption_files(args: argparse.Namespace, captioner, files, failures) -> list[FileResult]:
+  """Captions every file, printing as it goes in text mode; returns all results."""
+  rate = captioner.loaded.sample_rate
+  hop = captioner.window_samples if args.hop is None else max(1, int(round(args.hop * rate)))
+  stream = CaptionStream(captioner, hop, max(1, int(round(args.min_seconds * rate))))
+  text = _output_format(args) == 'text'
+  results = []
+
+  def emit(done: Iterator[FileResult]) -> None:
+    for result in done:
+      results.append(result)
+      if result.error:
+        report_failure(result)
+      elif text:
+        print(format_text(result), flush=True)
+
+  emit(iter(failures))
+  for path, audio, failure in read_files(files, rate, args.min_seconds, args.num_workers):
+    emit(stream.add(failure or FileResult(path), audio))
+  emit(stream.finish())
+  return results
+
+
+def write_output(args: argparse.Namespace, results: Sequence[FileResult], info: dict) -> None:
+  """Writes the CSV/JSON file (or prints it to stdout without --output)."""
+  kind = _output_format(args)
+  if kind == 'text':
+    return
+  if not args.output:
+    _write(kind, sys.stdout, results, info)
+    return
+  with open(args.output, 'w', newline='', encoding='utf-8') as stream:
+    _write(kind, stream, results, info)
+  print(f'aac-caption: wrote {args.output}', file=sys.stderr)
+
+
+def _write(kind: str, stream: TextIO, results: Sequence[FileResult], info: dict) -> None:
+  if kind == 'csv':
+    write_csv(stream, results)
+  else:
+    stream.write(json.dumps(json_document(results, info), indent=1, ensure_ascii=False) + '\n')
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Runs the command; returns the exit status (see the module docstring)."""
+  parser = make_parser()
+  args = parser.parse_args(argv)  # Exits with 2 on bad flags.
+  try:
+    _check_args(args)
+    _output_format(args)
+  except ValueError as error:
+    parser.print_usage(sys.stderr)
+    print(f'aac-caption: error: {error}', file=sys.stderr)
+    return EXIT_USAGE
+  files, failures = find_audio_files(args.inputs)
+  if not files:
+    for failure in failures:
+      report_failure(failure)
+    print('aac-caption: error: no audio files to caption', file=sys.stderr)
+    return EXIT_USAGE
+  _quiet_libraries(args.verbose)
+  # Imported here: loading orbax/flax takes seconds, `--help` and usage errors should not.
+  try:
+    captioner = build_captioner(args)
+  except (inference.ModelLoadError, ValueError) as error:
+    print(f'aac-caption: error: cannot use model {args.workdir}: {error}', file=sys.stderr)
+    return EXIT_USAGE
+  info = model_info(captioner)
+  print(
+    f'aac-caption: model {info["workdir"]} step {info["step"]} ({info["checkpoint"]}), '
+    f'{captioner.settings.method} decoding, {info["window_seconds"]:g} s windows',
+    file=sys.stderr,
+  )
+  results = caption_files(args, captioner, files, failures)
+  write_output(args, results, info)
+  failed = [r for r in results if r.error]
+  print(
+    f'aac-caption: captioned {len(results) - len(failed)} of {len(results)} inputs'
+    + (f'; {len(failed)} failed (see above)' if failed else ''),
+    file=sys.stderr,
+  )
+  return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def run() -> None:
+  """Console script `aac-caption`."""
+  sys.exit(main())
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,393 @@
+"""Loads a trained captioner from its workdir and captions waveforms.
+
+A run's workdir (written by `aac_jax.train.trainer`) holds `config.json`,
+`vocab.txt` and orbax `checkpoints/<step>/`. `load_model(path)` accepts the
+workdir, its `checkpoints/` folder or one `checkpoints/<step>` folder, and
+restores the parameters of the best checkpoint (by the run's validation
+metric), else the latest, or the step asked for.
+
+`AudioCaptioner` turns float waveforms at the model's sample rate into
+captions: it cuts long recordings into windows (default: the training clip
+length), pads every window to that fixed length and every batch to a fixed
+size (so one compiled program serves the whole run), and decodes with the
+run's `config.decode` settings, overridable per call.
+"""
+
+import dataclasses
+import json
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from aac_jax import decoding, models
+from aac_jax.audio import frontend
+from aac_jax.data import tokenizer as tokenizer_lib
+from aac_jax.train import checkpointing
+
+CONFIG_FILENAME = 'config.json'
+
+
+class ModelLoadError(Exception):
+  """The path holds no loadable run (message says what is missing)."""
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  """A trained captioner ready for inference.
+
+  Attributes:
+    config: the run's resolved config (`config.json`).
+    model: the `Captioner` (deterministic: no dropout).
+    params: its parameters, on the default device.
+    tokenizer: the run's vocabulary.
+    workdir: the run's folder ('' for models not loaded from disk).
+    step: the checkpoint step (-1 when not loaded from disk).
+    step_kind: 'best', 'latest', 'requested' or 'in-memory'.
+  """
+
+  config: ml_collections.ConfigDict
+  model: models.Captioner
+  params: Any
+  tokenizer: tokenizer_lib.Tokenizer
+  workdir: str = ''
+  step: int = -1
+  step_kind: str = 'in-memory'
+
+  @property
+  def sample_rate(self) -> int:
+    """Hz of the audio the model was trained on."""
+    return int(self.config.dataset.sample_rate)
+
+  @property
+  def train_seconds(self) -> float:
+    """Clip length the model was trained on (`dataset.max_audio_seconds`)."""
+    return float(self.config.dataset.max_audio_seconds)
+
+
+def resolve_run(
+  path: str | pathlib.Path, step: int | None = None
+) -> tuple[pathlib.Path, int | None]:
+  """Finds the workdir and requested step from a workdir or checkpoint path.
+
+  Args:
+    path: a run's workdir, its `checkpoints/` folder, or `checkpoints/<step>`.
+    step: a step asked for explicitly (None = best, else latest).
+
+  Returns:
+    `(workdir, step or None)`.
+
+  Raises:
+    ModelLoadError: the path is not (inside) a run's workdir, or names a
+      step other than `step`.
+  """
+  p = pathlib.Path(path).expanduser().absolute()
+  if not p.exists():
+    raise ModelLoadError(f'{path}: no such run directory or checkpoint')
+  if p.name.isdigit() and p.parent.name == checkpointing.CHECKPOINT_DIR:
+    if step is not None and step != int(p.name):
+      raise ModelLoadError(f'{path} is checkpoint step {p.name} but --step {step} was given')
+    step, p = int(p.name), p.parent.parent
+  elif p.name == checkpointing.CHECKPOINT_DIR:
+    p = p.parent
+  for name in (CONFIG_FILENAME, tokenizer_lib.VOCAB_FILENAME, checkpointing.CHECKPOINT_DIR):
+    if not (p / name).exists():
+      raise ModelLoadError(
+        f'{path} is not a training run: {p / name} is missing '
+        '(expected a workdir written by `python -m aac_jax.main`)'
+      )
+  return p, step
+
+
+def load_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+  """Reads `<workdir>/config.json` as a ConfigDict."""
+  text = (pathlib.Path(workdir) / CONFIG_FILENAME).read_text(encoding='utf-8')
+  return ml_collections.ConfigDict(json.loads(text))
+
+
+def choose_step(manager: ocp.CheckpointManager, step: int | None = None) -> tuple[int, str]:
+  """Picks the checkpoint to load.
+
+  Args:
+    manager: the run's (read-only) checkpoint manager.
+    step: an explicit step, or None.
+
+  Returns:
+    `(step, kind)` with kind 'requested', 'best' (by the run's validation
+    metric) or 'latest' (no checkpoint carries metrics).
+
+  Raises:
+    ModelLoadError: no checkpoint, or none at `step`.
+  """
+  saved = sorted(manager.all_steps())
+  if not saved:
+    raise ModelLoadError(f'no checkpoint in {manager.directory}')
+  if step is not None:
+    if step not in saved:
+      raise ModelLoadError(f'no checkpoint at step {step} in {manager.directory}; saved: {saved}')
+    return step, 'requested'
+  best = manager.best_step()
+  if best is not None:
+    return int(best), 'best'
+  return int(manager.latest_step()), 'latest'
+
+
+def abstract_params(model: models.Captioner, num_mels: int) -> Any:
+  """Shapes and dtypes of the model's parameters (nothing is computed)."""
+  return jax.eval_shape(
+    lambda rng: models.init_params(model, rng, num_mels=num_mels), jax.random.key(0)
+  )
+
+
+def restore_params(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
+  """Restores only `state.params` of checkpoint `step` onto the default device.
+
+  Args:
+    manager: the run's checkpoint manager.
+    step: a saved step.
+    target: abstract parameter tree (see `abstract_params`).
+
+  Returns:
+    The parameter tree (whatever device layout it was saved from).
+  """
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  item = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), target)
+  restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), target)
+  restored = manager.restore(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(
+        item={'params': item}, restore_args={'params': restore_args}, partial_restore=True
+      )
+    ),
+  )
+  return restored.state['params']
+
+
+def load_model(path: str | pathlib.Path, step: int | None = None) -> LoadedModel:
+  """Loads a trained captioner.
+
+  Args:
+    path: a run's workdir, its `checkpoints/` folder or `checkpoints/<step>`.
+    step: checkpoint step; None = the best by validation, else the latest.
+
+  Returns:
+    The model, its parameters, config and tokenizer.
+
+  Raises:
+    ModelLoadError: the path holds no loadable run or checkpoint.
+  """
+  workdir, step = resolve_run(path, step)
+  config = load_run_config(workdir)
+  tokenizer = tokenizer_lib.Tokenizer.load(workdir / tokenizer_lib.VOCAB_FILENAME)
+  model_cfg = models.make_captioner_config(
+    config.model, tokenizer.vocab_size, deterministic=True, decode=False
+  )
+  model = models.Captioner(model_cfg)
+  manager = checkpointing.create_checkpoint_manager(workdir, config.train, read_only=True)
+  try:
+    step, kind = choose_step(manager, step)
+    target = abstract_params(model, int(config.frontend.n_mels))
+    try:
+      params = restore_params(manager, step, target)
+    except ValueError as error:  # Orbax: stored shapes or structure differ from the model's.
+      raise ModelLoadError(
+        f'checkpoint step {step} of {workdir} does not fit the model built from its '
+        f'config.json (trained with another version of aac_jax?): {error}'
+      ) from error
+  finally:
+    manager.close()
+  return LoadedModel(config, model, params, tokenizer, str(workdir), step, kind)
+
+
+def make_settings(
+  loaded: LoadedModel, **overrides: Any
+) -> tuple[decoding.DecodeSettings, np.ndarray | None]:
+  """Decoding settings: the run's `config.decode`, with non-None `overrides`.
+
+  Args:
+    loaded: the model.
+    **overrides: `DecodeSettings` fields (None = keep the run's value).
+
+  Returns:
+    `(settings, repeat_ban_mask)`; the mask (bool `[vocab]`, True for content
+    words) only when `ban_repeated_content_words` is on, else None.
+
+  Raises:
+    ValueError: invalid settings, or `max_len` beyond the model's positions.
+  """
+  known = {f.name for f in dataclasses.fields(decoding.DecodeSettings)}
+  values = {k: v for k, v in loaded.config.get('decode', {}).items() if k in known}
+  values.update({k: v for k, v in overrides.items() if v is not None})
+  settings = decoding.make_decode_settings(values)
+  limit = loaded.model.config.max_decode_len
+  if settings.max_len > limit:
+    raise ValueError(f'max_len {settings.max_len} exceeds the model max_decode_len {limit}')
+  mask = None
+  if settings.ban_repeated_content_words:
+    tokens = loaded.tokenizer.tokens
+    ids = [i for i, token in enumerate(tokens) if token in decoding.FUNCTION_WORDS]
+    mask = decoding.make_repeat_ban_mask(len(tokens), ids)
+  return settings, mask
+
+
+def waveform_to_tokens(
+  loaded: LoadedModel,
+  params: Any,
+  waveform: jax.Array,
+  paddings: jax.Array,
+  settings: decoding.DecodeSettings,
+  *,
+  rng: jax.Array | None = None,
+  repeat_ban_mask: jax.Array | None = None,
+) -> jax.Array:
+  """The full inference path, traceable: front end, encoder, decoding.
+
+  Args:
+    loaded: the model (config and module; its own params are not used).
+    params: the parameters to run with.
+    waveform: float32 `[batch, samples]` mono at `loaded.sample_rate`.
+    paddings: float32 `[batch, samples]`, 1.0 after the end of each clip.
+    settings: decoding settings.
+    rng: PRNG key for `method='sample'`.
+    repeat_ban_mask: bool `[vocab]` for `ban_repeated_content_words`.
+
+  Returns:
+    int32 tokens `[batch, settings.max_len]`: words, EOS, then PAD.
+  """
+  features, frame_paddings = frontend.log_mel(
+    waveform, paddings, loaded.config.frontend, loaded.sample_rate
+  )
+  if repeat_ban_mask is None and settings.ban_repeated_content_words:
+    raise ValueError('ban_repeated_content_words needs a repeat_ban_mask')
+  output = decoding.generate(
+    loaded.model,
+    params,
+    features,
+    frame_paddings,
+    settings,
+    rng=rng,
+    repeat_ban_mask=repeat_ban_mask,
+  )
+  return output.tokens
+
+
+def window_bounds(
+  num_samples: int, window: int, hop: int, min_samples: int = 1
+) -> list[tuple[int, int]]:
+  """Cuts a recording into windows `[start, end)` in samples.
+
+  Windows start at multiples of `hop` and are `window` long; the last one
+  ends at the end of the recording. A tail shorter than `min_samples`
+  (after the first window) is left out: the window before covers all but
+  that sliver. A recording no longer than `window` is one window.
+
+  Args:
+    num_samples: length of the recording.
+    window: window length in samples.
+    hop: distance between window starts in samples (<= window leaves no gap).
+    min_samples: shortest tail worth its own window.
+
+  Returns:
+    `[(start, end), ...]` in order.
+  """
+  if window <= 0 or hop <= 0:
+    raise ValueError(f'window and hop must be positive, got {window}, {hop}')
+  bounds = [(0, min(window, num_samples))]
+  start = 0
+  while start + window < num_samples:
+    start += hop
+    end = min(start + window, num_samples)
+    if end - start < min_samples:
+      break
+    bounds.append((start, end))
+  return bounds
+
+
+def _batch_rows(count: int, batch_size: int) -> int:
+  """Rows to compile for `count` clips: `batch_size`, or a power of two for a last partial batch."""
+  if count >= batch_size:
+    return batch_size
+  return min(batch_size, 1 << max(count - 1, 0).bit_length())
+
+
+class AudioCaptioner:
+  """Captions float waveforms with a loaded model, in fixed-shape batches."""
+
+  def __init__(
+    self,
+    loaded: LoadedModel,
+    settings: decoding.DecodeSettings,
+    *,
+    repeat_ban_mask: np.ndarray | None = None,
+    batch_size: int = 16,
+    window_seconds: float | None = None,
+    seed: int = 0,
+  ):
+    """Builds the jitted inference function (compiled on first use).
+
+    Args:
+      loaded: the model.
+      settings: decoding settings (see `make_settings`).
+      repeat_ban_mask: bool `[vocab]` when `ban_repeated_content_words`.
+      batch_size: clips per call of the compiled function.
+      window_seconds: fixed clip length every clip is padded to (default:
+        the model's training clip length).
+      seed: sampling seed (batch i uses `fold_in(key(seed), i)`).
+    """
+    if batch_size < 1:
+      raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    self.loaded = loaded
+    self.settings = settings
+    self.batch_size = batch_size
+    seconds = window_seconds or loaded.train_seconds
+    self.window_samples = max(1, int(round(seconds * loaded.sample_rate)))
+    vocab = loaded.model.config.vocab_size
+    mask = np.zeros((vocab,), bool) if repeat_ban_mask is None else repeat_ban_mask
+    self._mask = jnp.asarray(mask)
+    self._key = jax.random.key(seed)
+    self._calls = 0
+
+    def run(params, waveform, paddings, rng, mask):
+      return waveform_to_tokens(
+        loaded, params, waveform, paddings, settings, rng=rng, repeat_ban_mask=mask
+      )
+
+    self._run = jax.jit(run)
+
+  def caption_tokens(self, clips: Sequence[np.ndarray]) -> np.ndarray:
+    """Token ids for clips of at most `window_samples` samples each.
+
+    Args:
+      clips: float32 waveforms `[n_i]` at the model's sample rate.
+
+    Returns:
+      int32 `[len(clips), max_len]`.
+    """
+    outputs = []
+    for first in range(0, len(clips), self.batch_size):
+      chunk = clips[first : first + self.batch_size]
+      rows = _batch_rows(len(chunk), self.batch_size)
+      waveform = np.zeros((rows, self.window_samples), np.float32)
+      paddings = np.ones((rows, self.window_samples), np.float32)
+      for i, clip in enumerate(chunk):
+        if clip.shape[0] > self.window_samples:
+          raise ValueError(f'clip of {clip.shape[0]} samples > window {self.window_samples}')
+        waveform[i, : clip.shape[0]] = clip
+        paddings[i, : clip.shape[0]] = 0.0
+      rng = jax.random.fold_in(self._key, self._calls)
+      self._calls += 1
+      tokens = self._run(self.loaded.params, waveform, paddings, rng, self._mask)
+      outputs.append(np.asarray(tokens)[: len(chunk)])
+    if not outputs:
+      return np.zeros((0, self.settings.max_len), np.int32)
+    return np.concatenate(outputs, axis=0)
+
+  def caption_clips(self, clips: Sequence[np.ndarray]) -> list[str]:
+    """Captions for clips of at most `window_samples` samples each."""
+    return [self.loaded.tokenizer.decode(row.tolist()) for row in self.caption_tokens(clips)]

@@ -1,0 +1,43 @@
+"""Trains and evaluates a captioner.
+
+  python -m aac_jax.main --config=configs/synthetic_demo.py --workdir=workdirs/demo
+  python -m aac_jax.main --config=configs/clotho.py:model=small --workdir=DIR \\
+      --config.optim.lr=3e-4 --config.train.batch_size=64
+
+Rerunning with the same --workdir resumes from its latest checkpoint. On
+SIGTERM the run saves at the next step and exits 0. `aac-train` is the same
+command as a console script.
+"""
+
+import sys
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from aac_jax import config_path
+from aac_jax.train import trainer
+
+config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py[:variant]).')
+flags.DEFINE_string('workdir', None, 'Folder for checkpoints, logs, vocabulary and predictions.')
+flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() first (TPU pod slices).')
+flags.mark_flags_as_required(['config', 'workdir'])
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if FLAGS.multihost:
+    jax.distributed.initialize()
+  return trainer.run(FLAGS.config, FLAGS.workdir)
+
+
+def run() -> None:
+  """Console script `aac-train` (works from any folder: see `aac_jax.config_path`)."""
+  config_path.add_config_root_to_path(sys.argv)
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

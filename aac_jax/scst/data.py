@@ -1,0 +1,109 @@
+"""SCST input: training clips that carry their index, and every reference per clip.
+
+The cross-entropy pipeline (`aac_jax.data.pipeline`) draws one reference
+caption per clip as the target. SCST needs no target, but its reward scores
+a sampled caption against *all* references of the clip. So the SCST train
+batches carry `index`, the clip's position in the train split, and the host
+keeps the split's references in an `EvalSplit` (`read_train_references`),
+looked up by that index.
+
+Batches are per process, like the CE pipeline's: shuffled, repeated
+forever, each clip randomly cropped (or zero padded) to `max_audio_seconds`.
+The iterator is a Grain `DatasetIterator`, so its position goes into the
+run's orbax checkpoint unchanged (`aac_jax.train.checkpointing`).
+"""
+
+import dataclasses
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from aac_jax.data import pipeline, sources
+
+# Threads assembling batches (as in aac_jax.data.pipeline).
+_READ_THREADS = 4
+_WORKER_READ_THREADS = 2
+
+
+def read_train_references(cfg: ml_collections.ConfigDict) -> sources.EvalSplit:
+  """Ids and raw reference captions of every train clip, in source order.
+
+  Args:
+    cfg: `config.dataset` (`train_split`).
+
+  Returns:
+    An `EvalSplit`; `references[i]` belongs to the clip of batch `index == i`.
+
+  Raises:
+    ValueError: if a train clip has no caption (nothing to reward against).
+  """
+  split = sources.read_eval_split(sources.open_source(cfg, cfg.train_split), cfg.train_split)
+  empty = [clip_id for clip_id, refs in zip(split.ids, split.references, strict=True) if not refs]
+  if empty:
+    raise ValueError(f'{len(empty)} train clips have no caption, e.g. {empty[:3]}')
+  return split
+
+
+@dataclasses.dataclass(frozen=True)
+class _IndexedClip(grain.transforms.RandomMap):
+  """Clip index -> `audio`, `audio_paddings` (random crop) and `index`."""
+
+  source: Any
+  max_samples: int
+
+  def random_map(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    index = int(index)
+    audio = self.source[index]['audio']
+    start = int(rng.integers(max(len(audio) - self.max_samples, 0) + 1))
+    waveform, paddings = pipeline.fit_audio(audio, self.max_samples, start)
+    return {'audio': waveform, 'audio_paddings': paddings, 'index': np.int32(index)}
+
+
+def make_scst_train_iterator(
+  cfg: ml_collections.ConfigDict,
+  global_batch_size: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> grain.DatasetIterator:
+  """This process's infinite, checkpointable SCST train iterator.
+
+  Args:
+    cfg: `config.dataset` (`train_split`, `max_audio_seconds`,
+      `sample_rate`, `num_workers`, `seed`).
+    global_batch_size: clips per step over all processes.
+    process_index: this process (default `jax.process_index()`).
+    process_count: number of processes (default `jax.process_count()`).
+
+  Returns:
+    An iterator of dicts: `audio`, `audio_paddings` float32
+    `[b, max_samples]` and `index` int32 `[b]` (position in the train
+    split), `b = global_batch_size / process_count`.
+  """
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  batch_size = pipeline.per_process_batch_size(global_batch_size, count)
+  source = sources.open_source(cfg, cfg.train_split)
+  if len(source) < count:
+    raise ValueError(f'{len(source)} training clips cannot feed {count} processes')
+  seed = int(np.random.SeedSequence([int(cfg.seed), index, 1]).generate_state(1)[0])
+  transform = _IndexedClip(
+    source=source, max_samples=int(round(cfg.max_audio_seconds * cfg.sample_rate))
+  )
+  dataset = grain.MapDataset.range(len(source))[index::count].seed(seed).shuffle().repeat()
+  dataset = dataset.random_map(transform).batch(batch_size, drop_remainder=True)
+  num_workers = int(cfg.num_workers)
+  threads = _WORKER_READ_THREADS if num_workers > 0 else _READ_THREADS
+  iter_dataset = dataset.to_iter_dataset(
+    grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads)
+  )
+  if num_workers > 0:
+    from absl import flags
+
+    # Grain worker processes read absl flags; a library caller may not have parsed them.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(iter_dataset)

@@ -1,0 +1,219 @@
+"""The host half of an SCST step: captions -> rewards -> baselines.
+
+Rewards are computed on the host, per sampled caption, against all the
+references of its clip:
+
+- `cider_d` (default): CIDEr-D with document frequencies counted once over
+  the training references (`aac_jax.metrics.CiderDReward`).
+- `spider`: (CIDEr-D + SPICE) / 2, SPICE from the official jar
+  (`aac_jax.metrics.spice`); needs Java and the CoreNLP 3.6.0 jars, and
+  refuses to start without them (`SpiceUnavailable`), never a fake SPICE.
+- `mix`: `sum_m weight_m * metric_m` over `config.scst.reward_weights`
+  (`cider_d`, `spice`).
+
+Baselines (`baseline_rewards`): the reward of the greedy caption of the same
+clip, or the mean reward of the other K - 1 samples of the clip. The
+advantage itself (reward - baseline, optionally standardised) is formed on
+the device, over the global batch (`aac_jax.scst.steps.compute_advantages`).
+"""
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import ml_collections
+import numpy as np
+
+from aac_jax.data import text
+from aac_jax.data.sources import EvalSplit
+from aac_jax.data.tokenizer import Tokenizer
+from aac_jax.metrics import reward as reward_lib
+from aac_jax.metrics import spice as spice_lib
+
+BASELINES = ('greedy', 'mean_others')
+REWARDS = ('cider_d', 'spider', 'mix')
+METRICS = ('cider_d', 'spice')
+
+
+def baseline_rewards(
+  rewards: np.ndarray, kind: str, greedy_rewards: np.ndarray | None = None
+) -> np.ndarray:
+  """The baseline of every sample.
+
+  Args:
+    rewards: `[b, K]` rewards of K samples per clip.
+    kind: 'greedy' (the reward of the clip's greedy caption) or
+      'mean_others' (the mean reward of the clip's other K - 1 samples).
+    greedy_rewards: `[b]` rewards of the greedy captions ('greedy' only).
+
+  Returns:
+    float32 `[b, K]`.
+
+  Raises:
+    ValueError: unknown kind, 'mean_others' with K < 2, or 'greedy'
+      without greedy rewards.
+  """
+  rewards = np.asarray(rewards, np.float64)
+  b, k = rewards.shape
+  if kind == 'greedy':
+    if greedy_rewards is None:
+      raise ValueError("baseline 'greedy' needs the greedy captions' rewards")
+    return np.broadcast_to(np.asarray(greedy_rewards, np.float64)[:, None], (b, k)).astype(
+      np.float32
+    )
+  if kind == 'mean_others':
+    if k < 2:
+      raise ValueError("baseline 'mean_others' needs num_samples >= 2")
+    others = (rewards.sum(axis=1, keepdims=True) - rewards) / (k - 1)
+    return others.astype(np.float32)
+  raise ValueError(f'baseline must be one of {BASELINES}, got {kind!r}')
+
+
+def reward_weights(scst_cfg: ml_collections.ConfigDict) -> dict[str, float]:
+  """Weight of each metric in the reward, from `config.scst.reward`.
+
+  Returns:
+    `{metric: weight}` with non-zero weights only (metrics among `METRICS`).
+  """
+  kind = scst_cfg.reward
+  if kind == 'cider_d':
+    return {'cider_d': 1.0}
+  if kind == 'spider':
+    return {'cider_d': 0.5, 'spice': 0.5}
+  if kind == 'mix':
+    weights = {k: float(v) for k, v in dict(scst_cfg.reward_weights).items() if float(v) != 0.0}
+    unknown = set(weights) - set(METRICS)
+    if unknown or not weights:
+      raise ValueError(f'reward_weights: use non-zero weights among {METRICS}, got {weights}')
+    return weights
+  raise ValueError(f'scst.reward must be one of {REWARDS}, got {kind!r}')
+
+
+class CaptionReward:
+  """Scores captions of training clips against all their references.
+
+  `reward(captions, clip_index)` returns one float per caption: the
+  weighted metrics of `reward_weights`, each caption scored against the
+  references of train clip `clip_index[i]`.
+  """
+
+  def __init__(
+    self,
+    references: EvalSplit,
+    weights: Mapping[str, float],
+    spice_jars: str | None = None,
+  ):
+    """Precomputes the CIDEr-D document frequencies of the references.
+
+    Args:
+      references: every train clip's references (`read_train_references`).
+      weights: metric -> weight (see `reward_weights`).
+      spice_jars: folder with the CoreNLP 3.6.0 jars (SPICE only; default
+        `$AAC_SPICE_CORENLP_DIR`).
+
+    Raises:
+      SpiceUnavailable: SPICE is weighted but cannot run here.
+    """
+    self._references = references.references
+    self._weights = dict(weights)
+    self._spice_jars = spice_jars or None
+    self._cider = reward_lib.CiderDReward(self._references)
+    if 'spice' in self._weights:
+      # Fail now, with the reason, rather than at the first step.
+      spice_lib.find_spice_jar()
+      spice_lib.find_corenlp(self._spice_jars)
+
+  @property
+  def num_clips(self) -> int:
+    return len(self._references)
+
+  def metric_scores(self, captions: Sequence[str], clip_index: np.ndarray) -> dict[str, np.ndarray]:
+    """Each weighted metric per caption: `{metric: float64 [n]}`."""
+    refs = [self._references[int(i)] for i in np.asarray(clip_index).reshape(-1)]
+    scores = {'cider_d': self._cider.score(list(captions), refs)}
+    if 'spice' in self._weights:
+      norm_refs = [[text.normalize_caption(r) for r in rs] for rs in refs]
+      _, spice = spice_lib.spice_scores(list(captions), norm_refs, self._spice_jars)
+      scores['spice'] = np.nan_to_num(spice, nan=0.0)
+    return scores
+
+  def __call__(self, captions: Sequence[str], clip_index: np.ndarray) -> np.ndarray:
+    """Weighted reward per caption.
+
+    Args:
+      captions: `[n]` captions (decoded model output).
+      clip_index: int `[n]` train clip of each caption.
+
+    Returns:
+      float64 `[n]`.
+    """
+    scores = self.metric_scores(captions, clip_index)
+    return sum(w * scores[m] for m, w in self._weights.items())
+
+
+def decode_captions(tokenizer: Tokenizer, tokens: np.ndarray) -> list[str]:
+  """Captions of token rows: `[..., L]` -> flat list in row-major order."""
+  rows = np.asarray(tokens).reshape(-1, np.asarray(tokens).shape[-1])
+  return [tokenizer.decode(row.tolist()) for row in rows]
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredRollout:
+  """Host results for one batch of samples.
+
+  Attributes:
+    rewards: float32 `[b, K]`.
+    baselines: float32 `[b, K]`.
+    captions: `[b * K]` sampled captions (clip-major).
+    greedy_captions: `[b]` greedy captions, or None.
+    greedy_rewards: float32 `[b]`, or None.
+  """
+
+  rewards: np.ndarray
+  baselines: np.ndarray
+  captions: list[str]
+  greedy_captions: list[str] | None = None
+  greedy_rewards: np.ndarray | None = None
+
+
+def score_rollout(
+  reward_fn: CaptionReward,
+  tokenizer: Tokenizer,
+  samples: np.ndarray,
+  clip_index: np.ndarray,
+  baseline: str,
+  greedy: np.ndarray | None = None,
+) -> ScoredRollout:
+  """Decodes and scores one batch of samples, and forms the baselines.
+
+  Args:
+    reward_fn: the reward (`CaptionReward` or any callable of the same form).
+    tokenizer: the run's tokenizer.
+    samples: int `[b, K, L]` sampled tokens.
+    clip_index: int `[b]` train clip of each row.
+    baseline: 'greedy' or 'mean_others'.
+    greedy: int `[b, L]` greedy tokens ('greedy' baseline).
+
+  Returns:
+    The `ScoredRollout`.
+  """
+  b, k, _ = samples.shape
+  captions = decode_captions(tokenizer, samples)
+  clip_index = np.asarray(clip_index).reshape(-1)
+  index = np.repeat(clip_index, k)
+  greedy_captions = None
+  if baseline == 'greedy':
+    if greedy is None:
+      raise ValueError("baseline 'greedy' needs greedy tokens")
+    greedy_captions = decode_captions(tokenizer, greedy)
+    # One call scores both: samples first, then the greedy captions.
+    scores = reward_fn(captions + greedy_captions, np.concatenate([index, clip_index]))
+    rewards, greedy_rewards = scores[: b * k].reshape(b, k), scores[b * k :]
+  else:
+    rewards, greedy_rewards = reward_fn(captions, index).reshape(b, k), None
+  return ScoredRollout(
+    rewards=rewards.astype(np.float32),
+    baselines=baseline_rewards(rewards, baseline, greedy_rewards),
+    captions=captions,
+    greedy_captions=greedy_captions,
+    greedy_rewards=None if greedy_rewards is None else greedy_rewards.astype(np.float32),
+  )

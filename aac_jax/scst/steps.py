@@ -1,0 +1,327 @@
+"""The two device halves of an SCST step, written as pmap bodies over `'data'`.
+
+An SCST step is split around the host-side reward:
+
+1. `sample_step(params, batch, rngs, ...)`: front end, encoder, then K
+   multinomial samples per clip (and the greedy caption when the baseline
+   is greedy). No gradient.
+2. the host decodes the samples, scores them against the clip's references
+   and forms a baseline per sample (`aac_jax.scst.rewards`).
+3. `scst_update_step(state, batch, rollout, rng, ...)`: teacher-forces the
+   sampled tokens to recompute log p(sample) with gradients, and applies
+   `loss = -sum(advantage * log p(sample)) / normaliser` through the
+   optimizer.
+
+Gradients and `shard_map` (docs: DESIGN.md section 1): parameters are
+replicated (`P()`), so the gradient of a per-device loss with respect to them
+comes out already summed over devices. The per-device loss is therefore this
+device's sum divided by the GLOBAL normaliser (sample or token count of the
+whole batch, a `psum`), and there is no `pmean` of the gradients.
+`tests/test_scst_step.py` compares 8 devices with one.
+
+Log-probabilities are those of the untempered model; the tokens' mask holds
+every real token of a sample, its EOS included (left out, the model learns
+to never stop).
+"""
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from aac_jax import decoding
+from aac_jax.data import tokenizer
+from aac_jax.train import steps as train_steps
+from aac_jax.train.parallel import AXIS
+from aac_jax.train.state import TrainState
+
+Batch = Mapping[str, jax.Array]
+NORMALIZERS = ('samples', 'tokens')
+
+
+def sample_step(
+  params: Any,
+  batch: Batch,
+  rngs: jax.Array,
+  repeat_ban_mask: jax.Array,
+  *,
+  model: nn.Module,
+  sample_settings: decoding.DecodeSettings,
+  greedy_settings: decoding.DecodeSettings | None,
+  frontend_cfg: ml_collections.ConfigDict,
+  sample_rate: int,
+) -> dict[str, jax.Array]:
+  """K sampled captions per clip (and the greedy one), for one device's clips.
+
+  Args:
+    params: replicated model parameters.
+    batch: `audio`, `audio_paddings` float32 `[b, samples]`.
+    rngs: `[b, K]` PRNG keys, one per sample (K = samples per clip).
+    repeat_ban_mask: bool `[vocab]` (used with `ban_repeated_content_words`).
+    model: the `Captioner` (dropout is turned off for decoding).
+    sample_settings: `method='sample'` settings.
+    greedy_settings: greedy settings for the greedy baseline, or None.
+    frontend_cfg: `config.frontend`.
+    sample_rate: `config.dataset.sample_rate`.
+
+  Returns:
+    `samples` int32 `[b, K, L]` (words, EOS, PAD), `sample_log_probs`
+    float32 `[b, K]` (sum over the sample's tokens, EOS included) and, with
+    `greedy_settings`, `greedy` int32 `[b, L]`.
+  """
+  features, paddings = train_steps.compute_features(batch, None, frontend_cfg, sample_rate)
+  encoded, enc_paddings = decoding.eval_model(model).apply(
+    {'params': params}, features, paddings, method='encode'
+  )
+  b, k = rngs.shape
+  out = decoding.decode_encoded(
+    model,
+    params,
+    decoding.repeat_rows(encoded, k),
+    decoding.repeat_rows(enc_paddings, k),
+    sample_settings,
+    rngs=rngs.reshape(b * k),
+    repeat_ban_mask=repeat_ban_mask,
+  )
+  result = {
+    'samples': out.tokens.reshape(b, k, -1),
+    'sample_log_probs': out.scores.reshape(b, k),
+  }
+  if greedy_settings is not None:
+    greedy = decoding.decode_encoded(
+      model, params, encoded, enc_paddings, greedy_settings, repeat_ban_mask=repeat_ban_mask
+    )
+    result['greedy'] = greedy.tokens
+  return result
+
+
+def make_sample_step(mesh: Mesh, num_samples: int, **static: Any):
+  """Maps `sample_step` over the data mesh and jits it.
+
+  The per-sample keys are drawn from `fold_in(rng, step)` for the GLOBAL
+  batch before it is split, so the samples do not depend on the device
+  count (with `jax_threefry_partitionable`).
+
+  Args:
+    mesh: 1-D mesh with axis `'data'`.
+    num_samples: K, samples per clip.
+    **static: the keyword arguments of `sample_step`.
+
+  Returns:
+    `fn(params, batch, rng, step, repeat_ban_mask) -> dict` (see
+    `sample_step`), outputs sharded `P('data')`.
+  """
+  body = functools.partial(sample_step, **static)
+  # No collective runs inside; the search loops start from device-invariant
+  # buffers (as in aac_jax.decoding.make_sharded_generate_fn).
+  mapped = jax.shard_map(
+    body, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P()), out_specs=P(AXIS), check_vma=False
+  )
+
+  @jax.jit
+  def run(params, batch, rng, step, repeat_ban_mask):
+    audio = {k: batch[k] for k in ('audio', 'audio_paddings')}
+    rngs = jax.random.split(jax.random.fold_in(rng, step), (audio['audio'].shape[0], num_samples))
+    return mapped(params, audio, rngs, repeat_ban_mask)
+
+  return run
+
+
+def compute_advantages(
+  rewards: jax.Array,
+  baselines: jax.Array,
+  normalize: bool,
+  axis_name: str | None = None,
+  eps: float = 1e-6,
+) -> jax.Array:
+  """Reward minus baseline, optionally standardised over the global batch.
+
+  Args:
+    rewards: `[b, K]` reward per sample.
+    baselines: `[b, K]` baseline per sample.
+    normalize: subtract the mean and divide by the standard deviation
+      (population, over every sample of the global batch).
+    axis_name: the data axis inside `shard_map` (statistics are then over
+      all devices), or None outside it.
+    eps: added to the standard deviation.
+
+  Returns:
+    float32 `[b, K]` advantages.
+  """
+  adv = (rewards - baselines).astype(jnp.float32)
+  if not normalize:
+    return adv
+
+  def total(x):
+    return jax.lax.psum(x, axis_name) if axis_name else x
+
+  count = adv.size * (jax.lax.axis_size(axis_name) if axis_name else 1)
+  mean = total(jnp.sum(adv)) / count
+  var = total(jnp.sum(jnp.square(adv - mean))) / count
+  return (adv - mean) / (jnp.sqrt(var) + eps)
+
+
+def sample_token_log_probs(
+  model: nn.Module,
+  params: Any,
+  features: jax.Array,
+  feature_paddings: jax.Array,
+  samples: jax.Array,
+  rng: jax.Array,
+) -> jax.Array:
+  """Teacher-forced log p of every sampled token (encoder run once per clip).
+
+  Args:
+    model: the `Captioner` (training mode: dropout as configured).
+    params: its parameters.
+    features: `[b, time, mels]`.
+    feature_paddings: `[b, time]`.
+    samples: int32 `[b, K, L]` sampled tokens (words, EOS, PAD).
+    rng: dropout key.
+
+  Returns:
+    float32 `[b, K, L]` log-probabilities (meaningless where samples are PAD).
+  """
+  b, k, length = samples.shape
+  encode_rng, decode_rng = jax.random.split(rng)
+  encoded, enc_paddings = model.apply(
+    {'params': params}, features, feature_paddings, method='encode', rngs={'dropout': encode_rng}
+  )
+  flat = samples.reshape(b * k, length)
+  logits = model.apply(
+    {'params': params},
+    decoding.repeat_rows(encoded, k),
+    decoding.repeat_rows(enc_paddings, k),
+    tokenizer.shift_right(flat),
+    method='decode',
+    rngs={'dropout': decode_rng},
+  )
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return jnp.take_along_axis(log_probs, flat[..., None], axis=-1)[..., 0].reshape(b, k, length)
+
+
+def _policy_loss(
+  params, batch, samples, advantages, normalizer, rng, *, model, frontend_cfg, sample_rate
+):
+  """This device's share of the global loss; aux: its sum and `[b, K]` log p."""
+  features, paddings = train_steps.compute_features(batch, None, frontend_cfg, sample_rate)
+  token_log_probs = sample_token_log_probs(model, params, features, paddings, samples, rng)
+  mask = (samples != tokenizer.PAD_ID).astype(jnp.float32)
+  seq_log_probs = jnp.sum(token_log_probs * mask, axis=-1)  # [b, K]
+  loss_sum = -jnp.sum(advantages * seq_log_probs)
+  return loss_sum / normalizer, (loss_sum, seq_log_probs)
+
+
+def _global_stats(values: jax.Array, count: jax.Array) -> dict[str, jax.Array]:
+  mean = jax.lax.psum(jnp.sum(values), AXIS) / count
+  var = jax.lax.psum(jnp.sum(jnp.square(values - mean)), AXIS) / count
+  return {'mean': mean, 'std': jnp.sqrt(var)}
+
+
+def scst_update_step(
+  state: TrainState,
+  batch: Batch,
+  rollout: Batch,
+  rng: jax.Array,
+  *,
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  frontend_cfg: ml_collections.ConfigDict,
+  sample_rate: int,
+  normalize_advantage: bool,
+  normalizer: str = 'samples',
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One policy-gradient update, as seen by one device (a pmap body over `'data'`).
+
+  Args:
+    state: replicated train state.
+    batch: this device's clips: `audio`, `audio_paddings` `[b, samples]`.
+    rollout: `samples` int32 `[b, K, L]`, `rewards` and `baselines`
+      float32 `[b, K]`.
+    rng: base key (replicated); step and device index are folded in.
+    model: the training-mode `Captioner`.
+    tx: the optimizer.
+    schedule: learning-rate schedule (for the `lr` metric).
+    frontend_cfg: `config.frontend` (no SpecAugment: the samples were drawn
+      from clean features).
+    sample_rate: `config.dataset.sample_rate`.
+    normalize_advantage: standardise advantages over the global batch.
+    normalizer: divide the summed loss by the global number of 'samples'
+      (b * K) or of real 'tokens' (EOS included).
+
+  Returns:
+    `(new_state, metrics)`, replicated float32 scalars: `loss`,
+    `grad_norm`, `lr`, `reward_mean`, `reward_std`, `baseline_mean`,
+    `advantage_mean`, `advantage_std`, `advantage_min`, `advantage_max`,
+    `advantage_positive` (share > 0), `sample_log_prob` (mean per sample),
+    `sample_tokens` (mean tokens per sample, EOS included).
+  """
+  if normalizer not in NORMALIZERS:
+    raise ValueError(f'normalizer must be one of {NORMALIZERS}, got {normalizer!r}')
+  rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(AXIS))
+  samples, rewards = rollout['samples'], rollout['rewards']
+  advantages = compute_advantages(rewards, rollout['baselines'], normalize_advantage, AXIS)
+  num_samples = jnp.float32(rewards.size * jax.lax.axis_size(AXIS))
+  mask = (samples != tokenizer.PAD_ID).astype(jnp.float32)
+  num_tokens = jax.lax.psum(jnp.sum(mask), AXIS)
+  denominator = num_samples if normalizer == 'samples' else jnp.maximum(num_tokens, 1.0)
+  grad_fn = jax.grad(
+    functools.partial(
+      _policy_loss, model=model, frontend_cfg=frontend_cfg, sample_rate=sample_rate
+    ),
+    has_aux=True,
+  )
+  grads, (loss_sum, seq_log_probs) = grad_fn(
+    state.params, batch, samples, advantages, denominator, rng
+  )
+  reward_stats = _global_stats(rewards, num_samples)
+  adv_stats = _global_stats(advantages, num_samples)
+  metrics = {
+    'loss': jax.lax.psum(loss_sum, AXIS) / denominator,
+    'grad_norm': optax.tree.norm(grads),
+    'lr': jnp.asarray(schedule(state.step), jnp.float32),
+    'reward_mean': reward_stats['mean'],
+    'reward_std': reward_stats['std'],
+    'baseline_mean': jax.lax.psum(jnp.sum(rollout['baselines']), AXIS) / num_samples,
+    'advantage_mean': adv_stats['mean'],
+    'advantage_std': adv_stats['std'],
+    'advantage_min': jax.lax.pmin(jnp.min(advantages), AXIS),
+    'advantage_max': jax.lax.pmax(jnp.max(advantages), AXIS),
+    'advantage_positive': jax.lax.psum(jnp.sum(advantages > 0), AXIS) / num_samples,
+    'sample_log_prob': jax.lax.psum(jnp.sum(seq_log_probs), AXIS) / num_samples,
+    'sample_tokens': num_tokens / num_samples,
+  }
+  return state.apply_gradients(tx, grads), metrics
+
+
+def make_update_step(mesh: Mesh, *, donate: bool = True, **static: Any):
+  """Maps `scst_update_step` over the data mesh and jits it.
+
+  Args:
+    mesh: 1-D mesh with axis `'data'`.
+    donate: donate the input state buffers (the caller must not reuse them).
+    **static: the keyword arguments of `scst_update_step` after `rng`.
+
+  Returns:
+    `step(state, batch, rollout, rng) -> (state, metrics)`; `batch` and
+    `rollout` sharded `P('data')`, state replicated.
+  """
+  body = functools.partial(scst_update_step, **static)
+  mapped = jax.shard_map(
+    body, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P()), out_specs=(P(), P()), check_vma=True
+  )
+
+  @functools.partial(jax.jit, donate_argnums=(0,) if donate else ())
+  def run(state, batch, rollout, rng):
+    audio = {k: batch[k] for k in ('audio', 'audio_paddings')}
+    return mapped(state, audio, rollout, rng)
+
+  return run

@@ -1,0 +1,90 @@
+"""The data-parallel mesh and moving host batches onto it.
+
+Every step in this package is written as a pmap body (one device's share of
+the batch, collectives over the named axis `'data'`) and mapped with
+`jax.jit(jax.shard_map(...))` over a 1-D mesh of all devices: the semantics
+of `jax.pmap` with the current API. Parameters and optimizer state are
+replicated (`P()`); batches are split on their leading axis (`P('data')`).
+"""
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXIS = 'data'
+
+
+def create_mesh(devices: list[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh named `'data'` over `devices` (default: all, every process)."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """The sharding of parameters and optimizer state: a full copy per device."""
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """The sharding of batches: leading axis split over `'data'`."""
+  return NamedSharding(mesh, P(AXIS))
+
+
+def process_batch_size(global_batch_size: int, mesh: Mesh) -> int:
+  """The batch each process reads so that the global batch splits evenly.
+
+  Args:
+    global_batch_size: examples per step over all processes.
+    mesh: the data mesh.
+
+  Returns:
+    `global_batch_size // jax.process_count()`.
+
+  Raises:
+    ValueError: if the global batch does not split evenly over the devices.
+  """
+  if global_batch_size % mesh.size:
+    raise ValueError(
+      f'batch size {global_batch_size} is not divisible by the {mesh.size} devices; '
+      f'choose a multiple of {mesh.size}'
+    )
+  return global_batch_size // jax.process_count()
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Assembles each process's local batch into global arrays.
+
+  Args:
+    batch: this process's examples, every leaf `[local_batch, ...]`.
+    mesh: the data mesh.
+
+  Returns:
+    The same tree of global `jax.Array`s `[local_batch * process_count, ...]`
+    sharded `P('data')`.
+  """
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def to_host(tree: Any) -> Any:
+  """Fetches a tree of fully replicated or fully addressable arrays as numpy."""
+  return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
+
+
+def gather_to_host(tree: Any) -> Any:
+  """Fetches a tree of `P('data')` arrays as numpy on every process.
+
+  Args:
+    tree: global arrays `[global_batch, ...]`, possibly spread over processes.
+
+  Returns:
+    numpy arrays `[global_batch, ...]`.
+  """
+  if jax.process_count() == 1:
+    return to_host(tree)
+  from jax.experimental import multihost_utils
+
+  return multihost_utils.process_allgather(tree, tiled=True)

@@ -1,0 +1,244 @@
+"""Pure per-device steps and their data-parallel mapping.
+
+`train_step` is written as a pmap body: it sees one device's share of the
+global batch and talks to the other devices through collectives over the
+axis `'data'`. `make_train_step` maps it with `jax.jit(jax.shard_map(...))`.
+
+Gradients and `shard_map`: parameters come in replicated (`P()`), so inside
+the map they are device-invariant, and the gradient of a per-device loss
+with respect to them comes out already *summed* over devices (the transpose
+of the implicit broadcast is a `psum`). So the per-device loss here is this
+device's summed token loss divided by the token count of the GLOBAL batch,
+its gradient is the exact gradient of the global token-weighted mean, and
+there is no `pmean` of the gradients (one would scale them by the device
+count). `tests/test_train_step.py` compares with one device.
+"""
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+from aac_jax.audio import frontend
+from aac_jax.data import tokenizer
+from aac_jax.train.parallel import AXIS
+from aac_jax.train.state import TrainState
+
+Batch = Mapping[str, jax.Array]
+
+# Jitted steps built earlier in this process, by everything they depend on.
+_STEP_CACHE: dict[tuple, Any] = {}
+
+
+def cached_step(key: tuple, build: Callable[[], Any]) -> Any:
+  """Returns the step stored under `key`, building it with `build()` once.
+
+  Several runs in one process with the same model, optimizer and front end
+  (tests, notebooks, a resume after a planned stop) then share one traced
+  and compiled step instead of tracing it again.
+
+  Args:
+    key: hashable description of everything the step depends on.
+    build: makes the step.
+  """
+  if key not in _STEP_CACHE:
+    _STEP_CACHE[key] = build()
+  return _STEP_CACHE[key]
+
+
+def token_loss_sum(
+  logits: jax.Array, targets: jax.Array, label_smoothing: float
+) -> tuple[jax.Array, jax.Array]:
+  """Label-smoothed cross-entropy summed over real tokens.
+
+  The smoothed target puts `1 - label_smoothing` on the true token and
+  spreads `label_smoothing` uniformly over the whole vocabulary.
+
+  Args:
+    logits: `[batch, len, vocab]` (any float dtype; computed in float32).
+    targets: int32 `[batch, len]`, `PAD_ID` where there is no token.
+    label_smoothing: in `[0, 1)`.
+
+  Returns:
+    `(loss_sum, num_tokens)`: float32 scalars over the non-pad positions.
+  """
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
+  nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+  uniform = -jnp.mean(log_probs, axis=-1)
+  loss = (1.0 - label_smoothing) * nll + label_smoothing * uniform
+  weights = (targets != tokenizer.PAD_ID).astype(jnp.float32)
+  return jnp.sum(loss * weights), jnp.sum(weights)
+
+
+def compute_features(
+  batch: Batch,
+  rng: jax.Array | None,
+  frontend_cfg: ml_collections.ConfigDict,
+  sample_rate: int,
+  augment: bool = False,
+) -> tuple[jax.Array, jax.Array]:
+  """Log-mel features of a batch, with SpecAugment when `augment`.
+
+  Args:
+    batch: `audio` and `audio_paddings`, float32 `[batch, samples]`.
+    rng: key for SpecAugment (unused without `augment`).
+    frontend_cfg: `config.frontend`.
+    sample_rate: Hz of the audio (`config.dataset.sample_rate`).
+    augment: apply SpecAugment (training; still off unless
+      `frontend_cfg.spec_augment`).
+
+  Returns:
+    `(features [batch, frames, mels], frame_paddings [batch, frames])`.
+  """
+  features, paddings = frontend.log_mel(
+    batch['audio'], batch['audio_paddings'], frontend_cfg, sample_rate
+  )
+  if augment:
+    features = frontend.spec_augment(rng, features, paddings, frontend_cfg)
+  return features, paddings
+
+
+def _micro_loss(
+  params: Any,
+  batch: Batch,
+  rng: jax.Array,
+  global_tokens: jax.Array,
+  *,
+  model: nn.Module,
+  frontend_cfg: ml_collections.ConfigDict,
+  sample_rate: int,
+  label_smoothing: float,
+) -> tuple[jax.Array, jax.Array]:
+  """This device's share of the global mean loss, and its unnormalised sum."""
+  augment_rng, dropout_rng = jax.random.split(rng)
+  features, paddings = compute_features(batch, augment_rng, frontend_cfg, sample_rate, True)
+  targets = batch['targets']
+  logits = model.apply(
+    {'params': params},
+    features,
+    paddings,
+    tokenizer.shift_right(targets),
+    rngs={'dropout': dropout_rng},
+  )
+  loss_sum, _ = token_loss_sum(logits, targets, label_smoothing)
+  return loss_sum / global_tokens, loss_sum
+
+
+def _split_micro_batches(batch: Batch, num_micro: int) -> Batch:
+  """`[b, ...]` leaves to `[num_micro, b // num_micro, ...]`."""
+
+  def split(x):
+    if x.shape[0] % num_micro:
+      raise ValueError(f'per-device batch {x.shape[0]} not divisible by {num_micro} micro-batches')
+    return x.reshape(num_micro, x.shape[0] // num_micro, *x.shape[1:])
+
+  return jax.tree.map(split, dict(batch))
+
+
+def _gradients(
+  params: Any, batch: Batch, rng: jax.Array, global_tokens: jax.Array, num_micro: int, **loss_kw
+) -> tuple[Any, jax.Array]:
+  """Global-batch gradient and this device's loss sum, over `num_micro` micro-batches.
+
+  Each micro-batch's loss is divided by the global token count of the whole
+  batch, so summing micro-batch gradients gives exactly the full-batch one.
+  """
+  grad_fn = jax.grad(functools.partial(_micro_loss, **loss_kw), has_aux=True)
+  if num_micro == 1:
+    return grad_fn(params, batch, rng, global_tokens)
+
+  def body(grad_sum, xs):
+    micro, index = xs
+    grads, loss_sum = grad_fn(params, micro, jax.random.fold_in(rng, index), global_tokens)
+    return jax.tree.map(jnp.add, grad_sum, grads), loss_sum
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  micro_batches = _split_micro_batches(batch, num_micro)
+  grads, loss_sums = jax.lax.scan(body, zeros, (micro_batches, jnp.arange(num_micro)))
+  return grads, jnp.sum(loss_sums)
+
+
+def train_step(
+  state: TrainState,
+  batch: Batch,
+  rng: jax.Array,
+  *,
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  schedule: optax.Schedule,
+  frontend_cfg: ml_collections.ConfigDict,
+  sample_rate: int,
+  label_smoothing: float,
+  grad_accum_steps: int = 1,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update, as seen by one device (a pmap body over `'data'`).
+
+  Args:
+    state: replicated train state.
+    batch: this device's examples: `audio`, `audio_paddings` float32
+      `[b, samples]`, `targets` int32 `[b, max_caption_tokens]`.
+    rng: the run's base key (replicated); the step number, the device index
+      and the micro-batch index are folded in here.
+    model: the training-mode `Captioner` (dropout on).
+    tx: the optimizer.
+    schedule: learning-rate schedule (for the `lr` metric).
+    frontend_cfg: `config.frontend`.
+    sample_rate: `config.dataset.sample_rate`.
+    label_smoothing: `config.optim.label_smoothing`.
+    grad_accum_steps: micro-batches per update (divides `b`).
+
+  Returns:
+    `(new_state, metrics)`; metrics are replicated float32 scalars: `loss`
+    (token-weighted mean over the global batch), `grad_norm` (before
+    clipping), `lr` (used for this update) and `tokens` (real target tokens
+    in the global batch).
+  """
+  rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(AXIS))
+  local_tokens = jnp.sum((batch['targets'] != tokenizer.PAD_ID).astype(jnp.float32))
+  global_tokens = jax.lax.psum(local_tokens, AXIS)
+  # A batch of only padding would divide by zero; its gradient is zero anyway.
+  safe_tokens = jnp.maximum(global_tokens, 1.0)
+  grads, loss_sum = _gradients(
+    state.params,
+    batch,
+    rng,
+    safe_tokens,
+    grad_accum_steps,
+    model=model,
+    frontend_cfg=frontend_cfg,
+    sample_rate=sample_rate,
+    label_smoothing=label_smoothing,
+  )
+  metrics = {
+    'loss': jax.lax.psum(loss_sum, AXIS) / safe_tokens,
+    'grad_norm': optax.tree.norm(grads),
+    'lr': jnp.asarray(schedule(state.step), jnp.float32),
+    'tokens': global_tokens,
+  }
+  return state.apply_gradients(tx, grads), metrics
+
+
+def make_train_step(mesh: Mesh, *, donate: bool = True, **static: Any):
+  """Maps `train_step` over the data mesh and jits it.
+
+  Args:
+    mesh: 1-D mesh with axis `'data'`.
+    donate: donate the input state buffers (the caller must not reuse them).
+    **static: the keyword arguments of `train_step` after `rng`.
+
+  Returns:
+    `step(state, batch, rng) -> (state, metrics)` taking a replicated state,
+    a global batch sharded `P('data')` and a key.
+  """
+  body = functools.partial(train_step, **static)
+  mapped = jax.shard_map(
+    body, mesh=mesh, in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()), check_vma=True
+  )
+  return jax.jit(mapped, donate_argnums=(0,) if donate else ())

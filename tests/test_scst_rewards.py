@@ -1,0 +1,169 @@
+"""SCST rewards, baselines and advantages on a hand-made batch.
+
+The reward corpus has two clips, so every n-gram of it has document
+frequency 1 and idf log(2) - log(1) = log 2; the CIDEr-D values below follow
+from the definition by hand:
+- "a b" against "a b": unigram and bigram cosine 1, no 3- or 4-grams:
+  10 * (1 + 1 + 0 + 0) / 4 = 5.
+- "a" against "a b": unigram cosine 1 / sqrt(2), length penalty
+  exp(-(0 - 1)^2 / 72) (bigram counts 0 and 1): 10 * that / 4.
+- "c d" against {"c d", "c e"}: mean of 5 and 10 * (1/2) / 4 = 1.25.
+- no shared word: 0.
+"""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from aac_jax.data import tokenizer as tokenizer_lib
+from aac_jax.data.sources import EvalSplit
+from aac_jax.scst import rewards, steps
+from aac_jax.train import parallel
+
+REFERENCES = EvalSplit('train', ['clip0', 'clip1'], [['A b.'], ['c d', 'C, e!']])
+A_VS_AB = 10 * math.exp(-1 / 72) / math.sqrt(2) / 4
+TOKENIZER = tokenizer_lib.Tokenizer(tokenizer_lib.SPECIAL_TOKENS + ('a', 'b', 'c', 'd', 'e'))
+A, B, C, D, E = 4, 5, 6, 7, 8
+EOS = tokenizer_lib.EOS_ID
+
+
+def _row(*words, length=4):
+  row = list(words) + [EOS]
+  return row + [tokenizer_lib.PAD_ID] * (length - len(row))
+
+
+# Clip 0 (refs "a b"): samples "a b", "a", "c d"; clip 1 (refs "c d", "c e"):
+# samples "c d", "a b", "c d".
+SAMPLES = np.array(
+  [
+    [_row(A, B), _row(A), _row(C, D)],
+    [_row(C, D), _row(A, B), _row(C, D)],
+  ],
+  np.int32,
+)
+GREEDY = np.array([_row(A), _row(C, E)], np.int32)  # "a" (A_VS_AB), "c e" (3.125 by symmetry)
+INDEX = np.array([0, 1], np.int32)
+EXPECTED_REWARDS = np.array([[5.0, A_VS_AB, 0.0], [3.125, 0.0, 3.125]])
+
+
+@pytest.fixture(scope='module')
+def reward_fn():
+  return rewards.CaptionReward(REFERENCES, {'cider_d': 1.0})
+
+
+def test_cider_d_reward_equals_hand_computed(reward_fn):
+  captions = ['a b', 'A', 'c d', 'c d', 'x y z']
+  got = reward_fn(captions, np.array([0, 0, 1, 0, 1]))
+  np.testing.assert_allclose(got, [5.0, A_VS_AB, 3.125, 0.0, 0.0], rtol=1e-6)
+
+
+def test_mean_others_baseline_and_advantages(reward_fn):
+  scored = rewards.score_rollout(reward_fn, TOKENIZER, SAMPLES, INDEX, 'mean_others')
+  assert scored.captions == ['a b', 'a', 'c d', 'c d', 'a b', 'c d']
+  np.testing.assert_allclose(scored.rewards, EXPECTED_REWARDS, rtol=1e-6)
+  r = EXPECTED_REWARDS
+  expected_baselines = [
+    [(r[0, 1] + r[0, 2]) / 2, (r[0, 0] + r[0, 2]) / 2, (r[0, 0] + r[0, 1]) / 2],
+    [1.5625, 3.125, 1.5625],
+  ]
+  np.testing.assert_allclose(scored.baselines, expected_baselines, rtol=1e-6)
+  adv = steps.compute_advantages(scored.rewards, scored.baselines, normalize=False)
+  expected_adv = [
+    [5.0 - A_VS_AB / 2, A_VS_AB - 2.5, -(5.0 + A_VS_AB) / 2],
+    [1.5625, -3.125, 1.5625],
+  ]
+  np.testing.assert_allclose(adv, expected_adv, rtol=1e-5, atol=1e-6)
+  # Leave-one-out advantages of a clip sum to zero.
+  np.testing.assert_allclose(np.sum(adv, axis=1), 0.0, atol=1e-5)
+
+
+def test_greedy_baseline_and_advantages(reward_fn):
+  scored = rewards.score_rollout(reward_fn, TOKENIZER, SAMPLES, INDEX, 'greedy', GREEDY)
+  assert scored.greedy_captions == ['a', 'c e']
+  np.testing.assert_allclose(scored.greedy_rewards, [A_VS_AB, 3.125], rtol=1e-6)
+  np.testing.assert_allclose(scored.baselines, [[A_VS_AB] * 3, [3.125] * 3], rtol=1e-6)
+  adv = steps.compute_advantages(scored.rewards, scored.baselines, normalize=False)
+  expected = [[5.0 - A_VS_AB, 0.0, -A_VS_AB], [0.0, -3.125, 0.0]]
+  np.testing.assert_allclose(adv, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_normalised_advantages_hand_computed():
+  rewards_ = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, 6.0]], np.float32)
+  greedy = np.array([2.0, 1.0])
+  baselines = rewards.baseline_rewards(rewards_, 'greedy', greedy)
+  np.testing.assert_array_equal(baselines, [[2, 2, 2], [1, 1, 1]])
+  # Raw advantages -1 0 1 -1 -1 5: mean 0.5, variance 27.5 / 6.
+  expected = (np.array([[-1, 0, 1], [-1, -1, 5]]) - 0.5) / math.sqrt(27.5 / 6)
+  got = steps.compute_advantages(rewards_, baselines, normalize=True, eps=0.0)
+  np.testing.assert_allclose(got, expected, rtol=1e-6)
+  others = rewards.baseline_rewards(rewards_, 'mean_others')
+  np.testing.assert_allclose(others, [[2.5, 2.0, 1.5], [3.0, 3.0, 0.0]])
+
+
+def test_normalisation_uses_the_global_batch_across_devices():
+  rng = np.random.default_rng(0)
+  rewards_ = rng.normal(size=(16, 3)).astype(np.float32) * np.arange(1, 17)[:, None]
+  baselines = rewards.baseline_rewards(rewards_, 'mean_others')
+  mesh = parallel.create_mesh()
+  fn = jax.jit(
+    jax.shard_map(
+      lambda r, b: steps.compute_advantages(r, b, True, parallel.AXIS),
+      mesh=mesh,
+      in_specs=(P(parallel.AXIS), P(parallel.AXIS)),
+      out_specs=P(parallel.AXIS),
+    )
+  )
+  np.testing.assert_allclose(
+    fn(rewards_, baselines),
+    steps.compute_advantages(rewards_, baselines, True),
+    rtol=1e-5,
+    atol=1e-6,
+  )
+
+
+def test_bad_baselines_and_rewards_are_refused():
+  with pytest.raises(ValueError, match='num_samples >= 2'):
+    rewards.baseline_rewards(np.zeros((2, 1)), 'mean_others')
+  with pytest.raises(ValueError, match='greedy'):
+    rewards.baseline_rewards(np.zeros((2, 2)), 'greedy')
+  with pytest.raises(ValueError, match='baseline must be'):
+    rewards.baseline_rewards(np.zeros((2, 2)), 'median')
+
+
+def test_reward_weights_and_spice_refusal(monkeypatch):
+  from configs import base
+
+  cfg = base.get_scst_config()
+  assert rewards.reward_weights(cfg) == {'cider_d': 1.0}
+  cfg.reward = 'spider'
+  assert rewards.reward_weights(cfg) == {'cider_d': 0.5, 'spice': 0.5}
+  cfg.reward = 'mix'
+  cfg.reward_weights = {'cider_d': 0.7, 'spice': 0.3}
+  assert rewards.reward_weights(cfg) == {'cider_d': 0.7, 'spice': 0.3}
+  cfg.reward_weights = {'bleu': 1.0}
+  with pytest.raises(ValueError, match='reward_weights'):
+    rewards.reward_weights(cfg)
+  # Without the CoreNLP jars a SPICE reward refuses to start (never a fake SPICE).
+  monkeypatch.delenv('AAC_SPICE_CORENLP_DIR', raising=False)
+  from aac_jax.metrics import spice
+
+  with pytest.raises(spice.SpiceUnavailable):
+    rewards.CaptionReward(REFERENCES, {'cider_d': 0.5, 'spice': 0.5})
+
+
+@pytest.mark.parametrize('arg', [None, 'runlocal', 'runlocal,baseline=greedy,init_from=/x'])
+def test_scst_configs_load_and_validate(arg):
+  from aac_jax.scst import trainer
+  from configs import clotho_scst, synthetic_demo_scst
+
+  for module in (synthetic_demo_scst, clotho_scst):
+    config = module.get_config(arg)
+    trainer.check_scst_config(config)
+    assert config.train.init_from and config.scst.enabled
+    assert config.train.batch_size % 8 == 0
+    sample, greedy = trainer.make_sample_settings(config)
+    assert sample.method == 'sample' and sample.max_len <= config.model.max_decode_len
+    assert (greedy is not None) == (config.scst.baseline == 'greedy')

@@ -1,0 +1,115 @@
+"""The SCST stage end to end on `toy_aac`: from a CE run, exact resume, reports.
+
+Real runs, real orbax files, no mocks: a 2-step cross-entropy run, then SCST
+runs started from it with `train.init_from`.
+"""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+import toy_dataset
+
+from aac_jax import scst
+from aac_jax.data import pipeline
+from aac_jax.train import checkpointing, trainer
+from configs import synthetic_demo, synthetic_demo_scst
+
+
+def _point_at_toy(config, data_dir, name):
+  config.dataset.name = name
+  config.dataset.builder_config = ''
+  config.dataset.data_dir = str(data_dir)
+  config.dataset.max_audio_seconds = 1.0
+  # Same model and front end in both stages: the eval step compiles once.
+  config.model.dropout = config.model.attention_dropout = 0.0
+  config.frontend.spec_augment = False
+  config.eval.test_at_end = False
+
+
+def _write_ce_workdir(config, workdir):
+  """A cross-entropy workdir as the trainer leaves it: vocab.txt and a checkpoint.
+
+  The state is the trainer's own fresh initialisation (training it first
+  would only add compile time here; test_checkpoint_resume covers that).
+  """
+  exp = trainer.create_experiment(config, str(workdir))
+  manager = checkpointing.create_checkpoint_manager(workdir, config.train)
+  train_iter = pipeline.make_train_iterator(config.dataset, exp.tokenizer, config.train.batch_size)
+  state = trainer.restore_state(exp, manager, train_iter)
+  checkpointing.save_checkpoint(manager, 2, state, train_iter, {'cider_d': 0.0})
+  manager.wait_until_finished()
+  manager.close()
+
+
+@pytest.fixture(scope='module')
+def ce_workdir(tmp_path_factory):
+  """A cross-entropy workdir on a fresh `toy_aac` copy."""
+  cache = tmp_path_factory.getbasetemp() / 'jax_cache'
+  previous = jax.config.jax_compilation_cache_dir
+  jax.config.update('jax_compilation_cache_dir', str(cache))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  data_dir = tmp_path_factory.mktemp('tfds')
+  name = toy_dataset.build_toy_dataset(str(data_dir))
+  config = synthetic_demo.get_config('runlocal')
+  _point_at_toy(config, data_dir, name)
+  workdir = tmp_path_factory.mktemp('ce')
+  _write_ce_workdir(config, workdir)
+  yield workdir, data_dir, name
+  jax.config.update('jax_compilation_cache_dir', previous)
+
+
+def _scst_config(ce_workdir, stop_at_step=-1, **scst_overrides):
+  workdir, data_dir, name = ce_workdir
+  config = synthetic_demo_scst.get_config(f'runlocal,init_from={workdir}')
+  _point_at_toy(config, data_dir, name)
+  config.eval.test_at_end = True
+  config.train.stop_at_step = stop_at_step
+  config.scst.update(scst_overrides)
+  return config
+
+
+@pytest.fixture(scope='module')
+def straight(ce_workdir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('scst')
+  return workdir, scst.run_scst(_scst_config(ce_workdir), str(workdir))
+
+
+def test_scst_run_reports_both_rows(straight, ce_workdir):
+  workdir, result = straight
+  assert (result.step, result.reason, int(result.state.step)) == (4, 'finished', 4)
+  assert result.split == 'test' and result.final_step == 4
+  for scores in (result.initial, result.final):
+    for key in ('cider_d', 'bleu_4', 'vocab_size', 'repeated_bigram_rate', 'mean_length'):
+      assert np.isfinite(scores[key]), key
+  saved = json.loads((workdir / scst.trainer.INITIAL_SCORES_FILE).read_text())
+  assert saved['test'] == pytest.approx(result.initial)
+  assert (workdir / 'predictions' / 'test_init.json').exists()
+  assert (workdir / 'vocab.txt').read_text() == (ce_workdir[0] / 'vocab.txt').read_text()
+  assert 0.0 < result.timing['reward_share'] < 1.0
+  table = scst.format_comparison(result)
+  assert table[1].startswith('cross-entropy') and table[2].startswith('scst')
+
+
+def test_resume_from_disk_equals_straight_run(straight, ce_workdir, tmp_path):
+  _, reference = straight
+  first = scst.run_scst(_scst_config(ce_workdir, stop_at_step=2), str(tmp_path))
+  assert (first.step, first.reason, first.final) == (2, 'stopped', {})
+  assert sorted(
+    checkpointing.create_checkpoint_manager(
+      tmp_path, _scst_config(ce_workdir).train, read_only=True
+    ).all_steps()
+  ) == [2]
+  resumed = scst.run_scst(_scst_config(ce_workdir), str(tmp_path))
+  assert resumed.step == 4 and int(resumed.state.step) == 4
+  assert resumed.initial == pytest.approx(reference.initial)  # read back, not re-measured
+  for x, y in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(reference.state), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_scst_needs_a_starting_point(ce_workdir, tmp_path):
+  config = _scst_config(ce_workdir)
+  config.train.init_from = ''
+  with pytest.raises(ValueError, match='init_from'):
+    scst.run_scst(config, str(tmp_path))

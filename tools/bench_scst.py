@@ -1,0 +1,149 @@
+"""Where an SCST step's time goes: device sampling, host reward, device update.
+
+Builds the real SCST pieces of a config (`aac_jax.scst.trainer.create_scst_run`:
+train references, CIDEr-D reward with train document frequencies, jitted
+sample and update steps on all local devices), feeds batches of real train
+clips, and times:
+
+- each part alone (sampling, reward on the host, update), blocking after each;
+- whole steps run sequentially (`pipeline=False`: sample, score, update);
+- whole steps pipelined (`pipeline=True`: batch t + 1 is sampled while the
+  host scores batch t), as `run_scst` runs them.
+
+The reward share is host reward time / step time. Parameters are the
+`init_from` run's (best checkpoint) when given, else a fresh initialisation
+(an untrained model samples long captions: the slowest case for the reward).
+
+  python tools/bench_scst.py --config=configs/synthetic_demo_scst.py:init_from=workdirs/demo
+  python tools/bench_scst.py --config=configs/synthetic_demo_scst.py:data=small --steps=5
+"""
+
+import pathlib
+import sys
+import tempfile
+import time
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(_REPO))
+
+from aac_jax import models  # noqa: E402
+from aac_jax.scst import data as scst_data  # noqa: E402
+from aac_jax.scst import trainer as scst_trainer  # noqa: E402
+from aac_jax.train import checkpointing, parallel  # noqa: E402
+from aac_jax.train import state as state_lib  # noqa: E402
+
+config_flags.DEFINE_config_file('config', None, 'SCST config (configs/*_scst.py[:variant]).')
+_STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per mode (after 2 warm-up steps).')
+_FRESH = flags.DEFINE_bool('fresh', False, 'Random parameters even if init_from has a checkpoint.')
+flags.mark_flags_as_required(['config'])
+
+
+def initial_state(run: scst_trainer.ScstRun) -> state_lib.TrainState:
+  """The init_from run's parameters (best checkpoint), else a fresh state."""
+  exp = run.exp
+  replicated = parallel.replicated(exp.mesh)
+  config = run.config
+  length = min(config.dataset.max_caption_tokens, config.model.max_decode_len)
+
+  def fresh():
+    params = models.init_params(
+      exp.train_model, jax.random.key(0), num_mels=config.frontend.n_mels, length=length
+    )
+    return state_lib.create_train_state(params, exp.tx)
+
+  state = jax.jit(fresh, out_shardings=replicated)()
+  source = run.config.train.init_from
+  if source and not _FRESH.value:
+    target = checkpointing.abstract_state(fresh, replicated).params
+    params, step = checkpointing.load_params(source, run.config.train, target)
+    print(f'parameters of {source} step {step}')
+    state = state.replace(params=params)
+  return state
+
+
+def time_parts(run, state, train_iter, steps: int):
+  """Sampling, reward and update timed separately (each blocked on).
+
+  Returns:
+    `(mean seconds by part, the state after the updates)`.
+  """
+  totals = {'sample_s': 0.0, 'reward_s': 0.0, 'update_s': 0.0}
+  for i in range(steps + 2):
+    t0 = time.perf_counter()
+    pending = scst_trainer.dispatch_samples(run, state.params, train_iter, i)
+    jax.block_until_ready(pending.out)
+    t1 = time.perf_counter()
+    _, rollout, _ = scst_trainer.score_pending(run, pending)
+    t2 = time.perf_counter()
+    state, metrics = run.update_fn(state, pending.batch, rollout, run.update_rng)
+    jax.block_until_ready(metrics)
+    t3 = time.perf_counter()
+    if i >= 2:
+      for key, value in zip(totals, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+        totals[key] += value / steps
+  return totals, state
+
+
+def time_loop(run, state, train_iter, steps: int, pipeline: bool):
+  """Seconds per step of the training loop's schedule (no eval, no saving).
+
+  Returns:
+    `(seconds per step, the state after the updates)`.
+  """
+  pending = scst_trainer.dispatch_samples(run, state.params, train_iter, 0)
+  start = None
+  for i in range(steps + 2):
+    if i == 2:
+      jax.block_until_ready(state)
+      start = time.perf_counter()
+    ahead = (
+      scst_trainer.dispatch_samples(run, state.params, train_iter, i + 1) if pipeline else None
+    )
+    _, rollout, _ = scst_trainer.score_pending(run, pending)
+    state, metrics = run.update_fn(state, pending.batch, rollout, run.update_rng)
+    if ahead is None:
+      ahead = scst_trainer.dispatch_samples(run, state.params, train_iter, i + 1)
+    pending = ahead
+    float(metrics['loss'])  # The loop fetches each step's metrics (one step late there).
+  jax.block_until_ready(state)
+  return (time.perf_counter() - start) / steps, state
+
+
+def main(argv):
+  del argv
+  config = flags.FLAGS.config
+  devices = jax.local_devices()
+  print(
+    f'{len(devices)} x {devices[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}'
+  )
+  with tempfile.TemporaryDirectory() as workdir:
+    run = scst_trainer.create_scst_run(config, workdir)
+    state = initial_state(run)
+    train_iter = scst_data.make_scst_train_iterator(config.dataset, config.train.batch_size)
+    k, b = config.scst.num_samples, config.train.batch_size
+    print(
+      f'batch {b} clips x {k} samples, baseline {config.scst.baseline}, reward {config.scst.reward}'
+    )
+    # The update donates the state: each measurement continues from the last.
+    parts, state = time_parts(run, state, train_iter, _STEPS.value)
+    print({k: round(v * 1e3, 1) for k, v in parts.items()}, 'ms')
+    sequential, state = time_loop(run, state, train_iter, _STEPS.value, pipeline=False)
+    pipelined, state = time_loop(run, state, train_iter, _STEPS.value, pipeline=True)
+  print(
+    '| sample (ms) | host reward (ms) | update (ms) | step, sequential (ms) | step, pipelined (ms) '
+    '| reward share, sequential | reward share, pipelined |'
+  )
+  print('|---|---|---|---|---|---|---|')
+  print(
+    f'| {parts["sample_s"] * 1e3:.1f} | {parts["reward_s"] * 1e3:.1f} | {parts["update_s"] * 1e3:.1f} '
+    f'| {sequential * 1e3:.1f} | {pipelined * 1e3:.1f} | {parts["reward_s"] / sequential:.1%} '
+    f'| {parts["reward_s"] / pipelined:.1%} |'
+  )
+
+
+if __name__ == '__main__':
+  app.run(main)
