@@ -40,6 +40,8 @@ setuptools.setup(
       'aac-caption=aac_jax.caption_cli:run',
       'aac-evaluate=aac_jax.metrics.evaluate_cli:run',
       'aac-build-dataset=aac_jax.data.build_cli:run',
+      'aac-export=aac_jax.export:run',
+      'aac-scst=aac_jax.scst.main:run',
     ],
   },
 )

@@ -7,10 +7,13 @@ Rerunning with the same --workdir resumes from its latest checkpoint; on
 SIGTERM the run saves at the next step and exits 0.
 """
 
+import sys
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from aac_jax import config_path
 from aac_jax.scst import trainer
 from aac_jax.train.trainer import NonFiniteLossError
 
@@ -36,5 +39,11 @@ def main(argv: list[str]) -> int:
   return 0
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """Console script `aac-scst`."""
+  config_path.add_config_root_to_path(sys.argv)
   app.run(main)
+
+
+if __name__ == '__main__':
+  run()
