@@ -8,13 +8,13 @@ index being the id, so a run can always be decoded with the file beside it.
 
 import collections
 import os
-import pathlib
 from collections.abc import Iterable, Sequence
 
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from aac_jax.data import sources, text
 
@@ -67,7 +67,7 @@ class Tokenizer:
   @classmethod
   def load(cls, path: str | os.PathLike) -> 'Tokenizer':
     """Reads a vocabulary file written by `save`."""
-    lines = pathlib.Path(path).read_text(encoding='utf-8').split('\n')
+    lines = epath.Path(path).read_text(encoding='utf-8').split('\n')
     if lines and lines[-1] == '':
       lines.pop()
     return cls(lines)
@@ -78,11 +78,11 @@ class Tokenizer:
     Several processes may save the same vocabulary at once: each writes a
     private temporary file and renames it, so readers never see half a file.
     """
-    path = pathlib.Path(path)
+    path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
     tmp.write_text(''.join(token + '\n' for token in self._tokens), encoding='utf-8')
-    os.replace(tmp, path)
+    tmp.replace(path)
 
   @property
   def vocab_size(self) -> int:
@@ -141,8 +141,8 @@ def shift_right(targets):
   return jnp.pad(targets[..., :-1], widths, constant_values=BOS_ID)
 
 
-def _vocab_cache_path(source, split: str, min_count: int) -> pathlib.Path:
-  return pathlib.Path(sources.source_dir(source)) / f'vocab_{split}_min{min_count}.txt'
+def _vocab_cache_path(source, split: str, min_count: int) -> epath.Path:
+  return epath.Path(sources.source_dir(source)) / f'vocab_{split}_min{min_count}.txt'
 
 
 def get_tokenizer(cfg: ml_collections.ConfigDict, workdir: str | None = None) -> Tokenizer:
@@ -160,7 +160,7 @@ def get_tokenizer(cfg: ml_collections.ConfigDict, workdir: str | None = None) ->
   Returns:
     The tokenizer.
   """
-  run_path = pathlib.Path(workdir) / VOCAB_FILENAME if workdir else None
+  run_path = epath.Path(workdir) / VOCAB_FILENAME if workdir else None
   if run_path is not None and run_path.exists():
     return Tokenizer.load(run_path)
   source = sources.open_source(cfg, cfg.train_split)
