@@ -167,3 +167,20 @@ def test_scst_configs_load_and_validate(arg):
     sample, greedy = trainer.make_sample_settings(config)
     assert sample.method == 'sample' and sample.max_len <= config.model.max_decode_len
     assert (greedy is not None) == (config.scst.baseline == 'greedy')
+
+
+def test_model_and_front_end_come_from_the_init_from_run(tmp_path):
+  from aac_jax.scst import trainer
+  from configs import synthetic_demo, synthetic_demo_scst
+
+  ce = synthetic_demo.get_config()
+  ce.model.encoder_dim, ce.frontend.hop_length, ce.model.dropout = 48, 256, 0.3
+  (tmp_path / 'config.json').write_text(ce.to_json())
+  config = synthetic_demo_scst.get_config(f'init_from={tmp_path}')
+  config.model.encoder_dim = 7
+  inherited = trainer.inherit_init_config(config)
+  assert inherited.model.encoder_dim == 48 and inherited.frontend.hop_length == 256
+  # This stage's own: dropout, SpecAugment, optimizer.
+  assert inherited.model.dropout == 0.0 and not inherited.frontend.spec_augment
+  assert inherited.optim.lr == config.optim.lr
+  assert config.model.encoder_dim == 7  # the argument is not changed

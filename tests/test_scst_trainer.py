@@ -29,12 +29,13 @@ def _point_at_toy(config, data_dir, name):
 
 
 def _write_ce_workdir(config, workdir):
-  """A cross-entropy workdir as the trainer leaves it: vocab.txt and a checkpoint.
+  """A cross-entropy workdir as the trainer leaves it: config, vocab and a checkpoint.
 
   The state is the trainer's own fresh initialisation (training it first
   would only add compile time here; test_checkpoint_resume covers that).
   """
   exp = trainer.create_experiment(config, str(workdir))
+  trainer.write_config(config, exp.workdir)
   manager = checkpointing.create_checkpoint_manager(workdir, config.train)
   train_iter = pipeline.make_train_iterator(config.dataset, exp.tokenizer, config.train.batch_size)
   state = trainer.restore_state(exp, manager, train_iter)

@@ -36,6 +36,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import tqdm
 from absl import logging
+from etils import epath
 
 from aac_jax import decoding, metrics
 from aac_jax.data.sources import EvalSplit
@@ -115,6 +116,39 @@ def check_scst_config(config: ml_collections.ConfigDict) -> None:
   rewards_lib.reward_weights(scst)
 
 
+# Sections the parameters depend on, taken from the `init_from` run's config
+# (except the fields named, which are this stage's own).
+INHERITED_SECTIONS = {'model': ('dropout', 'attention_dropout'), 'frontend': ('spec_augment',)}
+
+
+def inherit_init_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config with the model and front end of the `init_from` run.
+
+  The parameters only fit the architecture (and features) they were trained
+  with, so those sections come from `<init_from>/config.json` where it
+  exists; every difference is logged. Dropout and SpecAugment stay this
+  stage's own.
+
+  Returns:
+    A copy of `config` (or `config` itself without an `init_from` config).
+  """
+  path = epath.Path(config.train.init_from or '.') / 'config.json'
+  if not config.train.init_from or not path.exists():
+    return config
+  source = json.loads(path.read_text())
+  config = config.copy_and_resolve_references()
+  changed = []
+  for section, own in INHERITED_SECTIONS.items():
+    for key, value in source.get(section, {}).items():
+      if key in own or key not in config[section] or config[section][key] == value:
+        continue
+      changed.append(f'{section}.{key}={value!r} (was {config[section][key]!r})')
+      config[section][key] = value
+  if changed:
+    logging.warning('SCST: from %s: %s', path, ', '.join(changed))
+  return config
+
+
 def make_sample_settings(
   config: ml_collections.ConfigDict,
 ) -> tuple[decoding.DecodeSettings, decoding.DecodeSettings | None]:
@@ -145,6 +179,7 @@ def make_repeat_ban_mask(tokenizer) -> np.ndarray:
 def create_scst_run(config: ml_collections.ConfigDict, workdir: str) -> ScstRun:
   """Builds the experiment, the reward and the two jitted steps."""
   check_scst_config(config)
+  config = inherit_init_config(config)
   exp = trainer.create_experiment(config, workdir)
   references = scst_data.read_train_references(config.dataset)
   weights = rewards_lib.reward_weights(config.scst)
@@ -466,6 +501,7 @@ def run_scst(config: ml_collections.ConfigDict, workdir: str) -> ScstResult:
     trainer.NonFiniteLossError: the loss became NaN/Inf.
   """
   run = create_scst_run(config, workdir)
+  config = run.config
   trainer.write_config(config, run.exp.workdir)
   train_iter = scst_data.make_scst_train_iterator(config.dataset, config.train.batch_size)
   manager = checkpointing.create_checkpoint_manager(run.exp.workdir, config.train)
