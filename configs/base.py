@@ -22,6 +22,10 @@ def get_dataset_config() -> ml_collections.ConfigDict:
   c.max_audio_seconds = 10.0  # Train crops / pads every clip to this length.
   c.max_eval_audio_seconds = -1.0  # Eval crops clips to this (<= 0: same as max_audio_seconds).
   c.max_caption_tokens = 24  # Including EOS; longer captions are truncated.
+  # References per training clip and step: 1 = one drawn at random; R > 1 =
+  # R of them (without replacement) decoded against one encoding of the clip
+  # (Clotho has 5 per clip; AudioCaps train has 1, so keep 1 there).
+  c.captions_per_clip = 1
   c.vocab_min_count = 1  # Words seen fewer times in train become <unk>.
   c.num_workers = 0  # Grain worker processes (0 = in the main process).
   c.seed = 0
@@ -38,6 +42,14 @@ def get_frontend_config() -> ml_collections.ConfigDict:
   c.fmin = 0.0
   c.fmax = 8000.0
   c.log_floor = 1e-6  # log(max(power_mel, log_floor)).
+  # The model sees (log-mel - feature_mean) / feature_std. 'measure': both are
+  # measured on feature_stats_clips training clips when a run starts (saved
+  # in <workdir>/feature_stats.json, reused on restart and by init_from runs);
+  # 'fixed': the two numbers below are used as they are.
+  c.feature_stats = 'measure'
+  c.feature_stats_clips = 256
+  c.feature_mean = 0.0
+  c.feature_std = 1.0
   c.spec_augment = True  # Training only.
   c.freq_masks = 2
   c.freq_mask_width = 8  # Maximum width in mel bins.
@@ -64,6 +76,9 @@ def get_model_config() -> ml_collections.ConfigDict:
   c.attention_dropout = 0.1
   c.max_decode_len = 32  # Positions of the decoder (>= max_caption_tokens + 1).
   c.compute_dtype = 'float32'  # 'bfloat16' computes in bf16, parameters stay fp32.
+  # Auxiliary head predicting the caption's words from the encoder frames
+  # (training only; weighted by optim.keyword_loss_weight).
+  c.keyword_head = False
   return c
 
 
@@ -78,6 +93,9 @@ def get_optim_config() -> ml_collections.ConfigDict:
   c.clip_norm = 1.0  # Global gradient norm clip (0 = off).
   c.label_smoothing = 0.1
   c.grad_accum_steps = 1  # Micro-batches per optimizer update.
+  # Weight of the keyword head's binary cross-entropy (per caption word),
+  # added to the token cross-entropy; needs model.keyword_head.
+  c.keyword_loss_weight = 0.0
   return c
 
 

@@ -23,16 +23,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.dataset.data_dir = 'workdirs/tensorflow_datasets'
   config.dataset.max_audio_seconds = 10.0
   config.dataset.max_caption_tokens = 24
+  # Every step decodes all 5 references of each clip against one encoding:
+  # 5x the caption supervision for ~1.5x the step time. Validation event F1
+  # after 800 steps of batch 16: 0.41 with one random reference, 0.70 with 5.
+  config.dataset.captions_per_clip = 5
 
   # 20 ms hop: the synthetic events last 0.1 s or more, and half the frames
   # halve the cost of the front end and the subsampling convolutions.
   config.frontend.win_length = 512
   config.frontend.hop_length = 320
-  config.frontend.spec_augment = True
+  # A few epochs of 5,000 clips underfit: SpecAugment and dropout only slowed
+  # learning here (validation event F1 at 400 steps: 0.25 with, 0.36 without).
+  config.frontend.spec_augment = False
 
-  # Sized to learn the synthetic grammar on 2 CPU cores in about 10 minutes:
-  # 10 s -> 500 frames -> 125 encoder frames (80 ms each). Subsampling convs
-  # wider than 32 channels are very slow on XLA:CPU.
+  # Sized to learn the synthetic benchmark on 2 CPU cores in about 9 minutes
+  # (1,200 steps): 10 s -> 500 frames -> 125 encoder frames (80 ms each).
+  # Subsampling convs wider than 32 channels are very slow on XLA:CPU.
   config.model.subsampling = 4
   config.model.subsampling_channels = 16
   config.model.encoder_dim = 96
@@ -44,18 +50,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.decoder_layers = 2
   config.model.decoder_heads = 4
   config.model.decoder_ff_dim = 384
-  config.model.dropout = 0.1
+  config.model.dropout = 0.0
   config.model.attention_dropout = 0.0
 
   config.optim.lr = 2e-3
   config.optim.warmup_steps = 100
   config.optim.label_smoothing = 0.1
 
-  config.train.batch_size = 32
-  config.train.num_steps = 800
+  # More, smaller updates learn faster per example here, and a batch of 16
+  # runs more examples per second than 32 on 2 CPU cores.
+  config.train.batch_size = 16
+  config.train.num_steps = 1200
   config.train.log_every = 50
-  config.train.eval_every = 400
-  config.train.checkpoint_every = 200
+  config.train.eval_every = 600
+  config.train.checkpoint_every = 300
 
   config.eval.batch_size = 64
 
@@ -76,6 +84,7 @@ def _shrink_for_local_run(config: ml_collections.ConfigDict) -> None:
   config.model.decoder_layers = 1
   config.model.decoder_heads = 2
   config.model.decoder_ff_dim = 64
+  config.dataset.captions_per_clip = 2
   config.train.batch_size = 8
   config.train.num_steps = 6
   config.train.log_every = 2

@@ -56,11 +56,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optim.clip_norm = 1.0
   config.optim.label_smoothing = 0.0  # Unused by SCST.
 
-  config.train.batch_size = 32  # Clips per step (x num_samples captions).
-  config.train.num_steps = 300
+  config.train.batch_size = 16  # Clips per step (x num_samples captions).
+  config.train.num_steps = 150
   config.train.log_every = 25
-  config.train.eval_every = 100
-  config.train.checkpoint_every = 100
+  config.train.eval_every = 150
+  config.train.checkpoint_every = 50
 
   if args['runlocal']:
     config.scst.num_samples = 3

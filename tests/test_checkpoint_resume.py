@@ -19,7 +19,7 @@ import toy_dataset
 from aac_jax.data import pipeline
 from aac_jax.train import checkpointing, parallel, trainer
 from aac_jax.train import state as state_lib
-from configs import base, synthetic_demo
+from configs import base
 
 
 @pytest.fixture(scope='module')
@@ -29,12 +29,7 @@ def toy_config(tmp_path_factory):
   previous = jax.config.jax_compilation_cache_dir
   jax.config.update('jax_compilation_cache_dir', str(cache))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  data_dir = tmp_path_factory.mktemp('tfds')
-  config = synthetic_demo.get_config('runlocal')
-  config.dataset.name = toy_dataset.build_toy_dataset(str(data_dir))
-  config.dataset.builder_config = ''
-  config.dataset.data_dir = str(data_dir)
-  config.dataset.max_audio_seconds = 1.0
+  config = toy_dataset.demo_config(str(tmp_path_factory.mktemp('tfds')))
   config.train.num_steps = 100  # Fixes the lr schedule; runs stop at `stop_at_step`.
   config.train.log_every = 1
   config.train.checkpoint_every = 2

@@ -116,6 +116,46 @@ def test_train_example_draws_every_reference_and_crop():
     transform.random_map({**record, 'captions': []}, rng)
 
 
+def test_train_example_with_several_references_per_clip():
+  tok = Tokenizer.build(['one', 'two', 'three'])
+  record = {
+    'id': b'x',
+    'audio': np.arange(10, dtype=np.int16),
+    'captions': [b'one', b'two', b'three'],
+  }
+  rng = np.random.default_rng(0)
+  both = pipeline._TrainExample(tokenizer=tok, max_samples=4, max_tokens=3, captions_per_clip=2)
+  pairs = set()
+  for _ in range(60):
+    targets = both.random_map(record, rng)['targets']
+    assert targets.shape == (2, 3) and targets.dtype == np.int32
+    pair = tuple(tok.decode(row) for row in targets)
+    assert pair[0] != pair[1]  # Drawn without replacement.
+    pairs.add(pair)
+  assert len(pairs) == 6  # Every ordered pair of distinct references.
+  four = pipeline._TrainExample(tokenizer=tok, max_samples=4, max_tokens=3, captions_per_clip=4)
+  targets = four.random_map(record, rng)['targets']
+  assert sorted(tok.decode(row) for row in targets[:3]) == ['one', 'three', 'two']
+  np.testing.assert_array_equal(targets[3], PAD_ID)  # The clip has only 3.
+
+
+def test_train_iterator_with_several_references(cfg, records, tokenizer):
+  multi = cfg.copy_and_resolve_references()
+  multi.captions_per_clip = 2
+  batch = next(pipeline.make_train_iterator(multi, tokenizer, 4, 0, 1))
+  assert batch['targets'].shape == (4, 2, 8) and batch['audio'].shape[0] == 4
+  clips = [r['audio'] for r in records['train']]
+  for row in range(4):
+    clip, _ = _locate(batch['audio'][row], batch['audio_paddings'][row], clips)
+    refs = [text.caption_words(c.decode())[:7] for c in records['train'][clip]['captions']]
+    for targets in batch['targets'][row]:
+      if np.any(targets != PAD_ID):
+        assert tokenizer.decode(targets).split() in refs
+  multi.captions_per_clip = 0
+  with pytest.raises(ValueError, match='captions_per_clip must be >= 1'):
+    pipeline.make_train_iterator(multi, tokenizer, 4, 0, 1)
+
+
 def test_fit_audio_pads_and_crops():
   audio = np.array([16384, -16384, 8192], np.int16)
   waveform, paddings = pipeline.fit_audio(audio, 5)

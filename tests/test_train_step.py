@@ -12,9 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from aac_jax import models
 from aac_jax.data import tokenizer
+from aac_jax.models import keyword_head
 from aac_jax.train import parallel, state, steps
 from configs import base
 
@@ -108,9 +110,9 @@ def _reference_result():
   return parallel.to_host(_reference(params, _batch()))
 
 
-def _one_step_gradient(devices, batch, grad_accum_steps=1):
+def _one_step_gradient(devices, batch, grad_accum_steps=1, setup=None, keyword_loss_weight=0.0):
   """Returns (gradient, metrics) of one train step on `devices`."""
-  config, model, params = _setup()
+  config, model, params = (setup or _setup)()
   mesh = parallel.create_mesh(devices)
   tx = _capture_gradients()
   step = steps.make_train_step(
@@ -123,6 +125,7 @@ def _one_step_gradient(devices, batch, grad_accum_steps=1):
     sample_rate=16000,
     label_smoothing=config.optim.label_smoothing,
     grad_accum_steps=grad_accum_steps,
+    keyword_loss_weight=keyword_loss_weight,
   )
   train_state = jax.device_put(state.create_train_state(params, tx), parallel.replicated(mesh))
   new_state, metrics = step(train_state, parallel.shard_batch(batch, mesh), jax.random.key(0))
@@ -170,3 +173,65 @@ def test_gradient_accumulation_equals_full_batch():
   grads_accum, metrics_accum = _one_step_gradient(jax.devices(), _batch(), grad_accum_steps=2)
   _assert_trees_close(grads_accum, grads)
   np.testing.assert_allclose(metrics_accum['loss'], loss, rtol=1e-5)
+
+
+KEYWORD_WEIGHT = 0.7
+
+
+@functools.lru_cache(maxsize=1)
+def _setup_keywords():
+  config = _config()
+  config.model.keyword_head = True
+  model = models.Captioner(models.make_captioner_config(config.model, VOCAB))
+  params = models.init_params(model, jax.random.key(2), num_mels=16, length=LENGTH)
+  return config, model, params
+
+
+@jax.jit
+def _keyword_reference(params, batch):
+  """Token mean loss + weight * keyword BCE per global caption word, on one device."""
+  config, model, _ = _setup_keywords()
+
+  def loss_fn(p):
+    features, paddings = steps.compute_features(batch, None, config.frontend, 16000)
+    inputs = tokenizer.shift_right(batch['targets'])
+    logits, probs = model.apply({'params': p}, features, paddings, inputs, method='with_keywords')
+    loss_sum, count = steps.token_loss_sum(logits, batch['targets'], config.optim.label_smoothing)
+    words = keyword_head.keyword_targets(batch['targets'], VOCAB)
+    kw_sum = keyword_head.keyword_loss_sum(probs, words)
+    return loss_sum / count + KEYWORD_WEIGHT * kw_sum / jnp.sum(words), kw_sum / jnp.sum(words)
+
+  (_, kw_loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  return grads, kw_loss
+
+
+@pytest.mark.parametrize('grad_accum_steps', [1, 2])
+def test_keyword_loss_eight_devices_match_single_device(grad_accum_steps):
+  _, _, params = _setup_keywords()
+  batch = _batch(seed=5)
+  grads, kw_loss = parallel.to_host(_keyword_reference(params, batch))
+  grads8, metrics8 = _one_step_gradient(
+    jax.devices(), batch, grad_accum_steps, _setup_keywords, KEYWORD_WEIGHT
+  )
+  _assert_trees_close(grads8, grads)
+  np.testing.assert_allclose(metrics8['keyword_loss'], kw_loss, rtol=1e-5)
+  # The head is trained: its gradient is not zero.
+  assert np.max(np.abs(grads['keyword_head']['frame_logits']['kernel'])) > 0
+
+
+def test_several_references_per_clip_equal_repeated_clips():
+  # [16 clips, 2 refs, len] with one shared encoding per clip on 8 devices
+  # = 32 rows (each clip twice, one reference each) on one device.
+  _, _, params = _setup()
+  first, second = _batch(seed=7), _batch(seed=8)
+  multi = dict(first, targets=np.stack([first['targets'], second['targets']], axis=1))
+  repeated = {
+    'audio': np.repeat(first['audio'], 2, axis=0),
+    'audio_paddings': np.repeat(first['audio_paddings'], 2, axis=0),
+    'targets': multi['targets'].reshape(2 * BATCH, LENGTH),
+  }
+  loss, grads, _ = parallel.to_host(_reference(params, repeated))
+  grads8, metrics8 = _one_step_gradient(jax.devices(), multi)
+  _assert_trees_close(grads8, grads)
+  np.testing.assert_allclose(metrics8['loss'], loss, rtol=1e-5)
+  assert metrics8['tokens'] == np.sum(multi['targets'] != tokenizer.PAD_ID)

@@ -12,6 +12,8 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
+from configs import synthetic_demo
+
 NAME = 'toy_aac'
 DEFAULT_SPLITS = {'train': 24, 'validation': 11, 'test': 5}
 
@@ -139,3 +141,13 @@ def build_toy_dataset(data_dir: str, config: str = 'plain', **kwargs) -> str:
   builder = ToyAac(data_dir=data_dir, config=config, **kwargs)
   builder.download_and_prepare()
   return f'{NAME}/{config}'
+
+
+def demo_config(data_dir: str, max_audio_seconds: float = 1.0):
+  """The `:runlocal` demo config reading a fresh `toy_aac` built into `data_dir`."""
+  config = synthetic_demo.get_config('runlocal')
+  config.dataset.name = build_toy_dataset(data_dir)
+  config.dataset.builder_config = ''
+  config.dataset.data_dir = data_dir
+  config.dataset.max_audio_seconds = max_audio_seconds
+  return config

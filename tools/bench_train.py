@@ -56,8 +56,10 @@ def random_batch(config, rng: np.random.Generator) -> dict[str, np.ndarray]:
   b = config.train.batch_size // jax.process_count()
   n = int(config.dataset.max_audio_seconds * config.dataset.sample_rate)
   length = config.dataset.max_caption_tokens
-  targets = rng.integers(4, _VOCAB.value, (b, length)).astype(np.int32)
-  targets[:, -1] = 2  # EOS; every position is a real token (worst case).
+  refs = int(config.dataset.get('captions_per_clip', 1))
+  shape = (b, length) if refs == 1 else (b, refs, length)
+  targets = rng.integers(4, _VOCAB.value, shape).astype(np.int32)
+  targets[..., -1] = 2  # EOS; every position is a real token (worst case).
   return {
     'audio': rng.normal(0, 0.1, (b, n)).astype(np.float32),
     'audio_paddings': np.zeros((b, n), np.float32),
@@ -133,6 +135,7 @@ def bench_config(name: str) -> dict[str, float]:
     'params': models.count_params(params),
     'batch': config.train.batch_size,
     'seconds': config.dataset.max_audio_seconds,
+    'refs': int(config.dataset.get('captions_per_clip', 1)),
     'dtype': config.model.compute_dtype,
     'step_s': seconds,
     'examples_per_s': config.train.batch_size / seconds,
@@ -144,8 +147,9 @@ def bench_config(name: str) -> dict[str, float]:
 
 def format_row(name: str, r: dict[str, float]) -> str:
   """One markdown table row of `bench_config`'s results."""
+  refs = f' x {r["refs"]} refs' if r.get('refs', 1) > 1 else ''
   return (
-    f'| {name} | {r["params"] / 1e6:.2f}M | {r["batch"]} x {r["seconds"]:g} | {r["dtype"]} '
+    f'| {name} | {r["params"] / 1e6:.2f}M | {r["batch"]} x {r["seconds"]:g}{refs} | {r["dtype"]} '
     f'| {r["step_s"] * 1e3:.1f} | {r["examples_per_s"]:.1f} | {r["flops_per_step"] / 1e9:.1f} '
     f'| {r["achieved"] / 1e12:.3f} | {r["peak"] / 1e12:.3f} | {r["achieved"] / r["peak"]:.1%} |'
   )

@@ -130,18 +130,35 @@ def log_mel(
     waveform: `[batch, samples]` float in [-1, 1].
     paddings: `[batch, samples]`, 1.0 = padding.
     cfg: `config.frontend` (`n_fft`, `win_length`, `hop_length`, `n_mels`,
-      `fmin`, `fmax`, `log_floor`).
+      `fmin`, `fmax`, `log_floor`, `feature_mean`, `feature_std`).
     sample_rate: Hz of `waveform`; default `cfg.sample_rate` where the config
       has one, else 16000.
 
   Returns:
     `(features, frame_paddings)`: float32 `[batch, frames, n_mels]` with
-    `frames = 1 + samples // hop_length`, and `[batch, frames]`.
+    `frames = 1 + samples // hop_length` (the normalised log-mel), and
+    `[batch, frames]`.
   """
   if sample_rate is None:
     sample_rate = cfg.get('sample_rate', DEFAULT_SAMPLE_RATE)
   mel, frame_paddings = power_mel(waveform, paddings, cfg, int(sample_rate))
-  return jnp.log(jnp.maximum(mel, cfg.log_floor)), frame_paddings
+  log = jnp.log(jnp.maximum(mel, cfg.log_floor))
+  return normalize_features(log, cfg), frame_paddings
+
+
+def normalize_features(log: jax.Array, cfg: ml_collections.ConfigDict) -> jax.Array:
+  """`(log - cfg.feature_mean) / cfg.feature_std` (identity when the fields are absent).
+
+  A run with `feature_stats = 'measure'` fills both fields from its training
+  split (`aac_jax.data.feature_stats`).
+  """
+  mean = float(cfg.get('feature_mean', 0.0))
+  std = float(cfg.get('feature_std', 1.0))
+  if std <= 0:
+    raise ValueError(f'frontend.feature_std must be > 0, got {std}')
+  if mean == 0.0 and std == 1.0:
+    return log
+  return (log - jnp.float32(mean)) * jnp.float32(1.0 / std)
 
 
 def _band_mask(rng: jax.Array, size: jax.Array, max_width: jax.Array, num: int, axis_len: int):

@@ -98,28 +98,58 @@ def _eval_max_samples(cfg: ml_collections.ConfigDict) -> int:
   return _seconds_to_samples(seconds, cfg.sample_rate)
 
 
+def pick_references(
+  num_captions: int, captions_per_clip: int, rng: np.random.Generator
+) -> np.ndarray:
+  """Indices of the references a training example uses.
+
+  One reference (`captions_per_clip == 1`) is drawn at random; more are
+  drawn without replacement, in random order, as many as the clip has up
+  to `captions_per_clip` (the missing rows become padding).
+  """
+  if num_captions == 0:
+    raise ValueError('a training clip has no caption')
+  if captions_per_clip == 1:
+    return np.array([int(rng.integers(num_captions))])
+  return rng.permutation(num_captions)[:captions_per_clip]
+
+
 @dataclasses.dataclass(frozen=True)
 class _TrainExample(grain.transforms.RandomMap):
-  """Record -> one training example (random crop, random reference)."""
+  """Record -> one training example (random crop, random references)."""
 
   tokenizer: Tokenizer
   max_samples: int
   max_tokens: int
+  captions_per_clip: int = 1
 
   def random_map(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
     captions = record['captions']
     if len(captions) == 0:
       raise ValueError(f'training clip {record["id"]!r} has no caption')
-    caption = captions[int(rng.integers(len(captions)))]
+    chosen = pick_references(len(captions), self.captions_per_clip, rng)
     audio = record['audio']
     start = int(rng.integers(max(len(audio) - self.max_samples, 0) + 1))
     waveform, paddings = fit_audio(audio, self.max_samples, start)
+    rows = [self._encode(captions[int(i)]) for i in chosen]
+    if self.captions_per_clip == 1:
+      targets = rows[0]
+    else:
+      targets = np.zeros((self.captions_per_clip, self.max_tokens), np.int32)  # PAD rows.
+      targets[: len(rows)] = np.stack(rows)
+    return {'audio': waveform, 'audio_paddings': paddings, 'targets': targets}
+
+  def _encode(self, caption) -> np.ndarray:
     caption = caption.decode('utf-8') if isinstance(caption, bytes) else caption
-    return {
-      'audio': waveform,
-      'audio_paddings': paddings,
-      'targets': self.tokenizer.encode_targets(caption, self.max_tokens),
-    }
+    return self.tokenizer.encode_targets(caption, self.max_tokens)
+
+
+def captions_per_clip(cfg: ml_collections.ConfigDict) -> int:
+  """`cfg.captions_per_clip` (default 1), checked."""
+  value = int(cfg.get('captions_per_clip', 1))
+  if value < 1:
+    raise ValueError(f'dataset.captions_per_clip must be >= 1, got {value}')
+  return value
 
 
 def _ensure_flags_parsed() -> None:
@@ -157,16 +187,19 @@ def make_train_dataset(
 
   Args:
     cfg: `config.dataset` (`train_split`, `max_audio_seconds`,
-      `max_caption_tokens`, `sample_rate`, `num_workers`, `seed`, ...).
+      `max_caption_tokens`, `captions_per_clip`, `sample_rate`,
+      `num_workers`, `seed`, ...).
     tokenizer: the caption tokenizer.
-    global_batch_size: examples per step over all processes.
+    global_batch_size: examples (clips) per step over all processes.
     process_index: this process (default `jax.process_index()`).
     process_count: number of processes (default `jax.process_count()`).
 
   Returns:
     An `IterDataset` of dicts: `audio` and `audio_paddings` float32
-    `[b, max_samples]`, `targets` int32 `[b, max_caption_tokens]`, with
-    `b = global_batch_size / process_count`.
+    `[b, max_samples]`, `targets` int32 `[b, max_caption_tokens]` (one
+    random reference), or `[b, R, max_caption_tokens]` with
+    `R = captions_per_clip > 1` (R references, all-PAD rows where a clip has
+    fewer), with `b = global_batch_size / process_count`.
   """
   index, count = _process_index_and_count(process_index, process_count)
   batch_size = per_process_batch_size(global_batch_size, count)
@@ -179,6 +212,7 @@ def make_train_dataset(
     tokenizer=tokenizer,
     max_samples=_seconds_to_samples(cfg.max_audio_seconds, cfg.sample_rate),
     max_tokens=int(cfg.max_caption_tokens),
+    captions_per_clip=captions_per_clip(cfg),
   )
   dataset = grain.MapDataset.source(source)[index::count].seed(seed).shuffle().repeat()
   return _finish(dataset.random_map(transform), batch_size, int(cfg.num_workers))

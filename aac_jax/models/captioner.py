@@ -1,5 +1,6 @@
 """The audio captioner: conformer encoder + transformer decoder."""
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -10,6 +11,7 @@ import numpy as np
 from aac_jax.models.config import CaptionerConfig
 from aac_jax.models.conformer import ConformerEncoder
 from aac_jax.models.decoder import TransformerDecoder
+from aac_jax.models.keyword_head import KeywordHead
 
 
 class Captioner(nn.Module):
@@ -27,6 +29,8 @@ class Captioner(nn.Module):
   def setup(self):
     self.encoder = ConformerEncoder(self.config)
     self.decoder = TransformerDecoder(self.config)
+    if self.config.keyword_head:
+      self.keyword_head = KeywordHead(self.config.vocab_size, self.config.dtype)
 
   def encode(self, features: jax.Array, feature_paddings: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Encodes audio features.
@@ -60,9 +64,38 @@ class Captioner(nn.Module):
   def __call__(
     self, features: jax.Array, feature_paddings: jax.Array, decoder_inputs: jax.Array
   ) -> jax.Array:
-    """Teacher-forced logits `[batch, length, vocab_size]` (see `encode`, `decode`)."""
+    """Teacher-forced logits (see `encode`, `decode`).
+
+    `decoder_inputs` `[batch, length]` give `[batch, length, vocab_size]`;
+    `[batch, refs, length]` (several captions of each clip) encode each clip
+    once and give `[batch, refs, length, vocab_size]`.
+    """
     encoded, enc_paddings = self.encode(features, feature_paddings)
-    return self.decode(encoded, enc_paddings, decoder_inputs)
+    return self._decode_references(encoded, enc_paddings, decoder_inputs)
+
+  def _decode_references(self, encoded, enc_paddings, decoder_inputs):
+    if decoder_inputs.ndim == 2:
+      return self.decode(encoded, enc_paddings, decoder_inputs)
+    batch, refs, length = decoder_inputs.shape
+    logits = self.decode(
+      jnp.repeat(encoded, refs, axis=0),
+      jnp.repeat(enc_paddings, refs, axis=0),
+      decoder_inputs.reshape(batch * refs, length),
+    )
+    return logits.reshape(batch, refs, length, -1)
+
+  def with_keywords(
+    self, features: jax.Array, feature_paddings: jax.Array, decoder_inputs: jax.Array
+  ) -> tuple[jax.Array, jax.Array]:
+    """Teacher-forced logits (as `__call__`) and clip keyword probabilities `[batch, vocab_size]`.
+
+    Needs `config.keyword_head` (see `aac_jax.models.keyword_head`).
+    """
+    if not self.config.keyword_head:
+      raise ValueError('with_keywords needs a model built with keyword_head=True')
+    encoded, enc_paddings = self.encode(features, feature_paddings)
+    logits = self._decode_references(encoded, enc_paddings, decoder_inputs)
+    return logits, self.keyword_head(encoded, enc_paddings)
 
 
 def init_params(
@@ -84,7 +117,9 @@ def init_params(
   features = jnp.zeros((1, num_frames, num_mels), jnp.float32)
   paddings = jnp.zeros((1, num_frames), jnp.float32)
   tokens = jnp.zeros((1, length), jnp.int32)
-  return jax.jit(init_model.init)(rng, features, paddings, tokens)['params']
+  method = Captioner.with_keywords if model.config.keyword_head else Captioner.__call__
+  init = functools.partial(init_model.init, method=method)
+  return jax.jit(init)(rng, features, paddings, tokens)['params']
 
 
 def count_params(params: Any) -> int:

@@ -36,6 +36,8 @@ class CaptionerConfig:
     attention_dropout: dropout on attention weights.
     max_decode_len: decoder positions (longest decoder input).
     compute_dtype: 'float32' or 'bfloat16'; parameters always stay float32.
+    keyword_head: adds the auxiliary clip-level keyword head (`KeywordHead`,
+      trained with `optim.keyword_loss_weight`; unused at inference).
     deterministic: disables dropout (evaluation, decoding).
     decode: the decoder works one step at a time with a KV cache held in the
       Linen `cache` collection.
@@ -57,6 +59,7 @@ class CaptionerConfig:
   attention_dropout: float = 0.1
   max_decode_len: int = 32
   compute_dtype: str = 'float32'
+  keyword_head: bool = False
   deterministic: bool = False
   decode: bool = False
 

@@ -28,6 +28,7 @@ from jax.sharding import PartitionSpec as P
 
 from aac_jax.audio import frontend
 from aac_jax.data import tokenizer
+from aac_jax.models import keyword_head
 from aac_jax.train.parallel import AXIS
 from aac_jax.train.state import TrainState
 
@@ -109,26 +110,36 @@ def _micro_loss(
   params: Any,
   batch: Batch,
   rng: jax.Array,
-  global_tokens: jax.Array,
+  normalizers: dict[str, jax.Array],
   *,
   model: nn.Module,
   frontend_cfg: ml_collections.ConfigDict,
   sample_rate: int,
   label_smoothing: float,
-) -> tuple[jax.Array, jax.Array]:
-  """This device's share of the global mean loss, and its unnormalised sum."""
+  keyword_loss_weight: float = 0.0,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """This device's share of the global mean loss, and its unnormalised sums.
+
+  `normalizers` hold global (all-device) counts: `tokens`, and `keywords`
+  when the keyword loss is on; dividing local sums by them (no pmean
+  afterwards) makes the summed gradients those of the global mean.
+  """
   augment_rng, dropout_rng = jax.random.split(rng)
   features, paddings = compute_features(batch, augment_rng, frontend_cfg, sample_rate, True)
   targets = batch['targets']
-  logits = model.apply(
-    {'params': params},
-    features,
-    paddings,
-    tokenizer.shift_right(targets),
-    rngs={'dropout': dropout_rng},
+  inputs = (features, paddings, tokenizer.shift_right(targets))
+  rngs = {'dropout': dropout_rng}
+  if not keyword_loss_weight:
+    logits = model.apply({'params': params}, *inputs, rngs=rngs)
+    loss_sum, _ = token_loss_sum(logits, targets, label_smoothing)
+    return loss_sum / normalizers['tokens'], {'loss': loss_sum}
+  logits, keyword_probs = model.apply(
+    {'params': params}, *inputs, rngs=rngs, method=model.with_keywords
   )
   loss_sum, _ = token_loss_sum(logits, targets, label_smoothing)
-  return loss_sum / global_tokens, loss_sum
+  kw_sum = keyword_head.keyword_loss_sum(keyword_probs, batch['keywords'])
+  total = loss_sum / normalizers['tokens'] + keyword_loss_weight * kw_sum / normalizers['keywords']
+  return total, {'loss': loss_sum, 'keyword_loss': kw_sum}
 
 
 def _split_micro_batches(batch: Batch, num_micro: int) -> Batch:
@@ -143,26 +154,31 @@ def _split_micro_batches(batch: Batch, num_micro: int) -> Batch:
 
 
 def _gradients(
-  params: Any, batch: Batch, rng: jax.Array, global_tokens: jax.Array, num_micro: int, **loss_kw
-) -> tuple[Any, jax.Array]:
-  """Global-batch gradient and this device's loss sum, over `num_micro` micro-batches.
+  params: Any,
+  batch: Batch,
+  rng: jax.Array,
+  normalizers: dict[str, jax.Array],
+  num_micro: int,
+  **loss_kw,
+) -> tuple[Any, dict[str, jax.Array]]:
+  """Global-batch gradient and this device's loss sums, over `num_micro` micro-batches.
 
-  Each micro-batch's loss is divided by the global token count of the whole
+  Each micro-batch's loss is divided by the global counts of the whole
   batch, so summing micro-batch gradients gives exactly the full-batch one.
   """
   grad_fn = jax.grad(functools.partial(_micro_loss, **loss_kw), has_aux=True)
   if num_micro == 1:
-    return grad_fn(params, batch, rng, global_tokens)
+    return grad_fn(params, batch, rng, normalizers)
 
   def body(grad_sum, xs):
     micro, index = xs
-    grads, loss_sum = grad_fn(params, micro, jax.random.fold_in(rng, index), global_tokens)
-    return jax.tree.map(jnp.add, grad_sum, grads), loss_sum
+    grads, sums = grad_fn(params, micro, jax.random.fold_in(rng, index), normalizers)
+    return jax.tree.map(jnp.add, grad_sum, grads), sums
 
   zeros = jax.tree.map(jnp.zeros_like, params)
   micro_batches = _split_micro_batches(batch, num_micro)
-  grads, loss_sums = jax.lax.scan(body, zeros, (micro_batches, jnp.arange(num_micro)))
-  return grads, jnp.sum(loss_sums)
+  grads, sums = jax.lax.scan(body, zeros, (micro_batches, jnp.arange(num_micro)))
+  return grads, jax.tree.map(jnp.sum, sums)
 
 
 def train_step(
@@ -177,6 +193,7 @@ def train_step(
   sample_rate: int,
   label_smoothing: float,
   grad_accum_steps: int = 1,
+  keyword_loss_weight: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update, as seen by one device (a pmap body over `'data'`).
 
@@ -193,35 +210,47 @@ def train_step(
     sample_rate: `config.dataset.sample_rate`.
     label_smoothing: `config.optim.label_smoothing`.
     grad_accum_steps: micro-batches per update (divides `b`).
+    keyword_loss_weight: `config.optim.keyword_loss_weight`; > 0 needs a
+      model with `keyword_head` and adds its loss (per caption word).
 
   Returns:
     `(new_state, metrics)`; metrics are replicated float32 scalars: `loss`
     (token-weighted mean over the global batch), `grad_norm` (before
     clipping), `lr` (used for this update) and `tokens` (real target tokens
-    in the global batch).
+    in the global batch); with the keyword loss also `keyword_loss` (binary
+    cross-entropy per caption word of the global batch).
   """
   rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(AXIS))
   local_tokens = jnp.sum((batch['targets'] != tokenizer.PAD_ID).astype(jnp.float32))
   global_tokens = jax.lax.psum(local_tokens, AXIS)
   # A batch of only padding would divide by zero; its gradient is zero anyway.
   safe_tokens = jnp.maximum(global_tokens, 1.0)
-  grads, loss_sum = _gradients(
+  normalizers = {'tokens': safe_tokens}
+  if keyword_loss_weight:
+    batch = dict(batch)
+    batch['keywords'] = keyword_head.keyword_targets(batch['targets'], model.config.vocab_size)
+    global_keywords = jax.lax.psum(jnp.sum(batch['keywords']), AXIS)
+    normalizers['keywords'] = jnp.maximum(global_keywords, 1.0)
+  grads, sums = _gradients(
     state.params,
     batch,
     rng,
-    safe_tokens,
+    normalizers,
     grad_accum_steps,
     model=model,
     frontend_cfg=frontend_cfg,
     sample_rate=sample_rate,
     label_smoothing=label_smoothing,
+    keyword_loss_weight=keyword_loss_weight,
   )
   metrics = {
-    'loss': jax.lax.psum(loss_sum, AXIS) / safe_tokens,
+    'loss': jax.lax.psum(sums['loss'], AXIS) / safe_tokens,
     'grad_norm': optax.tree.norm(grads),
     'lr': jnp.asarray(schedule(state.step), jnp.float32),
     'tokens': global_tokens,
   }
+  if keyword_loss_weight:
+    metrics['keyword_loss'] = jax.lax.psum(sums['keyword_loss'], AXIS) / normalizers['keywords']
   return state.apply_gradients(tx, grads), metrics
 
 

@@ -28,7 +28,7 @@ from absl import logging
 from etils import epath
 
 from aac_jax import models
-from aac_jax.data import pipeline
+from aac_jax.data import feature_stats, pipeline
 from aac_jax.data import tokenizer as tokenizer_lib
 from aac_jax.train import checkpointing, evaluation, parallel, steps
 from aac_jax.train import state as state_lib
@@ -86,6 +86,7 @@ def create_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experi
   path = epath.Path(workdir)
   path.mkdir(parents=True, exist_ok=True)
   tokenizer = load_tokenizer(config, path)
+  feature_stats.resolve(config, path)
   model_cfg = models.make_captioner_config(config.model, tokenizer.vocab_size)
   tx, schedule = state_lib.create_optimizer(config.optim, config.train.num_steps)
   return Experiment(
@@ -152,6 +153,19 @@ def step_cache_key(exp: Experiment, *sections: str) -> tuple:
   )
 
 
+def keyword_loss_weight(config: ml_collections.ConfigDict) -> float:
+  """`optim.keyword_loss_weight`, checked against `model.keyword_head`."""
+  weight = float(config.optim.get('keyword_loss_weight', 0.0))
+  if weight < 0:
+    raise ValueError(f'optim.keyword_loss_weight must be >= 0, got {weight}')
+  if weight and not config.model.get('keyword_head', False):
+    raise ValueError(
+      f'optim.keyword_loss_weight={weight} needs the keyword head: set '
+      '--config.model.keyword_head=True (or the weight to 0)'
+    )
+  return weight
+
+
 def make_train_step_fn(exp: Experiment):
   """The jitted data-parallel `step(state, batch, rng)` of this run."""
   key = (
@@ -170,6 +184,7 @@ def make_train_step_fn(exp: Experiment):
       sample_rate=int(exp.config.dataset.sample_rate),
       label_smoothing=float(exp.config.optim.label_smoothing),
       grad_accum_steps=int(exp.config.optim.grad_accum_steps),
+      keyword_loss_weight=keyword_loss_weight(exp.config),
     ),
   )
 
@@ -365,8 +380,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> LoopR
   Raises:
     NonFiniteLossError: the loss became NaN/Inf (message names the step).
   """
-  exp = create_experiment(config, workdir)
-  with log_file(exp.workdir):
+  path = epath.Path(workdir)
+  if jax.process_index() == 0:
+    path.mkdir(parents=True, exist_ok=True)
+  with log_file(path):  # Opened first: the feature statistics are logged too.
+    exp = create_experiment(config, workdir)
     try:
       return _train_and_evaluate(exp)
     except NonFiniteLossError as e:

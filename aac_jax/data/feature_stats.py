@@ -1,0 +1,142 @@
+"""Log-mel normalisation statistics of a training split.
+
+The front end feeds the model `(log-mel - feature_mean) / feature_std`
+(`aac_jax.audio.frontend.normalize_features`). With
+`config.frontend.feature_stats = 'measure'` a run measures both numbers on
+its training split before it builds anything else, saves them as
+`<workdir>/feature_stats.json` and writes them into the config it saves, so
+evaluation, captioning, export and SCST use exactly the training numbers.
+A restart reads the saved file; a run with `train.init_from` reuses that
+run's file (its parameters were trained on those features).
+`'fixed'` uses `feature_mean` / `feature_std` as configured.
+
+  python tools/feature_stats.py --config configs/clotho.py   # prints them
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+
+from aac_jax.audio import frontend
+from aac_jax.data import pipeline, sources
+
+STATS_FILENAME = 'feature_stats.json'
+MODES = ('measure', 'fixed')
+DEFAULT_NUM_CLIPS = 256
+_BATCH = 16
+
+
+def clip_indices(num_records: int, num_clips: int) -> np.ndarray:
+  """`num_clips` record indices spread evenly over the split (all if fewer)."""
+  if num_records <= 0:
+    raise ValueError('the training split is empty: no clips to measure features on')
+  count = min(num_clips, num_records)
+  return np.unique(np.linspace(0, num_records - 1, count).round().astype(np.int64))
+
+
+def measure(
+  dataset_cfg: ml_collections.ConfigDict,
+  frontend_cfg: ml_collections.ConfigDict,
+  num_clips: int = DEFAULT_NUM_CLIPS,
+  split: str = 'train',
+) -> dict[str, float]:
+  """Mean and standard deviation of the raw log-mel over real frames and bins.
+
+  Args:
+    dataset_cfg: `config.dataset` (the clips are cut to `max_audio_seconds`).
+    frontend_cfg: `config.frontend` (its own mean/std are ignored).
+    num_clips: clips read, spread evenly over the split.
+    split: the split to measure.
+
+  Returns:
+    `{'mean', 'std', 'num_clips', 'num_frames'}`.
+  """
+  source = sources.open_source(dataset_cfg, split)
+  indices = clip_indices(len(source), num_clips)
+  num_samples = int(round(dataset_cfg.max_audio_seconds * dataset_cfg.sample_rate))
+  raw_cfg = ml_collections.ConfigDict(frontend_cfg.to_dict())
+  raw_cfg.feature_mean, raw_cfg.feature_std = 0.0, 1.0
+  sample_rate = int(dataset_cfg.sample_rate)
+
+  @jax.jit
+  def sums(waveform, paddings):
+    log, frame_paddings = frontend.log_mel(waveform, paddings, raw_cfg, sample_rate)
+    real = (1.0 - frame_paddings)[..., None]
+    return jnp.sum(real * log), jnp.sum(real * log * log), jnp.sum(real) * log.shape[-1]
+
+  empty = (np.zeros(num_samples, np.float32), np.ones(num_samples, np.float32))
+  total = total_sq = count = 0.0
+  for start in range(0, len(indices), _BATCH):
+    clips = [
+      pipeline.fit_audio(source[int(i)]['audio'], num_samples)
+      for i in indices[start : start + _BATCH]
+    ]
+    clips += [empty] * (_BATCH - len(clips))  # One shape: one compilation.
+    s, sq, n = sums(np.stack([w for w, _ in clips]), np.stack([p for _, p in clips]))
+    total, total_sq, count = total + float(s), total_sq + float(sq), count + float(n)
+  if count == 0:
+    raise ValueError(f'the {split} clips measured have no audio frames')
+  mean = total / count
+  std = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
+  num_frames = int(count / frontend_cfg.n_mels)
+  return {'mean': mean, 'std': max(std, 1e-3), 'num_clips': len(indices), 'num_frames': num_frames}
+
+
+def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
+  """Fills `config.frontend.feature_mean/std` in place (see the module docstring).
+
+  Raises:
+    ValueError: `frontend.feature_stats` is not a known mode, or a fixed
+      `feature_std` is not positive.
+  """
+  fe = config.frontend
+  mode = fe.get('feature_stats', 'fixed')
+  if mode not in MODES:
+    raise ValueError(f"frontend.feature_stats must be one of {MODES}, got '{mode}'")
+  if mode == 'measure':
+    stats = _load_or_measure(config, workdir)
+    with config.unlocked():
+      fe.feature_mean, fe.feature_std = float(stats['mean']), float(stats['std'])
+  if fe.get('feature_std', 1.0) <= 0:
+    raise ValueError(f'frontend.feature_std must be > 0, got {fe.feature_std}')
+
+
+def _load_or_measure(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
+  own = workdir / STATS_FILENAME
+  candidates = [own]
+  if config.train.get('init_from', ''):
+    candidates.append(epath.Path(config.train.init_from) / STATS_FILENAME)
+  for path in candidates:
+    if path.exists():
+      stats = json.loads(path.read_text())
+      logging.info(
+        'Feature normalisation from %s: mean %.4f, std %.4f', path, stats['mean'], stats['std']
+      )
+      if path != own:
+        _save(stats, own)
+      return stats
+  stats = measure(
+    config.dataset,
+    config.frontend,
+    int(config.frontend.get('feature_stats_clips', DEFAULT_NUM_CLIPS)),
+  )
+  logging.info(
+    'Feature normalisation measured on %d training clips (%d frames): mean %.4f, std %.4f',
+    stats['num_clips'],
+    stats['num_frames'],
+    stats['mean'],
+    stats['std'],
+  )
+  _save(stats, own)
+  return stats
+
+
+def _save(stats: dict, path: epath.Path) -> None:
+  if jax.process_index() == 0:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stats, indent=2) + '\n')
