@@ -88,6 +88,11 @@ def test_scst_run_reports_both_rows(straight, ce_workdir):
   assert saved['test'] == pytest.approx(result.initial)
   assert (workdir / 'predictions' / 'test_init.json').exists()
   assert (workdir / 'vocab.txt').read_text() == (ce_workdir[0] / 'vocab.txt').read_text()
+  # The features are normalised with the cross-entropy run's numbers.
+  assert (workdir / 'feature_stats.json').read_text() == (
+    ce_workdir[0] / 'feature_stats.json'
+  ).read_text()
+  assert 'SCST finished at step 4' in (workdir / 'train.log').read_text()
   assert 0.0 < result.timing['reward_share'] < 1.0
   table = scst.format_comparison(result)
   assert table[1].startswith('cross-entropy') and table[2].startswith('scst')

@@ -500,6 +500,11 @@ def run_scst(config: ml_collections.ConfigDict, workdir: str) -> ScstResult:
     ValueError: neither a checkpoint in `workdir` nor `train.init_from`.
     trainer.NonFiniteLossError: the loss became NaN/Inf.
   """
+  with trainer.log_file(epath.Path(workdir)):  # `<workdir>/train.log`, as in training.
+    return _run_scst(config, workdir)
+
+
+def _run_scst(config: ml_collections.ConfigDict, workdir: str) -> ScstResult:
   run = create_scst_run(config, workdir)
   config = run.config
   trainer.write_config(config, run.exp.workdir)

@@ -346,10 +346,14 @@ class _OwnRecords(py_logging.Filter):
 
 @contextlib.contextmanager
 def log_file(workdir: epath.Path, name: str = 'train.log'):
-  """Appends readable log lines to `<workdir>/<name>` (process 0, local workdirs)."""
+  """Appends readable log lines to `<workdir>/<name>` (process 0, local workdirs).
+
+  Creates `workdir` where it does not exist yet.
+  """
   if jax.process_index() > 0 or '://' in str(workdir):
     yield
     return
+  workdir.mkdir(parents=True, exist_ok=True)
   handler = py_logging.FileHandler(os.fspath(workdir / name))
   handler.setFormatter(py_logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
   handler.addFilter(_OwnRecords())
@@ -380,10 +384,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> LoopR
   Raises:
     NonFiniteLossError: the loss became NaN/Inf (message names the step).
   """
-  path = epath.Path(workdir)
-  if jax.process_index() == 0:
-    path.mkdir(parents=True, exist_ok=True)
-  with log_file(path):  # Opened first: the feature statistics are logged too.
+  with log_file(epath.Path(workdir)):  # Opened first: the feature statistics are logged too.
     exp = create_experiment(config, workdir)
     try:
       return _train_and_evaluate(exp)
