@@ -1,6 +1,6 @@
 """Parameter count, train-step time and decoding time of a config's model.
 
-  python -m aac_jax.models.benchmark --config configs/synthetic_demo.py \
+  python tools/bench_model.py --config configs/synthetic_demo.py \
       --vocab_size 300 --batch_size 32 --seconds 10 \
       --config.model.encoder_dim=96  # any config field can be overridden
 
@@ -12,7 +12,9 @@ excluded; the median of `--repeats` runs is reported.
 """
 
 import os
+import pathlib
 import statistics
+import sys
 import time
 
 import jax
@@ -21,9 +23,11 @@ import optax
 from absl import app, flags
 from ml_collections import config_flags
 
-from aac_jax import decoding
-from aac_jax.models.captioner import Captioner, count_params, init_params
-from aac_jax.models.config import make_captioner_config
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from aac_jax import decoding  # noqa: E402
+from aac_jax.models.captioner import Captioner, count_params, init_params  # noqa: E402
+from aac_jax.models.config import make_captioner_config  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/synthetic_demo.py', 'Config file.')
 _VOCAB = flags.DEFINE_integer('vocab_size', 300, 'Vocabulary size (embedding rows).')
