@@ -10,6 +10,7 @@ from etils import epath
 
 from aac_jax.audio import frontend
 from aac_jax.data import feature_stats, pipeline, sources
+from aac_jax.train import trainer
 from configs import synthetic_demo
 
 
@@ -75,6 +76,8 @@ def test_resolve_measures_saves_reuses_and_inherits(config, tmp_path):
   # A run started from another run's parameters takes that run's numbers.
   child = config.copy_and_resolve_references()
   child.train.init_from = str(first)
+  (tmp_path / 'child').mkdir()
+  trainer.inherit_from_init_run(child, epath.Path(tmp_path / 'child'))
   feature_stats.resolve(child, epath.Path(tmp_path / 'child'))
   assert (child.frontend.feature_mean, child.frontend.feature_std) == (-3.0, 2.0)
   assert (tmp_path / 'child' / feature_stats.STATS_FILENAME).exists()

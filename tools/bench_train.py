@@ -27,6 +27,7 @@ _REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_REPO))
 
 from aac_jax import models  # noqa: E402
+from aac_jax.data import pipeline  # noqa: E402
 from aac_jax.train import parallel, state, steps  # noqa: E402
 from configs import base, synthetic_demo  # noqa: E402
 
@@ -56,7 +57,7 @@ def random_batch(config, rng: np.random.Generator) -> dict[str, np.ndarray]:
   b = config.train.batch_size // jax.process_count()
   n = int(config.dataset.max_audio_seconds * config.dataset.sample_rate)
   length = config.dataset.max_caption_tokens
-  refs = int(config.dataset.get('captions_per_clip', 1))
+  refs = pipeline.captions_per_clip(config.dataset)
   shape = (b, length) if refs == 1 else (b, refs, length)
   targets = rng.integers(4, _VOCAB.value, shape).astype(np.int32)
   targets[..., -1] = 2  # EOS; every position is a real token (worst case).
@@ -135,7 +136,7 @@ def bench_config(name: str) -> dict[str, float]:
     'params': models.count_params(params),
     'batch': config.train.batch_size,
     'seconds': config.dataset.max_audio_seconds,
-    'refs': int(config.dataset.get('captions_per_clip', 1)),
+    'refs': pipeline.captions_per_clip(config.dataset),
     'dtype': config.model.compute_dtype,
     'step_s': seconds,
     'examples_per_s': config.train.batch_size / seconds,

@@ -146,8 +146,8 @@ def log_mel(
   return normalize_features(log, cfg), frame_paddings
 
 
-def normalize_features(log: jax.Array, cfg: ml_collections.ConfigDict) -> jax.Array:
-  """`(log - cfg.feature_mean) / cfg.feature_std` (identity when the fields are absent).
+def normalization(cfg: ml_collections.ConfigDict) -> tuple[float, float]:
+  """`(feature_mean, feature_std)` of `config.frontend` ((0, 1) where absent), checked.
 
   A run with `feature_stats = 'measure'` fills both fields from its training
   split (`aac_jax.data.feature_stats`).
@@ -156,6 +156,12 @@ def normalize_features(log: jax.Array, cfg: ml_collections.ConfigDict) -> jax.Ar
   std = float(cfg.get('feature_std', 1.0))
   if std <= 0:
     raise ValueError(f'frontend.feature_std must be > 0, got {std}')
+  return mean, std
+
+
+def normalize_features(log: jax.Array, cfg: ml_collections.ConfigDict) -> jax.Array:
+  """`(log - cfg.feature_mean) / cfg.feature_std` (see `normalization`)."""
+  mean, std = normalization(cfg)
   if mean == 0.0 and std == 1.0:
     return log
   return (log - jnp.float32(mean)) * jnp.float32(1.0 / std)

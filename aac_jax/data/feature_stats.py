@@ -6,8 +6,9 @@ The front end feeds the model `(log-mel - feature_mean) / feature_std`
 its training split before it builds anything else, saves them as
 `<workdir>/feature_stats.json` and writes them into the config it saves, so
 evaluation, captioning, export and SCST use exactly the training numbers.
-A restart reads the saved file; a run with `train.init_from` reuses that
-run's file (its parameters were trained on those features).
+A restart reads the saved file; a run with `train.init_from` starts with a
+copy of that run's file (`aac_jax.train.trainer.inherit_from_init_run`: its
+parameters were trained on those features).
 `'fixed'` uses `feature_mean` / `feature_std` as configured.
 
   python tools/feature_stats.py --config configs/clotho.py   # prints them
@@ -102,24 +103,17 @@ def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
     stats = _load_or_measure(config, workdir)
     with config.unlocked():
       fe.feature_mean, fe.feature_std = float(stats['mean']), float(stats['std'])
-  if fe.get('feature_std', 1.0) <= 0:
-    raise ValueError(f'frontend.feature_std must be > 0, got {fe.feature_std}')
+  frontend.normalization(fe)  # Fails here, not at the first trace, on a bad fixed std.
 
 
 def _load_or_measure(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
   own = workdir / STATS_FILENAME
-  candidates = [own]
-  if config.train.get('init_from', ''):
-    candidates.append(epath.Path(config.train.init_from) / STATS_FILENAME)
-  for path in candidates:
-    if path.exists():
-      stats = json.loads(path.read_text())
-      logging.info(
-        'Feature normalisation from %s: mean %.4f, std %.4f', path, stats['mean'], stats['std']
-      )
-      if path != own:
-        _save(stats, own)
-      return stats
+  if own.exists():
+    stats = json.loads(own.read_text())
+    logging.info(
+      'Feature normalisation from %s: mean %.4f, std %.4f', own, stats['mean'], stats['std']
+    )
+    return stats
   stats = measure(
     config.dataset,
     config.frontend,

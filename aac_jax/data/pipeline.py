@@ -105,10 +105,9 @@ def pick_references(
 
   One reference (`captions_per_clip == 1`) is drawn at random; more are
   drawn without replacement, in random order, as many as the clip has up
-  to `captions_per_clip` (the missing rows become padding).
+  to `captions_per_clip` (the missing rows become padding). Needs
+  `num_captions >= 1` (`_TrainExample` checks it, naming the clip).
   """
-  if num_captions == 0:
-    raise ValueError('a training clip has no caption')
   if captions_per_clip == 1:
     return np.array([int(rng.integers(num_captions))])
   return rng.permutation(num_captions)[:captions_per_clip]

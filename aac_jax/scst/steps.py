@@ -38,6 +38,7 @@ from jax.sharding import PartitionSpec as P
 
 from aac_jax import decoding
 from aac_jax.data import tokenizer
+from aac_jax.train import parallel
 from aac_jax.train import steps as train_steps
 from aac_jax.train.parallel import AXIS
 from aac_jax.train.state import TrainState
@@ -314,14 +315,10 @@ def make_update_step(mesh: Mesh, *, donate: bool = True, **static: Any):
     `step(state, batch, rollout, rng) -> (state, metrics)`; `batch` and
     `rollout` sharded `P('data')`, state replicated.
   """
-  body = functools.partial(scst_update_step, **static)
-  mapped = jax.shard_map(
-    body, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P()), out_specs=(P(), P()), check_vma=True
-  )
+  step = parallel.jit_update_step(functools.partial(scst_update_step, **static), mesh, 2, donate)
 
-  @functools.partial(jax.jit, donate_argnums=(0,) if donate else ())
   def run(state, batch, rollout, rng):
     audio = {k: batch[k] for k in ('audio', 'audio_paddings')}
-    return mapped(state, audio, rollout, rng)
+    return step(state, audio, rollout, rng)
 
   return run

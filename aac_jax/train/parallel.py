@@ -7,6 +7,7 @@ of `jax.pmap` with the current API. Parameters and optimizer state are
 replicated (`P()`); batches are split on their leading axis (`P('data')`).
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -26,6 +27,21 @@ def create_mesh(devices: list[jax.Device] | None = None) -> Mesh:
 def replicated(mesh: Mesh) -> NamedSharding:
   """The sharding of parameters and optimizer state: a full copy per device."""
   return NamedSharding(mesh, P())
+
+
+def jit_update_step(body: Callable, mesh: Mesh, num_sharded: int, donate: bool = True) -> Callable:
+  """`jax.jit(jax.shard_map(body))` of a pmap-style update step.
+
+  Args:
+    body: `body(state, *sharded, rng) -> (state, metrics)`, one device's view
+      (collectives over `AXIS`); state, rng and the outputs are replicated.
+    mesh: 1-D mesh with axis `AXIS`.
+    num_sharded: arguments between state and rng, split on their leading axis.
+    donate: donate the input state buffers (the caller must not reuse them).
+  """
+  in_specs = (P(), *([P(AXIS)] * num_sharded), P())
+  mapped = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=(P(), P()), check_vma=True)
+  return jax.jit(mapped, donate_argnums=(0,) if donate else ())
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -24,11 +24,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from jax.sharding import Mesh
-from jax.sharding import PartitionSpec as P
 
 from aac_jax.audio import frontend
 from aac_jax.data import tokenizer
 from aac_jax.models import keyword_head
+from aac_jax.train import parallel
 from aac_jax.train.parallel import AXIS
 from aac_jax.train.state import TrainState
 
@@ -128,18 +128,16 @@ def _micro_loss(
   features, paddings = compute_features(batch, augment_rng, frontend_cfg, sample_rate, True)
   targets = batch['targets']
   inputs = (features, paddings, tokenizer.shift_right(targets))
-  rngs = {'dropout': dropout_rng}
-  if not keyword_loss_weight:
-    logits = model.apply({'params': params}, *inputs, rngs=rngs)
-    loss_sum, _ = token_loss_sum(logits, targets, label_smoothing)
-    return loss_sum / normalizers['tokens'], {'loss': loss_sum}
-  logits, keyword_probs = model.apply(
-    {'params': params}, *inputs, rngs=rngs, method=model.with_keywords
-  )
+  method = model.with_keywords if keyword_loss_weight else None  # None: __call__.
+  outputs = model.apply({'params': params}, *inputs, rngs={'dropout': dropout_rng}, method=method)
+  logits = outputs[0] if keyword_loss_weight else outputs
   loss_sum, _ = token_loss_sum(logits, targets, label_smoothing)
-  kw_sum = keyword_head.keyword_loss_sum(keyword_probs, batch['keywords'])
-  total = loss_sum / normalizers['tokens'] + keyword_loss_weight * kw_sum / normalizers['keywords']
-  return total, {'loss': loss_sum, 'keyword_loss': kw_sum}
+  sums = {'loss': loss_sum}
+  total = loss_sum / normalizers['tokens']
+  if keyword_loss_weight:
+    sums['keyword_loss'] = keyword_head.keyword_loss_sum(outputs[1], batch['keywords'])
+    total += keyword_loss_weight * sums['keyword_loss'] / normalizers['keywords']
+  return total, sums
 
 
 def _split_micro_batches(batch: Batch, num_micro: int) -> Batch:
@@ -266,8 +264,4 @@ def make_train_step(mesh: Mesh, *, donate: bool = True, **static: Any):
     `step(state, batch, rng) -> (state, metrics)` taking a replicated state,
     a global batch sharded `P('data')` and a key.
   """
-  body = functools.partial(train_step, **static)
-  mapped = jax.shard_map(
-    body, mesh=mesh, in_specs=(P(), P(AXIS), P()), out_specs=(P(), P()), check_vma=True
-  )
-  return jax.jit(mapped, donate_argnums=(0,) if donate else ())
+  return parallel.jit_update_step(functools.partial(train_step, **static), mesh, 1, donate)

@@ -70,22 +70,34 @@ def write_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None
     (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def load_tokenizer(config: ml_collections.ConfigDict, workdir: epath.Path):
-  """The run's tokenizer: own `vocab.txt`, else `init_from`'s, else built from train."""
-  own = workdir / tokenizer_lib.VOCAB_FILENAME
-  if config.train.init_from and not own.exists():
-    other = epath.Path(config.train.init_from) / tokenizer_lib.VOCAB_FILENAME
-    if other.exists():
-      # Loaded parameters only make sense with the ids they were trained on.
-      tokenizer_lib.Tokenizer.load(other).save(own)
-  return tokenizer_lib.get_tokenizer(config.dataset, str(workdir))
+# Files a run copies from its `init_from` run when it has none of its own:
+# the loaded parameters only make sense with those token ids and features.
+INHERITED_FILES = (tokenizer_lib.VOCAB_FILENAME, feature_stats.STATS_FILENAME)
+
+
+def inherit_from_init_run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
+  """Copies `INHERITED_FILES` from `config.train.init_from` where `workdir` lacks them.
+
+  Several processes may copy at once: each writes a private temporary file
+  and renames it, so readers never see half a file.
+  """
+  if not config.train.get('init_from', ''):
+    return
+  for name in INHERITED_FILES:
+    own, other = workdir / name, epath.Path(config.train.init_from) / name
+    if not own.exists() and other.exists():
+      tmp = own.with_name(f'.{name}.{os.getpid()}.tmp')
+      tmp.write_text(other.read_text())
+      tmp.replace(own)
 
 
 def create_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   """Builds the mesh, tokenizer, models and optimizer of a run."""
   path = epath.Path(workdir)
   path.mkdir(parents=True, exist_ok=True)
-  tokenizer = load_tokenizer(config, path)
+  inherit_from_init_run(config, path)
+  # The run's own vocabulary, else one built from the training split.
+  tokenizer = tokenizer_lib.get_tokenizer(config.dataset, str(path))
   feature_stats.resolve(config, path)
   model_cfg = models.make_captioner_config(config.model, tokenizer.vocab_size)
   tx, schedule = state_lib.create_optimizer(config.optim, config.train.num_steps)
