@@ -20,15 +20,16 @@ import re
 import sys
 import time
 
+import jax
 import ml_collections
 from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from aac_jax import config_path, metrics
+from aac_jax import config_path, config_validation, files, metrics
 from aac_jax.data import sources, text
 from aac_jax.scst import trainer as scst_trainer
-from aac_jax.train import evaluation, trainer
+from aac_jax.train import evaluation, logs, trainer
 
 config_flags.DEFINE_config_file(
   'config', 'configs/synthetic_demo.py', 'Cross-entropy stage config.', lock_config=False
@@ -148,16 +149,31 @@ def build_report(config, workdir: epath.Path, with_scst: bool) -> tuple[str, dic
   return report, rows
 
 
+def check_configs(config, scst_config, workdir: epath.Path, with_scst: bool) -> None:
+  """Both stages' configs, checked before the first stage starts (see `run_stages`)."""
+  config_validation.validate(config, 'train', jax.device_count())
+  if with_scst:
+    scst_config.train.init_from = str(workdir / 'ce')
+    scst_config.dataset.data_dir = config.dataset.data_dir
+    config_validation.validate(scst_config, 'scst', jax.device_count())
+
+
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logs.quiet_console()
   workdir = epath.Path(FLAGS.workdir)
+  try:
+    check_configs(FLAGS.config, FLAGS.scst_config, workdir, FLAGS.scst)
+  except config_validation.ConfigError as error:
+    print(f'error: {error}', file=sys.stderr)
+    return 2
   if not run_stages(FLAGS.config, FLAGS.scst_config, workdir, FLAGS.scst):
     print('Preempted: checkpoint saved; rerun the same command to continue.')
     return 0
   report, rows = build_report(FLAGS.config, workdir, FLAGS.scst)
-  (workdir / 'results.md').write_text(report)
-  (workdir / 'results.json').write_text(json.dumps(rows, indent=2))
+  files.write_text(workdir / 'results.md', report)
+  files.write_text(workdir / 'results.json', json.dumps(rows, indent=2))
   print('\n' + report)
   print(f'(written to {workdir / "results.md"})')
   return 0

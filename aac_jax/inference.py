@@ -4,7 +4,8 @@ A run's workdir (written by `aac_jax.train.trainer`) holds `config.json`,
 `vocab.txt` and orbax `checkpoints/<step>/`. `load_model(path)` accepts the
 workdir, its `checkpoints/` folder or one `checkpoints/<step>` folder, and
 restores the parameters of the best checkpoint (by the run's validation
-metric), else the latest, or the step asked for.
+metric), else the latest, or the step asked for
+(`aac_jax.train.checkpointing.restore_params`).
 
 `AudioCaptioner` turns float waveforms at the model's sample rate into
 captions: it cuts long recordings into windows (default: the training clip
@@ -23,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from aac_jax import decoding, models
 from aac_jax.audio import frontend
@@ -110,71 +110,22 @@ def load_run_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(text))
 
 
-def choose_step(manager: ocp.CheckpointManager, step: int | None = None) -> tuple[int, str]:
-  """Picks the checkpoint to load.
-
-  Args:
-    manager: the run's (read-only) checkpoint manager.
-    step: an explicit step, or None.
-
-  Returns:
-    `(step, kind)` with kind 'requested', 'best' (by the run's validation
-    metric) or 'latest' (no checkpoint carries metrics).
-
-  Raises:
-    ModelLoadError: no checkpoint, or none at `step`.
-  """
-  saved = sorted(manager.all_steps())
-  if not saved:
-    raise ModelLoadError(f'no checkpoint in {manager.directory}')
-  if step is not None:
-    if step not in saved:
-      raise ModelLoadError(f'no checkpoint at step {step} in {manager.directory}; saved: {saved}')
-    return step, 'requested'
-  best = manager.best_step()
-  if best is not None:
-    return int(best), 'best'
-  return int(manager.latest_step()), 'latest'
-
-
 def abstract_params(model: models.Captioner, num_mels: int) -> Any:
-  """Shapes and dtypes of the model's parameters (nothing is computed)."""
-  return jax.eval_shape(
+  """Shapes and dtypes of the model's parameters on the default device (nothing is computed)."""
+  shapes = jax.eval_shape(
     lambda rng: models.init_params(model, rng, num_mels=num_mels), jax.random.key(0)
   )
-
-
-def restore_params(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
-  """Restores only `state.params` of checkpoint `step` onto the default device.
-
-  Args:
-    manager: the run's checkpoint manager.
-    step: a saved step.
-    target: abstract parameter tree (see `abstract_params`).
-
-  Returns:
-    The parameter tree (whatever device layout it was saved from).
-  """
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  item = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), target)
-  restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), target)
-  restored = manager.restore(
-    step,
-    args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(
-        item={'params': item}, restore_args={'params': restore_args}, partial_restore=True
-      )
-    ),
-  )
-  return restored.state['params']
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
 def load_model(path: str | pathlib.Path, step: int | None = None) -> LoadedModel:
-  """Loads a trained captioner.
+  """Loads a trained captioner (parameters through `checkpointing.restore_params`).
 
   Args:
     path: a run's workdir, its `checkpoints/` folder or `checkpoints/<step>`.
-    step: checkpoint step; None = the best by validation, else the latest.
+    step: checkpoint step; None = the best by validation, else the latest
+      (an unreadable one is skipped, with a warning, for the next newest).
 
   Returns:
     The model, its parameters, config and tokenizer.
@@ -189,19 +140,16 @@ def load_model(path: str | pathlib.Path, step: int | None = None) -> LoadedModel
     config.model, tokenizer.vocab_size, deterministic=True, decode=False
   )
   model = models.Captioner(model_cfg)
-  manager = checkpointing.create_checkpoint_manager(workdir, config.train, read_only=True)
+  target = abstract_params(model, int(config.frontend.n_mels))
   try:
-    step, kind = choose_step(manager, step)
-    target = abstract_params(model, int(config.frontend.n_mels))
-    try:
-      params = restore_params(manager, step, target)
-    except ValueError as error:  # Orbax: stored shapes or structure differ from the model's.
-      raise ModelLoadError(
-        f'checkpoint step {step} of {workdir} does not fit the model built from its '
-        f'config.json (trained with another version of aac_jax?): {error}'
-      ) from error
-  finally:
-    manager.close()
+    params, step, kind = checkpointing.restore_params(workdir, config.train, target, step)
+  except (FileNotFoundError, checkpointing.CheckpointUnreadableError) as error:
+    raise ModelLoadError(str(error)) from error
+  except ValueError as error:  # Orbax: stored shapes or structure differ from the model's.
+    raise ModelLoadError(
+      f'checkpoint step {step} of {workdir} does not fit the model built from its '
+      f'config.json (trained with another version of aac_jax?): {error}'
+    ) from error
   return LoadedModel(config, model, params, tokenizer, str(workdir), step, kind)
 
 
@@ -221,18 +169,12 @@ def make_settings(
   Raises:
     ValueError: invalid settings, or `max_len` beyond the model's positions.
   """
-  known = {f.name for f in dataclasses.fields(decoding.DecodeSettings)}
-  values = {k: v for k, v in loaded.config.get('decode', {}).items() if k in known}
-  values.update({k: v for k, v in overrides.items() if v is not None})
-  settings = decoding.make_decode_settings(values)
-  limit = loaded.model.config.max_decode_len
-  if settings.max_len > limit:
-    raise ValueError(f'max_len {settings.max_len} exceeds the model max_decode_len {limit}')
+  settings = decoding.model_decode_settings(
+    loaded.config.decode, loaded.model.config.max_decode_len, **overrides
+  )
   mask = None
   if settings.ban_repeated_content_words:
-    tokens = loaded.tokenizer.tokens
-    ids = [i for i, token in enumerate(tokens) if token in decoding.FUNCTION_WORDS]
-    mask = decoding.make_repeat_ban_mask(len(tokens), ids)
+    mask = decoding.vocabulary_repeat_ban_mask(loaded.tokenizer.tokens)
   return settings, mask
 
 

@@ -6,7 +6,13 @@
 
 Rerunning with the same --workdir resumes from its latest checkpoint. On
 SIGTERM the run saves at the next step and exits 0. `aac-train` is the same
-command as a console script.
+command as a console script. The console shows this package's log lines and
+every warning; `train.log` in the workdir keeps the libraries' lines too
+(`--verbosity=0` shows them on the console as well).
+
+Exit status: 0 finished, stopped as planned or preempted (saved); 1 stopped
+on an error logged in one line (NaN loss, an unwritable run file, no
+readable checkpoint); 2 bad config values (one line each, before any work).
 """
 
 import sys
@@ -16,7 +22,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from aac_jax import config_path
-from aac_jax.train import trainer
+from aac_jax.train import logs, trainer
 
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py[:variant]).')
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, logs, vocabulary and predictions.')
@@ -28,6 +34,7 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logs.quiet_console()
   if FLAGS.multihost:
     jax.distributed.initialize()
   return trainer.run(FLAGS.config, FLAGS.workdir)

@@ -117,19 +117,25 @@ def get_train_config() -> ml_collections.ConfigDict:
 
 
 def get_eval_config() -> ml_collections.ConfigDict:
+  """Validation during training and the test pass at the end."""
   c = ml_collections.ConfigDict()
   c.batch_size = 64  # Global eval batch.
   c.max_examples = -1  # Evaluate on at most this many clips (-1 = all).
   c.test_at_end = True  # After the last step, evaluate the best checkpoint on the test split.
   c.meteor = False  # Run METEOR (needs Java and pycocoevalcap's jar).
   c.spice = False  # Run SPICE (needs Java and the CoreNLP 3.6.0 jars).
+  # How validation and test captions are decoded (the scores that pick the
+  # best checkpoint). Independent of `config.decode`, which is what
+  # `aac-caption`, export and SCST sampling use.
+  c.decode = get_decode_config()
   return c
 
 
 def get_decode_config() -> ml_collections.ConfigDict:
+  """Decoding settings (`aac_jax.decoding.DecodeSettings` has the same fields)."""
   c = ml_collections.ConfigDict()
   c.method = 'greedy'  # 'greedy', 'beam' or 'sample'.
-  c.max_len = 24  # Maximum tokens including EOS.
+  c.max_len = 24  # Maximum tokens including EOS (<= model.max_decode_len).
   c.min_len = 1
   c.beam_size = 3
   c.length_penalty = 0.6  # alpha in ((5 + len) / 6) ** alpha.
@@ -149,7 +155,13 @@ def get_scst_config() -> ml_collections.ConfigDict:
   c.normalize_advantage = False
   c.reward = 'cider_d'  # 'cider_d', 'spider' or 'mix'.
   c.reward_weights = ml_collections.ConfigDict({'cider_d': 1.0, 'spice': 0.0})
-  c.temperature = 1.0
+  c.temperature = 1.0  # Sampling temperature (log p stays the untempered model's).
+  c.top_k = 0  # Sample among the k most likely tokens (0 = off).
+  c.top_p = 1.0  # Nucleus sampling threshold (1.0 = off).
+  c.loss_normalizer = 'samples'  # Divide the summed loss by 'samples' or real 'tokens'.
+  c.pipeline = True  # Sample batch t + 1 while the host scores batch t.
+  c.eval_initial = True  # Score the init_from parameters on the test split first.
+  c.spice_jars = ''  # CoreNLP 3.6.0 folder for a SPICE reward ('' = $AAC_SPICE_CORENLP_DIR).
   return c
 
 
@@ -165,4 +177,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval = get_eval_config()
   config.decode = get_decode_config()
   config.scst = get_scst_config()
+  # The schema is complete: a misspelt field in an experiment config or on
+  # the command line is an error, not a silently ignored new field.
+  config.lock()
   return config

@@ -48,8 +48,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.scst.eval_initial = True  # Score the CE parameters on the test split first.
   config.scst.spice_jars = ''  # CoreNLP 3.6.0 folder ('' = $AAC_SPICE_CORENLP_DIR).
 
-  # Repetition counter-measure (DESIGN.md section 6): no repeated trigram in
-  # samples or greedy captions.
+  # Repetition counter-measure against SCST's known failure (repeated clauses
+  # that game CIDEr-D): no repeated trigram in samples or greedy captions.
   config.decode.no_repeat_ngram_size = 3
 
   config.model.dropout = 0.0  # The updated policy is the sampled one.

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from aac_jax import config_validation
 from aac_jax.data import tokenizer
 from aac_jax.models import keyword_head
-from aac_jax.train import trainer
 from configs import base
 
 
@@ -24,6 +24,7 @@ def test_keyword_loss_matches_numpy_binary_cross_entropy():
   rng = np.random.default_rng()
   probs = rng.uniform(0.01, 0.99, (4, 10)).astype(np.float32)
   words = (rng.random((4, 10)) < 0.3).astype(np.float32)
+  words[:3, 0] = 1.0  # Real captions have at least one word (an all-zero row is a filler).
   words[3] = 0.0  # A filler row: adds nothing.
   expected = -(words * np.log(probs) + (1 - words) * np.log(1 - probs))[:3].sum()
   got = float(keyword_head.keyword_loss_sum(jnp.asarray(probs), jnp.asarray(words)))
@@ -51,10 +52,10 @@ def test_linear_softmax_pooling_ignores_padding_and_follows_confident_frames():
 def test_keyword_weight_without_head_names_the_fix():
   config = base.get_base_config()
   config.optim.keyword_loss_weight = 0.5
-  with pytest.raises(ValueError, match='model.keyword_head=True'):
-    trainer.keyword_loss_weight(config)
+  with pytest.raises(config_validation.ConfigError, match='model.keyword_head=True'):
+    config_validation.validate(config, 'train', 8)
   config.model.keyword_head = True
-  assert trainer.keyword_loss_weight(config) == 0.5
+  config_validation.validate(config, 'train', 8)
   config.optim.keyword_loss_weight = -1.0
-  with pytest.raises(ValueError, match='>= 0'):
-    trainer.keyword_loss_weight(config)
+  with pytest.raises(config_validation.ConfigError, match='keyword_loss_weight=-1.0: must be >= 0'):
+    config_validation.validate(config, 'train', 8)

@@ -156,12 +156,13 @@ def test_reward_weights_and_spice_refusal(monkeypatch):
 
 @pytest.mark.parametrize('arg', [None, 'runlocal', 'runlocal,baseline=greedy,init_from=/x'])
 def test_scst_configs_load_and_validate(arg):
+  from aac_jax import config_validation
   from aac_jax.scst import trainer
   from configs import clotho_scst, synthetic_demo_scst
 
   for module in (synthetic_demo_scst, clotho_scst):
     config = module.get_config(arg)
-    trainer.check_scst_config(config)
+    config_validation.validate(config, 'scst', 8)
     assert config.train.init_from and config.scst.enabled
     assert config.train.batch_size % 8 == 0
     sample, greedy = trainer.make_sample_settings(config)

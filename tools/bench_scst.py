@@ -59,7 +59,7 @@ def initial_state(run: scst_trainer.ScstRun) -> state_lib.TrainState:
   source = run.config.train.init_from
   if source and not _FRESH.value:
     target = checkpointing.abstract_state(fresh, replicated).params
-    params, step = checkpointing.load_params(source, run.config.train, target)
+    params, step, _ = checkpointing.restore_params(source, run.config.train, target)
     print(f'parameters of {source} step {step}')
     state = state.replace(params=params)
   return state
@@ -89,25 +89,18 @@ def time_parts(run, state, train_iter, steps: int):
 
 
 def time_loop(run, state, train_iter, steps: int, pipeline: bool):
-  """Seconds per step of the training loop's schedule (no eval, no saving).
+  """Seconds per step of the training loop's schedule (`ScstUpdater`; no eval, no saving).
 
   Returns:
     `(seconds per step, the state after the updates)`.
   """
-  pending = scst_trainer.dispatch_samples(run, state.params, train_iter, 0)
+  updater = scst_trainer.ScstUpdater(run, train_iter, scst_trainer.StepTimes(), pipeline)
   start = None
   for i in range(steps + 2):
     if i == 2:
       jax.block_until_ready(state)
       start = time.perf_counter()
-    ahead = (
-      scst_trainer.dispatch_samples(run, state.params, train_iter, i + 1) if pipeline else None
-    )
-    _, rollout, _ = scst_trainer.score_pending(run, pending)
-    state, metrics = run.update_fn(state, pending.batch, rollout, run.update_rng)
-    if ahead is None:
-      ahead = scst_trainer.dispatch_samples(run, state.params, train_iter, i + 1)
-    pending = ahead
+    state, metrics = updater.update(state, i, boundary=i == steps + 1)
     float(metrics['loss'])  # The loop fetches each step's metrics (one step late there).
   jax.block_until_ready(state)
   return (time.perf_counter() - start) / steps, state

@@ -131,8 +131,7 @@ def log_mel(
     paddings: `[batch, samples]`, 1.0 = padding.
     cfg: `config.frontend` (`n_fft`, `win_length`, `hop_length`, `n_mels`,
       `fmin`, `fmax`, `log_floor`, `feature_mean`, `feature_std`).
-    sample_rate: Hz of `waveform`; default `cfg.sample_rate` where the config
-      has one, else 16000.
+    sample_rate: Hz of `waveform` (`config.dataset.sample_rate`; default 16000).
 
   Returns:
     `(features, frame_paddings)`: float32 `[batch, frames, n_mels]` with
@@ -140,20 +139,20 @@ def log_mel(
     `[batch, frames]`.
   """
   if sample_rate is None:
-    sample_rate = cfg.get('sample_rate', DEFAULT_SAMPLE_RATE)
+    sample_rate = DEFAULT_SAMPLE_RATE
   mel, frame_paddings = power_mel(waveform, paddings, cfg, int(sample_rate))
   log = jnp.log(jnp.maximum(mel, cfg.log_floor))
   return normalize_features(log, cfg), frame_paddings
 
 
 def normalization(cfg: ml_collections.ConfigDict) -> tuple[float, float]:
-  """`(feature_mean, feature_std)` of `config.frontend` ((0, 1) where absent), checked.
+  """`(feature_mean, feature_std)` of `config.frontend`, checked.
 
   A run with `feature_stats = 'measure'` fills both fields from its training
   split (`aac_jax.data.feature_stats`).
   """
-  mean = float(cfg.get('feature_mean', 0.0))
-  std = float(cfg.get('feature_std', 1.0))
+  mean = float(cfg.feature_mean)
+  std = float(cfg.feature_std)
   if std <= 0:
     raise ValueError(f'frontend.feature_std must be > 0, got {std}')
   return mean, std

@@ -96,7 +96,7 @@ def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
       `feature_std` is not positive.
   """
   fe = config.frontend
-  mode = fe.get('feature_stats', 'fixed')
+  mode = fe.feature_stats
   if mode not in MODES:
     raise ValueError(f"frontend.feature_stats must be one of {MODES}, got '{mode}'")
   if mode == 'measure':
@@ -117,7 +117,7 @@ def _load_or_measure(config: ml_collections.ConfigDict, workdir: epath.Path) -> 
   stats = measure(
     config.dataset,
     config.frontend,
-    int(config.frontend.get('feature_stats_clips', DEFAULT_NUM_CLIPS)),
+    int(config.frontend.feature_stats_clips),
   )
   logging.info(
     'Feature normalisation measured on %d training clips (%d frames): mean %.4f, std %.4f',

@@ -91,9 +91,9 @@ def _seconds_to_samples(seconds: float, sample_rate: int) -> int:
 
 
 def _eval_max_samples(cfg: ml_collections.ConfigDict) -> int:
-  # `max_eval_audio_seconds` is optional; unset or <= 0 means the train length.
-  seconds = cfg.get('max_eval_audio_seconds', None)
-  if not seconds or seconds <= 0:
+  # `max_eval_audio_seconds` <= 0 means the train length.
+  seconds = cfg.max_eval_audio_seconds
+  if seconds <= 0:
     seconds = cfg.max_audio_seconds
   return _seconds_to_samples(seconds, cfg.sample_rate)
 
@@ -144,8 +144,8 @@ class _TrainExample(grain.transforms.RandomMap):
 
 
 def captions_per_clip(cfg: ml_collections.ConfigDict) -> int:
-  """`cfg.captions_per_clip` (default 1), checked."""
-  value = int(cfg.get('captions_per_clip', 1))
+  """`cfg.captions_per_clip`, checked."""
+  value = int(cfg.captions_per_clip)
   if value < 1:
     raise ValueError(f'dataset.captions_per_clip must be >= 1, got {value}')
   return value

@@ -39,14 +39,26 @@ def import_builder(name: str) -> None:
     importlib.import_module(module)
 
 
+def is_known(cfg: ml_collections.ConfigDict) -> bool:
+  """Whether `cfg.name` is one of ours, a registered TFDS builder, or built in `cfg.data_dir`."""
+  if cfg.name in BUILDER_MODULES:
+    return True
+  if os.path.isdir(os.path.join(os.path.expanduser(cfg.data_dir), cfg.name)):
+    return True
+  try:
+    tfds.builder_cls(cfg.name)
+  except tfds.core.registered.DatasetNotFoundError:
+    return False
+  return True
+
+
 def _full_name(cfg: ml_collections.ConfigDict) -> str:
-  builder_config = cfg.get('builder_config', '')
-  return f'{cfg.name}/{builder_config}' if builder_config else cfg.name
+  return f'{cfg.name}/{cfg.builder_config}' if cfg.builder_config else cfg.name
 
 
 def _build_command(cfg: ml_collections.ConfigDict, data_dir: str) -> str:
   command = _BUILD_COMMANDS.get(cfg.name, f'build the TFDS dataset {cfg.name!r}')
-  if cfg.get('builder_config') and cfg.name != 'custom_aac':
+  if cfg.builder_config and cfg.name != 'custom_aac':
     command += f' --config_name {cfg.builder_config}'
   return f'{command} --data_dir {data_dir}'
 
@@ -69,11 +81,11 @@ def ensure_built(cfg: ml_collections.ConfigDict) -> None:
     return  # Not one of ours (e.g. a test fixture): tfds.data_source reports it.
   if builder.is_prepared():
     return
-  if cfg.name == 'synthetic_aac' and cfg.get('build_if_missing', False):
+  if cfg.name == 'synthetic_aac' and cfg.build_if_missing:
     from aac_jax.data.synthetic import builder as synthetic_builder
 
     logging.info('Building %s in %s (first run only).', _full_name(cfg), data_dir)
-    synthetic_builder.build(data_dir, cfg.get('builder_config') or 'default')
+    synthetic_builder.build(data_dir, cfg.builder_config or 'default')
     return
   raise DatasetNotBuiltError(
     f'dataset {_full_name(cfg)} is not built in {data_dir}. Build it first: '

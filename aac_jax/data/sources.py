@@ -20,7 +20,7 @@ _SCAN_THREADS = 8
 
 def dataset_name(cfg: ml_collections.ConfigDict) -> str:
   """Returns the TFDS name (`name` or `name/builder_config`) of `cfg`."""
-  builder_config = cfg.get('builder_config', '')
+  builder_config = cfg.builder_config
   return f'{cfg.name}/{builder_config}' if builder_config else cfg.name
 
 

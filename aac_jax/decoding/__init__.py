@@ -26,6 +26,8 @@ from aac_jax.decoding.settings import (
   DecodeSettings,
   make_decode_settings,
   make_repeat_ban_mask,
+  model_decode_settings,
+  vocabulary_repeat_ban_mask,
 )
 from aac_jax.decoding.steps import (
   StepFn,
@@ -58,6 +60,8 @@ __all__ = [
   'make_sharded_generate_fn',
   'make_step_fn',
   'make_uncached_step_fn',
+  'model_decode_settings',
   'repeat_rows',
   'sample',
+  'vocabulary_repeat_ban_mask',
 ]

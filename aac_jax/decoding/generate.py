@@ -172,13 +172,14 @@ def make_sharded_generate_fn(
   mesh: Mesh,
   axis_name: str = 'data',
   compiler_options: dict[str, Any] | None = None,
+  frontend: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]] | None = None,
 ) -> GenerateFn:
   """Data-parallel `generate` over a 1-D mesh (pmap semantics, current API).
 
   Parameters are replicated (`P()`), the batch is split over `axis_name`
   (`P(axis_name)`); the batch must divide by the mesh size. Per-row sampling
   keys are drawn before the split, so results equal single-device
-  `generate` with the same `rng`.
+  `generate` with the same `rng`. Evaluation decodes through this function.
 
   Args:
     model: a `Captioner`.
@@ -186,6 +187,9 @@ def make_sharded_generate_fn(
     mesh: e.g. `Mesh(jax.devices(), ('data',))`.
     axis_name: the mesh axis carrying the batch.
     compiler_options: XLA options for `jax.jit`.
+    frontend: `frontend(audio [b, n], audio_paddings [b, n]) -> (features,
+      feature_paddings)`, run inside the map on each device's share; the
+      returned function then takes audio instead of features.
 
   Returns:
     `fn(params, features, feature_paddings, rng=None, repeat_ban_mask=None)
@@ -193,6 +197,8 @@ def make_sharded_generate_fn(
   """
 
   def local(params, features, feature_paddings, rngs, repeat_ban_mask):
+    if frontend is not None:
+      features, feature_paddings = frontend(features, feature_paddings)
     encoded, enc_paddings = steps.eval_model(model).apply(
       {'params': params}, features, feature_paddings, method='encode'
     )
@@ -204,13 +210,8 @@ def make_sharded_generate_fn(
   # No collectives run inside; check_vma=False lets the search loops start
   # from device-invariant zeros (cache buffers, token buffers) and carry
   # per-device values without pcast-ing every initial carry.
-  sharded = jax.shard_map(
-    local,
-    mesh=mesh,
-    in_specs=(P(), batch, batch, batch, P()),
-    out_specs=batch,
-    check_vma=False,
-  )
+  in_specs = (P(), batch, batch, batch, P())
+  sharded = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=batch, check_vma=False)
 
   @functools.partial(jax.jit, compiler_options=compiler_options)
   def run(params, features, feature_paddings, rng, repeat_ban_mask):

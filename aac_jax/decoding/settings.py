@@ -1,7 +1,7 @@
 """Decoding settings: `config.decode` as a frozen (hashable, jit-static) dataclass."""
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -103,6 +103,43 @@ def make_decode_settings(
   if unknown:
     raise ValueError(f'unknown decode settings: {sorted(unknown)}')
   return DecodeSettings(**values)
+
+
+def model_decode_settings(
+  decode_cfg: Mapping[str, Any] | None, max_decode_len: int, **overrides
+) -> DecodeSettings:
+  """`make_decode_settings`, checked against the model's decoder positions.
+
+  The one place every user of a trained model (evaluation, SCST sampling,
+  captioning, export) turns a decode config into settings.
+
+  Args:
+    decode_cfg: `config.decode` or `config.eval.decode` (None = defaults).
+    max_decode_len: the model's `max_decode_len`.
+    **overrides: fields to change (None values are ignored).
+
+  Raises:
+    ValueError: invalid settings, or `max_len` beyond the model's positions.
+  """
+  settings = make_decode_settings(
+    decode_cfg, **{k: v for k, v in overrides.items() if v is not None}
+  )
+  if settings.max_len > max_decode_len:
+    raise ValueError(
+      f'decode max_len {settings.max_len} exceeds the model max_decode_len {max_decode_len}; '
+      f'use a max_len <= {max_decode_len}'
+    )
+  return settings
+
+
+def vocabulary_repeat_ban_mask(tokens: Sequence[str]) -> np.ndarray:
+  """bool `[len(tokens)]`: the content words of a vocabulary (`tokens[i]` is id i).
+
+  The mask `ban_repeated_content_words` uses: every word outside
+  `FUNCTION_WORDS` (special ids excluded) may occur once per caption.
+  """
+  ids = [i for i, token in enumerate(tokens) if token in FUNCTION_WORDS]
+  return make_repeat_ban_mask(len(tokens), ids)
 
 
 def make_repeat_ban_mask(vocab_size: int, function_word_ids: Iterable[int] = ()) -> np.ndarray:

@@ -218,32 +218,15 @@ def pair_counts(
   if mode is None:
     mode = 'packed' if key_mode(int(both.words.max(initial=0)), max_n) == 'packed' else 'local'
   sentence, order, keys = _ngram_keys(both, max_n, mode)
-  key_values = None
-  if mode != 'local':
-    key_values, key = np.unique(np.concatenate(keys), return_inverse=True)
-    key = key.reshape(-1).astype(np.int64)
-  else:
-    offsets = np.cumsum([0] + [int(k.max(initial=-1)) + 1 for k in keys])
-    key = np.concatenate([k + o for k, o in zip(keys, offsets, strict=False)])
+  key_values, key = _dense_keys(keys, mode)
   num_keys = int(key.max(initial=-1)) + 1
   order_of_key = np.zeros(num_keys, np.int64)
   order_of_key[key] = order
-  num_sents = len(both.lengths)
   clip = np.concatenate([np.arange(n), np.asarray(ref_clip, np.int64)])[sentence]
   is_ref = (sentence >= n).astype(np.int64)
-  # One sort by (clip, key, is_ref, sentence) both counts and aligns.
-  if (n + 1) * (num_keys + 1) * 2 * (num_sents + 1) < 2**62:
-    combined = ((clip * num_keys + key) * 2 + is_ref) * num_sents + sentence
-    uniq, counts = np.unique(combined, return_counts=True)
-    sentence, rest = uniq % num_sents, uniq // num_sents
-    is_ref, rest = rest % 2, rest // 2
-    clip, key = rest // num_keys, rest % num_keys
-  else:  # Too many ids to pack into one int64: sort on four keys.
-    perm = np.lexsort((sentence, is_ref, key, clip))
-    sentence, is_ref, key, clip = sentence[perm], is_ref[perm], key[perm], clip[perm]
-    _, run_start = group_starts(clip, key, is_ref, sentence)
-    counts = np.diff(np.append(run_start, len(key)))
-    sentence, is_ref, key, clip = (a[run_start] for a in (sentence, is_ref, key, clip))
+  sentence, is_ref, clip, key, counts = _count_runs(
+    sentence, is_ref, key, clip, n, num_keys, len(both.lengths)
+  )
   group, first = group_starts(clip, key)
   is_ref = is_ref.astype(bool)
   return PairCounts(
@@ -260,6 +243,39 @@ def pair_counts(
     ref_clip=np.asarray(ref_clip, np.int64),
     key_values=key_values,
   )
+
+
+def _dense_keys(keys: list[np.ndarray], mode: str) -> tuple[np.ndarray | None, np.ndarray]:
+  """`(key_values or None, dense int64 id of every n-gram)` from per-order keys."""
+  if mode != 'local':
+    key_values, key = np.unique(np.concatenate(keys), return_inverse=True)
+    return key_values, key.reshape(-1).astype(np.int64)
+  offsets = np.cumsum([0] + [int(k.max(initial=-1)) + 1 for k in keys])
+  return None, np.concatenate([k + o for k, o in zip(keys, offsets, strict=False)])
+
+
+def _count_runs(sentence, is_ref, key, clip, num_clips: int, num_keys: int, num_sents: int):
+  """Sorts n-gram occurrences by (clip, key, is_ref, sentence) and counts each run.
+
+  One sort both counts and aligns.
+
+  Returns:
+    `(sentence, is_ref, clip, key, counts)`: the columns at each run, and the
+    run lengths.
+  """
+  if (num_clips + 1) * (num_keys + 1) * 2 * (num_sents + 1) < 2**62:
+    combined = ((clip * num_keys + key) * 2 + is_ref) * num_sents + sentence
+    uniq, counts = np.unique(combined, return_counts=True)
+    sentence, rest = uniq % num_sents, uniq // num_sents
+    is_ref, rest = rest % 2, rest // 2
+    return sentence, is_ref, rest // num_keys, rest % num_keys, counts
+  # Too many ids to pack into one int64: sort on four keys.
+  perm = np.lexsort((sentence, is_ref, key, clip))
+  sentence, is_ref, key, clip = sentence[perm], is_ref[perm], key[perm], clip[perm]
+  _, run_start = group_starts(clip, key, is_ref, sentence)
+  counts = np.diff(np.append(run_start, len(key)))
+  sentence, is_ref, key, clip = (a[run_start] for a in (sentence, is_ref, key, clip))
+  return sentence, is_ref, clip, key, counts
 
 
 def group_starts(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -229,9 +229,8 @@ _PERIODS = '[.\u00a1\u00bf\u037e\u0589\u061f\u06d4\u0700-\u0702\u07fa]'
 _SPACES = '[\x00 \t\u00a0\u2000-\u200b\u200e\u200f\u3000\ufeff]'
 
 
-@functools.cache
-def rules() -> tuple[Rule, ...]:
-  """The lexer rules in the jar's order (compiled on first use)."""
+def _rules_part1() -> tuple[Rule, ...]:
+  """Lexer rules, part 1 of 4 (in the jar's order)."""
   return (
     _rule('assimilation3', "(?i:cannot|'twas)", _pushback(3), "[cC']"),
     _rule('assimilation2', "(?i:'tis|gonna|gotta|lemme|gimme|wanna)", _pushback(2), "[gGlLwW']"),
@@ -278,6 +277,12 @@ def rules() -> tuple[Rule, ...]:
       _keep,
       '[a-zA-Z0-9<&]',
     ),
+  )
+
+
+def _rules_part2() -> tuple[Rule, ...]:
+  """Lexer rules, part 2 of 4 (in the jar's order)."""
+  return (
     _rule(
       'twitter',
       f'[@\\uff20][a-zA-Z_][a-zA-Z_0-9]*|[#\\uff03]{LETTER}+',
@@ -325,6 +330,12 @@ def rules() -> tuple[Rule, ...]:
       '[A-Za-z0-9]',
     ),
     _rule('dollar', r'[A-Z]*\$|#', _keep, r'[A-Z$#]'),
+  )
+
+
+def _rules_part3() -> tuple[Rule, ...]:
+  """Lexer rules, part 3 of 4 (in the jar's order)."""
+  return (
     _rule(
       'currency',
       r'[\u00a2\u00a3\u00a4\u00a5\u0080\u20a0\u20ac\u060b\u0e3f\u20a4\uffe0\uffe1\uffe5\uffe6]',
@@ -374,6 +385,12 @@ def rules() -> tuple[Rule, ...]:
       '[<>:;=]',
       ctx='(?:[^A-Za-z0-9]|$)',
     ),
+  )
+
+
+def _rules_part4() -> tuple[Rule, ...]:
+  """Lexer rules, part 4 of 4 (in the jar's order)."""
+  return (
     _rule(
       'asian_smiley',
       r"[\^x=~<>]\.\[\^x=~<>]|[\-\^x=~<>']_[\-\^x=~<>']"
@@ -414,6 +431,12 @@ def rules() -> tuple[Rule, ...]:
     _rule('space', f'{_SPACES}+', _drop, _SPACES),
     _rule('nbsp_entity', '(?i:&nbsp;)', _drop, '&'),
   )
+
+
+@functools.cache
+def rules() -> tuple[Rule, ...]:
+  """The lexer rules in the jar's order (compiled on first use)."""
+  return _rules_part1() + _rules_part2() + _rules_part3() + _rules_part4()
 
 
 @functools.lru_cache(maxsize=4096)

@@ -4,18 +4,20 @@
       --workdir workdirs/demo_scst
 
 Rerunning with the same --workdir resumes from its latest checkpoint; on
-SIGTERM the run saves at the next step and exits 0.
+SIGTERM the run saves at the next step and exits 0. Exit statuses and
+logging as for `python -m aac_jax.main`.
 """
 
 import sys
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from aac_jax import config_path
 from aac_jax.scst import trainer
-from aac_jax.train.trainer import NonFiniteLossError
+from aac_jax.train import logs
+from aac_jax.train import trainer as train_trainer
 
 config_flags.DEFINE_config_file('config', None, 'SCST config file (configs/*_scst.py[:variant]).')
 flags.DEFINE_string('workdir', None, 'Folder of this SCST stage.')
@@ -27,13 +29,12 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logs.quiet_console()
   if FLAGS.multihost:
     jax.distributed.initialize()
-  try:
-    result = trainer.run_scst(FLAGS.config, FLAGS.workdir)
-  except NonFiniteLossError as e:
-    logging.error('SCST stopped: %s', e)
-    return 1
+  status, result = train_trainer.exit_status(lambda: trainer.run_scst(FLAGS.config, FLAGS.workdir))
+  if status:
+    return status
   for line in trainer.format_comparison(result):
     print(line)
   return 0

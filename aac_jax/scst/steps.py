@@ -12,7 +12,7 @@ An SCST step is split around the host-side reward:
    `loss = -sum(advantage * log p(sample)) / normaliser` through the
    optimizer.
 
-Gradients and `shard_map` (docs: DESIGN.md section 1): parameters are
+Gradients and `shard_map` (as in `aac_jax.train.steps`): parameters are
 replicated (`P()`), so the gradient of a per-device loss with respect to them
 comes out already summed over devices. The per-device loss is therefore this
 device's sum divided by the GLOBAL normaliser (sample or token count of the
@@ -260,10 +260,7 @@ def scst_update_step(
 
   Returns:
     `(new_state, metrics)`, replicated float32 scalars: `loss`,
-    `grad_norm`, `lr`, `reward_mean`, `reward_std`, `baseline_mean`,
-    `advantage_mean`, `advantage_std`, `advantage_min`, `advantage_max`,
-    `advantage_positive` (share > 0), `sample_log_prob` (mean per sample),
-    `sample_tokens` (mean tokens per sample, EOS included).
+    `grad_norm`, `lr` and those of `_rollout_metrics`.
   """
   if normalizer not in NORMALIZERS:
     raise ValueError(f'normalizer must be one of {NORMALIZERS}, got {normalizer!r}')
@@ -274,21 +271,34 @@ def scst_update_step(
   mask = (samples != tokenizer.PAD_ID).astype(jnp.float32)
   num_tokens = jax.lax.psum(jnp.sum(mask), AXIS)
   denominator = num_samples if normalizer == 'samples' else jnp.maximum(num_tokens, 1.0)
-  grad_fn = jax.grad(
-    functools.partial(
-      _policy_loss, model=model, frontend_cfg=frontend_cfg, sample_rate=sample_rate
-    ),
-    has_aux=True,
+  loss_fn = functools.partial(
+    _policy_loss, model=model, frontend_cfg=frontend_cfg, sample_rate=sample_rate
   )
-  grads, (loss_sum, seq_log_probs) = grad_fn(
+  grads, (loss_sum, seq_log_probs) = jax.grad(loss_fn, has_aux=True)(
     state.params, batch, samples, advantages, denominator, rng
   )
-  reward_stats = _global_stats(rewards, num_samples)
-  adv_stats = _global_stats(advantages, num_samples)
   metrics = {
     'loss': jax.lax.psum(loss_sum, AXIS) / denominator,
     'grad_norm': optax.tree.norm(grads),
     'lr': jnp.asarray(schedule(state.step), jnp.float32),
+    **_rollout_metrics(rollout, advantages, seq_log_probs, num_samples, num_tokens),
+  }
+  return state.apply_gradients(tx, grads), metrics
+
+
+def _rollout_metrics(rollout, advantages, seq_log_probs, num_samples, num_tokens) -> dict:
+  """Global statistics of an update's rollout.
+
+  Returns:
+    `reward_mean`, `reward_std`, `baseline_mean`, `advantage_mean`,
+    `advantage_std`, `advantage_min`, `advantage_max`, `advantage_positive`
+    (share > 0), `sample_log_prob` (mean per sample), `sample_tokens` (mean
+    tokens per sample, EOS included).
+  """
+  rewards = rollout['rewards']
+  reward_stats = _global_stats(rewards, num_samples)
+  adv_stats = _global_stats(advantages, num_samples)
+  return {
     'reward_mean': reward_stats['mean'],
     'reward_std': reward_stats['std'],
     'baseline_mean': jax.lax.psum(jnp.sum(rollout['baselines']), AXIS) / num_samples,
@@ -300,7 +310,6 @@ def scst_update_step(
     'sample_log_prob': jax.lax.psum(jnp.sum(seq_log_probs), AXIS) / num_samples,
     'sample_tokens': num_tokens / num_samples,
   }
-  return state.apply_gradients(tx, grads), metrics
 
 
 def make_update_step(mesh: Mesh, *, donate: bool = True, **static: Any):

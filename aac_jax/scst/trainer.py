@@ -1,9 +1,8 @@
 """The SCST stage: start from a cross-entropy run, optimise the reward directly.
 
-`run_scst(config, workdir)` is the entry point. It reuses the cross-entropy
-trainer's pieces (experiment, optimizer, checkpoint manager and resume
-order, metric writers, evaluator, preemption watcher) and replaces the
-step with the SCST one:
+`run_scst(config, workdir)` is the entry point. It runs the cross-entropy
+trainer's `run_stage` (experiment, resume order, the one loop, evaluation,
+checkpoints, preemption) with this module's update, `ScstUpdater`:
 
   device: sample K captions per clip (+ greedy)   `steps.make_sample_step`
   host:   decode, reward, baseline                `rewards.score_rollout`
@@ -14,11 +13,10 @@ t + 1 are dispatched (asynchronously) before the host scores batch t, so
 the devices sample while the host computes rewards. Those samples come from
 the parameters before update t, i.e. one update old (as in asynchronous
 actor-learner setups); the log-probabilities of the update are always
-recomputed with the current parameters. At steps that evaluate or save (and
-at the last one) the pipeline is drained first, so a run resumed from such
-a checkpoint repeats exactly the steps of an uninterrupted run; after a
-preemption at another step the next samples are on-policy instead of one
-update old. `pipeline=False` samples on-policy at every step.
+recomputed with the current parameters. At the loop's boundary steps (those
+that evaluate or save, the last one, a preemption) nothing is dispatched
+ahead, so a run resumed from any checkpoint repeats exactly the steps of an
+uninterrupted run. `pipeline=False` samples on-policy at every step.
 
 The workdir holds what a cross-entropy workdir holds, plus
 `scst_initial.json`: the scores of the `init_from` parameters on the
@@ -33,20 +31,15 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
-import tqdm
 from absl import logging
 from etils import epath
 
-from aac_jax import decoding, metrics
+from aac_jax import decoding, files, metrics
 from aac_jax.data.sources import EvalSplit
 from aac_jax.scst import data as scst_data
 from aac_jax.scst import rewards as rewards_lib
 from aac_jax.scst import steps as scst_steps
-from aac_jax.train import checkpointing, evaluation, parallel, trainer
-from aac_jax.train import steps as train_steps
-from aac_jax.train.metric_writers import MetricWriter, create_default_writer
-from aac_jax.train.preemption import PreemptionWatcher
+from aac_jax.train import evaluation, logs, parallel, trainer
 from aac_jax.train.state import TrainState
 
 INITIAL_SCORES_FILE = 'scst_initial.json'
@@ -101,21 +94,6 @@ class ScstRun:
     return self.exp.config
 
 
-def check_scst_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError for a config the SCST stage cannot run."""
-  scst = config.scst
-  if scst.baseline not in rewards_lib.BASELINES:
-    raise ValueError(f'scst.baseline must be one of {rewards_lib.BASELINES}, got {scst.baseline!r}')
-  if scst.baseline == 'mean_others' and scst.num_samples < 2:
-    raise ValueError("scst.baseline='mean_others' needs scst.num_samples >= 2")
-  if scst.num_samples < 1:
-    raise ValueError('scst.num_samples must be >= 1')
-  normalizer = scst.get('loss_normalizer', 'samples')
-  if normalizer not in scst_steps.NORMALIZERS:
-    raise ValueError(f'scst.loss_normalizer must be one of {scst_steps.NORMALIZERS}')
-  rewards_lib.reward_weights(scst)
-
-
 # Sections the parameters depend on, taken from the `init_from` run's config
 # (except the fields named, which are this stage's own).
 INHERITED_SECTIONS = {'model': ('dropout', 'attention_dropout'), 'frontend': ('spec_augment',)}
@@ -157,70 +135,49 @@ def make_sample_settings(
   Bans and lengths come from `config.decode`; temperature, top-k and top-p
   from `config.scst` (default: plain multinomial sampling at temperature 1).
   """
-  max_len = min(int(config.decode.max_len), int(config.model.max_decode_len))
-  base = decoding.make_decode_settings(config.decode, max_len=max_len)
   scst = config.scst
-  sample = base.replace(
+  sample = decoding.model_decode_settings(
+    config.decode,
+    int(config.model.max_decode_len),
     method='sample',
     temperature=float(scst.temperature),
-    top_k=int(scst.get('top_k', 0)),
-    top_p=float(scst.get('top_p', 1.0)),
+    top_k=int(scst.top_k),
+    top_p=float(scst.top_p),
   )
-  greedy = base.replace(method='greedy') if scst.baseline == 'greedy' else None
+  greedy = sample.replace(method='greedy') if scst.baseline == 'greedy' else None
   return sample, greedy
 
 
-def make_repeat_ban_mask(tokenizer) -> np.ndarray:
-  """bool `[vocab]`: content words (not `decoding.FUNCTION_WORDS`)."""
-  ids = [i for i, token in enumerate(tokenizer.tokens) if token in decoding.FUNCTION_WORDS]
-  return decoding.make_repeat_ban_mask(tokenizer.vocab_size, ids)
-
-
 def create_scst_run(config: ml_collections.ConfigDict, workdir: str) -> ScstRun:
-  """Builds the experiment, the reward and the two jitted steps."""
-  check_scst_config(config)
+  """Checks the config, builds the experiment, the reward and the two jitted steps."""
   config = inherit_init_config(config)
-  exp = trainer.create_experiment(config, workdir)
+  exp = trainer.start_run(config, workdir, 'scst')
   references = scst_data.read_train_references(config.dataset)
   weights = rewards_lib.reward_weights(config.scst)
-  reward_fn = rewards_lib.CaptionReward(references, weights, config.scst.get('spice_jars', None))
+  reward_fn = rewards_lib.CaptionReward(references, weights, config.scst.spice_jars or None)
   sample_settings, greedy_settings = make_sample_settings(config)
   sample_rate = int(config.dataset.sample_rate)
-  sample_key = (
-    scst_steps.sample_step,
-    *trainer.step_cache_key(exp, 'model', 'frontend', 'decode', 'scst'),
+  sample_fn = scst_steps.make_sample_step(
+    exp.mesh,
+    int(config.scst.num_samples),
+    model=exp.eval_model,
+    sample_settings=sample_settings,
+    greedy_settings=greedy_settings,
+    frontend_cfg=config.frontend,
+    sample_rate=sample_rate,
   )
-  sample_fn = train_steps.cached_step(
-    sample_key,
-    lambda: scst_steps.make_sample_step(
-      exp.mesh,
-      int(config.scst.num_samples),
-      model=exp.eval_model,
-      sample_settings=sample_settings,
-      greedy_settings=greedy_settings,
-      frontend_cfg=config.frontend,
-      sample_rate=sample_rate,
-    ),
+  update_fn = scst_steps.make_update_step(
+    exp.mesh,
+    model=exp.train_model,
+    tx=exp.tx,
+    schedule=exp.schedule,
+    frontend_cfg=config.frontend,
+    sample_rate=sample_rate,
+    normalize_advantage=bool(config.scst.normalize_advantage),
+    normalizer=config.scst.loss_normalizer,
   )
-  update_key = (
-    scst_steps.scst_update_step,
-    config.train.num_steps,
-    *trainer.step_cache_key(exp, 'model', 'optim', 'frontend', 'scst'),
-  )
-  update_fn = train_steps.cached_step(
-    update_key,
-    lambda: scst_steps.make_update_step(
-      exp.mesh,
-      model=exp.train_model,
-      tx=exp.tx,
-      schedule=exp.schedule,
-      frontend_cfg=config.frontend,
-      sample_rate=sample_rate,
-      normalize_advantage=bool(config.scst.normalize_advantage),
-      normalizer=config.scst.get('loss_normalizer', 'samples'),
-    ),
-  )
-  mask = jax.device_put(make_repeat_ban_mask(exp.tokenizer), parallel.replicated(exp.mesh))
+  mask = decoding.vocabulary_repeat_ban_mask(exp.tokenizer.tokens)
+  mask = jax.device_put(mask, parallel.replicated(exp.mesh))
   sample_rng, update_rng = jax.random.split(jax.random.key(config.seed))
   return ScstRun(exp, references, reward_fn, sample_fn, update_fn, mask, sample_rng, update_rng)
 
@@ -315,112 +272,42 @@ class StepTimes:
     return means
 
 
-class ScstEvaluator:
-  """Greedy captions of an eval split, caption metrics plus fluency proxies."""
+class ScstUpdater:
+  """The SCST update of the shared loop (`aac_jax.train.loop.Updater`).
 
-  def __init__(self, run: ScstRun, evaluator: evaluation.Evaluator, writer: MetricWriter):
-    self._run, self._evaluator, self._writer = run, evaluator, writer
-    self._events: dict[str, list[str] | None] = {}
-    self._training_captions = [c for refs in run.references.references for c in refs]
+  Each `update` scores the batch whose samples are in flight, applies the
+  policy-gradient update and, with `scst.pipeline` outside boundaries,
+  dispatches the next batch's samples first.
+  """
 
-  def __call__(self, params: Any, split_name: str, step: int, tag: str = '') -> dict[str, float]:
-    """Scores `params` on `split_name`; writes predictions and scalars."""
-    config = self._run.config
-    split, predictions = self._evaluator.predict(params, split_name)
-    if split_name not in self._events:
-      synthetic = config.dataset.name == evaluation.SYNTHETIC_DATASET
-      self._events[split_name] = (
-        evaluation.read_events(config.dataset, split) if synthetic else None
-      )
-    scores, per_clip = evaluation.score(predictions, split, self._events[split_name], config.eval)
-    fluency = metrics.diversity_stats(predictions, self._training_captions)
-    scores.update({k: float(v) for k, v in fluency.items()})
-    name = f'{split_name}_{tag or f"step{step}"}.json'
-    path = self._run.exp.workdir / 'predictions' / name
-    evaluation.write_predictions(path, split, predictions, per_clip)
-    prefix = f'{split_name}_{tag}' if tag else split_name
-    self._writer.write_scalars(step, {f'{prefix}/{k}': v for k, v in scores.items()})
-    count = int(config.train.num_sample_captions)
-    samples = evaluation.sample_captions_text(split, predictions, count)
-    self._writer.write_texts(step, {f'{prefix}/samples': samples})
-    self._writer.flush()
-    return scores
+  def __init__(self, run: ScstRun, train_iter, times: StepTimes, pipeline: bool | None = None):
+    self._run, self._iter, self._times = run, train_iter, times
+    self._pipeline = run.config.scst.pipeline if pipeline is None else pipeline
+    self._pending: _Pending | None = None
+    self._loss_batch: dict = {}
 
+  def update(self, state: TrainState, step: int, boundary: bool):
+    run = self._run
+    if self._pending is None:
+      self._pending = dispatch_samples(run, state.params, self._iter, step)
+    pending, self._pending = self._pending, None
+    if self._pipeline and not boundary:
+      self._pending = dispatch_samples(run, state.params, self._iter, step + 1)
+    scored, rollout, seconds = score_pending(run, pending)
+    state, device_metrics = run.update_fn(state, pending.batch, rollout, run.update_rng)
+    self._loss_batch = {**pending.batch, 'targets': pending.out['samples']}
+    return state, {**device_metrics, **host_metrics(scored), **self._times.tick(seconds)}
 
-def _planned_end(config: ml_collections.ConfigDict) -> int:
-  stop_at = int(config.train.get('stop_at_step', -1))
-  return min(stop_at, config.train.num_steps) if stop_at > 0 else config.train.num_steps
+  def loss_batch(self) -> dict:
+    return self._loss_batch
+
+  def after_boundary(self) -> None:
+    self._times.restart()
 
 
-def _is_every(step: int, every: int) -> bool:
-  return every > 0 and step % every == 0
-
-
-def _is_boundary(config: ml_collections.ConfigDict, step: int, end: int, preempted: bool) -> bool:
-  """Steps that evaluate or save (the pipeline is drained before them)."""
-  cfg = config.train
-  return (
-    preempted
-    or step in (end, cfg.num_steps)
-    or _is_every(step, cfg.eval_every)
-    or _is_every(step, cfg.checkpoint_every)
-  )
-
-
-def scst_loop(
-  run: ScstRun,
-  state: TrainState,
-  train_iter,
-  manager: ocp.CheckpointManager,
-  writer: MetricWriter,
-  evaluate: ScstEvaluator,
-) -> tuple[trainer.LoopResult, StepTimes]:
-  """Runs SCST updates until `num_steps` (or `stop_at_step`, or preemption)."""
-  config, cfg = run.config, run.config.train
-  start, end = int(state.step), _planned_end(config)
-  pipeline = bool(config.scst.get('pipeline', True))
-  buffer, throughput, times = (
-    trainer.MetricsBuffer(),
-    trainer.Throughput(start, cfg.batch_size),
-    StepTimes(),
-  )
-  bar = tqdm.tqdm(
-    total=cfg.num_steps, initial=start, unit='step', disable=jax.process_index() > 0, mininterval=2
-  )
-  pending = dispatch_samples(run, state.params, train_iter, start + 1) if start < end else None
-  with PreemptionWatcher() as watcher, bar:
-    for step in range(start + 1, end + 1):
-      preempted = watcher.should_stop(step)
-      boundary = _is_boundary(config, step, end, preempted)
-      ahead = None
-      if pipeline and not boundary:
-        ahead = dispatch_samples(run, state.params, train_iter, step + 1)
-      scored, rollout, seconds = score_pending(run, pending)
-      state, device_metrics = run.update_fn(state, pending.batch, rollout, run.update_rng)
-      buffer.push(step, {**device_metrics, **host_metrics(scored), **times.tick(seconds)})
-      bar.update(1)
-      if _is_every(step, cfg.log_every) or step == start + 1:
-        trainer.write_train_summary(writer, step, buffer, throughput, bar)
-      scores = None
-      if _is_every(step, cfg.eval_every) or step == cfg.num_steps:
-        buffer.flush()
-        scores = evaluate(state.params, config.dataset.validation_split, step)
-      if boundary:
-        buffer.flush()
-        checkpointing.save_checkpoint(manager, step, state, train_iter, scores)
-        times.restart()
-      if preempted:
-        checkpointing.log_saved(manager, step, f'preemption: {watcher.signal_name}')
-        return trainer.LoopResult(state, step, 'preempted'), times
-      if ahead is None and step < end:
-        ahead = dispatch_samples(run, state.params, train_iter, step + 1)
-      pending = ahead
-  buffer.flush()
-  reason = 'finished' if end == cfg.num_steps else 'stopped'
-  return trainer.LoopResult(state, end, reason), times
-
-
-def initial_scores(run: ScstRun, evaluate: ScstEvaluator, state: TrainState, fresh: bool) -> dict:
+def initial_scores(
+  run: ScstRun, evaluator: evaluation.Evaluator, state: TrainState, fresh: bool
+) -> dict:
   """Scores of the starting (cross-entropy) parameters on the test split, once.
 
   Measured before the first update and kept in `<workdir>/scst_initial.json`,
@@ -430,29 +317,12 @@ def initial_scores(run: ScstRun, evaluate: ScstEvaluator, state: TrainState, fre
   split = run.config.dataset.test_split
   if path.exists():
     return json.loads(path.read_text()).get(split, {})
-  if not fresh or not run.config.scst.get('eval_initial', True):
+  if not fresh or not run.config.scst.eval_initial:
     return {}
-  scores = evaluate(state.params, split, 0, tag='init')
+  scores = evaluator.evaluate(state.params, split, 0, tag='init')
   if jax.process_index() == 0:
-    path.write_text(json.dumps({split: scores}, indent=1, sort_keys=True))
+    files.write_text(path, json.dumps({split: scores}, indent=1, sort_keys=True))
   return scores
-
-
-def evaluate_best(
-  run: ScstRun, manager: ocp.CheckpointManager, result: trainer.LoopResult, evaluate: ScstEvaluator
-) -> tuple[dict[str, float], int]:
-  """The best checkpoint (by validation) on the test split."""
-  manager.wait_until_finished()
-  best = manager.best_step()
-  params = result.state.params
-  if best is not None and best != result.step:
-    target = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), result.state.params
-    )
-    params = checkpointing.load_params(run.exp.workdir, run.config.train, target)[0]
-  step = best if best is not None else result.step
-  logging.info('SCST test evaluation with the checkpoint of step %d', step)
-  return evaluate(params, run.config.dataset.test_split, step), step
 
 
 COMPARISON_COLUMNS = (
@@ -497,46 +367,40 @@ def run_scst(config: ml_collections.ConfigDict, workdir: str) -> ScstResult:
     timings).
 
   Raises:
-    ValueError: neither a checkpoint in `workdir` nor `train.init_from`.
-    trainer.NonFiniteLossError: the loss became NaN/Inf.
+    config_validation.ConfigError: bad config values (before any work).
+    trainer.NonFiniteLossError: the loss became NaN/Inf (or another of
+      `trainer.STOPPING_ERRORS`, logged in one line).
   """
-  with trainer.log_file(epath.Path(workdir)):  # `<workdir>/train.log`, as in training.
+  with logs.log_file(epath.Path(workdir)), trainer.stop_logged('SCST'):
     return _run_scst(config, workdir)
 
 
 def _run_scst(config: ml_collections.ConfigDict, workdir: str) -> ScstResult:
   run = create_scst_run(config, workdir)
-  config = run.config
-  trainer.write_config(config, run.exp.workdir)
-  train_iter = scst_data.make_scst_train_iterator(config.dataset, config.train.batch_size)
-  manager = checkpointing.create_checkpoint_manager(run.exp.workdir, config.train)
-  writer = create_default_writer(str(run.exp.workdir))
-  evaluator = evaluation.Evaluator(
-    config, run.exp.mesh, run.exp.eval_model, run.exp.tokenizer, run.exp.workdir, writer
+  config, times, initial = run.config, StepTimes(), {}
+  training_captions = [c for refs in run.references.references for c in refs]
+
+  def before_loop(evaluator, state, fresh):
+    initial.update(initial_scores(run, evaluator, state, fresh))
+
+  stage = trainer.Stage(
+    name='SCST',
+    make_train_iter=lambda: scst_data.make_scst_train_iterator(
+      config.dataset, config.train.batch_size
+    ),
+    make_updater=lambda train_iter: ScstUpdater(run, train_iter, times),
+    training_captions=training_captions,
+    before_loop=before_loop,
   )
-  evaluate = ScstEvaluator(run, evaluator, writer)
-  try:
-    fresh = manager.latest_step() is None
-    if fresh and not config.train.init_from:
-      raise ValueError('SCST starts from a cross-entropy run: set config.train.init_from')
-    state = trainer.restore_state(run.exp, manager, train_iter)
-    initial = initial_scores(run, evaluate, state, fresh)
-    result, times = scst_loop(run, state, train_iter, manager, writer, evaluate)
-    final, final_step = {}, -1
-    if result.reason == 'finished' and config.eval.get('test_at_end', True):
-      final, final_step = evaluate_best(run, manager, result, evaluate)
-    logging.info('SCST %s at step %d; timing %s', result.reason, result.step, times.summary())
-    return ScstResult(
-      state=result.state,
-      step=result.step,
-      reason=result.reason,
-      split=config.dataset.test_split,
-      initial=initial,
-      final=final,
-      final_step=final_step,
-      timing=times.summary(),
-    )
-  finally:
-    manager.wait_until_finished()
-    manager.close()
-    writer.close()
+  result = trainer.run_stage(run.exp, stage)
+  logging.info('SCST timing %s', times.summary())
+  return ScstResult(
+    state=result.loop.state,
+    step=result.loop.step,
+    reason=result.loop.reason,
+    split=config.dataset.test_split,
+    initial=initial,
+    final=result.test,
+    final_step=result.test_step,
+    timing=times.summary(),
+  )

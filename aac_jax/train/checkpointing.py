@@ -62,7 +62,7 @@ def create_checkpoint_manager(
   Returns:
     A manager that saves only when told (`save_checkpoint` forces it).
   """
-  mode = train_cfg.get('best_mode', 'max')
+  mode = train_cfg.best_mode
   best_fn = _metric_fn(train_cfg.best_metric, mode) if train_cfg.best_metric else None
   policies: list[Any] = [ocm.LatestN(n=max(1, int(train_cfg.keep_checkpoints)))]
   if best_fn is not None:
@@ -75,7 +75,7 @@ def create_checkpoint_manager(
     best_fn=best_fn,
     best_mode=mode,
     preservation_policy=None if read_only else ocm.AnyPreservationPolicy(policies),
-    enable_async_checkpointing=bool(train_cfg.get('async_checkpointing', True)),
+    enable_async_checkpointing=bool(train_cfg.async_checkpointing),
     read_only=read_only,
     create=not read_only,
     cleanup_tmp_directories=not read_only,
@@ -133,39 +133,146 @@ def restore_checkpoint(
   return restored.state
 
 
-def load_params(workdir: str | os.PathLike, train_cfg: ml_collections.ConfigDict, target: Any):
-  """Parameters only, from another run's best (else latest) checkpoint.
-
-  Args:
-    workdir: the other run's workdir.
-    train_cfg: `config.train` (for the best-metric definition).
-    target: abstract parameter tree (shapes, dtypes, shardings).
-
-  Returns:
-    `(params, step)`.
-
-  Raises:
-    FileNotFoundError: if that workdir holds no checkpoint.
-  """
-  manager = create_checkpoint_manager(workdir, train_cfg, read_only=True)
-  step = manager.best_step()
-  if step is None:  # No checkpoint carries validation metrics.
-    step = manager.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'init_from: no checkpoint in {checkpoint_dir(workdir)}')
+def _params_only(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
+  """`state.params` of checkpoint `step`, placed on the shardings of `target`."""
   restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target)
   restored = manager.restore(
     step,
     args=ocp.args.Composite(
       state=ocp.args.PyTreeRestore(
-        item={'params': target},
-        restore_args={'params': restore_args},
-        partial_restore=True,
+        item={'params': target}, restore_args={'params': restore_args}, partial_restore=True
       )
     ),
   )
-  manager.close()
-  return restored.state['params'], step
+  return restored.state['params']
+
+
+def why_unreadable(error: BaseException) -> str:
+  """One line for the log: the error type and the start of its message."""
+  first = str(error).strip().splitlines()[0] if str(error).strip() else ''
+  return f'{type(error).__name__}: {first[:300]}'
+
+
+def newest_readable(
+  manager: ocp.CheckpointManager, steps: list[int], restore: Callable[[int], Any]
+) -> tuple[Any, int, dict[int, str]]:
+  """Restores the first step of `steps` that reads, in the order given.
+
+  Args:
+    manager: the manager the steps belong to (for the folder in messages).
+    steps: candidate steps, preferred first.
+    restore: `restore(step)`; any exception marks that step unreadable.
+
+  Returns:
+    `(restored, step, skipped)`, `skipped` mapping each unreadable step tried
+    before to why it failed (also logged as a warning).
+
+  Raises:
+    CheckpointUnreadableError: none of `steps` reads.
+  """
+  skipped: dict[int, str] = {}
+  for step in steps:
+    try:
+      return restore(step), step, skipped
+    except Exception as error:  # noqa: BLE001 - orbax/tensorstore raise many kinds.
+      skipped[step] = why_unreadable(error)
+      logging.warning(
+        'Checkpoint step %d in %s is unreadable, trying an older one: %s',
+        step,
+        manager.directory,
+        skipped[step],
+      )
+  details = '; '.join(f'step {s}: {why}' for s, why in skipped.items())
+  raise CheckpointUnreadableError(
+    f'no readable checkpoint in {manager.directory} ({details}). Move that folder away to '
+    'start from scratch, or restore it from a backup.'
+  )
+
+
+class CheckpointUnreadableError(RuntimeError):
+  """Every checkpoint of a run failed to read (the message lists why)."""
+
+
+def set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+  """Moves unreadable checkpoints to `<workdir>/checkpoints_unreadable/` (process 0).
+
+  Kept, not deleted (someone may want to look at them), and out of the
+  manager's folder so that the resumed run can save those steps again.
+  """
+  if not steps:
+    return
+  if jax.process_index() == 0:
+    folder = epath.Path(manager.directory)
+    aside = folder.parent / f'{CHECKPOINT_DIR}_unreadable'
+    aside.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+      target = aside / str(step)
+      if target.exists():
+        target = aside / f'{step}.{len(list(aside.iterdir()))}'
+      (folder / str(step)).rename(target)
+      logging.warning('Moved unreadable checkpoint step %d to %s', step, target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices('aac_jax: unreadable checkpoints set aside')
+  manager.reload()
+
+
+def _best_then_newest(manager: ocp.CheckpointManager) -> list[tuple[int, str]]:
+  """Steps to try for "the run's parameters": the best one, then newest first."""
+  newest = sorted(manager.all_steps(), reverse=True)
+  best = manager.best_step()
+  if best is None:  # No checkpoint carries validation metrics.
+    return [(s, 'latest' if i == 0 else 'older') for i, s in enumerate(newest)]
+  return [(best, 'best')] + [(s, 'newer' if s > best else 'older') for s in newest if s != best]
+
+
+def restore_params(
+  workdir: str | os.PathLike,
+  train_cfg: ml_collections.ConfigDict,
+  target: Any,
+  step: int | None = None,
+) -> tuple[Any, int, str]:
+  """The parameters of a run: the one way every stage and tool loads them.
+
+  Used by `init_from`, the test pass after training, SCST, `aac-caption`,
+  export and evaluation. Without `step`: the best checkpoint by the run's
+  validation metric, else the latest; an unreadable one is skipped (with a
+  warning saying why) for the next newest.
+
+  Args:
+    workdir: the run's workdir.
+    train_cfg: that run's `config.train` (the best-metric definition).
+    target: abstract parameter tree (shapes, dtypes, shardings).
+    step: a step asked for explicitly (no fallback).
+
+  Returns:
+    `(params, step, kind)`, kind 'requested', 'best', 'latest', 'newer' or
+    'older' (the last two: the best one was unreadable).
+
+  Raises:
+    FileNotFoundError: no checkpoint in that workdir, or none at `step`.
+    CheckpointUnreadableError: none of its checkpoints reads.
+  """
+  manager = create_checkpoint_manager(workdir, train_cfg, read_only=True)
+  try:
+    saved = sorted(manager.all_steps())
+    if not saved:
+      raise FileNotFoundError(f'no checkpoint in {checkpoint_dir(workdir)}')
+    if step is not None:
+      if step not in saved:
+        raise FileNotFoundError(
+          f'no checkpoint at step {step} in {checkpoint_dir(workdir)}; saved: {saved}'
+        )
+      return _params_only(manager, step, target), step, 'requested'
+    order = _best_then_newest(manager)
+    kinds = dict(order)
+    params, step, _ = newest_readable(
+      manager, [s for s, _ in order], lambda s: _params_only(manager, s, target)
+    )
+    return params, step, kinds[step]
+  finally:
+    manager.close()
 
 
 def restore_or_initialize(
@@ -179,6 +286,9 @@ def restore_or_initialize(
 ) -> tuple[TrainState, str]:
   """Applies the resume order: own checkpoint, then `init_from`, then fresh.
 
+  Own checkpoints are tried newest first; unreadable ones (truncated or
+  missing files) are logged with the reason and set aside (`set_aside`).
+
   Args:
     manager: this run's manager.
     train_cfg: `config.train` (`init_from`).
@@ -189,14 +299,20 @@ def restore_or_initialize(
 
   Returns:
     `(state, how)` with `how` a sentence for the log.
+
+  Raises:
+    CheckpointUnreadableError: the run has checkpoints and none reads.
   """
-  step = manager.latest_step()
-  if step is not None:
-    state = restore_checkpoint(manager, step, target, data_iter)
+  own = sorted(manager.all_steps(), reverse=True)
+  if own:
+    state, step, skipped = newest_readable(
+      manager, own, lambda s: restore_checkpoint(manager, s, target, data_iter)
+    )
+    set_aside(manager, sorted(skipped))
     return state, f'resumed from {manager.directory} at step {step}'
   if train_cfg.init_from:
-    params, step = load_params(train_cfg.init_from, train_cfg, target.params)
-    return from_params(params), f'parameters from {train_cfg.init_from} (step {step})'
+    params, step, kind = restore_params(train_cfg.init_from, train_cfg, target.params)
+    return from_params(params), f'parameters from {train_cfg.init_from} ({kind} step {step})'
   return init_state(), 'fresh initialisation'
 
 

@@ -1,11 +1,12 @@
 """Evaluation: greedy captions for an eval split, scored and written out.
 
 `Evaluator.evaluate(params, split, step)` decodes every clip of the split
-data-parallel (front end, encoder and greedy search inside one
-`jax.jit(jax.shard_map(...))`), detokenizes on the host, computes BLEU-1..4,
-ROUGE-L and CIDEr-D (`aac_jax.metrics`) plus the event diagnostics when the
-dataset is `synthetic_aac`, and writes `<workdir>/predictions/
-<split>_step<step>.json` (clip id, prediction, references).
+data-parallel with `config.eval.decode` (front end, encoder and search
+inside one `jax.jit(jax.shard_map(...))`, `decoding.make_sharded_generate_fn`),
+detokenizes on the host, computes BLEU-1..4, ROUGE-L and CIDEr-D
+(`aac_jax.metrics`), the event diagnostics when the dataset is
+`synthetic_aac` and the fluency proxies, and writes `<workdir>/predictions/
+<split>_step<step>.json` (clip id, prediction, references, per-clip scores).
 """
 
 import functools
@@ -13,78 +14,18 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 from etils import epath
-from jax.sharding import Mesh
-from jax.sharding import PartitionSpec as P
 
-from aac_jax import decoding, metrics
+from aac_jax import decoding, files, metrics
 from aac_jax.data import pipeline, sources
-from aac_jax.data.tokenizer import Tokenizer
-from aac_jax.train import parallel, steps
+from aac_jax.train import checkpointing, parallel, steps
 from aac_jax.train.metric_writers import MetricWriter
 
 SYNTHETIC_DATASET = 'synthetic_aac'
-
-
-def predict_step(
-  params: Any,
-  batch: dict[str, jax.Array],
-  repeat_ban_mask: jax.Array,
-  *,
-  model: nn.Module,
-  settings: decoding.DecodeSettings,
-  frontend_cfg: ml_collections.ConfigDict,
-  sample_rate: int,
-) -> dict[str, jax.Array]:
-  """Greedy captions for one device's share of an eval batch (pmap body).
-
-  Args:
-    params: replicated model parameters.
-    batch: `audio`, `audio_paddings` float32 `[b, samples]`, `index` int32
-      `[b]` (clip position, -1 for fillers).
-    repeat_ban_mask: bool `[vocab]`, content words that may not repeat (used
-      with `settings.ban_repeated_content_words`).
-    model: the `Captioner`.
-    settings: decoding settings (greedy).
-    frontend_cfg: `config.frontend`.
-    sample_rate: `config.dataset.sample_rate`.
-
-  Returns:
-    `tokens` int32 `[b, max_len]` and `index` `[b]` (passed through so the
-    host can match captions to clips after gathering).
-  """
-  features, paddings = steps.compute_features(batch, None, frontend_cfg, sample_rate)
-  output = decoding.generate(
-    model, params, features, paddings, settings, repeat_ban_mask=repeat_ban_mask
-  )
-  return {'tokens': output.tokens, 'index': batch['index']}
-
-
-def make_predict_step(mesh: Mesh, **static: Any):
-  """`predict_step` mapped over the data mesh and jitted: `fn(params, batch, mask)`."""
-  body = functools.partial(predict_step, **static)
-  # The search loops start from device-invariant buffers and carry
-  # per-device values; no collective runs inside, so the varying-manual-axes
-  # check is off (as in aac_jax.decoding.make_sharded_generate_fn).
-  mapped = jax.shard_map(
-    body,
-    mesh=mesh,
-    in_specs=(P(), P(parallel.AXIS), P()),
-    out_specs=P(parallel.AXIS),
-    check_vma=False,
-  )
-  return jax.jit(mapped)
-
-
-def make_repeat_ban_mask(tokenizer: Tokenizer) -> np.ndarray:
-  """bool `[vocab]`: the words `ban_repeated_content_words` stops repeating."""
-  ids = [i for i, token in enumerate(tokenizer.tokens) if token in decoding.FUNCTION_WORDS]
-  return decoding.make_repeat_ban_mask(tokenizer.vocab_size, ids)
 
 
 def _text(value: Any) -> str:
@@ -123,8 +64,8 @@ def score(
   result = metrics.compute_caption_metrics(
     list(predictions),
     split.references,
-    meteor=bool(eval_cfg.get('meteor', False)),
-    spice=bool(eval_cfg.get('spice', False)),
+    meteor=bool(eval_cfg.meteor),
+    spice=bool(eval_cfg.spice),
   )
   for name, why in result.unavailable.items():
     if 'not requested' not in why:
@@ -143,7 +84,7 @@ def write_predictions(
   predictions: Sequence[str],
   per_clip: dict[str, np.ndarray],
 ) -> None:
-  """Writes `[{id, prediction, references, scores}, ...]` as JSON (process 0)."""
+  """Writes `[{id, prediction, references, scores}, ...]` as JSON, atomically (process 0)."""
   if jax.process_index() > 0:
     return
   rows = [
@@ -157,8 +98,7 @@ def write_predictions(
       zip(split.ids, predictions, split.references, strict=True)
     )
   ]
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(rows, indent=1, ensure_ascii=False))
+  files.write_text(path, json.dumps(rows, indent=1, ensure_ascii=False))
 
 
 def sample_captions_text(split: pipeline.EvalSplit, predictions: Sequence[str], count: int) -> str:
@@ -171,43 +111,36 @@ def sample_captions_text(split: pipeline.EvalSplit, predictions: Sequence[str], 
 
 
 class Evaluator:
-  """Decodes and scores eval splits for a run; eval datasets are built once."""
+  """Decodes and scores eval splits of a run; eval datasets are read once.
 
-  def __init__(
-    self,
-    config: ml_collections.ConfigDict,
-    mesh: Mesh,
-    model: nn.Module,
-    tokenizer: Tokenizer,
-    workdir: epath.Path,
-    writer: MetricWriter,
-  ):
-    self._config = config
-    self._mesh = mesh
-    self._tokenizer = tokenizer
-    self._workdir = epath.Path(workdir)
-    self._writer = writer
+  Captions are decoded with `config.eval.decode` through
+  `decoding.make_sharded_generate_fn` (front end inside the map). Scores are
+  the caption metrics, the synthetic event diagnostics (`synthetic_aac`) and
+  the fluency proxies (`metrics.diversity_stats`).
+  """
+
+  def __init__(self, exp, writer: MetricWriter, training_captions: Sequence[str] | None = None):
+    """Builds the jitted decoder of a run.
+
+    Args:
+      exp: the run's `trainer.Experiment` (config, mesh, eval model, tokenizer, workdir).
+      writer: where scalars and sample captions go.
+      training_captions: train references (enables `novel_rate`), or None.
+    """
+    config = exp.config
+    self._config, self._mesh, self._tokenizer = config, exp.mesh, exp.tokenizer
+    self._workdir, self._writer = epath.Path(exp.workdir), writer
+    self._training_captions = training_captions
     self._splits: dict[str, tuple[pipeline.EvalSplit, Any, list[str] | None]] = {}
-    settings = decoding.make_decode_settings(config.decode, method='greedy')
-    sample_rate = int(config.dataset.sample_rate)
-    key = (
-      predict_step,
-      model.config,
-      settings,
-      config.frontend.to_json(sort_keys=True),
-      sample_rate,
-      tuple(d.id for d in mesh.devices.flat),
+    model = exp.eval_model
+    settings = decoding.model_decode_settings(config.eval.decode, model.config.max_decode_len)
+    features = functools.partial(
+      _features, frontend_cfg=config.frontend, sample_rate=int(config.dataset.sample_rate)
     )
-    self._predict = steps.cached_step(
-      key,
-      lambda: make_predict_step(
-        mesh, model=model, settings=settings, frontend_cfg=config.frontend, sample_rate=sample_rate
-      ),
-    )
-
-    self._repeat_ban_mask = jax.device_put(
-      make_repeat_ban_mask(tokenizer), parallel.replicated(mesh)
-    )
+    self._generate = decoding.make_sharded_generate_fn(model, settings, exp.mesh, frontend=features)
+    mask = decoding.vocabulary_repeat_ban_mask(exp.tokenizer.tokens)
+    self._repeat_ban_mask = jax.device_put(mask, parallel.replicated(exp.mesh))
+    self._rng = jax.random.key(config.seed)
 
   def _get_split(self, name: str):
     if name not in self._splits:
@@ -224,13 +157,17 @@ class Evaluator:
     return self._splits[name]
 
   def predict(self, params: Any, name: str) -> tuple[pipeline.EvalSplit, list[str]]:
-    """Greedy captions of every clip of split `name`, in clip order."""
+    """Captions of every clip of split `name`, in clip order."""
     split, batches, _ = self._get_split(name)
     outputs = []
-    for batch in batches:  # Dispatch everything first: reading overlaps decoding.
-      local = {k: batch[k] for k in ('audio', 'audio_paddings', 'index')}
-      global_batch = parallel.shard_batch(local, self._mesh)
-      outputs.append(self._predict(params, global_batch, self._repeat_ban_mask))
+    for i, batch in enumerate(batches):  # Dispatch everything first: reading overlaps decoding.
+      audio = parallel.shard_batch({k: batch[k] for k in ('audio', 'audio_paddings')}, self._mesh)
+      index = parallel.shard_batch({'index': batch['index']}, self._mesh)
+      rng = jax.random.fold_in(self._rng, i)
+      out = self._generate(
+        params, audio['audio'], audio['audio_paddings'], rng, self._repeat_ban_mask
+      )
+      outputs.append({'tokens': out.tokens, **index})
     captions = [''] * len(split)
     for out in map(parallel.gather_to_host, outputs):
       for index, tokens in zip(out['index'], out['tokens'], strict=True):
@@ -238,22 +175,54 @@ class Evaluator:
           captions[int(index)] = self._tokenizer.decode(np.asarray(tokens).tolist())
     return split, captions
 
-  def evaluate(self, params: Any, name: str, step: int) -> dict[str, float]:
-    """Decodes, scores and writes predictions; returns the metrics."""
+  def evaluate(self, params: Any, name: str, step: int, tag: str = '') -> dict[str, float]:
+    """Decodes and scores split `name`; writes predictions, scalars and sample captions.
+
+    Args:
+      params: the parameters to evaluate.
+      name: the split.
+      step: the step the scores are logged at.
+      tag: names the predictions file and the scalars' prefix instead of
+        the step (e.g. 'init' for SCST's starting point).
+
+    Returns:
+      Caption metrics, event diagnostics (synthetic data) and fluency proxies.
+    """
     split, predictions = self.predict(params, name)
     scores, per_clip = score(predictions, split, self._get_split(name)[2], self._config.eval)
-    path = self._workdir / 'predictions' / f'{name}_step{step}.json'
+    fluency = metrics.diversity_stats(predictions, self._training_captions)
+    scores.update({k: float(v) for k, v in fluency.items()})
+    path = self._workdir / 'predictions' / f'{name}_{tag or f"step{step}"}.json'
     write_predictions(path, split, predictions, per_clip)
+    prefix = f'{name}_{tag}' if tag else name
+    self._writer.write_scalars(step, {f'{prefix}/{k}': v for k, v in scores.items()})
     count = int(self._config.train.num_sample_captions)
-    self._writer.write_texts(
-      step, {f'{name}/samples': sample_captions_text(split, predictions, count)}
-    )
+    samples = sample_captions_text(split, predictions, count)
+    self._writer.write_texts(step, {f'{prefix}/samples': samples})
+    self._writer.flush()
+    logging.info('Evaluated %s at step %d on %d clips', name, step, len(split))
     return scores
 
-  def evaluate_and_report(self, params: Any, name: str, step: int) -> dict[str, float]:
-    """`evaluate`, then writes the scores as `<split>/<metric>` scalars."""
-    scores = self.evaluate(params, name, step)
-    self._writer.write_scalars(step, {f'{name}/{k}': v for k, v in scores.items()})
-    self._writer.flush()
-    logging.info('Evaluated %s at step %d on %d clips', name, step, len(self._get_split(name)[0]))
-    return scores
+
+def _features(audio, audio_paddings, *, frontend_cfg, sample_rate):
+  """The eval front end (no SpecAugment) for `make_sharded_generate_fn`."""
+  batch = {'audio': audio, 'audio_paddings': audio_paddings}
+  return steps.compute_features(batch, None, frontend_cfg, sample_rate)
+
+
+def evaluate_best_on_test(exp, manager, state, evaluator: Evaluator) -> tuple[dict, int]:
+  """After the last step: the best checkpoint (by validation) on the test split.
+
+  Returns:
+    `(scores, step)` of the checkpoint evaluated.
+  """
+  manager.wait_until_finished()
+  best = manager.best_step()
+  params, step = state.params, int(state.step)
+  if best is not None and best != step:
+    target = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state.params
+    )
+    params, step, _ = checkpointing.restore_params(exp.workdir, exp.config.train, target)
+  logging.info('Test evaluation with the checkpoint of step %d', step)
+  return evaluator.evaluate(params, exp.config.dataset.test_split, step), step

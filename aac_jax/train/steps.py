@@ -15,7 +15,7 @@ count). `tests/test_train_step.py` compares with one device.
 """
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -24,7 +24,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
+from aac_jax import decoding
 from aac_jax.audio import frontend
 from aac_jax.data import tokenizer
 from aac_jax.models import keyword_head
@@ -33,25 +35,6 @@ from aac_jax.train.parallel import AXIS
 from aac_jax.train.state import TrainState
 
 Batch = Mapping[str, jax.Array]
-
-# Jitted steps built earlier in this process, by everything they depend on.
-_STEP_CACHE: dict[tuple, Any] = {}
-
-
-def cached_step(key: tuple, build: Callable[[], Any]) -> Any:
-  """Returns the step stored under `key`, building it with `build()` once.
-
-  Several runs in one process with the same model, optimizer and front end
-  (tests, notebooks, a resume after a planned stop) then share one traced
-  and compiled step instead of tracing it again.
-
-  Args:
-    key: hashable description of everything the step depends on.
-    build: makes the step.
-  """
-  if key not in _STEP_CACHE:
-    _STEP_CACHE[key] = build()
-  return _STEP_CACHE[key]
 
 
 def token_loss_sum(
@@ -179,6 +162,24 @@ def _gradients(
   return grads, jax.tree.map(jnp.sum, sums)
 
 
+def _global_normalizers(batch: Batch, model: nn.Module, keyword_loss_weight: float):
+  """`(batch, normalizers, global token count)`: all-device counts the losses divide by.
+
+  With the keyword loss, `batch` gains `keywords` (its targets) and the
+  normalizers its global count.
+  """
+  local_tokens = jnp.sum((batch['targets'] != tokenizer.PAD_ID).astype(jnp.float32))
+  global_tokens = jax.lax.psum(local_tokens, AXIS)
+  # A batch of only padding would divide by zero; its gradient is zero anyway.
+  normalizers = {'tokens': jnp.maximum(global_tokens, 1.0)}
+  if keyword_loss_weight:
+    batch = dict(batch)
+    batch['keywords'] = keyword_head.keyword_targets(batch['targets'], model.config.vocab_size)
+    global_keywords = jax.lax.psum(jnp.sum(batch['keywords']), AXIS)
+    normalizers['keywords'] = jnp.maximum(global_keywords, 1.0)
+  return batch, normalizers, global_tokens
+
+
 def train_step(
   state: TrainState,
   batch: Batch,
@@ -219,30 +220,12 @@ def train_step(
     cross-entropy per caption word of the global batch).
   """
   rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(AXIS))
-  local_tokens = jnp.sum((batch['targets'] != tokenizer.PAD_ID).astype(jnp.float32))
-  global_tokens = jax.lax.psum(local_tokens, AXIS)
-  # A batch of only padding would divide by zero; its gradient is zero anyway.
-  safe_tokens = jnp.maximum(global_tokens, 1.0)
-  normalizers = {'tokens': safe_tokens}
-  if keyword_loss_weight:
-    batch = dict(batch)
-    batch['keywords'] = keyword_head.keyword_targets(batch['targets'], model.config.vocab_size)
-    global_keywords = jax.lax.psum(jnp.sum(batch['keywords']), AXIS)
-    normalizers['keywords'] = jnp.maximum(global_keywords, 1.0)
-  grads, sums = _gradients(
-    state.params,
-    batch,
-    rng,
-    normalizers,
-    grad_accum_steps,
-    model=model,
-    frontend_cfg=frontend_cfg,
-    sample_rate=sample_rate,
-    label_smoothing=label_smoothing,
-    keyword_loss_weight=keyword_loss_weight,
-  )
+  batch, normalizers, global_tokens = _global_normalizers(batch, model, keyword_loss_weight)
+  loss_kw = {'model': model, 'frontend_cfg': frontend_cfg, 'sample_rate': sample_rate}
+  loss_kw.update(label_smoothing=label_smoothing, keyword_loss_weight=keyword_loss_weight)
+  grads, sums = _gradients(state.params, batch, rng, normalizers, grad_accum_steps, **loss_kw)
   metrics = {
-    'loss': jax.lax.psum(sums['loss'], AXIS) / safe_tokens,
+    'loss': jax.lax.psum(sums['loss'], AXIS) / normalizers['tokens'],
     'grad_norm': optax.tree.norm(grads),
     'lr': jnp.asarray(schedule(state.step), jnp.float32),
     'tokens': global_tokens,
@@ -250,6 +233,45 @@ def train_step(
   if keyword_loss_weight:
     metrics['keyword_loss'] = jax.lax.psum(sums['keyword_loss'], AXIS) / normalizers['keywords']
   return state.apply_gradients(tx, grads), metrics
+
+
+def own_loss(
+  params: Any,
+  batch: Batch,
+  *,
+  model: nn.Module,
+  frontend_cfg: ml_collections.ConfigDict,
+  sample_rate: int,
+) -> jax.Array:
+  """Mean token cross-entropy of `params` on a batch, without dropout or SpecAugment.
+
+  What the trainer checks before saving a checkpoint: the loss of the very
+  parameters being saved (a pmap body over `'data'`; the result is the
+  global mean, replicated).
+
+  Args:
+    params: replicated parameters.
+    batch: `audio`, `audio_paddings` `[b, samples]` and `targets` `[b, L]`
+      or `[b, R, L]` (SCST passes its sampled captions).
+    model: the `Captioner` (any mode: dropout is turned off here).
+    frontend_cfg: `config.frontend`.
+    sample_rate: `config.dataset.sample_rate`.
+  """
+  features, paddings = compute_features(batch, None, frontend_cfg, sample_rate)
+  targets = batch['targets']
+  logits = decoding.eval_model(model).apply(
+    {'params': params}, features, paddings, tokenizer.shift_right(targets)
+  )
+  loss_sum, tokens = token_loss_sum(logits, targets, 0.0)
+  total = jax.lax.psum(tokens, AXIS)
+  return jax.lax.psum(loss_sum, AXIS) / jnp.maximum(total, 1.0)
+
+
+def make_own_loss_fn(mesh: Mesh, **static: Any):
+  """`own_loss` mapped over the data mesh and jitted: `fn(params, batch) -> scalar`."""
+  body = functools.partial(own_loss, **static)
+  mapped = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(), check_vma=False)
+  return jax.jit(mapped)
 
 
 def make_train_step(mesh: Mesh, *, donate: bool = True, **static: Any):

@@ -1,48 +1,52 @@
-"""The training orchestrator: build, restore, loop, evaluate, save.
+"""The training orchestrator shared by every stage, and the cross-entropy stage.
 
-`train_and_evaluate(config, workdir)` is what `python -m aac_jax.main` runs.
-It calls one named function per concern; the loop itself is in
-`train_loop`. The workdir ends up holding:
+`train_and_evaluate(config, workdir)` is what `python -m aac_jax.main` runs:
+check the config (`aac_jax.config_validation`), build the experiment,
+then `run_stage`: restore, the one loop (`aac_jax.train.loop`) with the
+cross-entropy update, the best checkpoint on the test split. The SCST stage
+(`aac_jax.scst.trainer`) runs the same `run_stage` with its own update. The
+workdir ends up holding:
 
   config.json          the resolved configuration
   vocab.txt            the tokenizer (built from the train captions once)
+  feature_stats.json   the log-mel normalisation of the run
   checkpoints/<step>/  orbax checkpoints (state + data iterator [+ metrics])
+  checkpoints_unreadable/  checkpoints that failed to restore, set aside
   events.out.tfevents  TensorBoard: train/* and <split>/* scalars, samples
-  train.log            readable log lines (this package's, plus warnings)
+  train.log            every log line, libraries' included
   predictions/         one JSON per evaluation (clip id, prediction, refs)
 """
 
 import contextlib
 import dataclasses
 import json
-import logging as py_logging
-import os
-import time
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
-import tqdm
 from absl import logging
 from etils import epath
 
-from aac_jax import models
+from aac_jax import config_validation, files, models
 from aac_jax.data import feature_stats, pipeline
 from aac_jax.data import tokenizer as tokenizer_lib
-from aac_jax.train import checkpointing, evaluation, parallel, steps
+from aac_jax.train import checkpointing, evaluation, logs, loop, parallel, steps
 from aac_jax.train import state as state_lib
-from aac_jax.train.metric_writers import MetricWriter, create_default_writer
-from aac_jax.train.preemption import PreemptionWatcher
-
-
-class NonFiniteLossError(RuntimeError):
-  """The loss or gradient norm became NaN or Inf; the message names the step."""
+from aac_jax.train.loop import NonFiniteLossError
+from aac_jax.train.metric_writers import create_default_writer
 
 
 @dataclasses.dataclass
 class Experiment:
-  """What one run is made of (built once from the config)."""
+  """What one run is made of (built once from the config).
+
+  Attributes:
+    own_loss: jitted `own_loss(params, batch) -> scalar` (see
+      `aac_jax.train.loop`), checked before every save.
+  """
 
   config: ml_collections.ConfigDict
   workdir: epath.Path
@@ -52,22 +56,15 @@ class Experiment:
   eval_model: models.Captioner
   tx: object
   schedule: object
-
-
-@dataclasses.dataclass
-class LoopResult:
-  """How `train_loop` ended: `reason` is 'finished', 'stopped' or 'preempted'."""
-
-  state: state_lib.TrainState
-  step: int
-  reason: str
+  own_loss: Callable
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
   """Saves the resolved config as `<workdir>/config.json` (process 0)."""
   if jax.process_index() == 0:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / 'config.json').write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+    files.write_text(
+      epath.Path(workdir) / 'config.json', config.to_json_best_effort(indent=2, sort_keys=True)
+    )
 
 
 # Files a run copies from its `init_from` run when it has none of its own:
@@ -76,23 +73,17 @@ INHERITED_FILES = (tokenizer_lib.VOCAB_FILENAME, feature_stats.STATS_FILENAME)
 
 
 def inherit_from_init_run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
-  """Copies `INHERITED_FILES` from `config.train.init_from` where `workdir` lacks them.
-
-  Several processes may copy at once: each writes a private temporary file
-  and renames it, so readers never see half a file.
-  """
-  if not config.train.get('init_from', ''):
+  """Copies `INHERITED_FILES` from `config.train.init_from` where `workdir` lacks them."""
+  if not config.train.init_from:
     return
   for name in INHERITED_FILES:
     own, other = workdir / name, epath.Path(config.train.init_from) / name
     if not own.exists() and other.exists():
-      tmp = own.with_name(f'.{name}.{os.getpid()}.tmp')
-      tmp.write_text(other.read_text())
-      tmp.replace(own)
+      files.write_text(own, other.read_text())
 
 
 def create_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
-  """Builds the mesh, tokenizer, models and optimizer of a run."""
+  """Builds the mesh, tokenizer, models, optimizer and own-loss check of a run."""
   path = epath.Path(workdir)
   path.mkdir(parents=True, exist_ok=True)
   inherit_from_init_run(config, path)
@@ -101,15 +92,24 @@ def create_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experi
   feature_stats.resolve(config, path)
   model_cfg = models.make_captioner_config(config.model, tokenizer.vocab_size)
   tx, schedule = state_lib.create_optimizer(config.optim, config.train.num_steps)
+  mesh = parallel.create_mesh()
+  eval_model = models.Captioner(model_cfg.replace(deterministic=True))
+  own_loss = steps.make_own_loss_fn(
+    mesh,
+    model=eval_model,
+    frontend_cfg=config.frontend,
+    sample_rate=int(config.dataset.sample_rate),
+  )
   return Experiment(
     config=config,
     workdir=path,
-    mesh=parallel.create_mesh(),
+    mesh=mesh,
     tokenizer=tokenizer,
     train_model=models.Captioner(model_cfg),
-    eval_model=models.Captioner(model_cfg.replace(deterministic=True)),
+    eval_model=eval_model,
     tx=tx,
     schedule=schedule,
+    own_loss=own_loss,
   )
 
 
@@ -155,234 +155,144 @@ def restore_state(
   return state
 
 
-def step_cache_key(exp: Experiment, *sections: str) -> tuple:
-  """What a jitted step of this run depends on: devices, vocabulary, config sections."""
-  return (
-    tuple(d.id for d in exp.mesh.devices.flat),
-    exp.tokenizer.vocab_size,
-    int(exp.config.dataset.sample_rate),
-    *(exp.config[s].to_json(sort_keys=True) for s in sections),
-  )
+class CrossEntropyUpdater:
+  """The cross-entropy update: one jitted data-parallel `steps.train_step`."""
 
-
-def keyword_loss_weight(config: ml_collections.ConfigDict) -> float:
-  """`optim.keyword_loss_weight`, checked against `model.keyword_head`."""
-  weight = float(config.optim.get('keyword_loss_weight', 0.0))
-  if weight < 0:
-    raise ValueError(f'optim.keyword_loss_weight must be >= 0, got {weight}')
-  if weight and not config.model.get('keyword_head', False):
-    raise ValueError(
-      f'optim.keyword_loss_weight={weight} needs the keyword head: set '
-      '--config.model.keyword_head=True (or the weight to 0)'
-    )
-  return weight
-
-
-def make_train_step_fn(exp: Experiment):
-  """The jitted data-parallel `step(state, batch, rng)` of this run."""
-  key = (
-    steps.train_step,
-    exp.config.train.num_steps,
-    *step_cache_key(exp, 'model', 'optim', 'frontend'),
-  )
-  return steps.cached_step(
-    key,
-    lambda: steps.make_train_step(
+  def __init__(self, exp: Experiment, train_iter):
+    config = exp.config
+    self._exp, self._iter = exp, train_iter
+    self._rng = jax.random.key(config.seed)
+    self._batch: dict = {}
+    self._step = steps.make_train_step(
       exp.mesh,
       model=exp.train_model,
       tx=exp.tx,
       schedule=exp.schedule,
-      frontend_cfg=exp.config.frontend,
-      sample_rate=int(exp.config.dataset.sample_rate),
-      label_smoothing=float(exp.config.optim.label_smoothing),
-      grad_accum_steps=int(exp.config.optim.grad_accum_steps),
-      keyword_loss_weight=keyword_loss_weight(exp.config),
-    ),
-  )
-
-
-class MetricsBuffer:
-  """Host-side train metrics, fetched one step late so dispatch stays ahead.
-
-  `push(step, metrics)` fetches the metrics of the step before (by then
-  computed) and checks them; `flush()` fetches the newest too. A NaN or Inf
-  loss or gradient norm raises `NonFiniteLossError` naming its step.
-  """
-
-  def __init__(self):
-    self._pending = None
-    self._rows: list[dict[str, float]] = []
-    self.last: dict[str, float] = {}
-
-  def push(self, step: int, metrics) -> None:
-    self.flush()
-    self._pending = (step, metrics)
-
-  def flush(self) -> None:
-    if self._pending is None:
-      return
-    step, metrics = self._pending
-    self._pending = None
-    row = {k: float(v) for k, v in parallel.to_host(metrics).items()}
-    bad = [k for k in ('loss', 'grad_norm') if not np.isfinite(row[k])]
-    if bad:
-      raise NonFiniteLossError(
-        f'non-finite {", ".join(f"{k}={row[k]}" for k in bad)} at step {step}; stopping '
-        '(the bad update is not saved; restart from the last checkpoint with a lower lr)'
-      )
-    self._rows.append(row)
-    self.last = row
-
-  def summary(self) -> dict[str, float]:
-    """Means over the steps since the last summary (flushes first)."""
-    self.flush()
-    rows, self._rows = self._rows, []
-    if not rows:
-      return {}
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-
-
-class Throughput:
-  """Steps/s and examples/s between two calls of `report`."""
-
-  def __init__(self, step: int, batch_size: int):
-    self._step, self._time, self._batch = step, time.perf_counter(), batch_size
-
-  def report(self, step: int) -> dict[str, float]:
-    now = time.perf_counter()
-    rate = (step - self._step) / max(now - self._time, 1e-9)
-    self._step, self._time = step, now
-    return {'steps_per_sec': rate, 'examples_per_sec': rate * self._batch}
-
-
-def _planned_end(config: ml_collections.ConfigDict) -> int:
-  stop_at = int(config.train.get('stop_at_step', -1))
-  return min(stop_at, config.train.num_steps) if stop_at > 0 else config.train.num_steps
-
-
-def _is_every(step: int, every: int) -> bool:
-  return every > 0 and step % every == 0
-
-
-def write_train_summary(
-  writer: MetricWriter, step: int, buffer: MetricsBuffer, throughput: Throughput, bar
-) -> None:
-  """Writes the averaged train metrics and speed since the last summary."""
-  scalars = {f'train/{k}': v for k, v in buffer.summary().items()}
-  scalars.update({f'train/{k}': v for k, v in throughput.report(step).items()})
-  writer.write_scalars(step, scalars)
-  bar.set_postfix(loss=f'{scalars.get("train/loss", float("nan")):.4f}', refresh=False)
-
-
-def _maybe_evaluate(exp: Experiment, evaluator, step: int, state, buffer: MetricsBuffer):
-  """Validation scores at evaluation steps (and the last step), else None."""
-  cfg = exp.config.train
-  if not (_is_every(step, cfg.eval_every) or step == cfg.num_steps):
-    return None
-  buffer.flush()  # Never evaluate (or save) a state after a NaN update.
-  return evaluator.evaluate_and_report(state.params, exp.config.dataset.validation_split, step)
-
-
-def _should_save(
-  cfg: ml_collections.ConfigDict, step: int, end: int, preempted: bool, scores
-) -> bool:
-  return preempted or scores is not None or _is_every(step, cfg.checkpoint_every) or step == end
-
-
-def train_loop(
-  exp: Experiment,
-  state: state_lib.TrainState,
-  train_iter,
-  manager: ocp.CheckpointManager,
-  writer: MetricWriter,
-  evaluator: 'evaluation.Evaluator',
-) -> LoopResult:
-  """Runs updates until `num_steps` (or `stop_at_step`, or preemption).
-
-  Saves every `checkpoint_every` steps, after each evaluation (with its
-  metrics, which rank the best checkpoint), at the end, and at the step
-  boundary after a SIGTERM.
-  """
-  cfg = exp.config.train
-  start, end = int(state.step), _planned_end(exp.config)
-  step_fn, rng = make_train_step_fn(exp), jax.random.key(exp.config.seed)
-  buffer, throughput = MetricsBuffer(), Throughput(start, cfg.batch_size)
-  bar = tqdm.tqdm(
-    total=cfg.num_steps, initial=start, unit='step', disable=jax.process_index() > 0, mininterval=2
-  )
-  with PreemptionWatcher() as watcher, bar:
-    for step in range(start + 1, end + 1):
-      state, metrics = step_fn(state, parallel.shard_batch(next(train_iter), exp.mesh), rng)
-      buffer.push(step, metrics)
-      bar.update(1)
-      preempted = watcher.should_stop(step)
-      if _is_every(step, cfg.log_every) or step == start + 1:
-        write_train_summary(writer, step, buffer, throughput, bar)
-      scores = _maybe_evaluate(exp, evaluator, step, state, buffer)
-      if scores is not None:
-        throughput = Throughput(step, cfg.batch_size)  # Leave evaluation time out.
-      if _should_save(cfg, step, end, preempted, scores):
-        buffer.flush()
-        checkpointing.save_checkpoint(manager, step, state, train_iter, scores)
-      if preempted:
-        checkpointing.log_saved(manager, step, 'preempted', watcher.signal_name)
-        return LoopResult(state, step, 'preempted')
-  return LoopResult(state, end, 'finished' if end == cfg.num_steps else 'stopped')
-
-
-def evaluate_best_on_test(exp: Experiment, manager, result: LoopResult, evaluator) -> None:
-  """After the last step: the best checkpoint (by validation) on the test split."""
-  manager.wait_until_finished()
-  best = manager.best_step()
-  params = result.state.params
-  if best is not None and best != result.step:
-    target = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), result.state
+      frontend_cfg=config.frontend,
+      sample_rate=int(config.dataset.sample_rate),
+      label_smoothing=float(config.optim.label_smoothing),
+      grad_accum_steps=int(config.optim.grad_accum_steps),
+      keyword_loss_weight=float(config.optim.keyword_loss_weight),
     )
-    params = checkpointing.load_params(exp.workdir, exp.config.train, target.params)[0]
-  logging.info('Test evaluation with the checkpoint of step %s', best or result.step)
-  evaluator.evaluate_and_report(params, exp.config.dataset.test_split, best or result.step)
+
+  def update(self, state, step: int, boundary: bool):
+    del step, boundary  # Nothing is dispatched ahead.
+    self._batch = parallel.shard_batch(next(self._iter), self._exp.mesh)
+    return self._step(state, self._batch, self._rng)
+
+  def loss_batch(self) -> dict:
+    return {k: self._batch[k] for k in ('audio', 'audio_paddings', 'targets')}
+
+  def after_boundary(self) -> None:
+    pass
 
 
-class _OwnRecords(py_logging.Filter):
-  """Keeps this package's records, errors from anywhere, warnings not from orbax.
+@dataclasses.dataclass
+class Stage:
+  """What differs between the training stages around the shared loop.
 
-  (orbax warns at every save without validation metrics, which is normal here.)
+  Attributes:
+    name: for log lines ('Training', 'SCST').
+    make_train_iter: builds this stage's checkpointable train iterator.
+    make_updater: `make_updater(train_iter) -> loop.Updater`.
+    training_captions: reference captions of the train split, for the
+      novelty rate of evaluated captions (None: not reported).
+    before_loop: `before_loop(evaluator, state, fresh)`, run after the
+      restore (SCST scores its starting point there).
   """
 
-  def filter(self, record: py_logging.LogRecord) -> bool:
-    if record.levelno >= py_logging.ERROR or f'{os.sep}aac_jax{os.sep}' in record.pathname:
-      return True
-    return record.levelno >= py_logging.WARNING and f'{os.sep}orbax{os.sep}' not in record.pathname
+  name: str
+  make_train_iter: Callable[[], Any]
+  make_updater: Callable[[Any], loop.Updater]
+  training_captions: Sequence[str] | None = None
+  before_loop: Callable[..., None] | None = None
+
+
+@dataclasses.dataclass
+class StageResult:
+  """How a stage ended and its test scores.
+
+  Attributes:
+    loop: the loop's result (state, step, reason).
+    test: scores of the best checkpoint on the test split after a finished
+      run with `eval.test_at_end` (else empty).
+    test_step: the step of that checkpoint (-1 if none).
+  """
+
+  loop: loop.LoopResult
+  test: dict[str, float]
+  test_step: int
+
+
+def _close_all(*closers: Callable[[], Any]) -> None:
+  """Calls every closer; a failing one is logged, never hides the run's own error."""
+  for close in closers:
+    try:
+      close()
+    except Exception as error:  # noqa: BLE001 - already on the way out.
+      logging.warning('While closing the run: %s', checkpointing.why_unreadable(error))
+
+
+def run_stage(exp: Experiment, stage: Stage) -> StageResult:
+  """Restores, runs the loop, tests the best checkpoint; closes everything it opened."""
+  config = exp.config
+  write_config(config, exp.workdir)
+  train_iter = stage.make_train_iter()
+  manager = checkpointing.create_checkpoint_manager(exp.workdir, config.train)
+  writer = create_default_writer(str(exp.workdir))
+  evaluator = evaluation.Evaluator(exp, writer, stage.training_captions)
+  try:
+    fresh = manager.latest_step() is None
+    state = restore_state(exp, manager, train_iter)
+    if int(state.step) == 0:
+      writer.write_hparams(_flat_hparams(config))
+    if stage.before_loop is not None:
+      stage.before_loop(evaluator, state, fresh)
+    io = loop.LoopIO(
+      train_iter=train_iter,
+      manager=manager,
+      writer=writer,
+      evaluate=lambda params, step: evaluator.evaluate(
+        params, config.dataset.validation_split, step
+      ),
+      own_loss=exp.own_loss,
+    )
+    result = loop.run_loop(config, state, stage.make_updater(train_iter), io)
+    test, test_step = {}, -1
+    if result.reason == 'finished' and config.eval.test_at_end:
+      test, test_step = evaluation.evaluate_best_on_test(exp, manager, result.state, evaluator)
+    logging.info('%s %s at step %d', stage.name, result.reason, result.step)
+    return StageResult(result, test, test_step)
+  finally:
+    _close_all(
+      manager.wait_until_finished,
+      manager.close,
+      writer.close,
+      getattr(train_iter, 'close', lambda: None),  # Stops Grain worker processes.
+    )
+
+
+def start_run(config: ml_collections.ConfigDict, workdir: str, stage_kind: str) -> Experiment:
+  """Checks the config, then builds the run's experiment (first thing every stage does)."""
+  config_validation.validate(config, stage_kind, jax.device_count())
+  return create_experiment(config, workdir)
+
+
+# Errors that stop a run with one logged line (exit status 1 on the command line).
+STOPPING_ERRORS = (NonFiniteLossError, files.RunFileError, checkpointing.CheckpointUnreadableError)
 
 
 @contextlib.contextmanager
-def log_file(workdir: epath.Path, name: str = 'train.log'):
-  """Appends readable log lines to `<workdir>/<name>` (process 0, local workdirs).
-
-  Creates `workdir` where it does not exist yet.
-  """
-  if jax.process_index() > 0 or '://' in str(workdir):
-    yield
-    return
-  workdir.mkdir(parents=True, exist_ok=True)
-  handler = py_logging.FileHandler(os.fspath(workdir / name))
-  handler.setFormatter(py_logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
-  handler.addFilter(_OwnRecords())
-  logger = logging.get_absl_logger()
-  level = logger.level
-  logger.addHandler(handler)
-  if logger.getEffectiveLevel() > py_logging.INFO:  # Library use without absl flags.
-    logger.setLevel(py_logging.INFO)
+def stop_logged(stage_name: str):
+  """Logs a `STOPPING_ERRORS` error as `<stage> stopped: <message>` (one line) and re-raises it."""
   try:
     yield
-  finally:
-    logger.setLevel(level)
-    logger.removeHandler(handler)
-    handler.close()
+  except STOPPING_ERRORS as error:
+    logging.error('%s stopped: %s', stage_name, error)
+    raise
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> LoopResult:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.LoopResult:
   """Trains (resuming where possible), evaluates, and checkpoints one run.
 
   Args:
@@ -394,41 +304,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> LoopR
     of that step is on disk).
 
   Raises:
-    NonFiniteLossError: the loss became NaN/Inf (message names the step).
+    config_validation.ConfigError: bad config values (before any work).
+    NonFiniteLossError: the loss became NaN/Inf (message names the step and
+      the checkpoint kept); or another of `STOPPING_ERRORS`.
   """
-  with log_file(epath.Path(workdir)):  # Opened first: the feature statistics are logged too.
-    exp = create_experiment(config, workdir)
-    try:
-      return _train_and_evaluate(exp)
-    except NonFiniteLossError as e:
-      logging.error('Training stopped: %s', e)
-      raise
+  # The log file is opened first: the feature statistics are logged too.
+  with logs.log_file(epath.Path(workdir)), stop_logged('Training'):
+    exp = start_run(config, workdir, 'train')
 
+    def make_iter():
+      return pipeline.make_train_iterator(config.dataset, exp.tokenizer, config.train.batch_size)
 
-def _train_and_evaluate(exp: Experiment) -> LoopResult:
-  config = exp.config
-  write_config(config, exp.workdir)
-  train_iter = pipeline.make_train_iterator(config.dataset, exp.tokenizer, config.train.batch_size)
-  manager = checkpointing.create_checkpoint_manager(exp.workdir, config.train)
-  writer = create_default_writer(str(exp.workdir))
-  evaluator = evaluation.Evaluator(
-    config, exp.mesh, exp.eval_model, exp.tokenizer, exp.workdir, writer
-  )
-  try:
-    state = restore_state(exp, manager, train_iter)
-    if int(state.step) == 0:
-      writer.write_hparams(_flat_hparams(config))
-    result = train_loop(exp, state, train_iter, manager, writer, evaluator)
-    if result.reason == 'finished' and config.eval.get('test_at_end', True):
-      evaluate_best_on_test(exp, manager, result, evaluator)
-    logging.info('Training %s at step %d', result.reason, result.step)
-    return result
-  finally:
-    manager.wait_until_finished()
-    manager.close()
-    writer.close()
-    if hasattr(train_iter, 'close'):  # Stops Grain worker processes.
-      train_iter.close()
+    stage = Stage('Training', make_iter, lambda it: CrossEntropyUpdater(exp, it))
+    return run_stage(exp, stage).loop
 
 
 def _flat_hparams(config: ml_collections.ConfigDict) -> dict:
@@ -445,15 +333,22 @@ def _flat_hparams(config: ml_collections.ConfigDict) -> dict:
   return flat
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> int:
-  """`train_and_evaluate` for the command line: the process exit status.
+def exit_status(run_fn: Callable[[], Any]) -> tuple[int, Any]:
+  """Runs a stage for the command line: `(exit status, its result or None)`.
 
-  Returns:
-    0 when training finished, stopped as planned or was preempted (and
-    saved); 1 when the loss became NaN/Inf (the message names the step).
+  0 when it finished, stopped as planned or was preempted (and saved); 1 when
+  it stopped on one of `STOPPING_ERRORS` (already logged, one line); 2 for
+  bad config values (printed here, one line each, before any work).
   """
   try:
-    train_and_evaluate(config, workdir)
-  except NonFiniteLossError:
-    return 1  # Already logged, with the step.
-  return 0
+    return 0, run_fn()
+  except config_validation.ConfigError as error:
+    print(f'error: {error}', file=sys.stderr)
+    return 2, None
+  except STOPPING_ERRORS:
+    return 1, None
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> int:
+  """`train_and_evaluate` for the command line: the exit status (see `exit_status`)."""
+  return exit_status(lambda: train_and_evaluate(config, workdir))[0]

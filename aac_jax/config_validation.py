@@ -1,0 +1,253 @@
+"""Checks a whole config before any data is read or anything is compiled.
+
+`validate(config, stage, num_devices)` collects every bad value of the
+config (`configs/base.py` is the schema) and raises one `ConfigError` whose
+message has one line per problem, each naming the field, the value and the
+fix. The entry points call it first, so a typo costs a second, not a
+compilation.
+"""
+
+import math
+from collections.abc import Callable
+
+import ml_collections
+
+from aac_jax.data import registry
+
+STAGES = ('train', 'scst')
+FEATURE_STATS_MODES = ('measure', 'fixed')
+BEST_MODES = ('max', 'min')
+SCST_BASELINES = ('greedy', 'mean_others')
+SCST_REWARDS = ('cider_d', 'spider', 'mix')
+SCST_NORMALIZERS = ('samples', 'tokens')
+DECODE_METHODS = ('greedy', 'beam', 'sample')
+
+
+class ConfigError(ValueError):
+  """The config has bad values; the message holds one line per value."""
+
+
+def _finite(value) -> bool:
+  try:
+    return math.isfinite(float(value))
+  except (TypeError, ValueError):
+    return False
+
+
+class _Problems:
+  """Collects `field=value: what is wrong; the fix` lines."""
+
+  def __init__(self):
+    self.lines: list[str] = []
+
+  def check(self, ok: bool, field: str, value, rule: str) -> None:
+    if not ok:
+      self.lines.append(f'{field}={value!r}: {rule}')
+
+  def positive(self, cfg, section: str, name: str) -> None:
+    value = cfg[name]
+    self.check(_finite(value) and float(value) > 0, f'{section}.{name}', value, 'must be > 0')
+
+  def non_negative(self, cfg, section: str, name: str) -> None:
+    value = cfg[name]
+    self.check(_finite(value) and float(value) >= 0, f'{section}.{name}', value, 'must be >= 0')
+
+  def splits_over_devices(self, cfg, section: str, num_devices: int) -> None:
+    self.check(
+      cfg.batch_size % num_devices == 0,
+      f'{section}.batch_size',
+      cfg.batch_size,
+      f'must be divisible by the {num_devices} devices; use a multiple of {num_devices}',
+    )
+
+  def one_of(self, cfg, section: str, name: str, allowed) -> None:
+    value = cfg[name]
+    self.check(value in allowed, f'{section}.{name}', value, f'must be one of {list(allowed)}')
+
+
+def _dataset(c: ml_collections.ConfigDict, p: _Problems) -> None:
+  d = c.dataset
+  known = sorted(registry.BUILDER_MODULES)
+  p.check(
+    registry.is_known(d),
+    'dataset.name',
+    d.name,
+    f'unknown dataset; use one of {known} (build real data with tools/build_dataset.py)',
+  )
+  for name in ('sample_rate', 'max_audio_seconds', 'max_caption_tokens', 'captions_per_clip'):
+    p.positive(d, 'dataset', name)
+  p.check(
+    _finite(d.max_eval_audio_seconds),
+    'dataset.max_eval_audio_seconds',
+    d.max_eval_audio_seconds,
+    'must be a number (<= 0: same as max_audio_seconds)',
+  )
+  p.non_negative(d, 'dataset', 'num_workers')
+  p.positive(d, 'dataset', 'vocab_min_count')
+
+
+def _frontend(c: ml_collections.ConfigDict, p: _Problems) -> None:
+  f = c.frontend
+  for name in ('n_fft', 'win_length', 'hop_length', 'n_mels', 'log_floor', 'feature_stats_clips'):
+    p.positive(f, 'frontend', name)
+  p.check(f.win_length <= f.n_fft, 'frontend.win_length', f.win_length, 'must be <= frontend.n_fft')
+  p.check(
+    0 <= f.fmin < f.fmax <= c.dataset.sample_rate / 2,
+    'frontend.fmax',
+    f.fmax,
+    f'need 0 <= fmin ({f.fmin}) < fmax <= sample_rate / 2 ({c.dataset.sample_rate / 2:g})',
+  )
+  p.one_of(f, 'frontend', 'feature_stats', FEATURE_STATS_MODES)
+  if f.feature_stats == 'fixed':
+    p.positive(f, 'frontend', 'feature_std')
+    p.check(_finite(f.feature_mean), 'frontend.feature_mean', f.feature_mean, 'must be finite')
+
+
+def _model(c: ml_collections.ConfigDict, p: _Problems) -> None:
+  m = c.model
+  for name in ('encoder_dim', 'encoder_heads', 'decoder_dim', 'decoder_heads', 'max_decode_len'):
+    p.positive(m, 'model', name)
+  p.check(
+    m.encoder_dim % max(m.encoder_heads, 1) == 0,
+    'model.encoder_dim',
+    m.encoder_dim,
+    f'must be divisible by model.encoder_heads ({m.encoder_heads})',
+  )
+  p.check(
+    m.decoder_dim % max(m.decoder_heads, 1) == 0,
+    'model.decoder_dim',
+    m.decoder_dim,
+    f'must be divisible by model.decoder_heads ({m.decoder_heads})',
+  )
+  p.check(
+    m.max_decode_len >= c.dataset.max_caption_tokens + 1,
+    'model.max_decode_len',
+    m.max_decode_len,
+    f'must be >= dataset.max_caption_tokens + 1 ({c.dataset.max_caption_tokens + 1})',
+  )
+  for name in ('dropout', 'attention_dropout'):
+    p.check(0 <= m[name] < 1, f'model.{name}', m[name], 'must be in [0, 1)')
+  p.one_of(m, 'model', 'compute_dtype', ('float32', 'bfloat16'))
+
+
+def _optim(c: ml_collections.ConfigDict, p: _Problems) -> None:
+  o = c.optim
+  p.positive(o, 'optim', 'lr')
+  for name in ('warmup_steps', 'weight_decay', 'clip_norm', 'keyword_loss_weight'):
+    p.non_negative(o, 'optim', name)
+  p.check(
+    _finite(o.end_lr_ratio) and 0 <= o.end_lr_ratio <= 1,
+    'optim.end_lr_ratio',
+    o.end_lr_ratio,
+    'must be in [0, 1]',
+  )
+  for name in ('b1', 'b2'):
+    p.check(_finite(o[name]) and 0 <= o[name] < 1, f'optim.{name}', o[name], 'must be in [0, 1)')
+  p.check(
+    _finite(o.label_smoothing) and 0 <= o.label_smoothing < 1,
+    'optim.label_smoothing',
+    o.label_smoothing,
+    'must be in [0, 1)',
+  )
+  p.positive(o, 'optim', 'grad_accum_steps')
+  p.check(
+    not o.keyword_loss_weight or c.model.keyword_head,
+    'optim.keyword_loss_weight',
+    o.keyword_loss_weight,
+    'needs the keyword head: set --config.model.keyword_head=True (or the weight to 0)',
+  )
+
+
+def _train(c: ml_collections.ConfigDict, p: _Problems, num_devices: int) -> None:
+  t = c.train
+  p.positive(t, 'train', 'batch_size')
+  p.positive(t, 'train', 'num_steps')
+  p.splits_over_devices(t, 'train', num_devices)
+  per_device = t.batch_size // max(num_devices, 1)
+  p.check(
+    per_device % max(c.optim.grad_accum_steps, 1) == 0,
+    'optim.grad_accum_steps',
+    c.optim.grad_accum_steps,
+    f'must divide the per-device batch ({per_device})',
+  )
+  for name in ('log_every', 'eval_every', 'checkpoint_every', 'num_sample_captions'):
+    p.non_negative(t, 'train', name)
+  p.positive(t, 'train', 'keep_checkpoints')
+  p.one_of(t, 'train', 'best_mode', BEST_MODES)
+
+
+def _decode(d: ml_collections.ConfigDict, section: str, c, p: _Problems) -> None:
+  p.one_of(d, section, 'method', DECODE_METHODS)
+  limit = c.model.max_decode_len
+  p.check(
+    1 <= d.max_len <= limit,
+    f'{section}.max_len',
+    d.max_len,
+    f'must be in [1, model.max_decode_len={limit}]',
+  )
+  p.check(0 <= d.min_len < d.max_len, f'{section}.min_len', d.min_len, 'must be in [0, max_len)')
+  p.positive(d, section, 'beam_size')
+  p.non_negative(d, section, 'top_k')
+  p.check(_finite(d.top_p) and 0 < d.top_p <= 1, f'{section}.top_p', d.top_p, 'must be in (0, 1]')
+  p.check(
+    0 <= d.no_repeat_ngram_size < d.max_len,
+    f'{section}.no_repeat_ngram_size',
+    d.no_repeat_ngram_size,
+    'must be in [0, max_len)',
+  )
+  p.check(_finite(d.temperature), f'{section}.temperature', d.temperature, 'must be finite')
+
+
+def _eval(c: ml_collections.ConfigDict, p: _Problems, num_devices: int) -> None:
+  e = c.eval
+  p.positive(e, 'eval', 'batch_size')
+  p.splits_over_devices(e, 'eval', num_devices)
+  _decode(e.decode, 'eval.decode', c, p)
+
+
+def _scst(c: ml_collections.ConfigDict, p: _Problems) -> None:
+  s = c.scst
+  p.one_of(s, 'scst', 'baseline', SCST_BASELINES)
+  p.one_of(s, 'scst', 'reward', SCST_REWARDS)
+  p.one_of(s, 'scst', 'loss_normalizer', SCST_NORMALIZERS)
+  p.positive(s, 'scst', 'num_samples')
+  p.check(
+    s.baseline != 'mean_others' or s.num_samples >= 2,
+    'scst.num_samples',
+    s.num_samples,
+    "scst.baseline='mean_others' needs scst.num_samples >= 2",
+  )
+  p.check(_finite(s.temperature), 'scst.temperature', s.temperature, 'must be finite')
+  p.check(_finite(s.top_p) and 0 < s.top_p <= 1, 'scst.top_p', s.top_p, 'must be in (0, 1]')
+  p.non_negative(s, 'scst', 'top_k')
+  p.check(
+    bool(c.train.init_from),
+    'train.init_from',
+    c.train.init_from,
+    'SCST starts from a cross-entropy run: set --config.train.init_from=CE_WORKDIR',
+  )
+
+
+_SECTION_CHECKS: tuple[Callable, ...] = (_dataset, _frontend, _model, _optim)
+
+
+def problems(config: ml_collections.ConfigDict, stage: str, num_devices: int) -> list[str]:
+  """Every problem of `config` for `stage` ('train' or 'scst'), one line each."""
+  if stage not in STAGES:
+    raise ValueError(f'stage must be one of {STAGES}, got {stage!r}')
+  p = _Problems()
+  for check in _SECTION_CHECKS:
+    check(config, p)
+  _train(config, p, num_devices)
+  _eval(config, p, num_devices)
+  _decode(config.decode, 'decode', config, p)
+  if stage == 'scst':
+    _scst(config, p)
+  return p.lines
+
+
+def validate(config: ml_collections.ConfigDict, stage: str, num_devices: int) -> None:
+  """Raises `ConfigError` listing every bad value of `config` (see `problems`)."""
+  lines = problems(config, stage, num_devices)
+  if lines:
+    raise ConfigError('bad config values:\n  ' + '\n  '.join(lines))

@@ -1,0 +1,266 @@
+"""Faults a real user meets, survived: NaN, corrupt checkpoints, a full disk, bad configs.
+
+Real processes and real files: `python -m aac_jax.main` subprocesses for
+what the console shows and the exit status, real orbax checkpoints damaged
+on disk, a real full tmpfs.
+"""
+
+import logging
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import toy_dataset
+
+from aac_jax import config_validation, files
+from aac_jax.train import checkpointing, trainer
+from configs import base
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def toy(tmp_path_factory, jax_cache):
+  """`(config, cache_dir)`: the runlocal demo on `toy_aac`, a shared compilation cache."""
+  config = toy_dataset.demo_config(str(tmp_path_factory.mktemp('tfds')))
+  config.train.num_steps = 100
+  config.train.log_every = 1
+  config.train.checkpoint_every = 2
+  config.train.eval_every = 1000
+  config.eval.test_at_end = False
+  return config, jax_cache
+
+
+def _overrides(config) -> list[str]:
+  keys = ('name', 'builder_config', 'data_dir', 'max_audio_seconds')
+  flags = [f'--config.dataset.{k}={config.dataset[k]}' for k in keys]
+  for key in ('num_steps', 'log_every', 'checkpoint_every', 'eval_every'):
+    flags.append(f'--config.train.{key}={config.train[key]}')
+  return [*flags, '--config.eval.test_at_end=False']
+
+
+def _main(cache, workdir, flags, timeout=600) -> subprocess.CompletedProcess:
+  env = dict(
+    os.environ,
+    XLA_FLAGS='--xla_force_host_platform_device_count=8',
+    JAX_PLATFORMS='cpu',
+    JAX_COMPILATION_CACHE_DIR=str(cache),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+  )
+  command = [sys.executable, '-m', 'aac_jax.main', '--config=configs/synthetic_demo.py:runlocal']
+  return subprocess.run(
+    [*command, f'--workdir={workdir}', *flags],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+
+
+def _saved_steps(workdir) -> list[int]:
+  path = checkpointing.checkpoint_dir(workdir)
+  return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())
+
+
+def _own_loss(config, workdir, step) -> float:
+  """The loss of a saved checkpoint's parameters on one training batch, as the trainer checks it."""
+  from aac_jax import inference
+  from aac_jax.data import pipeline
+  from aac_jax.train import parallel
+
+  params = inference.load_model(workdir, step).params
+  exp = trainer.create_experiment(config, str(workdir))
+  params = jax.device_put(params, parallel.replicated(exp.mesh))
+  batch = next(pipeline.make_train_iterator(config.dataset, exp.tokenizer, config.train.batch_size))
+  batch = parallel.shard_batch(batch, exp.mesh)
+  return float(exp.own_loss(params, {k: batch[k] for k in ('audio', 'audio_paddings', 'targets')}))
+
+
+def test_nan_mid_run_keeps_only_checkpoints_with_a_finite_loss(toy, tmp_path):
+  config, cache = toy
+  # lr 1e30 after warm-up: step 1 runs at lr 0 (finite), step 2 sends the
+  # parameters to ~1e29, whose own loss is not finite.
+  flags = [*_overrides(config), '--config.optim.lr=1e30', '--config.optim.warmup_steps=4']
+  flags += ['--config.optim.clip_norm=0', '--config.train.checkpoint_every=1']
+  proc = _main(cache, tmp_path, flags)
+  output = proc.stdout + proc.stderr
+  assert proc.returncode == 1, output[-3000:]
+  assert re.search(r'non-finite loss=\S+ of the step-2 parameters \(not saved\)', output), output
+  assert f'the last checkpoint kept is step 1 in {tmp_path}' in output
+  assert _saved_steps(tmp_path) == [1]
+  assert np.isfinite(_own_loss(config, tmp_path, 1))
+  # Resuming with a sane learning rate, as the message advises, trains on.
+  resumed = config.copy_and_resolve_references()
+  resumed.train.stop_at_step = 3
+  result = trainer.train_and_evaluate(resumed, str(tmp_path))
+  assert (result.step, result.reason) == (3, 'stopped')
+  assert np.isfinite(_own_loss(config, tmp_path, 3))
+
+
+def test_nan_before_any_save_says_there_is_no_checkpoint(toy, tmp_path, caplog):
+  config, _ = toy
+  config = config.copy_and_resolve_references()
+  config.optim.lr, config.optim.warmup_steps, config.optim.clip_norm = 1e30, 0, 0.0
+  caplog.set_level(logging.INFO)
+  assert trainer.run(config, str(tmp_path)) == 1
+  assert 'no checkpoint was saved, so a rerun starts from the beginning' in caplog.text
+  assert not checkpointing.checkpoint_dir(tmp_path).exists() or _saved_steps(tmp_path) == []
+
+
+def _largest_file(folder: pathlib.Path) -> pathlib.Path:
+  return max((p for p in folder.rglob('*') if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _truncate_array_file(step_dir: pathlib.Path) -> None:
+  path = _largest_file(step_dir / 'state')
+  path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _delete_metadata(step_dir: pathlib.Path) -> None:
+  (step_dir / 'state' / '_METADATA').unlink()
+
+
+def _delete_iterator_file(step_dir: pathlib.Path) -> None:
+  for path in (step_dir / 'data_iter').iterdir():
+    path.unlink()
+
+
+@pytest.fixture(scope='module')
+def run_to_four(toy, tmp_path_factory):
+  """A workdir with checkpoints at steps 2 and 4."""
+  config, _ = toy
+  workdir = tmp_path_factory.mktemp('four')
+  config = config.copy_and_resolve_references()
+  config.train.stop_at_step = 4
+  trainer.train_and_evaluate(config, str(workdir))
+  assert _saved_steps(workdir) == [2, 4]
+  return workdir
+
+
+@pytest.mark.parametrize(
+  'damage',
+  [_truncate_array_file, _delete_metadata, _delete_iterator_file],
+  ids=lambda f: f.__name__,
+)
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(
+  toy, run_to_four, tmp_path, caplog, damage
+):
+  config, _ = toy
+  workdir = tmp_path / 'run'
+  shutil.copytree(run_to_four, workdir)
+  damage(checkpointing.checkpoint_dir(workdir) / '4')
+  caplog.set_level(logging.INFO)
+  config = config.copy_and_resolve_references()
+  config.train.stop_at_step = 5
+  result = trainer.train_and_evaluate(config, str(workdir))
+  assert (result.step, result.reason) == (5, 'stopped')
+  assert re.search(r'Checkpoint step 4 in \S+ is unreadable, trying an older one: \w+', caplog.text)
+  assert f'resumed from {checkpointing.checkpoint_dir(workdir)} at step 2' in caplog.text
+  # Kept for inspection, out of the way of the new step-4 save.
+  assert (workdir / 'checkpoints_unreadable' / '4').is_dir()
+  assert _saved_steps(workdir) == [2, 4, 5]
+
+
+def test_no_readable_checkpoint_is_one_message_and_nothing_is_lost(toy, run_to_four, tmp_path):
+  config, _ = toy
+  workdir = tmp_path / 'run'
+  shutil.copytree(run_to_four, workdir)
+  for step in (2, 4):
+    _delete_metadata(checkpointing.checkpoint_dir(workdir) / str(step))
+  with pytest.raises(checkpointing.CheckpointUnreadableError, match='no readable checkpoint') as e:
+    trainer.train_and_evaluate(config, str(workdir))
+  assert 'step 4: ' in str(e.value) and 'step 2: ' in str(e.value) and '\n' not in str(e.value)
+  assert _saved_steps(workdir) == [2, 4]  # Nothing moved or deleted.
+
+
+@pytest.fixture
+def full_tmpfs(tmp_path):
+  """A mounted 64 KiB tmpfs, filled up (needs root, as CI and this machine have)."""
+  mount = tmp_path / 'full'
+  mount.mkdir()
+  done = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', str(mount)])
+  if done.returncode:
+    pytest.skip('cannot mount a tmpfs here (not root)')
+  try:
+    with open(mount / 'filler', 'wb') as f:
+      try:
+        f.write(b'\0' * (1 << 20))
+      except OSError:
+        pass
+    yield mount
+  finally:
+    subprocess.run(['umount', str(mount)], check=True)
+
+
+def test_write_on_a_full_disk_names_the_file_and_keeps_the_old_one(full_tmpfs):
+  with pytest.raises(files.RunFileError) as e:
+    files.write_text(full_tmpfs / 'predictions.json', 'x' * 100_000)
+  assert str(e.value) == f'cannot write {full_tmpfs / "predictions.json"}: No space left on device'
+  assert sorted(p.name for p in full_tmpfs.iterdir()) == ['filler']  # No partial file.
+
+
+def test_full_disk_during_evaluation_stops_with_one_line(toy, tmp_path, full_tmpfs, caplog):
+  config, _ = toy
+  workdir = tmp_path / 'run'
+  (workdir / 'predictions').parent.mkdir()
+  (workdir / 'predictions').symlink_to(full_tmpfs)
+  config = config.copy_and_resolve_references()
+  config.train.stop_at_step, config.train.eval_every = 2, 2
+  caplog.set_level(logging.INFO)
+  assert trainer.run(config, str(workdir)) == 1
+  expected = f'cannot write {workdir / "predictions" / "validation_step2.json"}: No space left'
+  assert expected in caplog.text
+  assert not [p for p in full_tmpfs.iterdir() if p.name != 'filler']
+
+
+BAD_VALUES = {
+  'dataset.max_audio_seconds': (0.0, 'dataset.max_audio_seconds=0.0: must be > 0'),
+  'optim.lr': (float('nan'), 'optim.lr=nan: must be > 0'),
+  'train.batch_size': (12, 'train.batch_size=12: must be divisible by the 8 devices'),
+  'dataset.name': ('clothoo', "dataset.name='clothoo': unknown dataset; use one of"),
+  'decode.max_len': (99, 'decode.max_len=99: must be in [1, model.max_decode_len='),
+  'eval.decode.method': ('beems', "eval.decode.method='beems': must be one of"),
+}
+
+
+@pytest.mark.parametrize('field', sorted(BAD_VALUES))
+def test_each_bad_config_value_has_its_line(field):
+  config = base.get_base_config()
+  value, message = BAD_VALUES[field]
+  *sections, name = field.split('.')
+  node = config
+  for section in sections:
+    node = node[section]
+  node[name] = value
+  lines = config_validation.problems(config, 'train', 8)
+  assert len(lines) == 1 and lines[0].startswith(message), lines
+
+
+def test_bad_config_values_fail_before_any_work(toy, tmp_path):
+  config, cache = toy
+  flags = [*_overrides(config), '--config.dataset.max_audio_seconds=0', '--config.optim.lr=nan']
+  flags += ['--config.train.batch_size=12', '--config.dataset.name=clothoo']
+  proc = _main(cache, tmp_path / 'run', flags, timeout=120)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  for field in ('dataset.max_audio_seconds', 'optim.lr', 'train.batch_size', 'dataset.name'):
+    assert proc.stderr.count(BAD_VALUES[field][1]) == 1, proc.stderr
+  assert 'Traceback' not in proc.stderr
+  assert not (tmp_path / 'run').exists()  # Nothing read, built or written.
+
+
+def test_console_has_no_library_info_lines_and_train_log_keeps_them(toy, tmp_path):
+  config, cache = toy
+  proc = _main(cache, tmp_path, [*_overrides(config), '--config.train.stop_at_step=2'])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  package = {p.name for p in (REPO / 'aac_jax').rglob('*.py')}
+  info_sources = re.findall(r'^I\d{4} [\d:.]+\s+\d+ (\S+?):\d+\]', proc.stderr, re.MULTILINE)
+  assert info_sources and set(info_sources) <= package, sorted(set(info_sources) - package)
+  log = (tmp_path / 'train.log').read_text()
+  assert 'orbax' in log and 'Train state: fresh initialisation' in log
