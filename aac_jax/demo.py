@@ -163,12 +163,15 @@ def main(argv: list[str]) -> int:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logs.quiet_console()
   workdir = epath.Path(FLAGS.workdir)
-  try:
+
+  def check_and_run() -> bool:
     check_configs(FLAGS.config, FLAGS.scst_config, workdir, FLAGS.scst)
-  except config_validation.ConfigError as error:
-    print(f'error: {error}', file=sys.stderr)
-    return 2
-  if not run_stages(FLAGS.config, FLAGS.scst_config, workdir, FLAGS.scst):
+    return run_stages(FLAGS.config, FLAGS.scst_config, workdir, FLAGS.scst)
+
+  status, finished = trainer.exit_status(check_and_run)
+  if status:
+    return status
+  if not finished:
     print('Preempted: checkpoint saved; rerun the same command to continue.')
     return 0
   report, rows = build_report(FLAGS.config, workdir, FLAGS.scst)

@@ -114,6 +114,7 @@ def main(argv):
     f'{len(devices)} x {devices[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}'
   )
   with tempfile.TemporaryDirectory() as workdir:
+    config = scst_trainer.check_config(config)
     run = scst_trainer.create_scst_run(config, workdir)
     state = initial_state(run)
     train_iter = scst_data.make_scst_train_iterator(config.dataset, config.train.batch_size)

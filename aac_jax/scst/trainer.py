@@ -34,7 +34,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from aac_jax import decoding, files, metrics
+from aac_jax import config_validation, decoding, files, metrics
 from aac_jax.data.sources import EvalSplit
 from aac_jax.scst import data as scst_data
 from aac_jax.scst import rewards as rewards_lib
@@ -149,9 +149,8 @@ def make_sample_settings(
 
 
 def create_scst_run(config: ml_collections.ConfigDict, workdir: str) -> ScstRun:
-  """Checks the config, builds the experiment, the reward and the two jitted steps."""
-  config = inherit_init_config(config)
-  exp = trainer.start_run(config, workdir, 'scst')
+  """Builds the experiment, the reward and the two jitted steps (`config`: see `check_config`)."""
+  exp = trainer.create_experiment(config, workdir)
   references = scst_data.read_train_references(config.dataset)
   weights = rewards_lib.reward_weights(config.scst)
   reward_fn = rewards_lib.CaptionReward(references, weights, config.scst.spice_jars or None)
@@ -371,8 +370,20 @@ def run_scst(config: ml_collections.ConfigDict, workdir: str) -> ScstResult:
     trainer.NonFiniteLossError: the loss became NaN/Inf (or another of
       `trainer.STOPPING_ERRORS`, logged in one line).
   """
+  config = check_config(config)  # Before anything is written.
   with logs.log_file(epath.Path(workdir)), trainer.stop_logged('SCST'):
     return _run_scst(config, workdir)
+
+
+def check_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config with the `init_from` run's model and front end, validated for SCST.
+
+  Raises:
+    config_validation.ConfigError: bad values (one line each).
+  """
+  config = inherit_init_config(config)
+  config_validation.validate(config, 'scst', jax.device_count())
+  return config
 
 
 def _run_scst(config: ml_collections.ConfigDict, workdir: str) -> ScstResult:

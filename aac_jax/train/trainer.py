@@ -272,12 +272,6 @@ def run_stage(exp: Experiment, stage: Stage) -> StageResult:
     )
 
 
-def start_run(config: ml_collections.ConfigDict, workdir: str, stage_kind: str) -> Experiment:
-  """Checks the config, then builds the run's experiment (first thing every stage does)."""
-  config_validation.validate(config, stage_kind, jax.device_count())
-  return create_experiment(config, workdir)
-
-
 # Errors that stop a run with one logged line (exit status 1 on the command line).
 STOPPING_ERRORS = (NonFiniteLossError, files.RunFileError, checkpointing.CheckpointUnreadableError)
 
@@ -308,9 +302,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
     NonFiniteLossError: the loss became NaN/Inf (message names the step and
       the checkpoint kept); or another of `STOPPING_ERRORS`.
   """
-  # The log file is opened first: the feature statistics are logged too.
+  config_validation.validate(config, 'train', jax.device_count())  # Before anything is written.
+  # The log file is opened next: the feature statistics are logged too.
   with logs.log_file(epath.Path(workdir)), stop_logged('Training'):
-    exp = start_run(config, workdir, 'train')
+    exp = create_experiment(config, workdir)
 
     def make_iter():
       return pipeline.make_train_iterator(config.dataset, exp.tokenizer, config.train.batch_size)
