@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 from test_datasets_common import write_audio, write_corrupt
 
-from aac_jax.data import audio_io
+from aac_jax.data import audio_io, text_files
 
 
 @pytest.mark.parametrize(
@@ -123,20 +123,21 @@ def test_clip_decoder_keeps_order(tmp_path, worker_type, num_workers):
 def test_read_csv_rows_quoting_bom_and_latin1(tmp_path):
   text = 'file_name,caption_1\n"a, b.wav","one, two"\n"c.wav","multi\nline"\n\n'
   (tmp_path / 'u.csv').write_bytes(b'\xef\xbb\xbf' + text.encode('utf-8'))
-  rows, encoding = audio_io.read_csv_rows(tmp_path / 'u.csv')
-  assert encoding == 'utf-8-sig'
-  assert [(line, r['file_name'], r['caption_1']) for line, r in rows] == [
+  table = text_files.read_csv_rows(tmp_path / 'u.csv')
+  assert table.warning == '' and table.columns == ['file_name', 'caption_1']
+  assert [(line, r['file_name'], r['caption_1']) for line, r in table.rows] == [
     (2, 'a, b.wav', 'one, two'),
     (4, 'c.wav', 'multi\nline'),
   ]
   (tmp_path / 'l.csv').write_bytes('file_name,keywords\nCafé.wav,a;b\n'.encode('iso-8859-1'))
-  rows, encoding = audio_io.read_csv_rows(tmp_path / 'l.csv')
-  assert encoding == 'iso-8859-1' and rows[0][1]['file_name'] == 'Café.wav'
+  table = text_files.read_csv_rows(tmp_path / 'l.csv')
+  assert table.rows[0][1]['file_name'] == 'Café.wav'
+  assert 'at byte 22 (line 2, byte 0xe9)' in table.warning and 'iso-8859-1' in table.warning
 
 
 def test_file_finder_matches_nfd_names(tmp_path):
   nfd = unicodedata.normalize('NFD', 'Café crème.wav')
   (tmp_path / nfd).write_bytes(b'x')
-  finder = audio_io.FileFinder()
+  finder = audio_io.FileFinder(tmp_path)
   assert finder.find(tmp_path, unicodedata.normalize('NFC', 'Café crème.wav')) == tmp_path / nfd
   assert finder.find(tmp_path, 'other.wav') is None
