@@ -464,7 +464,8 @@ class FileFinder:
     if not self.allow_outside_symlinks and not _within(real, self._real_root):
       raise AudioError(
         OUTSIDE_SOURCE_DIR,
-        f'{name!r} is a symlink to {real}, outside the source folder {self.root}: not read '
+        f'{name!r} resolves through a symlink to {real}, outside the source folder '
+        f'{self.root}: not read '
         '(--allow_outside_symlinks follows such links)',
       )
 

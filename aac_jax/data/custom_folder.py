@@ -31,6 +31,7 @@ form, `./` removed, Unicode NFC). Give several datasets different config names
 
 import collections
 import json
+import os
 import pathlib
 import re
 from typing import NamedTuple
@@ -261,7 +262,8 @@ class CustomAac(build_report.ReportingBuilder):
       for p in source.rglob('*')
       if p.suffix.lower() in audio_io.AUDIO_EXTENSIONS and p.is_file()
     )
-    unused = [name for name in unused if name not in splits_of]
+    listed = {audio_io.nfc(os.path.relpath(source / name, source)) for name in splits_of}
+    unused = [name for name in unused if name not in listed]
     if unused:
       self.report.warn(
         'unreferenced_files', f'{len(unused)} audio files unlisted: {_listed(unused)}'

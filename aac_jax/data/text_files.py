@@ -44,8 +44,8 @@ def decode_bytes(data: bytes, name: str, fallback: str = FALLBACK_ENCODING) -> D
   """
   try:
     return DecodedText(data.decode('utf-8-sig'), '')
-  except UnicodeDecodeError as error:
-    first_bad = error.start
+  except UnicodeDecodeError as error:  # Its offset does not count the stripped BOM.
+    first_bad = error.start + (len(_BOM) if data.startswith(_BOM) else 0)
   body = data[len(_BOM) :] if data.startswith(_BOM) else data
   lines = body.splitlines(keepends=True)
   decoded, bad_lines = [], []
