@@ -155,6 +155,14 @@ def test_custom_folder_reads_nothing_outside(tmp_path, opened):
     'a fifo (named pipe), not a regular file: not read',
   )
   assert len(entries) == 7
+  report = build_report.load_report(builder.report_path)
+  assert report['splits']['train']['warnings'] == [
+    {
+      'kind': 'mostly_outside',
+      'detail': f'6 of 10 clips lead outside {source}: an audio folder linked from elsewhere? '
+      '--allow_outside_symlinks follows symlinks',
+    }
+  ]
   assert not _opened_inside(opened, outside)
   assert not [p for p in opened if p.startswith('/etc/')]
   assert str(source / 'good.wav') in opened  # The recorder sees the audio opened.

@@ -285,14 +285,11 @@ def load_clip(
   if frames == 0 or rate <= 0:
     raise AudioError(EMPTY_AUDIO, f'{frames} frames at {rate} Hz')
   cut_from = 0.0
-  if limit and seconds > limit.max_seconds:  # Lengths the header did not tell.
+  if limit and seconds > limit.max_seconds:  # Cut while reading, or a length no header told.
     if not limit.cut:
       raise limit.too_long(seconds)
-    samples, frames, cut_from = (
-      samples[: limit.frames(rate)],
-      min(frames, limit.frames(rate)),
-      seconds,
-    )
+    samples, cut_from = samples[: limit.frames(rate)], seconds
+    frames = samples.shape[0]
   bad = int(np.count_nonzero(~np.isfinite(samples)))
   if bad:
     raise AudioError(NAN_SAMPLES, f'{bad} of {samples.size} samples are NaN or infinite')

@@ -464,13 +464,7 @@ class ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       strict=self.options.strict,
     )
     plans = self._plan_splits(source)
-    for split in self.report.splits.values():
-      missing = split.skipped_by_reason().get(audio_io.MISSING_FILE, 0)
-      if missing > split.clips_listed / 2:
-        detail = (
-          f'{missing} of {split.clips_listed} clips not found: is the layout (or pattern) right?'
-        )
-        split.warn('mostly_missing', detail)
+    self._warn_suspicious_splits(source)
     self._check_strict('listing the clips', list(self.report.splits.values()))
     for name in [name for name, clips in plans.items() if not clips]:
       self.report.warn('split_not_built', f'{name}: no clip with audio to build')
@@ -478,6 +472,24 @@ class ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if not plans:
       raise BuildError(f'nothing to build from {source}: {self.report.warnings}')
     return {name: self._generate_examples(name, clips) for name, clips in plans.items()}
+
+  def _warn_suspicious_splits(self, source: pathlib.Path) -> None:
+    """Warns where most clips of a split are missing or lead outside `source`."""
+    for split in self.report.splits.values():
+      reasons = split.skipped_by_reason()
+      missing = reasons.get(audio_io.MISSING_FILE, 0)
+      if missing > split.clips_listed / 2:
+        detail = (
+          f'{missing} of {split.clips_listed} clips not found: is the layout (or pattern) right?'
+        )
+        split.warn('mostly_missing', detail)
+      outside = reasons.get(audio_io.OUTSIDE_SOURCE_DIR, 0)
+      if outside > split.clips_listed / 2:
+        detail = (
+          f'{outside} of {split.clips_listed} clips lead outside {source}: an audio folder '
+          'linked from elsewhere? --allow_outside_symlinks follows symlinks'
+        )
+        split.warn('mostly_outside', detail)
 
   def _check_strict(self, stage: str, splits: list[SplitReport]) -> None:
     if not self.options.strict:

@@ -94,7 +94,10 @@ def read_predictions(
     rows = list(csv.DictReader(io.StringIO(text, newline='')))
   predictions, references = {}, {}
   for row in rows:
-    clip = str(_check_caption(_pick(row, ID_COLUMNS, 'id', path), '?', path, 'id'))
+    clip = _pick(row, ID_COLUMNS, 'id', path)
+    if not isinstance(clip, str | int) or isinstance(clip, bool):
+      raise ValueError(f'{path}: a clip id is {clip!r}, not a string or a whole number')
+    clip = str(clip)
     if clip in predictions:
       raise ValueError(f'{path}: clip {clip!r} is predicted twice')
     predictions[clip] = _check_caption(_pick(row, CAPTION_COLUMNS, 'caption', path), clip, path)
