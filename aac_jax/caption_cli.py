@@ -15,14 +15,22 @@ model's training clip length) is captioned per window, with timestamps:
     00:00-00:10  a dog barks twice
     00:10-00:14  a car passes by
 
-Files that give no audio (missing, unreadable, empty, too short, silent) are
-reported on stderr and the rest are still captioned. `--output X.csv` or
-`X.json` writes a table instead of printing. Exit status: 0 every file
-captioned, 1 some files failed, 2 usage error (bad flags, no model, no input
-files).
+Clips shorter than `--min_seconds` (default 0.25 s) are padded with
+silence to that length and captioned; only files with less than
+`--refuse_below` seconds of audio (default 0.01 s) are refused. Files that
+give no audio (missing, not a regular file such as a fifo or `/dev/zero`,
+which are never opened, unreadable, empty, too short, silent) are reported
+on stderr and the rest are still captioned. In text output, names holding
+line breaks or other unprintable characters are printed quoted and escaped
+(Python string syntax). `--output X.csv` or `X.json` writes a table instead
+of printing; `--format dcase` writes the DCASE submission CSV
+(`file_name,caption_predicted`, one row per file, by file name). Exit
+status: 0 every file captioned, 1 some files failed, 2 usage error (bad
+flags, no model, no input files).
 """
 
 import argparse
+import collections
 import csv
 import dataclasses
 import json
@@ -30,7 +38,7 @@ import logging
 import os
 import pathlib
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TextIO
 
 import numpy as np
@@ -47,6 +55,10 @@ EXIT_USAGE = 2
 EMPTY_FILE = 'empty_file'
 TOO_SHORT = 'too_short'
 NO_AUDIO_FILES = 'no_audio_files'
+
+OUTPUT_FORMATS = ('text', 'csv', 'json', 'dcase')
+# The DCASE challenge's submission columns (Clotho test set).
+DCASE_COLUMNS = ('file_name', 'caption_predicted')
 
 # Decoding flags: name -> (type, help). Unset flags keep the run's config.decode.
 _DECODE_FLAGS = {
@@ -113,12 +125,23 @@ def _add_model_flags(group: argparse._ArgumentGroup) -> None:
 def _add_io_flags(group: argparse._ArgumentGroup) -> None:
   group.add_argument('--output', '-o', default='', help='write .csv or .json instead of printing')
   group.add_argument(
-    '--format', choices=('text', 'csv', 'json'), help='default: from --output, else text'
+    '--format',
+    choices=OUTPUT_FORMATS,
+    help='default: from --output, else text; dcase: file_name,caption_predicted CSV',
   )
   group.add_argument('--window', type=float, help='seconds per window (default: training clips)')
   group.add_argument('--hop', type=float, help='seconds between window starts (default: --window)')
   group.add_argument(
-    '--min_seconds', type=float, default=0.25, help='shorter files and window tails are skipped'
+    '--min_seconds',
+    type=float,
+    default=0.25,
+    help='shorter files are padded with silence to this; shorter window tails are skipped',
+  )
+  group.add_argument(
+    '--refuse_below',
+    type=float,
+    default=0.01,
+    help='files with less audio than this (seconds) are refused as too_short',
   )
   group.add_argument('--num_workers', type=int, default=2, help='threads decoding audio files')
 
@@ -169,9 +192,15 @@ def find_audio_files(inputs: Sequence[str]) -> tuple[list[str], list[FileResult]
 
 
 def read_files(
-  files: Sequence[str], sample_rate: int, min_seconds: float, num_workers: int
+  files: Sequence[str], sample_rate: int, refuse_below: float, num_workers: int
 ) -> Iterator[tuple[str, np.ndarray | None, FileResult | None]]:
   """Decodes files to float32 mono at `sample_rate`, in order.
+
+  Args:
+    files: paths to read (only regular files are opened).
+    sample_rate: the model's rate in Hz.
+    refuse_below: files with fewer seconds of audio fail as `TOO_SHORT`.
+    num_workers: decoding threads.
 
   Yields:
     `(path, audio [samples] or None, failure or None)`.
@@ -182,11 +211,11 @@ def read_files(
       reason, detail = decoded.reason, decoded.detail
       if reason == audio_io.UNREADABLE and os.path.isfile(path) and os.path.getsize(path) == 0:
         reason, detail = EMPTY_FILE, 'the file is 0 bytes'
-      if not reason and decoded.audio.shape[0] < min_seconds * sample_rate:
+      if not reason and decoded.audio.shape[0] < refuse_below * sample_rate:
         seconds = decoded.audio.shape[0] / sample_rate
         reason, detail = (
           TOO_SHORT,
-          f'{seconds:.3f} s of audio, fewer than --min_seconds {min_seconds}',
+          f'{seconds:.4f} s of audio, less than --refuse_below {refuse_below:g} s',
         )
       if reason:
         yield path, None, FileResult(path, error=reason, detail=detail)
@@ -206,11 +235,24 @@ def format_timestamp(seconds: float) -> str:
   return f'{text}.{tenth}' if tenth else text
 
 
+def display_name(path: str) -> str:
+  """`path` as printed: verbatim, or quoted and escaped where it could mislead.
+
+  A name with a line break, another unprintable character (undecodable
+  bytes included) or a leading quote is printed as a Python string
+  literal, so one file is always one unambiguous name on one line.
+  """
+  if path.isprintable() and not path.startswith(("'", '"')):
+    return path
+  return repr(path)
+
+
 def format_text(result: FileResult) -> str:
   """One line for a single-window file, else a header and one line per window."""
+  name = display_name(result.path)
   if len(result.segments) == 1:
-    return f'{result.path}: {result.segments[0][2]}'
-  lines = [f'{result.path}:']
+    return f'{name}: {result.segments[0][2]}'
+  lines = [f'{name}:']
   for start, end, caption in result.segments:
     lines.append(f'  {format_timestamp(start)}-{format_timestamp(end)}  {caption}')
   return '\n'.join(lines)
@@ -218,16 +260,25 @@ def format_text(result: FileResult) -> str:
 
 def report_failure(result: FileResult) -> None:
   """One clear line on stderr."""
-  print(f'aac-caption: FAILED {result.path}: {result.error} ({result.detail})', file=sys.stderr)
+  name = display_name(result.path)
+  print(f'aac-caption: FAILED {name}: {result.error} ({result.detail})', file=sys.stderr)
 
 
 class CaptionStream:
   """Queues windows of many files, captions them in batches, yields files in order."""
 
   def __init__(self, captioner, hop_samples: int, min_samples: int):
+    """Creates the stream.
+
+    Args:
+      captioner: the `inference.AudioCaptioner`.
+      hop_samples: distance between window starts.
+      min_samples: shorter files are padded with silence to this length
+        (at most one window); shorter window tails are left out.
+    """
     self._captioner = captioner
     self._hop = hop_samples
-    self._min = min_samples
+    self._min = min(min_samples, captioner.window_samples)
     self._rate = captioner.loaded.sample_rate
     self._files: list[FileResult] = []  # Waiting to be emitted, in input order.
     self._todo: dict[int, int] = {}  # id(file) -> windows not captioned yet.
@@ -237,13 +288,16 @@ class CaptionStream:
     """Adds a file (audio None: a failure) and yields the files now complete."""
     self._files.append(result)
     if audio is not None:
-      result.duration = audio.shape[0] / self._rate
+      real = audio.shape[0]
+      result.duration = real / self._rate
+      if real < self._min:  # Silence the model sees as audio: enough frames to encode.
+        audio = np.pad(audio, (0, self._min - real))
       bounds = inference.window_bounds(
         audio.shape[0], self._captioner.window_samples, self._hop, self._min
       )
       self._todo[id(result)] = len(bounds)
       for start, end in bounds:
-        result.segments.append((start / self._rate, end / self._rate, ''))
+        result.segments.append((start / self._rate, min(end, real) / self._rate, ''))
         self._queue.append((result, len(result.segments) - 1, audio[start:end]))
     while len(self._queue) >= self._captioner.batch_size:
       self._run(self._captioner.batch_size)
@@ -279,6 +333,40 @@ def write_csv(stream: TextIO, results: Sequence[FileResult]) -> None:
       writer.writerow([result.path, f'{start:.3f}', f'{end:.3f}', caption])
 
 
+def write_dcase_csv(stream: TextIO, rows: Iterable[tuple[str, str]]) -> None:
+  """Writes the DCASE submission CSV: header `file_name,caption_predicted`.
+
+  Args:
+    stream: a text stream opened with `newline=''`.
+    rows: `(file_name, caption)` pairs, one per clip.
+  """
+  writer = csv.writer(stream)
+  writer.writerow(DCASE_COLUMNS)
+  writer.writerows(rows)
+
+
+def dcase_rows(results: Sequence[FileResult]) -> list[tuple[str, str]]:
+  """`(file name, caption)` of each captioned file: its first window's caption."""
+  rows = []
+  for result in results:
+    if result.error:
+      continue
+    if len(result.segments) > 1:
+      print(
+        f'aac-caption: {display_name(result.path)}: {len(result.segments)} windows; the dcase '
+        'format keeps the first (a longer --window covers the whole clip)',
+        file=sys.stderr,
+      )
+    rows.append((os.path.basename(result.path), result.segments[0][2]))
+  return rows
+
+
+def repeated_file_names(files: Sequence[str]) -> list[str]:
+  """File names (without folder) that more than one of `files` has."""
+  counts = collections.Counter(os.path.basename(f) for f in files)
+  return sorted(name for name, count in counts.items() if count > 1)
+
+
 def json_document(results: Sequence[FileResult], model_info: dict) -> dict:
   """`{model: ..., files: [{file, duration, segments | error, detail}]}`."""
   files = []
@@ -301,6 +389,8 @@ def _output_format(args: argparse.Namespace) -> str:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+  if not 0 < args.refuse_below <= args.min_seconds:
+    raise ValueError('need 0 < --refuse_below <= --min_seconds')
   if args.window is not None and args.window <= 0:
     raise ValueError('--window must be positive')
   if args.hop is not None and args.hop <= 0:
@@ -362,7 +452,7 @@ def caption_files(args: argparse.Namespace, captioner, files, failures) -> list[
         print(format_text(result), flush=True)
 
   emit(iter(failures))
-  for path, audio, failure in read_files(files, rate, args.min_seconds, args.num_workers):
+  for path, audio, failure in read_files(files, rate, args.refuse_below, args.num_workers):
     emit(stream.add(failure or FileResult(path), audio))
   emit(stream.finish())
   return results
@@ -384,6 +474,8 @@ def write_output(args: argparse.Namespace, results: Sequence[FileResult], info: 
 def _write(kind: str, stream: TextIO, results: Sequence[FileResult], info: dict) -> None:
   if kind == 'csv':
     write_csv(stream, results)
+  elif kind == 'dcase':
+    write_dcase_csv(stream, dcase_rows(results))
   else:
     stream.write(json.dumps(json_document(results, info), indent=1, ensure_ascii=False) + '\n')
 
@@ -400,6 +492,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f'aac-caption: error: {error}', file=sys.stderr)
     return EXIT_USAGE
   files, failures = find_audio_files(args.inputs)
+  repeated = repeated_file_names(files) if _output_format(args) == 'dcase' else []
+  if repeated:
+    print(
+      'aac-caption: error: the dcase format names clips by file name, and these names '
+      f'repeat in different folders: {", ".join(map(display_name, repeated[:10]))}',
+      file=sys.stderr,
+    )
+    return EXIT_USAGE
   if not files:
     for failure in failures:
       report_failure(failure)

@@ -1,6 +1,7 @@
 """Tests for aac_jax.data.audio_io: decoding, mixdown, resampling, int16, bad files."""
 
 import math
+import os
 import unicodedata
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 import soundfile as sf
 from test_datasets_common import write_audio, write_corrupt
 
-from aac_jax.data import audio_io
+from aac_jax.data import audio_io, text_files
 
 
 @pytest.mark.parametrize(
@@ -123,20 +124,74 @@ def test_clip_decoder_keeps_order(tmp_path, worker_type, num_workers):
 def test_read_csv_rows_quoting_bom_and_latin1(tmp_path):
   text = 'file_name,caption_1\n"a, b.wav","one, two"\n"c.wav","multi\nline"\n\n'
   (tmp_path / 'u.csv').write_bytes(b'\xef\xbb\xbf' + text.encode('utf-8'))
-  rows, encoding = audio_io.read_csv_rows(tmp_path / 'u.csv')
-  assert encoding == 'utf-8-sig'
-  assert [(line, r['file_name'], r['caption_1']) for line, r in rows] == [
+  table = text_files.read_csv_rows(tmp_path / 'u.csv')
+  assert table.warning == '' and table.columns == ['file_name', 'caption_1']
+  assert [(line, r['file_name'], r['caption_1']) for line, r in table.rows] == [
     (2, 'a, b.wav', 'one, two'),
     (4, 'c.wav', 'multi\nline'),
   ]
   (tmp_path / 'l.csv').write_bytes('file_name,keywords\nCafé.wav,a;b\n'.encode('iso-8859-1'))
-  rows, encoding = audio_io.read_csv_rows(tmp_path / 'l.csv')
-  assert encoding == 'iso-8859-1' and rows[0][1]['file_name'] == 'Café.wav'
+  table = text_files.read_csv_rows(tmp_path / 'l.csv')
+  assert table.rows[0][1]['file_name'] == 'Café.wav'
+  assert 'at byte 22 (line 2, byte 0xe9)' in table.warning and 'iso-8859-1' in table.warning
 
 
 def test_file_finder_matches_nfd_names(tmp_path):
   nfd = unicodedata.normalize('NFD', 'Café crème.wav')
   (tmp_path / nfd).write_bytes(b'x')
-  finder = audio_io.FileFinder()
+  finder = audio_io.FileFinder(tmp_path)
   assert finder.find(tmp_path, unicodedata.normalize('NFC', 'Café crème.wav')) == tmp_path / nfd
   assert finder.find(tmp_path, 'other.wav') is None
+
+
+def test_file_finder_refuses_paths_outside_the_root(tmp_path):
+  root, outside = tmp_path / 'root', tmp_path / 'outside'
+  (root / 'sub').mkdir(parents=True)
+  outside.mkdir()
+  (outside / 's.wav').write_bytes(b'x')
+  (root / 'a.wav').write_bytes(b'x')
+  (root / 'out.wav').symlink_to(outside / 's.wav')
+  (root / 'in.wav').symlink_to(root / 'a.wav')
+  os.mkfifo(root / 'p.wav')
+  finder = audio_io.FileFinder(root)
+  assert finder.find(root / 'sub', '../a.wav') == root / 'sub' / '../a.wav'
+  assert finder.find(root, 'in.wav') == root / 'in.wav'
+  for name in ['../outside/s.wav', str(outside / 's.wav'), 'sub/../../outside/s.wav', 'out.wav']:
+    with pytest.raises(audio_io.AudioError) as error:
+      finder.find(root, name)
+    assert error.value.reason == audio_io.OUTSIDE_SOURCE_DIR and repr(name) in error.value.detail
+  with pytest.raises(audio_io.AudioError, match='fifo') as error:
+    finder.find(root, 'p.wav')
+  assert error.value.reason == audio_io.NOT_A_REGULAR_FILE
+  assert audio_io.FileFinder(root, allow_outside_symlinks=True).find(root, 'out.wav') == (
+    root / 'out.wav'
+  )
+
+
+def test_devices_and_fifos_are_never_opened(tmp_path):
+  os.mkfifo(tmp_path / 'pipe.wav')  # Opening it for reading would block: it must not be.
+  for path, kind in [(tmp_path / 'pipe.wav', 'fifo'), ('/dev/zero', 'character device')]:
+    decoded = audio_io.decode_file(str(path), 16000)
+    assert decoded.reason == audio_io.NOT_A_REGULAR_FILE and kind in decoded.detail
+  assert audio_io.decode_file(str(tmp_path), 16000).reason == audio_io.NOT_A_REGULAR_FILE
+
+
+def test_length_limit_skips_or_cuts(tmp_path):
+  write_audio(tmp_path / 'l.wav', 3.0, 8000)
+  skip = audio_io.decode_file(str(tmp_path / 'l.wav'), 16000, audio_io.LengthLimit(1.0))
+  assert skip.reason == audio_io.TOO_LONG and skip.detail.startswith('3.0 s, longer than')
+  cut = audio_io.decode_file(str(tmp_path / 'l.wav'), 16000, audio_io.LengthLimit(1.0, cut=True))
+  whole = audio_io.load_clip(tmp_path / 'l.wav', 16000).audio
+  assert cut.cut_from_seconds == 3.0 and cut.audio.shape == (16000,)
+  # The first second, resampled on its own: equal away from the cut's edge.
+  np.testing.assert_allclose(cut.audio[:15000], whole[:15000], atol=2)
+  with pytest.raises(ValueError, match='positive'):
+    audio_io.LengthLimit(0)
+
+
+def test_decode_bytes_falls_back_per_line():
+  data = 'a,café\n'.encode() + b'b,caf\xe9\n' + '\ufeffc,été\n'.encode()
+  text, warning = text_files.decode_bytes(b'\xef\xbb\xbf' + data, 'm.csv')
+  assert text == 'a,café\nb,café\n\ufeffc,été\n'
+  assert warning.startswith('m.csv: not valid UTF-8 at byte 16 (line 2, byte 0xe9); 1 of 3 lines')
+  assert text_files.decode_bytes('\ufeffa,é\n'.encode(), 'x') == ('a,é\n', '')

@@ -96,12 +96,13 @@ GOOD_FILES = {
   'nested/car_48k_stereo.mp3': (48000, 1.2, 2, 'MP3', 'MPEG_LAYER_III'),
   'hum_8k_3ch.wav': (8000, 1.0, 3, 'WAV', 'FLOAT'),
   'long_8k.wav': (8000, 5.0, 1, 'WAV', 'PCM_16'),
+  'bell_0.05s.wav': (16000, 0.05, 1, 'WAV', 'PCM_16'),  # Padded to --min_seconds.
 }
 BAD_FILES = {  # name -> expected reason
   'broken.wav': 'unreadable',
   'empty.wav': caption_cli.EMPTY_FILE,
   'silent.flac': 'silent_audio',
-  'short.wav': caption_cli.TOO_SHORT,
+  'tiny.wav': caption_cli.TOO_SHORT,  # Below --refuse_below.
 }
 
 
@@ -115,7 +116,7 @@ def clips(tmp_path_factory) -> pathlib.Path:
   (folder / 'broken.wav').write_bytes(b'RIFF\x10\x00\x00\x00WAVEfmt garbage' * 4)
   (folder / 'empty.wav').write_bytes(b'')
   sf.write(folder / 'silent.flac', np.zeros(16000, np.float32), 16000)
-  sf.write(folder / 'short.wav', _tone(16000, 0.05, 1), 16000)
+  sf.write(folder / 'tiny.wav', _tone(16000, 0.005, 1), 16000)
   (folder / 'notes.txt').write_text('not audio')
   return folder
 
@@ -162,7 +163,11 @@ def test_captions_every_format_and_reports_bad_files(tiny_run, clips, tmp_path):
   assert failures == expected
   for path, reason in expected.items():
     assert f'FAILED {path}: {reason}' in proc.stderr
-  assert 'captioned 6 of 12 inputs; 6 failed' in proc.stderr
+  assert 'captioned 7 of 13 inputs; 6 failed' in proc.stderr
+  assert (
+    f'FAILED {clips / "tiny.wav"}: too_short (0.0050 s of audio, less than --refuse_below 0.01 s)'
+    in proc.stderr
+  )
 
 
 def test_flags_override_decoding_and_windows(tiny_run, clips, tmp_path):
@@ -213,6 +218,41 @@ def test_timestamps_and_text_output():
   )
   short = caption_cli.FileResult('dog.wav', 3.0, [(0.0, 3.0, 'a dog barks')])
   assert caption_cli.format_text(short) == 'dog.wav: a dog barks'
+  # A name with a line break cannot pass for two files, or fake a caption.
+  tricky = caption_cli.FileResult('a.wav: a cat\nb.wav', 3.0, [(0.0, 3.0, 'a dog barks')])
+  assert caption_cli.format_text(tricky) == "'a.wav: a cat\\nb.wav': a dog barks"
+  assert caption_cli.display_name("'quoted.wav") == '"\'quoted.wav"'
+  assert caption_cli.display_name('café 1.wav') == 'café 1.wav'
+  assert caption_cli.display_name('bad\udce9.wav') == "'bad\\udce9.wav'"  # Undecodable byte.
+
+
+def test_dcase_csv_writer(tmp_path):
+  with open(tmp_path / 's.csv', 'w', newline='', encoding='utf-8') as f:
+    caption_cli.write_dcase_csv(f, [('a, b.wav', 'a dog barks'), ('c.wav', 'rain')])
+  with open(tmp_path / 's.csv', newline='', encoding='utf-8') as f:
+    assert list(csv.reader(f)) == [
+      ['file_name', 'caption_predicted'],
+      ['a, b.wav', 'a dog barks'],
+      ['c.wav', 'rain'],
+    ]
+
+
+def test_short_clip_is_padded_to_min_seconds():
+  class Captioner:  # Records what the model would see.
+    window_samples, batch_size = 100, 8
+    loaded = type('Loaded', (), {'sample_rate': 10})()
+    seen = []
+
+    def caption_clips(self, clips):
+      self.seen.extend(clips)
+      return ['a bell'] * len(clips)
+
+  captioner = Captioner()
+  stream = caption_cli.CaptionStream(captioner, hop_samples=100, min_samples=25)
+  done = list(stream.add(caption_cli.FileResult('bell.wav'), np.ones(3, np.float32)))
+  done += list(stream.finish())
+  assert captioner.seen[0].tolist() == [1.0] * 3 + [0.0] * 22  # Silence counts as audio.
+  assert done[0].duration == 0.3 and done[0].segments == [(0.0, 0.3, 'a bell')]
 
 
 def test_usage_errors_exit_2(tmp_path, capsys):
@@ -227,6 +267,14 @@ def test_usage_errors_exit_2(tmp_path, capsys):
   (tmp_path / 'empty').mkdir()
   assert caption_cli.main(['--workdir', str(tmp_path), str(tmp_path / 'empty')]) == 2
   assert 'no audio files to caption' in capsys.readouterr().err
+  refuse = ['--refuse_below', '0.5', '--min_seconds', '0.25']
+  assert caption_cli.main(['--workdir', str(tmp_path), str(clip), *refuse]) == 2
+  assert 'need 0 < --refuse_below <= --min_seconds' in capsys.readouterr().err
+  (tmp_path / 'x').mkdir()
+  sf.write(tmp_path / 'x' / 'a.wav', _tone(16000, 1.0, 1), 16000)
+  dcase = ['--format', 'dcase', str(clip), str(tmp_path / 'x' / 'a.wav')]
+  assert caption_cli.main(['--workdir', str(tmp_path), *dcase]) == 2
+  assert 'these names repeat in different folders: a.wav' in capsys.readouterr().err
   with pytest.raises(SystemExit) as exit_info:  # argparse: missing --workdir.
     caption_cli.main([str(clip)])
   assert exit_info.value.code == 2
@@ -244,3 +292,30 @@ def test_checkpoint_paths_and_all_failed(tiny_run, clips, capsys):
   assert caption_cli.main(args) == caption_cli.EXIT_SOME_FAILED
   err = capsys.readouterr().err
   assert 'broken.wav: unreadable' in err and 'empty.wav: empty_file' in err
+
+
+def test_fifo_device_and_newline_names_in_dcase_format(tiny_run, clips, tmp_path):
+  """A fifo and /dev/zero are reported without blocking; a newline name is one CSV row."""
+  fifo = tmp_path / 'pipe.wav'
+  os.mkfifo(fifo)  # Opening it would block this command forever: it must be stat-ed only.
+  newline = tmp_path / 'two\nlines.wav'
+  sf.write(newline, _tone(16000, 1.0, 1), 16000)
+  out = tmp_path / 'submission.csv'
+  command = [sys.executable, 'tools/caption.py', '--workdir', str(tiny_run), '--format', 'dcase']
+  command += ['-o', str(out), str(fifo), '/dev/zero', str(newline), str(clips / 'long_8k.wav')]
+  proc = run_command(command, tiny_run.parent)
+  assert proc.returncode == caption_cli.EXIT_SOME_FAILED, proc.stderr[-4000:]
+  assert (
+    f'FAILED {fifo}: not_a_regular_file (a fifo (named pipe), not a regular file: not read)'
+    in proc.stderr
+  )
+  assert (
+    'FAILED /dev/zero: not_a_regular_file (a character device, not a regular file: not read)'
+    in proc.stderr
+  )
+  assert 'long_8k.wav: 3 windows; the dcase format keeps the first' in proc.stderr
+  with open(out, newline='', encoding='utf-8') as f:
+    rows = list(csv.reader(f))
+  assert rows[0] == ['file_name', 'caption_predicted']
+  assert [r[0] for r in rows[1:]] == ['two\nlines.wav', 'long_8k.wav']
+  assert all(r[1] and set(r[1].split()) <= _words(tiny_run) for r in rows[1:])

@@ -182,7 +182,12 @@ def test_build_report(built):
     (dev_names[2], 2, 'empty_caption')
   ]
   kinds = {s: [w['kind'] for w in report['splits'][s]['warnings']] for s in report['splits']}
-  assert kinds['development'] == []  # The leading-space name matched file and metadata.
+  # The leading-space name matched file and metadata; the ISO-8859-1
+  # metadata (as the real files are) is read with a warning naming the byte.
+  assert kinds['development'] == ['encoding']
+  warning = report['splits']['development']['warnings'][0]['detail']
+  assert 'clotho_metadata_development.csv: not valid UTF-8 at byte' in warning
+  assert 'read as iso-8859-1' in warning
   assert kinds['validation'] == ['no_metadata', 'unreferenced_files']
   assert 'stray.wav' in report['splits']['validation']['warnings'][1]['detail']
   assert kinds['evaluation'] == ['missing_metadata']

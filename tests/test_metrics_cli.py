@@ -1,12 +1,17 @@
 """`aac-evaluate` on CSV, JSON and TFDS inputs."""
 
 import csv
+import importlib.util
+import io
 import json
+import os
+import shutil
+import sys
 
 import pytest
 import toy_dataset
 
-from aac_jax.metrics import compute_caption_metrics, evaluate_cli
+from aac_jax.metrics import compute_caption_metrics, evaluate_cli, meteor
 
 
 def _write_csv(path, header, rows):
@@ -118,3 +123,99 @@ def test_tfds_split(tmp_path):
     ]
   )
   assert report['num_clips'] == 4 and report['corpus']['bleu_1'] > 0.99
+
+
+def _clotho_refs(tmp_path, encoding='utf-8') -> str:
+  header = ['file_name'] + [f'caption_{i}' for i in range(1, 6)]
+  with open(tmp_path / 'refs.csv', 'w', encoding=encoding, newline='') as f:
+    csv.writer(f).writerows([header, *CLOTHO])
+  return str(tmp_path / 'refs.csv')
+
+
+def test_non_string_predictions_are_rejected_with_the_id(tmp_path):
+  refs = _clotho_refs(tmp_path)
+  cases = {
+    'null.json': (
+      json.dumps({'a b.wav': None, 'c,d.wav': 'rain'}),
+      "the prediction of clip 'a b.wav' is null (or a missing CSV field), not a string",
+    ),
+    'records.json': (
+      json.dumps([{'id': 'a b.wav', 'caption': 3}, {'id': 'c,d.wav', 'caption': 'rain'}]),
+      "the prediction of clip 'a b.wav' is int, not a string",
+    ),
+    'short.csv': ('file_name,caption\n"c,d.wav",rain\na b.wav\n', "clip 'a b.wav' is null"),
+    'refs.json': (
+      json.dumps([{'id': 'x', 'caption': 'a', 'references': ['b', None]}]),
+      "the reference of clip 'x' is null",
+    ),
+  }
+  for name, (text, message) in cases.items():
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=message.replace('(', r'\(').replace(')', r'\)')):
+      evaluate_cli.main(['--predictions', str(tmp_path / name), '--references', refs])
+  assert not list(tmp_path.glob('*.scores.json'))  # Nothing scored.
+
+
+def test_excel_bom_csv_and_latin1_byte(tmp_path, capsys):
+  refs = _clotho_refs(tmp_path, encoding='utf-8-sig')  # Excel's "CSV UTF-8".
+  preds = tmp_path / 'preds.csv'
+  data = b'\xef\xbb\xbffile_name,caption_predicted\n"a b.wav",a dog barks\n"c,d.wav",rain caf\xe9\n'
+  preds.write_bytes(data)
+  out = tmp_path / 'o.json'
+  report = evaluate_cli.main(
+    ['--predictions', str(preds), '--references', refs, '--output', str(out)]
+  )
+  expected = compute_caption_metrics(['a dog barks', 'rain café'], [list(r[1:]) for r in CLOTHO])
+  assert report['corpus'] == expected.corpus
+  offset = data.index(b'\xe9')
+  warning = (
+    f'{preds}: not valid UTF-8 at byte {offset} (line 3, byte 0xe9); 1 of 3 lines read as '
+    'iso-8859-1 (lines 3), the others as UTF-8. Save the file as UTF-8 to be sure of its text.'
+  )
+  assert report['warnings'] == [warning]
+  assert f'aac-evaluate: warning: {warning}' in capsys.readouterr().err
+
+
+def test_scores_written_before_the_table(tmp_path, monkeypatch):
+  """`aac-evaluate ... | head -1` closes the pipe: the JSON must already be there."""
+  refs = _clotho_refs(tmp_path)
+  preds = _write_csv(
+    tmp_path / 'p.csv', ['file_name', 'caption'], [('a b.wav', 'a dog'), ('c,d.wav', 'rain')]
+  )
+
+  class ClosedPipe(io.StringIO):
+    def write(self, text):
+      raise BrokenPipeError(32, 'Broken pipe')
+
+  monkeypatch.setattr(sys, 'stdout', ClosedPipe())
+  out = tmp_path / 'o.json'
+  with pytest.raises(BrokenPipeError):
+    evaluate_cli.main(['--predictions', preds, '--references', refs, '--output', str(out)])
+  assert json.loads(out.read_text())['num_clips'] == 2
+
+
+def test_relative_java_path_is_made_absolute(tmp_path, monkeypatch):
+  (tmp_path / 'bin').mkdir()
+  fake = tmp_path / 'bin' / 'java'
+  fake.write_text('#!/bin/sh\nexit 1\n')
+  fake.chmod(0o755)
+  monkeypatch.chdir(tmp_path)
+  assert meteor.find_java('bin/java') == str(fake)  # METEOR runs from the jar's folder.
+  assert meteor.find_java('./bin/java') == str(fake)
+
+
+def test_relative_java_runs_meteor(tmp_path, monkeypatch):
+  java = shutil.which('java')
+  if java is None or importlib.util.find_spec('pycocoevalcap') is None:
+    pytest.skip('METEOR needs Java and pycocoevalcap')
+  refs = _clotho_refs(tmp_path)
+  preds = _write_csv(
+    tmp_path / 'p.csv', ['file_name', 'caption'], [('a b.wav', 'a dog'), ('c,d.wav', 'rain')]
+  )
+  (tmp_path / 'jre').mkdir()
+  (tmp_path / 'jre' / 'java').symlink_to(os.path.realpath(java))
+  monkeypatch.chdir(tmp_path)
+  report = evaluate_cli.main(
+    ['--predictions', preds, '--references', refs, '--meteor', '--java', 'jre/java']
+  )
+  assert 0 < report['corpus']['meteor'] <= 1 and 'meteor' not in report['unavailable']

@@ -168,3 +168,28 @@ def test_batch_equals_one_by_one():
   assert batch == [ptb_tokenizer.tokenize_caption(c) for c in captions]
   nested = ptb_tokenizer.tokenize_references([captions[:3], [], captions[3:5]])
   assert nested == [batch[:3], [], batch[3:5]]
+
+
+def test_file_context_difference_is_as_documented():
+  """The README's example: the jar over a file drops "B."'s stop before "The"; we keep it."""
+  _tokenizer_jar()
+  from pycocoevalcap.cider.cider import Cider
+  from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+  from aac_jax.metrics import compute_caption_metrics
+
+  refs = [
+    ['a man says the letter B.', 'The man speaks a letter.', 'someone says a letter'],
+    ['a dog barks', 'The dog is barking.', 'a dog barks loudly'],
+  ]
+  preds = ['a man says the letter b', 'a dog barks']
+  gts = PTBTokenizer().tokenize({i: [{'caption': r} for r in rs] for i, rs in enumerate(refs)})
+  res = PTBTokenizer().tokenize({i: [{'caption': p}] for i, p in enumerate(preds)})
+  assert gts[0][0] == 'a man says the letter b'
+  assert ptb_tokenizer.tokenize_references(refs)[0][0] == 'a man says the letter b.'
+  theirs = Cider().compute_score(gts, res)[0]
+  ours = compute_caption_metrics(preds, refs).corpus['cider_d']
+  print(f'CIDEr-D pycocoevalcap {theirs:.4f}, ours {ours:.4f}')
+  assert ours < theirs
+  # Caption by caption the jar agrees with us: only the neighbouring line matters.
+  assert _pycocoevalcap_tokenize(['a man says the letter B.']) == ['a man says the letter b.']

@@ -8,25 +8,31 @@ and stored as int16 (`round(x * 32768)`, the inverse of the pipeline's
 `int16 / 32768`); samples beyond full scale are clipped and counted.
 
 A file that cannot give a clean clip is never fatal: `decode_file` returns a
-`Decoded` whose `reason` says why (missing, unreadable, truncated, empty,
-silent, NaN samples), and the builder reports it. `ClipDecoder` runs
+`Decoded` whose `reason` says why (missing, not a regular file, unreadable,
+truncated, empty, silent, NaN samples, too long), and the builder reports
+it. Only regular files are opened: a fifo or a device (`/dev/zero`) is
+reported as such, never read. A `LengthLimit` skips (or cuts) files longer
+than a maximum before decoding them whole.
+
+Names read from a dataset's lists are looked up with `FileFinder`, which
+refuses any path that leads outside the source folder (`..`, absolute
+paths, symlinks pointing out, unless allowed) before touching it. `ClipDecoder` runs
 `decode_file` over a whole split in worker threads (or processes), in order,
 with a progress bar.
 """
 
 import collections
 import concurrent.futures
-import csv
 import dataclasses
-import io
 import math
 import multiprocessing
 import os
 import pathlib
 import re
+import stat
 import unicodedata
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import soundfile as sf
@@ -41,6 +47,9 @@ TRUNCATED = 'truncated'
 EMPTY_AUDIO = 'empty_audio'
 SILENT_AUDIO = 'silent_audio'
 NAN_SAMPLES = 'nan_samples'
+NOT_A_REGULAR_FILE = 'not_a_regular_file'
+TOO_LONG = 'too_long'
+OUTSIDE_SOURCE_DIR = 'outside_source_dir'
 
 AUDIO_EXTENSIONS = frozenset(
   {'.wav', '.flac', '.ogg', '.oga', '.opus', '.mp3', '.aif', '.aiff', '.au', '.m4a'}
@@ -53,6 +62,36 @@ _TRUNCATION_TOLERANCE = 0.01
 _WAV_SHORT_DATA = re.compile(r'^data\s*:\s*(\d+)\s*\(should be (\d+)\)', re.MULTILINE)
 # Above this, `frames` is libsndfile's "unknown length" sentinel, not a length.
 _UNKNOWN_FRAMES = 1 << 40
+
+
+@dataclasses.dataclass(frozen=True)
+class LengthLimit:
+  """The longest clip to decode, and what to do with longer files.
+
+  Attributes:
+    max_seconds: the maximum duration in seconds.
+    cut: keep the first `max_seconds` of a longer file; False skips it
+      (reason `TOO_LONG`).
+  """
+
+  max_seconds: float
+  cut: bool = False
+
+  def __post_init__(self):
+    if not self.max_seconds > 0:
+      raise ValueError(f'max_seconds must be positive, got {self.max_seconds}')
+
+  def frames(self, rate: int) -> int:
+    """The most frames kept at `rate` Hz."""
+    return max(1, int(self.max_seconds * rate))
+
+  def too_long(self, seconds: float) -> 'AudioError':
+    """The error for a file of `seconds` when `cut` is off."""
+    return AudioError(
+      TOO_LONG,
+      f'{seconds:.1f} s, longer than the maximum {self.max_seconds:g} s (raise it with '
+      '--max_seconds, or keep the first part with --long_clips cut)',
+    )
 
 
 class AudioError(Exception):
@@ -75,6 +114,8 @@ class Decoded:
     source_rate: the file's sample rate (0 when unknown).
     source_channels: the file's channel count (0 when unknown).
     clipped: samples clipped to the int16 range.
+    cut_from_seconds: the file's duration when only its first part was kept
+      (`LengthLimit.cut`), else 0.
   """
 
   audio: np.ndarray | None
@@ -83,13 +124,17 @@ class Decoded:
   source_rate: int = 0
   source_channels: int = 0
   clipped: int = 0
+  cut_from_seconds: float = 0.0
 
 
-def _read_with_audioread(path: str, soundfile_error: Exception) -> tuple[np.ndarray, int]:
+def _read_with_audioread(
+  path: str, soundfile_error: Exception, limit: LengthLimit | None
+) -> tuple[np.ndarray, int, float]:
   """Decodes a format libsndfile cannot open (librosa's fallback, without librosa).
 
   Returns:
-    `(samples, rate)`: float32 `[frames, channels]` and the sample rate.
+    `(samples, rate, seconds)`: float32 `[frames, channels]`, the sample
+    rate and the file's duration.
   """
   with warnings.catch_warnings():  # It imports aifc, audioop, sunau (deprecated).
     warnings.simplefilter('ignore', DeprecationWarning)
@@ -98,14 +143,26 @@ def _read_with_audioread(path: str, soundfile_error: Exception) -> tuple[np.ndar
 
   try:
     with audioread.audio_open(path) as handle:
-      rate, channels = handle.samplerate, handle.channels
-      data = b''.join(handle)
+      rate, channels, seconds = handle.samplerate, handle.channels, float(handle.duration)
+      if limit and seconds > limit.max_seconds and not limit.cut:
+        raise limit.too_long(seconds)
+      wanted = limit.frames(rate) * channels * 2 if limit else math.inf
+      blocks, size = [], 0
+      for block in handle:  # 16-bit little-endian blocks; stop once enough is read.
+        blocks.append(block)
+        size += len(block)
+        if size >= wanted:
+          break
+      data = b''.join(blocks)
+  except AudioError:
+    raise
   except Exception as error:  # noqa: BLE001 - any decoder failure is a skip.
     raise AudioError(
       UNREADABLE, f'soundfile: {soundfile_error}; audioread: {type(error).__name__}: {error}'
     ) from error
   samples = np.frombuffer(data, dtype='<i2').astype(np.float32) / 32768.0
-  return samples[: samples.size - samples.size % channels].reshape(-1, channels), int(rate)
+  samples = samples[: samples.size - samples.size % channels].reshape(-1, channels)
+  return samples, int(rate), max(seconds, samples.shape[0] / max(rate, 1))
 
 
 def _check_complete(read_frames: int, declared: int, log: str) -> None:
@@ -119,35 +176,72 @@ def _check_complete(read_frames: int, declared: int, log: str) -> None:
     raise AudioError(TRUNCATED, f'decoded {read_frames} of {declared} declared frames')
 
 
-def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-  """Reads a whole audio file.
+_FILE_KINDS = (
+  (stat.S_ISDIR, 'a directory'),
+  (stat.S_ISFIFO, 'a fifo (named pipe)'),
+  (stat.S_ISCHR, 'a character device'),
+  (stat.S_ISBLK, 'a block device'),
+  (stat.S_ISSOCK, 'a socket'),
+)
+
+
+def check_regular_file(path: str | os.PathLike) -> None:
+  """Raises `AudioError` unless `path` is a regular file (symlinks followed).
+
+  Only `stat` is called: a fifo or a device is never opened (reading one
+  could block or never end).
+
+  Raises:
+    AudioError: `MISSING_FILE` or `NOT_A_REGULAR_FILE`.
+  """
+  try:
+    mode = os.stat(path).st_mode
+  except FileNotFoundError as error:
+    raise AudioError(MISSING_FILE, 'no such file') from error
+  except OSError as error:  # E.g. permission denied on a folder, a symlink loop.
+    raise AudioError(UNREADABLE, f'{type(error).__name__}: {error.strerror}') from error
+  if not stat.S_ISREG(mode):
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), 'not a file')
+    raise AudioError(NOT_A_REGULAR_FILE, f'{kind}, not a regular file: not read')
+
+
+def read_audio(
+  path: str | os.PathLike, limit: LengthLimit | None = None
+) -> tuple[np.ndarray, int, float]:
+  """Reads an audio file (whole, or up to `limit`).
 
   Args:
     path: the file.
+    limit: the longest duration read; None reads everything.
 
   Returns:
-    `(samples, rate)`: float32 `[frames, channels]` in [-1, 1] (integer
-    formats) and the file's sample rate.
+    `(samples, rate, seconds)`: float32 `[frames, channels]` in [-1, 1]
+    (integer formats), the file's sample rate and its whole duration.
 
   Raises:
-    AudioError: missing, unreadable or truncated file.
+    AudioError: missing, not a regular file, unreadable, truncated, or
+      too long (`limit` without `cut`).
   """
   path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise AudioError(MISSING_FILE, 'no such file')
+  check_regular_file(path)
   try:
     handle = sf.SoundFile(path)
   except Exception as error:  # noqa: BLE001 - not a libsndfile format: try audioread.
-    return _read_with_audioread(path, error)
+    return _read_with_audioread(path, error, limit)
   with handle:
     declared, rate = handle.frames, handle.samplerate
+    known = declared < _UNKNOWN_FRAMES
+    wanted = limit.frames(rate) if limit else -1
+    if known and limit and declared > wanted and not limit.cut:
+      raise limit.too_long(declared / rate)
     try:
-      samples = handle.read(dtype='float32', always_2d=True)
+      samples = handle.read(frames=wanted, dtype='float32', always_2d=True)
     except Exception as error:  # noqa: BLE001 - a decoder error mid-file.
       raise AudioError(UNREADABLE, f'decoding failed: {error}') from error
     log = handle.extra_info
-  _check_complete(samples.shape[0], declared, log)
-  return samples, int(rate)
+  _check_complete(samples.shape[0], min(declared, wanted) if limit else declared, log)
+  seconds = declared / rate if known else samples.shape[0] / rate
+  return samples, int(rate), seconds
 
 
 def resample(audio: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
@@ -170,12 +264,15 @@ def to_int16(audio: np.ndarray) -> tuple[np.ndarray, int]:
   return np.clip(scaled, -32768, 32767).astype(np.int16), clipped
 
 
-def load_clip(path: str | os.PathLike, sample_rate: int) -> Decoded:
+def load_clip(
+  path: str | os.PathLike, sample_rate: int, limit: LengthLimit | None = None
+) -> Decoded:
   """Reads, mixes down, resamples and quantises one file.
 
   Args:
     path: the audio file.
     sample_rate: target rate in Hz.
+    limit: the longest clip (None: no limit).
 
   Returns:
     A good `Decoded` clip.
@@ -183,10 +280,16 @@ def load_clip(path: str | os.PathLike, sample_rate: int) -> Decoded:
   Raises:
     AudioError: the file gives no clean clip.
   """
-  samples, rate = read_audio(path)
+  samples, rate, seconds = read_audio(path, limit)
   frames, channels = samples.shape
   if frames == 0 or rate <= 0:
     raise AudioError(EMPTY_AUDIO, f'{frames} frames at {rate} Hz')
+  cut_from = 0.0
+  if limit and seconds > limit.max_seconds:  # Cut while reading, or a length no header told.
+    if not limit.cut:
+      raise limit.too_long(seconds)
+    samples, cut_from = samples[: limit.frames(rate)], seconds
+    frames = samples.shape[0]
   bad = int(np.count_nonzero(~np.isfinite(samples)))
   if bad:
     raise AudioError(NAN_SAMPLES, f'{bad} of {samples.size} samples are NaN or infinite')
@@ -196,22 +299,22 @@ def load_clip(path: str | os.PathLike, sample_rate: int) -> Decoded:
     raise AudioError(EMPTY_AUDIO, 'no samples after resampling')
   if not audio.any():
     raise AudioError(SILENT_AUDIO, f'all {audio.size} samples are zero')
-  return Decoded(audio, source_rate=rate, source_channels=channels, clipped=clipped)
+  return Decoded(audio, '', '', rate, channels, clipped, cut_from)
 
 
-def decode_file(path: str, sample_rate: int) -> Decoded:
+def decode_file(path: str, sample_rate: int, limit: LengthLimit | None = None) -> Decoded:
   """Like `load_clip`, but returns failures as a `Decoded` with a reason."""
   try:
-    return load_clip(path, sample_rate)
+    return load_clip(path, sample_rate, limit)
   except AudioError as error:
     return Decoded(None, reason=error.reason, detail=error.detail)
   except Exception as error:  # noqa: BLE001 - nothing a file holds may crash a build.
     return Decoded(None, reason=UNREADABLE, detail=f'{type(error).__name__}: {error}')
 
 
-def _decode_job(job: tuple[str, str, int]) -> tuple[str, Decoded]:
-  key, path, sample_rate = job
-  return key, decode_file(path, sample_rate)
+def _decode_job(job: tuple[str, str, int, LengthLimit | None]) -> tuple[str, Decoded]:
+  key, path, sample_rate, limit = job
+  return key, decode_file(path, sample_rate, limit)
 
 
 WORKER_TYPES = ('thread', 'process')
@@ -229,7 +332,12 @@ class ClipDecoder:
   """
 
   def __init__(
-    self, sample_rate: int, num_workers: int, progress: bool = True, worker_type: str = 'thread'
+    self,
+    sample_rate: int,
+    num_workers: int,
+    progress: bool = True,
+    worker_type: str = 'thread',
+    limit: LengthLimit | None = None,
   ):
     """Creates the decoder.
 
@@ -238,6 +346,7 @@ class ClipDecoder:
       num_workers: parallel decoders; 0 decodes in the calling thread.
       progress: show a tqdm progress bar.
       worker_type: 'thread' or 'process'.
+      limit: the longest clip (None: no limit).
     """
     if worker_type not in WORKER_TYPES:
       raise ValueError(f'worker_type {worker_type!r} is not one of {WORKER_TYPES}')
@@ -245,6 +354,7 @@ class ClipDecoder:
     self.num_workers = num_workers
     self.progress = progress
     self.worker_type = worker_type
+    self.limit = limit
     self._executor = None
 
   def _make_executor(self) -> concurrent.futures.Executor:
@@ -253,7 +363,7 @@ class ClipDecoder:
     context = multiprocessing.get_context('spawn')
     return concurrent.futures.ProcessPoolExecutor(self.num_workers, mp_context=context)
 
-  def _map(self, jobs: list[tuple[str, str, int]]) -> Iterator[tuple[str, Decoded]]:
+  def _map(self, jobs: list[tuple]) -> Iterator[tuple[str, Decoded]]:
     remaining = collections.deque(jobs)
     if self.num_workers > 0:
       yield from self._map_in_workers(remaining)
@@ -284,7 +394,7 @@ class ClipDecoder:
     self, files: Sequence[tuple[str, str]], description: str = 'decoding'
   ) -> Iterator[tuple[str, Decoded]]:
     """Decodes `(key, path)` pairs; yields `(key, Decoded)` in the same order."""
-    jobs = [(key, os.fspath(path), self.sample_rate) for key, path in files]
+    jobs = [(key, os.fspath(path), self.sample_rate, self.limit) for key, path in files]
     bar = tqdm.tqdm(
       total=len(jobs), desc=description, unit='clip', disable=not self.progress, smoothing=0.1
     )
@@ -309,33 +419,100 @@ def nfc(name: str) -> str:
   return unicodedata.normalize('NFC', name)
 
 
-class FileFinder:
-  """Finds files by name, tolerant to Unicode normalisation and stray spaces."""
+def _within(path: str, folder: str) -> bool:
+  """Whether the normalised absolute `path` is `folder` or inside it."""
+  return os.path.commonpath([path, folder]) == folder
 
-  def __init__(self):
+
+class FileFinder:
+  """Finds the files a dataset's lists name, inside its source folder only.
+
+  Names come from files someone else wrote. A name that leads outside
+  `root` (`..`, an absolute path) is refused before anything is looked up;
+  a file or folder that is a symlink pointing outside `root` is refused
+  unless `allow_outside_symlinks`. Refusals raise `AudioError` with reason
+  `OUTSIDE_SOURCE_DIR`; a name that is a fifo, device or folder raises
+  `NOT_A_REGULAR_FILE`. Names match tolerant to Unicode normalisation and
+  stray spaces.
+  """
+
+  def __init__(self, root: str | os.PathLike, allow_outside_symlinks: bool = False):
+    """Creates the finder.
+
+    Args:
+      root: the source folder; nothing outside it is read.
+      allow_outside_symlinks: follow symlinks that point outside `root`.
+    """
+    self.root = pathlib.Path(os.path.abspath(root))
+    self._real_root = os.path.realpath(self.root)
+    self.allow_outside_symlinks = allow_outside_symlinks
     self._listings: dict[pathlib.Path, dict[str, pathlib.Path]] = {}
 
+  def _check_name(self, path: pathlib.Path, name: str) -> None:
+    """Refuses `path` if it leads outside the root as written (no file system access)."""
+    if not _within(os.path.normpath(os.path.abspath(path)), str(self.root)):
+      raise AudioError(
+        OUTSIDE_SOURCE_DIR, f'{name!r} leads outside the source folder {self.root}: not read'
+      )
+
+  def _check_target(self, path: pathlib.Path, name: str) -> None:
+    """Refuses `path` if symlinks take it outside the root."""
+    real = os.path.realpath(path)
+    if not self.allow_outside_symlinks and not _within(real, self._real_root):
+      raise AudioError(
+        OUTSIDE_SOURCE_DIR,
+        f'{name!r} resolves through a symlink to {real}, outside the source folder '
+        f'{self.root}: not read '
+        '(--allow_outside_symlinks follows such links)',
+      )
+
   def listing(self, folder: pathlib.Path) -> dict[str, pathlib.Path]:
-    """Returns `{nfc(name): path}` for the plain files in `folder` (cached)."""
+    """Returns `{nfc(name): path}` of the entries in `folder` other than folders (cached).
+
+    A folder that symlinks lead outside the root is not listed (empty).
+    """
     if folder not in self._listings:
       entries = {}
-      if folder.is_dir():
-        entries = {nfc(p.name): p for p in folder.iterdir() if p.is_file()}
+      outside = not _within(os.path.realpath(folder), self._real_root)
+      if folder.is_dir() and not (outside and not self.allow_outside_symlinks):
+        entries = {nfc(p.name): p for p in folder.iterdir() if not p.is_dir()}
       self._listings[folder] = entries
     return self._listings[folder]
+
+  def _checked(self, path: pathlib.Path, name: str) -> pathlib.Path:
+    self._check_target(path, name)
+    check_regular_file(path)
+    return path
+
+  def find_path(self, path: pathlib.Path, name: str = '') -> pathlib.Path | None:
+    """Returns `path` if it is a file inside the root, None where nothing is there.
+
+    Raises:
+      AudioError: `OUTSIDE_SOURCE_DIR` or `NOT_A_REGULAR_FILE`.
+    """
+    name = name or str(path)
+    self._check_name(path, name)
+    return self._checked(path, name) if os.path.lexists(path) else None
 
   def find(self, folder: pathlib.Path, relative: str) -> pathlib.Path | None:
     """Returns the file `folder / relative`, or None where there is none.
 
-    Tries the exact name, then its NFC form among the folder's files, then
+    Tries the exact name, then its NFC form among the folder's entries, then
     both again without surrounding spaces.
+
+    Raises:
+      AudioError: `OUTSIDE_SOURCE_DIR` or `NOT_A_REGULAR_FILE`.
     """
     for name in dict.fromkeys([relative, relative.strip()]):
-      if name and (folder / name).is_file():
-        return folder / name
+      if not name:
+        continue
+      self._check_name(folder / name, relative)
+      if os.path.lexists(folder / name):
+        return self._checked(folder / name, relative)
       target = folder / nfc(name)
-      if name and (found := self.listing(target.parent).get(target.name)):
-        return found
+      self._check_target(target.parent, relative)  # Before listing a folder.
+      if found := self.listing(target.parent).get(target.name):
+        return self._checked(found, relative)
     return None
 
 
@@ -344,44 +521,3 @@ def audio_files(folder: pathlib.Path) -> list[pathlib.Path]:
   if not folder.is_dir():
     return []
   return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
-
-
-def read_csv_rows(
-  path: pathlib.Path, encodings: Iterable[str] = ('utf-8-sig', 'iso-8859-1')
-) -> tuple[list[tuple[int, dict]], str]:
-  """Reads a CSV with a header row, trying `encodings` in order.
-
-  Quoted fields (commas, quotes, new lines inside captions or file names)
-  are handled by the csv module. A row with missing fields has None there;
-  surplus fields are under the key None.
-
-  Args:
-    path: the CSV file.
-    encodings: tried in order; the first that decodes the whole file wins.
-
-  Returns:
-    `([(line_number, row_dict), ...], encoding_used)`.
-
-  Raises:
-    ValueError: the file cannot be parsed as CSV.
-  """
-  data = path.read_bytes()
-  for encoding in encodings:
-    try:
-      text = data.decode(encoding)
-      break
-    except UnicodeDecodeError:
-      continue
-  else:
-    raise ValueError(f'{path}: not decodable as any of {tuple(encodings)}')
-  reader = csv.DictReader(io.StringIO(text, newline=''))
-  if reader.fieldnames is not None:
-    reader.fieldnames = [name.strip() for name in reader.fieldnames]
-  rows = []
-  try:
-    for row in reader:
-      if any(value not in (None, '') for value in row.values()):  # Skip blank lines.
-        rows.append((reader.line_num, row))
-  except csv.Error as error:  # E.g. NUL bytes: the file is not a CSV past this point.
-    raise ValueError(f'{path}: line {reader.line_num}: {error}') from error
-  return rows, encoding

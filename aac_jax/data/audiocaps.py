@@ -19,6 +19,9 @@ time). The record id is the youtube_id (`{youtube_id}_{start_time}` where a
 youtube_id has several start times in one split). Extras: `youtube_id`,
 `start_time` (int32 seconds) and `audiocap_ids` (int64, one per caption).
 Audio comes from YouTube, so every copy misses clips: each is reported.
+A path that leads outside `manual_dir` (a youtube_id with `../`, a symlink
+pointing out) is skipped unread (`outside_source_dir`); CSV lines that are
+not UTF-8 are read as ISO-8859-1 with a warning naming the byte.
 """
 
 import collections
@@ -28,7 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from aac_jax.data import audio_io, build_report
+from aac_jax.data import audio_io, build_report, text_files
 from aac_jax.data.text import normalize_caption
 
 NAME = 'audiocaps_aac'
@@ -56,22 +59,30 @@ def check_patterns(patterns: Sequence[str]) -> tuple[str, ...]:
       ) from error
     if 'Y' not in name:
       raise ValueError(f'audio pattern {pattern!r} does not use {{youtube_id}}')
+    if pathlib.PurePath(name).is_absolute() or '..' in pathlib.PurePath(name).parts:
+      raise ValueError(
+        f'audio pattern {pattern!r} leads outside the source folder: patterns are relative '
+        'to it (point --source_dir at a folder holding both the CSVs and the audio)'
+      )
   return tuple(patterns)
 
 
-def _row_problem(row: dict) -> str:
-  """Returns why an AudioCaps CSV row is malformed, '' if it is fine."""
+def _row_problem(row: dict) -> tuple[str, str]:
+  """Returns `(reason, detail)` of a malformed CSV row, `('', '')` for a good one."""
+  bad = build_report.BAD_ROW
   if None in row:
-    return f'{len(row[None])} fields more than the header (unquoted comma?)'
+    return bad, f'{len(row[None])} fields more than the header (unquoted comma?)'
   missing = [field for field in _FIELDS if row.get(field) is None]
+  if missing == ['caption']:
+    return build_report.MISSING_CAPTION_FIELD, 'no field caption (a short row)'
   if missing:
-    return f'no field {", ".join(missing)}'
+    return bad, f'no field {", ".join(missing)}'
   if not row['youtube_id'].strip():
-    return 'empty youtube_id'
+    return bad, 'empty youtube_id'
   for field in ('audiocap_id', 'start_time'):
     if not row[field].strip().isdigit():
-      return f'{field} {row[field]!r} is not a whole number'
-  return ''
+      return bad, f'{field} {row[field]!r} is not a whole number'
+  return '', ''
 
 
 class AudiocapsAac(build_report.ReportingBuilder):
@@ -117,12 +128,11 @@ class AudiocapsAac(build_report.ReportingBuilder):
       if not path.is_file():
         self.report.warn('split_not_found', f'{split}: no {path}; not built')
         continue
-      rows, encoding = audio_io.read_csv_rows(path)
+      table = text_files.read_csv_rows(path)
       report = self.report.split(split)
-      if encoding != 'utf-8-sig':
-        report.warn('encoding', f'{path.name} read as {encoding}')
-      groups = self._group_rows(report, rows)
-      plans[split] = self._plan_clips(source, split, report, groups)
+      self.warn_encoding(table.warning, split)
+      groups = self._group_rows(report, table.rows)
+      plans[split] = self._plan_clips(self.file_finder(source), split, report, groups)
     return plans
 
   @staticmethod
@@ -132,10 +142,10 @@ class AudiocapsAac(build_report.ReportingBuilder):
     first_line: dict[int, int] = {}
     for line, row in rows:
       report.rows += 1
-      problem = _row_problem(row)
+      reason, problem = _row_problem(row)
       clip_name = (row.get('youtube_id') or '').strip() or f'line {line}'
-      if problem:
-        report.skip(clip_name, build_report.BAD_ROW, f'line {line}: {problem}')
+      if reason:
+        report.skip(clip_name, reason, f'line {line}: {problem}')
         continue
       audiocap_id = int(row['audiocap_id'])
       if audiocap_id in first_line:
@@ -147,26 +157,41 @@ class AudiocapsAac(build_report.ReportingBuilder):
       groups[key].append((audiocap_id, row['caption']))
     return groups
 
-  def _find_audio(self, source: pathlib.Path, split: str, youtube_id: str, start: str):
-    """Returns `(path or None, the first pattern's path)` for one clip."""
+  def _find_audio(self, finder: audio_io.FileFinder, split: str, youtube_id: str, start: str):
+    """Returns `(path or None, where it was looked for)` for one clip.
+
+    Raises:
+      AudioError: a candidate leads outside the source folder, or is not a
+        regular file.
+    """
     fields = {'split': split, 'youtube_id': youtube_id, 'start_time': start}
     fields['end_time'] = str(int(start) + CLIP_SECONDS)
-    candidates = [source / pattern.format(**fields) for pattern in self.audio_patterns]
-    found = next((path for path in candidates if path.is_file()), None)
-    return found, ' | '.join(str(path) for path in candidates)
+    names = [pattern.format(**fields) for pattern in self.audio_patterns]
+    looked_for = ' | '.join(str(finder.root / name) for name in names)
+    for name in names:
+      found = finder.find_path(finder.root / name, name)
+      if found is not None:
+        return found, looked_for
+    return None, looked_for
 
   def _plan_clips(
-    self, source: pathlib.Path, split: str, report: build_report.SplitReport, groups: dict
+    self, finder: audio_io.FileFinder, split: str, report: build_report.SplitReport, groups: dict
   ) -> list[build_report.Clip]:
     starts_per_id = collections.Counter(youtube_id for youtube_id, _ in groups)
     clips = []
     for (youtube_id, start), annotations in groups.items():
       clip_id = youtube_id if starts_per_id[youtube_id] == 1 else f'{youtube_id}_{start}'
-      path, looked_for = self._find_audio(source, split, youtube_id, start)
+      path, looked_for, refused = None, '', None
+      try:
+        path, looked_for = self._find_audio(finder, split, youtube_id, start)
+      except audio_io.AudioError as error:
+        refused = error
       captions = [caption for _, caption in annotations]
       kept_ids = [aid for aid, caption in annotations if normalize_caption(caption)]
       extras = {'youtube_id': youtube_id, 'start_time': int(start), 'audiocap_ids': kept_ids}
-      clip = build_report.plan_clip(report, clip_id, path, captions, True, extras, looked_for)
+      clip = build_report.plan_clip(
+        report, clip_id, path, captions, True, extras, looked_for, refused
+      )
       if clip is not None:
         clips.append(clip)
     return clips

@@ -11,7 +11,12 @@ Common flags: `--data_dir` (TFDS data_dir, default ~/tensorflow_datasets),
 `--sample_rate` (default 16000), `--num_workers` (parallel decoders,
 default 2), `--worker_type` (thread or process), `--no_progress`; builds
 also take `--strict` (fail on any bad input), `--report` (report path),
-`--overwrite` (delete an existing build, then rebuild) and `--config_name`.
+`--overwrite` (delete an existing build, then rebuild), `--config_name`,
+`--max_seconds` and `--long_clips {skip,cut}` (longest clip stored, default
+600 s; longer files skipped as `too_long` or cut to their first part) and
+`--allow_outside_symlinks` (follow symlinks pointing outside --source_dir;
+by default such files, like `..` and absolute paths leading out, are
+skipped unread as `outside_source_dir`).
 
 The dataset lands in `<data_dir>/<name>/<config>/1.0.0/` with its
 `build_report.json`; read it with `tfds.data_source('clotho_aac/16000hz',
@@ -61,6 +66,23 @@ def make_parser() -> argparse.ArgumentParser:
       '--overwrite', action='store_true', help='Rebuild if it exists (deletes it first).'
     )
     command.add_argument('--config_name', default='', help="Config name ('' = '<rate>hz').")
+    command.add_argument(
+      '--max_seconds',
+      type=float,
+      default=build_report.DEFAULT_MAX_SECONDS,
+      help='Longest clip stored, in seconds.',
+    )
+    command.add_argument(
+      '--long_clips',
+      choices=build_report.LONG_CLIP_ACTIONS,
+      default='skip',
+      help='Longer files: skip them (too_long) or keep their first --max_seconds.',
+    )
+    command.add_argument(
+      '--allow_outside_symlinks',
+      action='store_true',
+      help='Follow symlinks that point outside --source_dir (refused by default).',
+    )
   commands.choices['audiocaps'].add_argument(
     '--audio_pattern',
     action='append',
@@ -183,13 +205,6 @@ def run(argv: list[str] | None = None) -> int:
   if args.dataset == 'bench':
     bench(args)
     return 0
-  options = build_report.BuildOptions(
-    strict=args.strict,
-    num_workers=args.num_workers,
-    worker_type=args.worker_type,
-    progress=not args.no_progress,
-    report_path=args.report,
-  )
   extra = {}
   if args.dataset == 'audiocaps' and args.audio_pattern:
     extra['audio_patterns'] = args.audio_pattern
@@ -197,6 +212,16 @@ def run(argv: list[str] | None = None) -> int:
     extra['manifest'] = args.manifest
   builder = None
   try:
+    options = build_report.BuildOptions(
+      strict=args.strict,
+      num_workers=args.num_workers,
+      worker_type=args.worker_type,
+      progress=not args.no_progress,
+      report_path=args.report,
+      max_seconds=args.max_seconds,
+      long_clips=args.long_clips,
+      allow_outside_symlinks=args.allow_outside_symlinks,
+    )
     builder = make_builder(
       args.dataset, args.data_dir, args.sample_rate, options, args.config_name, **extra
     )

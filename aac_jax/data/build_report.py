@@ -7,13 +7,18 @@ written as JSON next to the built dataset (`build_report.json`) and
 summarised in the log. With `BuildOptions(strict=True)` any problem fails
 the build instead (the report is still written, beside the version folder).
 
-Skip reasons, per clip: `missing_file`, `unreadable`, `truncated`,
-`empty_audio`, `silent_audio`, `nan_samples` (see `audio_io`),
-`duplicate_row`, `bad_row`, `no_captions` (a captioned split's clip left
-with no caption); per caption: `empty_caption` (empty after
-`normalize_caption`). Warnings (never fatal): audio files no row refers
-to, missing metadata, a CSV read with a fallback encoding, a split that
-could not be built.
+Skip reasons, per clip: `missing_file`, `outside_source_dir` (a name that
+leads outside the source folder: `..`, an absolute path, a symlink pointing
+out; never read), `not_a_regular_file` (fifo, device, folder; never
+opened), `unreadable`, `truncated`, `empty_audio`, `silent_audio`,
+`nan_samples`, `too_long` (over `BuildOptions.max_seconds`; see
+`audio_io`), `no_captions` (a captioned split's clip left with no caption);
+per row: `duplicate_row`, `bad_row`, `missing_caption_field` (a row of a
+captioned split without the caption field at all); per caption:
+`empty_caption` (empty after `normalize_caption`). Warnings (never fatal):
+audio files no row refers to, missing metadata, a text file that is not
+UTF-8 (file, byte offset and the encoding used), a manifest without caption
+column, clips cut to the maximum duration, a split that could not be built.
 
 `ReportingBuilder` holds what the Clotho, AudioCaps and custom-folder
 builders share: the record schema of docs/CONTRACTS.md, one builder config
@@ -45,13 +50,18 @@ tfds_compat.install()
 
 DUPLICATE_ROW = 'duplicate_row'
 BAD_ROW = 'bad_row'
+MISSING_CAPTION_FIELD = 'missing_caption_field'
 # Reasons that concern a list's row, not a clip (not counted as clips listed).
-ROW_REASONS = frozenset({DUPLICATE_ROW, BAD_ROW})
+ROW_REASONS = frozenset({DUPLICATE_ROW, BAD_ROW, MISSING_CAPTION_FIELD})
 NO_CAPTIONS = 'no_captions'
 EMPTY_CAPTION = 'empty_caption'
 
 REPORT_FILE = 'build_report.json'
 DEFAULT_SAMPLE_RATE = 16000
+# Longest clip stored by default: far beyond Clotho (30 s) and AudioCaps
+# (10 s), short of the hour-long recordings that would fill memory.
+DEFAULT_MAX_SECONDS = 600.0
+LONG_CLIP_ACTIONS = ('skip', 'cut')
 # Rates with a predefined builder config (`16000hz`, ...); others work too.
 STANDARD_RATES = (16000, 22050, 32000, 44100, 48000)
 
@@ -261,6 +271,7 @@ def plan_clip(
   captioned: bool,
   extras: dict[str, Any] | None = None,
   looked_for: str = '',
+  refused: audio_io.AudioError | None = None,
 ) -> Clip | None:
   """Applies the checks every builder shares to one listed clip.
 
@@ -272,11 +283,16 @@ def plan_clip(
     captioned: whether the split has captions (a clip needs at least one).
     extras: dataset-specific features of the record.
     looked_for: where the file was looked for (for the report).
+    refused: why `FileFinder` refused the file (outside the source folder,
+      not a regular file), None where it did not.
 
   Returns:
     The clip, or None when it is left out.
   """
   report.clips_listed += 1
+  if refused is not None:
+    report.skip(clip_id, refused.reason, refused.detail)
+    return None
   if path is None:
     report.skip(clip_id, audio_io.MISSING_FILE, f'not found: {looked_for}')
     return None
@@ -312,6 +328,11 @@ class BuildOptions:
     worker_type: 'thread' (default) or 'process' (see `audio_io.ClipDecoder`).
     progress: show a progress bar while decoding.
     report_path: where to write the report ('' = next to the dataset).
+    max_seconds: longest clip stored (seconds).
+    long_clips: 'skip' longer files (reason `too_long`) or 'cut' them to
+      their first `max_seconds` (with a warning).
+    allow_outside_symlinks: follow symlinks that point outside the source
+      folder (refused by default: reason `outside_source_dir`).
   """
 
   strict: bool = False
@@ -319,6 +340,18 @@ class BuildOptions:
   worker_type: str = 'thread'
   progress: bool = True
   report_path: str = ''
+  max_seconds: float = DEFAULT_MAX_SECONDS
+  long_clips: str = 'skip'
+  allow_outside_symlinks: bool = False
+
+  def __post_init__(self):
+    if self.long_clips not in LONG_CLIP_ACTIONS:
+      raise ValueError(f'long_clips {self.long_clips!r} is not one of {LONG_CLIP_ACTIONS}')
+    self.length_limit()  # Checks max_seconds.
+
+  def length_limit(self) -> audio_io.LengthLimit:
+    """The decoders' `LengthLimit`."""
+    return audio_io.LengthLimit(self.max_seconds, cut=self.long_clips == 'cut')
 
 
 def _features(extra: dict[str, Any]) -> tfds.features.FeaturesDict:
@@ -396,6 +429,16 @@ class ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _extra_features(self) -> dict[str, Any]:
     return {}
 
+  def file_finder(self, source: pathlib.Path) -> audio_io.FileFinder:
+    """The `FileFinder` confining every file the lists name to `source`."""
+    return audio_io.FileFinder(source, self.options.allow_outside_symlinks)
+
+  def warn_encoding(self, warning: str, split: str = '') -> None:
+    """Records a `text_files` encoding warning ('' = none) of `split` ('' = the build)."""
+    if warning:
+      (self.report.split(split) if split else self.report).warn('encoding', warning)
+      logging.warning('%s: %s', self.name, warning)
+
   def _plan_splits(self, source: pathlib.Path) -> dict[str, list[Clip]]:
     """Lists each split's clips, recording problems in `self.report`."""
     raise NotImplementedError
@@ -421,13 +464,7 @@ class ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       strict=self.options.strict,
     )
     plans = self._plan_splits(source)
-    for split in self.report.splits.values():
-      missing = split.skipped_by_reason().get(audio_io.MISSING_FILE, 0)
-      if missing > split.clips_listed / 2:
-        detail = (
-          f'{missing} of {split.clips_listed} clips not found: is the layout (or pattern) right?'
-        )
-        split.warn('mostly_missing', detail)
+    self._warn_suspicious_splits(source)
     self._check_strict('listing the clips', list(self.report.splits.values()))
     for name in [name for name, clips in plans.items() if not clips]:
       self.report.warn('split_not_built', f'{name}: no clip with audio to build')
@@ -435,6 +472,24 @@ class ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if not plans:
       raise BuildError(f'nothing to build from {source}: {self.report.warnings}')
     return {name: self._generate_examples(name, clips) for name, clips in plans.items()}
+
+  def _warn_suspicious_splits(self, source: pathlib.Path) -> None:
+    """Warns where most clips of a split are missing or lead outside `source`."""
+    for split in self.report.splits.values():
+      reasons = split.skipped_by_reason()
+      missing = reasons.get(audio_io.MISSING_FILE, 0)
+      if missing > split.clips_listed / 2:
+        detail = (
+          f'{missing} of {split.clips_listed} clips not found: is the layout (or pattern) right?'
+        )
+        split.warn('mostly_missing', detail)
+      outside = reasons.get(audio_io.OUTSIDE_SOURCE_DIR, 0)
+      if outside > split.clips_listed / 2:
+        detail = (
+          f'{outside} of {split.clips_listed} clips lead outside {source}: an audio folder '
+          'linked from elsewhere? --allow_outside_symlinks follows symlinks'
+        )
+        split.warn('mostly_outside', detail)
 
   def _check_strict(self, stage: str, splits: list[SplitReport]) -> None:
     if not self.options.strict:
@@ -449,7 +504,7 @@ class ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if self._decoder is None:
       opts = self.options
       self._decoder = audio_io.ClipDecoder(
-        self.sample_rate, opts.num_workers, opts.progress, opts.worker_type
+        self.sample_rate, opts.num_workers, opts.progress, opts.worker_type, opts.length_limit()
       )
     by_id = {clip.id: clip for clip in clips}
     files = [(clip.id, clip.path) for clip in clips]
@@ -465,6 +520,12 @@ class ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       report.source_formats[f'{decoded.source_rate} Hz, {decoded.source_channels} ch'] += 1
       if decoded.clipped:
         report.clipped[clip_id] = decoded.clipped
+      if decoded.cut_from_seconds:
+        detail = (
+          f'{clip_id}: kept the first {self.options.max_seconds:g} s of '
+          f'{decoded.cut_from_seconds:.1f} s (--long_clips cut)'
+        )
+        report.warn('cut', detail)
       example = {'id': clip_id, 'audio': decoded.audio, 'captions': clip.captions}
       yield clip_id, example | clip.extras
     report.seconds = time.perf_counter() - start

@@ -19,13 +19,17 @@ Unicode NFC form, and without surrounding spaces where the exact name is not
 there). The
 metadata is kept: `keywords` (list) and `sound_id`, `sound_link`,
 `start_end_samples`, `manufacturer`, `license` (text, '' where unknown).
+
+Names that lead outside `manual_dir` (`../x.wav`, `/abs/x.wav`, symlinks
+pointing out) are skipped unread (`outside_source_dir`); CSV lines that are
+not UTF-8 are read as ISO-8859-1 with a warning naming the byte.
 """
 
 import pathlib
 
 import tensorflow_datasets as tfds
 
-from aac_jax.data import audio_io, build_report
+from aac_jax.data import audio_io, build_report, text_files
 
 NAME = 'clotho_aac'
 SPLITS = ('development', 'validation', 'evaluation', 'test')
@@ -87,12 +91,11 @@ class ClothoAac(build_report.ReportingBuilder):
     metadata_csv = source / f'clotho_metadata_{split}.csv'
     folder = _audio_folder(source, split)
     if split in CAPTIONED_SPLITS and captions_csv.is_file():
-      rows, encoding = audio_io.read_csv_rows(captions_csv)
-      if encoding != 'utf-8-sig':
-        self.report.split(split).warn('encoding', f'{captions_csv.name} read as {encoding}')
-      return rows
+      table = text_files.read_csv_rows(captions_csv)
+      self.warn_encoding(table.warning, split)
+      return table.rows
     if split not in CAPTIONED_SPLITS and metadata_csv.is_file():
-      return audio_io.read_csv_rows(metadata_csv)[0]
+      return text_files.read_csv_rows(metadata_csv).rows  # Its warning: `_read_metadata`.
     if split not in CAPTIONED_SPLITS and folder.is_dir():
       return [(0, {'file_name': p.name}) for p in audio_io.audio_files(folder)]
     wanted = captions_csv.name if split in CAPTIONED_SPLITS else f'{metadata_csv.name} or {folder}'
@@ -105,8 +108,9 @@ class ClothoAac(build_report.ReportingBuilder):
     if not path.is_file():
       self.report.split(split).warn('no_metadata', f'no {path.name}: metadata left empty')
       return None
-    rows, _ = audio_io.read_csv_rows(path)
-    return {audio_io.nfc((row.get('file_name') or '').strip()): row for _, row in rows}
+    table = text_files.read_csv_rows(path)
+    self.warn_encoding(table.warning, split)
+    return {audio_io.nfc((row.get('file_name') or '').strip()): row for _, row in table.rows}
 
   def _plan_split(
     self, source: pathlib.Path, split: str, rows: list[tuple[int, dict]]
@@ -115,16 +119,16 @@ class ClothoAac(build_report.ReportingBuilder):
     captioned = split in CAPTIONED_SPLITS
     metadata = self._read_metadata(source, split)
     folder = _audio_folder(source, split)
-    finder = audio_io.FileFinder()
+    finder = self.file_finder(source)
     first_line: dict[str, int] = {}
     found: set[str] = set()
     clips = []
     for line, row in rows:
       report.rows += 1
       name = row.get('file_name') or ''  # Verbatim: real names can start with a space.
-      problem = self._row_problem(name, row, captioned)
-      if problem:
-        report.skip(name or f'line {line}', build_report.BAD_ROW, f'line {line}: {problem}')
+      reason, problem = self._row_problem(name, row, captioned)
+      if reason:
+        report.skip(name or f'line {line}', reason, f'line {line}: {problem}')
         continue
       key = audio_io.nfc(name.strip())
       if key in first_line:
@@ -136,11 +140,15 @@ class ClothoAac(build_report.ReportingBuilder):
         report.warn('missing_metadata', f'{name}: not in clotho_metadata_{split}.csv')
       captions = [row.get(f'caption_{i}') for i in range(1, NUM_CAPTIONS + 1)]
       extras = _metadata_extras((metadata or {}).get(key))
-      path = finder.find(folder, name)
+      path, refused = None, None
+      try:
+        path = finder.find(folder, name)
+      except audio_io.AudioError as error:
+        refused = error
       if path is not None:
         found.add(audio_io.nfc(path.name))
       clip = build_report.plan_clip(
-        report, name, path, captions, captioned, extras, str(folder / name)
+        report, name, path, captions, captioned, extras, str(folder / name), refused
       )
       if clip is not None:
         clips.append(clip)
@@ -148,17 +156,25 @@ class ClothoAac(build_report.ReportingBuilder):
     return clips
 
   @staticmethod
-  def _row_problem(name: str, row: dict, captioned: bool) -> str:
-    """Returns why a row is malformed, '' if it is fine."""
+  def _row_problem(name: str, row: dict, captioned: bool) -> tuple[str, str]:
+    """Returns `(reason, detail)` of a malformed row, `('', '')` for a good one.
+
+    A name leading out of the folder is not a row problem: `FileFinder`
+    refuses it as `outside_source_dir`.
+    """
+    bad = build_report.BAD_ROW
     if not name.strip():
-      return 'no file_name'
-    if '/' in name or '\\' in name:
-      return f'file_name {name!r} is a path'
+      return bad, 'no file_name'
+    leads_out = name.startswith(('/', '\\')) or '..' in name.replace('\\', '/').split('/')
+    if ('/' in name or '\\' in name) and not leads_out:
+      return bad, f'file_name {name!r} is a path'
     if None in row:
-      return f'{len(row[None])} fields more than the header (unquoted comma?)'
+      return bad, f'{len(row[None])} fields more than the header (unquoted comma?)'
     needed = [f'caption_{i}' for i in range(1, NUM_CAPTIONS + 1)] if captioned else []
     missing = [field for field in needed if row.get(field) is None]
-    return f'no field {", ".join(missing)}' if missing else ''
+    if missing:
+      return build_report.MISSING_CAPTION_FIELD, f'no field {", ".join(missing)} (a short row)'
+    return '', ''
 
   @staticmethod
   def _warn_unreferenced(

@@ -11,6 +11,15 @@ any format `audio_io` reads) and a manifest, `manifest.csv` or
 - JSONL: one object per line, `{"file": "a/b.wav", "captions": ["...", ...]}`
   or `"caption": "..."`, optional `"split"`.
 
+Every path must stay inside the directory: `..` leading out, absolute
+paths elsewhere and symlinks pointing out are skipped unread
+(`outside_source_dir`; `BuildOptions.allow_outside_symlinks` follows
+links). Lines that are not UTF-8 are read as ISO-8859-1 with a warning
+naming the byte. A manifest without any caption column builds caption-less
+splits, with a warning; in a split with captions, a row without the
+caption field (a short CSV row, a JSON object without "caption") is
+skipped as `missing_caption_field`.
+
 Rows naming the same file in the same split are merged (one caption per row
 works, as in AudioCaps). Blank caption cells are simply absent; a caption
 that is empty only after normalisation is reported. A split where no row
@@ -22,11 +31,12 @@ form, `./` removed, Unicode NFC). Give several datasets different config names
 
 import collections
 import json
+import os
 import pathlib
 import re
 from typing import NamedTuple
 
-from aac_jax.data import audio_io, build_report
+from aac_jax.data import audio_io, build_report, text_files
 
 NAME = 'custom_aac'
 DEFAULT_MANIFESTS = ('manifest.csv', 'manifest.jsonl')
@@ -37,13 +47,30 @@ _LISTED_NAMES = 20
 
 
 class Row(NamedTuple):
-  """One manifest row: where it is, what it names, or what is wrong with it."""
+  """One manifest row: where it is, what it names, or what is wrong with it.
+
+  `captions` is None where the row has no caption field at all.
+  """
 
   line: int
   split: str
   file: str
-  captions: list[str]
+  captions: list[str] | None
   problem: str = ''
+
+
+class Manifest(NamedTuple):
+  """A read manifest.
+
+  Attributes:
+    rows: its rows, in order.
+    has_captions: whether it has a caption column (CSV) or key (JSONL).
+    encoding_warning: '' when the file is UTF-8.
+  """
+
+  rows: list[Row]
+  has_captions: bool
+  encoding_warning: str
 
 
 def _clean_file(name: str) -> str:
@@ -52,21 +79,24 @@ def _clean_file(name: str) -> str:
   return str(pathlib.PurePosixPath(name)) if name else ''
 
 
-def _csv_rows(path: pathlib.Path) -> list[Row]:
-  rows, _ = audio_io.read_csv_rows(path)
+def _csv_manifest(path: pathlib.Path) -> Manifest:
+  table = text_files.read_csv_rows(path)
+  caption_columns = [c for c in table.columns if c.startswith('caption')]
   parsed = []
-  for line, row in rows:
+  for line, row in table.rows:
     file = row.get('file') if 'file' in row else row.get('file_name')
-    texts = [v for k, v in row.items() if isinstance(k, str) and k.startswith('caption')]
+    texts = [row.get(column) for column in caption_columns]
     split = (row.get('split') or '').strip() or DEFAULT_SPLIT
     captions = [text for text in texts if text and text.strip()]
+    if caption_columns and all(text is None for text in texts):
+      captions = None  # A short row: the caption fields are not there at all.
     problem = ''
     if None in row:
       problem = f'{len(row[None])} fields more than the header (unquoted comma?)'
     elif not (file or '').strip():
       problem = 'no file (the manifest needs a file or file_name column)'
     parsed.append(Row(line, split, _clean_file(file or ''), captions, problem))
-  return parsed
+  return Manifest(parsed, bool(caption_columns), table.warning)
 
 
 def _json_row(line: int, text: str) -> Row:
@@ -86,17 +116,22 @@ def _json_row(line: int, text: str) -> Row:
     return Row(line, DEFAULT_SPLIT, '', [], 'no "file" string')
   if not isinstance(split, str):
     return Row(line, DEFAULT_SPLIT, file, [], '"split" is not a string')
+  if 'captions' not in entry and 'caption' not in entry:
+    return Row(line, split, _clean_file(file), None)
   if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
     return Row(line, split, file, [], 'captions are not strings')
   return Row(line, split, _clean_file(file), [c for c in captions if c.strip()])
 
 
-def read_manifest(path: pathlib.Path) -> list[Row]:
+def read_manifest(path: pathlib.Path) -> Manifest:
   """Reads a CSV or JSONL manifest (by extension; anything else is CSV)."""
   if path.suffix.lower() != '.jsonl':
-    return _csv_rows(path)
-  lines = path.read_text(encoding='utf-8-sig').splitlines()
-  return [_json_row(n, text) for n, text in enumerate(lines, 1) if text.strip()]
+    return _csv_manifest(path)
+  text, warning = text_files.read_text(path)
+  lines = text.splitlines()
+  rows = [_json_row(n, text) for n, text in enumerate(lines, 1) if text.strip()]
+  has_captions = any(row.captions is not None for row in rows if not row.problem)
+  return Manifest(rows, has_captions, warning)
 
 
 class CustomAac(build_report.ReportingBuilder):
@@ -136,43 +171,82 @@ class CustomAac(build_report.ReportingBuilder):
     return found[0]
 
   def _plan_splits(self, source: pathlib.Path) -> dict[str, list[build_report.Clip]]:
-    groups = self._group_rows(read_manifest(self._manifest_path(source)))
+    path = self._manifest_path(source)
+    manifest = read_manifest(path)
+    self.warn_encoding(manifest.encoding_warning)
+    if not manifest.has_captions:
+      self.report.warn(
+        'no_caption_column',
+        f'{path.name} has no caption column (caption, caption_1, ...; JSONL "caption" or '
+        '"captions"): every split is caption-less, for inference only',
+      )
+    groups = self._group_rows(manifest.rows)
     plans = {}
-    finder = audio_io.FileFinder()
+    finder = self.file_finder(source)
     for split, files in groups.items():
       report = self.report.split(split)
       captioned = any(captions for captions in files.values())
       plans[split] = []
       for file, captions in files.items():
-        path = finder.find(source, file)
+        path, refused = None, None
+        try:
+          path = finder.find(source, file)
+        except audio_io.AudioError as error:
+          refused = error
         looked_for = str(source / file)
-        clip = build_report.plan_clip(report, file, path, captions, captioned, {}, looked_for)
+        clip = build_report.plan_clip(
+          report, file, path, captions, captioned, {}, looked_for, refused
+        )
         if clip is not None:
           plans[split].append(clip)
     self._warn_overlaps_and_unused(source, groups)
     return plans
 
+  def _row_problem(self, row: Row, split: str, captioned_splits: set[str]) -> tuple[str, str]:
+    """Returns `(reason, detail)` of a row left out, `('', '')` for a good one."""
+    if row.problem:
+      return build_report.BAD_ROW, row.problem
+    if split != row.split:
+      return build_report.BAD_ROW, f'bad split name {row.split!r}'
+    if row.captions is None and split in captioned_splits:
+      detail = f'no caption field (split {split} has captions: is the row short of fields?)'
+      return build_report.MISSING_CAPTION_FIELD, detail
+    return '', ''
+
   def _group_rows(self, rows: list[Row]) -> dict[str, dict[str, list[str]]]:
-    """Returns `{split: {file: captions}}`; bad and repeated rows are reported."""
+    """Returns `{split: {file: captions}}`; bad and repeated rows are reported.
+
+    A malformed row's split column cannot be trusted (an unquoted comma
+    shifts the fields): it is reported in its split only where good rows
+    name that split too, else in `train` (or the first split named).
+    """
+
+    def split_of(row: Row) -> str:
+      return row.split if _SPLIT_NAME.fullmatch(row.split) else DEFAULT_SPLIT
+
+    good = [row for row in rows if not row.problem and _SPLIT_NAME.fullmatch(row.split)]
+    known_splits = list(dict.fromkeys(split_of(row) for row in good))
+    captioned_splits = {split_of(row) for row in good if row.captions}
+    no_train = known_splits and DEFAULT_SPLIT not in known_splits
+    fallback = known_splits[0] if no_train else DEFAULT_SPLIT
     groups = collections.defaultdict(dict)
     first_line = {}
     for row in rows:
-      split = row.split if _SPLIT_NAME.fullmatch(row.split) else DEFAULT_SPLIT
-      report = self.report.split(split)
+      split = split_of(row)
+      report = self.report.split(split if split in known_splits else fallback)
       report.rows += 1
-      problem = row.problem or ('' if split == row.split else f'bad split name {row.split!r}')
-      if problem:
-        report.skip(
-          row.file or f'line {row.line}', build_report.BAD_ROW, f'line {row.line}: {problem}'
-        )
+      reason, detail = self._row_problem(row, split, captioned_splits)
+      if reason:
+        report.skip(row.file or f'line {row.line}', reason, f'line {row.line}: {detail}')
         continue
-      signature = (split, audio_io.nfc(row.file), tuple(c.strip() for c in row.captions))
+      captions = row.captions or []
+      signature = (split, audio_io.nfc(row.file), tuple(c.strip() for c in captions))
       if signature in first_line:
         detail = f'line {row.line} repeats line {first_line[signature]}'
         report.skip(row.file, build_report.DUPLICATE_ROW, detail)
         continue
       first_line[signature] = row.line
-      groups[split].setdefault(audio_io.nfc(row.file), []).extend(row.captions)
+      groups[split].setdefault(audio_io.nfc(row.file), []).extend(captions)
     return groups
 
   def _warn_overlaps_and_unused(self, source: pathlib.Path, groups: dict) -> None:
@@ -188,7 +262,8 @@ class CustomAac(build_report.ReportingBuilder):
       for p in source.rglob('*')
       if p.suffix.lower() in audio_io.AUDIO_EXTENSIONS and p.is_file()
     )
-    unused = [name for name in unused if name not in splits_of]
+    listed = {audio_io.nfc(os.path.relpath(source / name, source)) for name in splits_of}
+    unused = [name for name in unused if name not in listed]
     if unused:
       self.report.warn(
         'unreferenced_files', f'{len(unused)} audio files unlisted: {_listed(unused)}'

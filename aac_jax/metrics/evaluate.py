@@ -56,6 +56,11 @@ def compute_caption_metrics(
 ) -> CaptionMetrics:
   """Scores predictions against references as pycocoevalcap 1.2 does.
 
+  Identical scores on every Clotho and AudioCaps caption; tokenization is
+  per caption, so the rare captions whose PTB tokens depend on the next
+  line of pycocoevalcap's file ("the letter B." before a caption starting
+  "The") can score differently (see `ptb_tokenizer` and the README).
+
   Args:
     predictions: [n] raw predicted captions, one per clip.
     references: [n] lists of raw reference captions (at least one each).

@@ -14,9 +14,14 @@ References: a Clotho CSV (`file_name,caption_1..caption_5`), an AudioCaps
 CSV (`audiocap_id,youtube_id,start_time,caption`, clip id `youtube_id`, or
 `youtube_id_start_time` where a video has several clips), or a TFDS split
 read with `tfds.data_source` (features `id` and `captions`).
-Prints a table and writes the JSON (`--output`, default
-`<predictions>.scores.json`) with corpus scores, the reasons for missing
-metrics and, with `--per_clip`, every clip's scores.
+Writes the JSON (`--output`, default `<predictions>.scores.json`) with
+corpus scores, the reasons for missing metrics, input warnings and, with
+`--per_clip`, every clip's scores, then prints a table.
+
+Files are read as UTF-8 (a byte-order mark, as Excel writes, is fine);
+lines that are not UTF-8 are read as ISO-8859-1 with a warning naming the
+file and byte. A prediction that is not a string (JSON `null`, a number, a
+short CSV row) is an error naming its clip, never scored as text.
 """
 
 import argparse
@@ -30,58 +35,93 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
+from aac_jax.data import text_files
 from aac_jax.metrics import evaluate
 
 ID_COLUMNS = ('id', 'file_name', 'youtube_id', 'audiocap_id')
 CAPTION_COLUMNS = ('prediction', 'caption_predicted', 'caption', 'text')
 
 
-def _pick(row: dict, names: Sequence[str], what: str, source: str) -> str:
+def _pick(row: dict, names: Sequence[str], what: str, source: str):
   for name in names:
     if name in row:
-      return str(row[name])
+      return row[name]
   raise ValueError(f'{source}: no {what} column/key (expected one of {list(names)})')
 
 
-def read_predictions(path: str) -> tuple[dict[str, str], dict[str, list[str]]]:
+def _check_caption(value, clip: str, source: str, what: str = 'prediction') -> str:
+  """Returns `value` if it is a caption string; else raises naming the clip."""
+  if isinstance(value, str):
+    return value
+  kind = 'null (or a missing CSV field)' if value is None else type(value).__name__
+  raise ValueError(
+    f'{source}: the {what} of clip {clip!r} is {kind}, not a string; '
+    'write the caption as text ("" for an empty one)'
+  )
+
+
+def _warn(warning: str, warnings: list[str] | None) -> None:
+  if warning:
+    print(f'aac-evaluate: warning: {warning}', file=sys.stderr)
+    if warnings is not None:
+      warnings.append(warning)
+
+
+def read_predictions(
+  path: str, warnings: list[str] | None = None
+) -> tuple[dict[str, str], dict[str, list[str]]]:
   """Reads predictions (and references embedded in trainer JSON).
 
   Args:
     path: CSV or JSON file.
+    warnings: gets the encoding warning, if any (also printed).
 
   Returns:
     (id -> predicted caption, id -> references found in the file).
+
+  Raises:
+    ValueError: a missing column, a clip predicted twice, a caption that is
+      not a string.
   """
-  text = pathlib.Path(path).expanduser().read_text(encoding='utf-8')
+  text, warning = text_files.read_text(pathlib.Path(path).expanduser())
+  _warn(warning, warnings)
   if path.endswith('.json'):
     data = json.loads(text)
     if isinstance(data, dict):
-      return {str(k): str(v) for k, v in data.items()}, {}
+      return {str(k): _check_caption(v, str(k), path) for k, v in data.items()}, {}
     rows = data
   else:
     rows = list(csv.DictReader(io.StringIO(text, newline='')))
   predictions, references = {}, {}
   for row in rows:
     clip = _pick(row, ID_COLUMNS, 'id', path)
+    if not isinstance(clip, str | int) or isinstance(clip, bool):
+      raise ValueError(f'{path}: a clip id is {clip!r}, not a string or a whole number')
+    clip = str(clip)
     if clip in predictions:
       raise ValueError(f'{path}: clip {clip!r} is predicted twice')
-    predictions[clip] = _pick(row, CAPTION_COLUMNS, 'caption', path)
+    predictions[clip] = _check_caption(_pick(row, CAPTION_COLUMNS, 'caption', path), clip, path)
     if isinstance(row.get('references'), list):
-      references[clip] = [str(r) for r in row['references']]
+      references[clip] = [_check_caption(r, clip, path, 'reference') for r in row['references']]
   return predictions, references
 
 
-def read_reference_csv(path: str) -> dict[str, list[str]]:
+def read_reference_csv(path: str, warnings: list[str] | None = None) -> dict[str, list[str]]:
   """Reads a Clotho or AudioCaps caption CSV into id -> references."""
-  with open(os.path.expanduser(path), encoding='utf-8', newline='') as f:
-    rows = list(csv.DictReader(f))
-  if rows and 'file_name' in rows[0]:
-    columns = sorted((k for k in rows[0] if k.startswith('caption_')), key=lambda k: int(k[8:]))
+  table = text_files.read_csv_rows(os.path.expanduser(path))
+  _warn(table.warning, warnings)
+  rows = [row for _, row in table.rows]
+  if 'file_name' in table.columns:
+    columns = sorted(
+      (k for k in table.columns if k.startswith('caption_')), key=lambda k: int(k[8:])
+    )
     return {r['file_name']: [r[c] for c in columns if r[c]] for r in rows}
-  if rows and {'youtube_id', 'start_time', 'caption'} <= set(rows[0]):
+  if {'youtube_id', 'start_time', 'caption'} <= set(table.columns):
     groups = collections.defaultdict(list)
-    for r in rows:
-      groups[(r['youtube_id'].strip(), r['start_time'].strip())].append(r['caption'])
+    for line, r in table.rows:
+      clip = f'{r["youtube_id"]} line {line}'
+      caption = _check_caption(r['caption'], clip, path, 'reference')
+      groups[(r['youtube_id'].strip(), (r['start_time'] or '').strip())].append(caption)
     starts = collections.Counter(y for y, _ in groups)
     return {(y if starts[y] == 1 else f'{y}_{s}'): caps for (y, s), caps in groups.items()}
   raise ValueError(f'{path}: neither a Clotho nor an AudioCaps caption CSV')
@@ -153,7 +193,7 @@ def make_parser() -> argparse.ArgumentParser:
   parser.add_argument('--meteor', action='store_true', help='Also METEOR (Java).')
   parser.add_argument('--spice', action='store_true', help='Also SPICE and SPIDEr (Java).')
   parser.add_argument('--spice_jars', help='Folder with the CoreNLP 3.6.0 jars for SPICE.')
-  parser.add_argument('--java', default='java', help='Java executable.')
+  parser.add_argument('--java', default='java', help='Java executable (name on PATH, or path).')
   parser.add_argument('--output', help='JSON output (default: <predictions>.scores.json).')
   parser.add_argument('--per_clip', action='store_true', help='Write per-clip scores too.')
   return parser
@@ -162,13 +202,14 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict:
   """Runs the evaluation; returns what was written as JSON."""
   args = make_parser().parse_args(argv)
-  predictions, embedded = read_predictions(args.predictions)
+  warnings = []
+  predictions, embedded = read_predictions(args.predictions, warnings)
   if args.tfds:
     if not args.split:
       raise SystemExit('--tfds needs --split')
     references = read_tfds_references(args.tfds, args.split, args.data_dir)
   elif args.references:
-    references = read_reference_csv(args.references)
+    references = read_reference_csv(args.references, warnings)
   elif embedded:
     references = embedded
   else:
@@ -177,16 +218,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
   result = evaluate.compute_caption_metrics(
     preds, refs, meteor=args.meteor, spice=args.spice, spice_jars=args.spice_jars, java=args.java
   )
-  print(f'{len(ids)} clips')
-  print(format_table(result))
   report = {'num_clips': len(ids), 'corpus': result.corpus, 'unavailable': result.unavailable}
+  report['warnings'] = warnings
   if args.per_clip:
     report['per_clip'] = {
       clip: {k: float(v[i]) for k, v in result.per_clip.items()} for i, clip in enumerate(ids)
     }
   output = args.output or f'{args.predictions}.scores.json'
+  # Written before printing: a closed pipe on stdout must not lose the scores.
   pathlib.Path(output).expanduser().write_text(json.dumps(report, indent=1) + '\n')
-  print(f'wrote {output}')
+  print(f'wrote {output}', file=sys.stderr)
+  print(f'{len(ids)} clips')
+  print(format_table(result))
   return report
 
 

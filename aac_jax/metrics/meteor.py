@@ -52,7 +52,10 @@ def find_meteor_jar() -> pathlib.Path:
 
 
 def find_java(java: str = 'java') -> str:
-  """Returns the java executable path.
+  """Returns the java executable's absolute path (the jar runs from its own folder).
+
+  Args:
+    java: a name looked up on PATH, or a path (relative to the current folder).
 
   Raises:
     MeteorUnavailable: Java is not installed.
@@ -63,7 +66,7 @@ def find_java(java: str = 'java') -> str:
       f'METEOR needs Java, but "{java}" is not on PATH: install a Java runtime '
       '(8 or newer, e.g. "apt-get install default-jre-headless") or pass java=<path>'
     )
-  return path
+  return os.path.abspath(path)
 
 
 class Meteor:
@@ -153,9 +156,9 @@ _SHARED: dict[tuple[str, str], Meteor] = {}
 
 def shared_meteor(java: str = 'java') -> Meteor:
   """One `Meteor` per java executable for the whole program (closed at exit)."""
-  key = (java, str(find_meteor_jar()))
+  key = (find_java(java), str(find_meteor_jar()))
   meteor = _SHARED.get(key)
   if meteor is None or meteor._process.poll() is not None:
-    meteor = _SHARED[key] = Meteor(java=java)
+    meteor = _SHARED[key] = Meteor(java=key[0])
     atexit.register(meteor.close)
   return meteor

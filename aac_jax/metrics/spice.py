@@ -171,6 +171,7 @@ def spice_scores(
   java_path = shutil.which(java)
   if java_path is None:
     raise SpiceUnavailable(f'SPICE needs Java, but "{java}" is not on PATH')
+  java_path = os.path.abspath(java_path)  # SPICE runs from its jar's folder.
   rows = [
     {'image_id': i, 'test': c, 'refs': list(r)}
     for i, (c, r) in enumerate(zip(candidates, references, strict=True))
