@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging as absl_logging
 
-from aac_jax import decoding, inference
+from aac_jax import decoding, files, inference
 from aac_jax.data import tokenizer as tokenizer_lib
 
 EXPORT_FILENAME = 'model.jax_export'
@@ -151,10 +151,10 @@ def save_export(
   """Writes `model.jax_export`, `vocab.txt` and `export.json`; returns the metadata."""
   out = pathlib.Path(output_dir)
   out.mkdir(parents=True, exist_ok=True)
-  (out / EXPORT_FILENAME).write_bytes(bytes(result.exported.serialize()))
+  files.write_bytes(out / EXPORT_FILENAME, bytes(result.exported.serialize()))
   loaded.tokenizer.save(out / tokenizer_lib.VOCAB_FILENAME)
   metadata = export_metadata(loaded, result)
-  (out / METADATA_FILENAME).write_text(json.dumps(metadata, indent=2) + '\n', encoding='utf-8')
+  files.write_text(out / METADATA_FILENAME, json.dumps(metadata, indent=2) + '\n')
   return metadata
 
 

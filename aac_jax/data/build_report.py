@@ -43,6 +43,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
+from aac_jax import files
 from aac_jax.data import audio_io, tfds_compat
 from aac_jax.data.text import normalize_caption
 
@@ -232,8 +233,7 @@ class BuildReport:
     }
 
   def write(self, path: pathlib.Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(self.to_json(), indent=1, ensure_ascii=False) + '\n')
+    files.write_text(path, json.dumps(self.to_json(), indent=1, ensure_ascii=False) + '\n')
 
 
 def load_report(path: str | os.PathLike) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from aac_jax import files
 from aac_jax.audio import frontend
 from aac_jax.data import pipeline, sources
 
@@ -132,5 +133,4 @@ def _load_or_measure(config: ml_collections.ConfigDict, workdir: epath.Path) -> 
 
 def _save(stats: dict, path: epath.Path) -> None:
   if jax.process_index() == 0:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(stats, indent=2) + '\n')
+    files.write_text(path, json.dumps(stats, indent=2) + '\n')

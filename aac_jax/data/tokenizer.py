@@ -16,6 +16,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from aac_jax import files
 from aac_jax.data import sources, text
 
 PAD_ID = 0
@@ -73,16 +74,12 @@ class Tokenizer:
     return cls(lines)
 
   def save(self, path: str | os.PathLike) -> None:
-    """Writes the vocabulary, one token per line, atomically.
+    """Writes the vocabulary, one token per line, atomically (`aac_jax.files`).
 
-    Several processes may save the same vocabulary at once: each writes a
-    private temporary file and renames it, so readers never see half a file.
+    Several processes may save the same vocabulary at once: readers never see
+    half a file.
     """
-    path = epath.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    tmp.write_text(''.join(token + '\n' for token in self._tokens), encoding='utf-8')
-    tmp.replace(path)
+    files.write_text(path, ''.join(token + '\n' for token in self._tokens))
 
   @property
   def vocab_size(self) -> int:

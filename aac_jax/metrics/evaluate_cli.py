@@ -35,6 +35,7 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
+from aac_jax import files
 from aac_jax.data import text_files
 from aac_jax.metrics import evaluate
 
@@ -226,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     }
   output = args.output or f'{args.predictions}.scores.json'
   # Written before printing: a closed pipe on stdout must not lose the scores.
-  pathlib.Path(output).expanduser().write_text(json.dumps(report, indent=1) + '\n')
+  files.write_text(pathlib.Path(output).expanduser(), json.dumps(report, indent=1) + '\n')
   print(f'wrote {output}', file=sys.stderr)
   print(f'{len(ids)} clips')
   print(format_table(result))
