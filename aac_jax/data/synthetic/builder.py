@@ -12,6 +12,7 @@ do not depend on the number of workers.
 
 import contextlib
 import dataclasses
+import io
 import multiprocessing
 import os
 import sys
@@ -235,7 +236,16 @@ def build(
   if num_workers is not None:
     builder.num_workers = num_workers
   start = time.time()
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  # TFDS prints "Downloading and preparing dataset ..." (nothing is downloaded)
+  # and draws its own progress bars; this build shows its own bar and log line.
+  tfds.display_progress_bar(False)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+      )
+  finally:
+    tfds.display_progress_bar(True)
   splits = ', '.join(f'{s.name} {s.num_examples}' for s in builder.info.splits.values())
   size_mb = sum(s.num_bytes for s in builder.info.splits.values()) / 2**20
   logging.info(
