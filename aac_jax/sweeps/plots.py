@@ -1,8 +1,8 @@
 """Sweep plots (matplotlib, PNG).
 
 - Learning curves: train loss and one validation metric against the step,
-  one line per point (the mean over its seeds, at the steps every seed
-  logged), the band between the lowest and highest seed shaded. Read from
+  one line per point (the mean over the seeds that logged each step), the
+  band between the lowest and highest seed shaded. Read from
   the runs' TensorBoard event files (`events.read_scalars`).
 - Metric against swept value: for each swept field, the final metric's
   mean over seeds against the field's value, one line per combination of
@@ -27,7 +27,10 @@ from aac_jax.sweeps import define, events, report, results  # noqa: E402
 
 
 def _seed_curves(sweep: define.Sweep, points: Sequence[define.Point], tag: str):
-  """`(steps [s], values [seeds, s])` at the steps every seed logged `tag`."""
+  """`(steps [s], values [seeds, s])`, NaN where a seed did not log `tag` at a step.
+
+  (A run killed before its event file was flushed lacks its early steps.)
+  """
   curves = []
   for point in points:
     values = dict(events.read_scalars(sweep.workdir(point)).get(tag, []))
@@ -35,8 +38,8 @@ def _seed_curves(sweep: define.Sweep, points: Sequence[define.Point], tag: str):
       curves.append(values)
   if not curves:
     return None
-  steps = sorted(set(curves[0]).intersection(*curves[1:]))
-  return np.array(steps), np.array([[c[s] for s in steps] for c in curves])
+  steps = sorted(set().union(*curves))
+  return np.array(steps), np.array([[c.get(s, np.nan) for s in steps] for c in curves])
 
 
 def learning_curves(sweep: define.Sweep, metric: str, split: str = 'validation') -> plt.Figure:
@@ -58,9 +61,11 @@ def learning_curves(sweep: define.Sweep, metric: str, split: str = 'validation')
       if curve is None:
         continue
       steps, values = curve
-      (line,) = ax.plot(steps, values.mean(0), marker='.' if len(steps) < 20 else None, label=group)
+      mean = np.nanmean(values, axis=0)
+      (line,) = ax.plot(steps, mean, marker='.' if len(steps) < 20 else None, label=group)
       if len(values) > 1:
-        ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+        low, high = np.nanmin(values, axis=0), np.nanmax(values, axis=0)
+        ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
     ax.set_xlabel('step')
     ax.set_ylabel(tag)
     ax.grid(alpha=0.3)
