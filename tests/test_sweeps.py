@@ -309,3 +309,10 @@ def test_event_reader_stops_at_a_cut_record(swept, tmp_path):
   cut = tmp_path / source.name
   cut.write_bytes(source.read_bytes()[:-3])
   assert len(list(events.read_records(cut))) == whole - 1
+
+
+def test_a_bad_field_stops_before_training():
+  with pytest.raises(ValueError, match='Did you mean "lr" instead of "lrr"'):
+    runner.resolve_config('configs/synthetic_demo.py', ['--config.optim.lrr=1'])
+  with pytest.raises(ValueError, match='could not convert'):
+    runner.resolve_config('configs/synthetic_demo.py', ['--config.optim.lr=abc'])

@@ -46,7 +46,15 @@ def resolve_config(config_arg: str, flags: Sequence[str]) -> ml_collections.Conf
     values(argv)
     return values.config
   except Exception as e:  # The parser raises several types; all mean a bad argument.
-    raise ValueError(f'--config={config_arg} {shlex.join(flags)}: {e}') from e
+    raise ValueError(f'--config={config_arg} {shlex.join(flags)}: {_message(e)}') from e
+
+
+def _message(error: Exception) -> str:
+  """The readable text of a config parsing error (unknown fields come as nested reprs)."""
+  text = str(error.args[0]) if len(error.args) == 1 else str(error)
+  while len(text) > 1 and text[0] == text[-1] and text[0] in '\'"':
+    text = text[1:-1].replace("\\'", "'").replace('\\n', ' ')
+  return text.replace('\n', ' ')
 
 
 def point_flags(sweep: define.Sweep, point: define.Point) -> list[str]:
