@@ -158,12 +158,14 @@ def test_identical_points_give_an_interval_containing_zero(built_report):
   for name in ('test/cider_d', 'test/rouge_l', 'test/event_f1', 'validation/cider_d'):
     delta, low, high = built_report.deltas[name][other]
     assert low <= 0.0 <= high and low <= delta <= high
+    means = [built_report.stats[name][g][0] for g in GROUPS]
+    assert delta == pytest.approx(means[1] - means[0], abs=1e-6)  # Same as the table's.
   assert 'test/bleu_4' not in built_report.deltas  # Corpus-level: no clip interval.
 
 
 def test_clip_statistics_reproduce_each_runs_corpus_scores(swept, built_report):
   """Per-clip stats from the predictions files sum back to the logged corpus scores."""
-  reader = report._ClipStatsReader(swept['sweep'])
+  reader = report.ClipStatsReader(swept['sweep'])
   for r in built_report.points:
     stats = reader.run_stats(r, 'test')
     for name in ('cider_d', 'rouge_l', 'event_f1', 'event_recall', 'count_accuracy'):
@@ -294,7 +296,7 @@ def test_paired_bootstrap_matches_normal_theory():
   other_scores = base_scores + 0.3 + rng.normal(size=n)
   base = clip_scores.ClipStats(ids, base_scores[:, None], clip_scores._mean_value)
   other = clip_scores.ClipStats(ids[::-1], other_scores[::-1, None], clip_scores._mean_value)
-  delta, low, high = clip_scores.paired_bootstrap(base, other, num_samples=2000)
+  delta, low, high = clip_scores.paired_bootstrap([base], [other], num_samples=2000)
   diff = other_scores - base_scores
   half = 1.96 * diff.std(ddof=1) / np.sqrt(n)
   assert delta == pytest.approx(diff.mean())
@@ -316,3 +318,23 @@ def test_a_bad_field_stops_before_training():
     runner.resolve_config('configs/synthetic_demo.py', ['--config.optim.lrr=1'])
   with pytest.raises(ValueError, match='could not convert'):
     runner.resolve_config('configs/synthetic_demo.py', ['--config.optim.lr=abc'])
+
+
+def test_paired_bootstrap_averages_seeds_of_ratio_metrics():
+  """With a ratio-of-sums metric, the difference is that of the mean per-seed scores."""
+  rng = np.random.default_rng(2)
+  ids = tuple(str(i) for i in range(50))
+
+  def ratio(sums, n):
+    del n
+    return sums[..., 0] / sums[..., 1]
+
+  def run():
+    hits = rng.integers(0, 3, size=50)
+    return clip_scores.ClipStats(ids, np.stack([hits, hits + rng.integers(0, 3, 50)], 1), ratio)
+
+  base, other = [run(), run()], [run(), run(), run()]
+  delta, low, high = clip_scores.paired_bootstrap(base, other, num_samples=300)
+  score = [float(ratio(r.stats.sum(0), 50)) for r in base + other]
+  assert delta == pytest.approx(np.mean(score[2:]) - np.mean(score[:2]))
+  assert low < delta < high

@@ -107,37 +107,51 @@ def read_events(dataset_cfg: ml_collections.ConfigDict, split: str) -> dict[str,
   return out
 
 
-def mean_over_runs(runs: Sequence[ClipStats]) -> ClipStats:
-  """Per-clip statistics averaged over runs (seeds), on the clips all runs scored."""
-  common = set(runs[0].ids).intersection(*(r.ids for r in runs[1:]))
-  ids = tuple(i for i in runs[0].ids if i in common)
-  stacked = []
+def _aligned(runs: Sequence[ClipStats], ids: Sequence[str]) -> np.ndarray:
+  """`[runs, len(ids), k]` statistics of `runs` on clips `ids`."""
+  out = []
   for run in runs:
     where = {clip: k for k, clip in enumerate(run.ids)}
-    stacked.append(run.stats[[where[i] for i in ids]])
-  return ClipStats(ids, np.mean(stacked, axis=0), runs[0].value)
+    out.append(run.stats[[where[i] for i in ids]])
+  return np.stack(out)
 
 
 def paired_bootstrap(
-  base: ClipStats, other: ClipStats, num_samples: int = 1000, seed: int = 0
+  base: Sequence[ClipStats], other: Sequence[ClipStats], num_samples: int = 1000, seed: int = 0
 ) -> tuple[float, float, float]:
-  """`other - base` on the clips both scored, with a 95 % percentile interval.
+  """Difference of two points (each the mean over its runs) with a 95 % interval.
 
-  Each resample draws clips with replacement and evaluates both systems on
-  the same draw (paired).
+  Each resample draws clips with replacement, recomputes every run's corpus
+  metric on that draw, averages over each point's runs (seeds) and takes
+  `other - base`: both points are scored on the same draw (paired). On all
+  shared clips, the difference is that of the points' mean corpus scores.
+
+  Args:
+    base: the baseline point's runs (one `ClipStats` per seed, same metric).
+    other: the other point's runs.
+    num_samples: resamples.
+    seed: seed of the resampling.
 
   Returns:
     `(difference on all shared clips, 2.5th percentile, 97.5th percentile)`.
+
+  Raises:
+    ValueError: the runs share no clip.
   """
-  where = {clip: k for k, clip in enumerate(other.ids)}
-  ids = [i for i in base.ids if i in where]
+  runs = [*base, *other]
+  common = set(runs[0].ids).intersection(*(r.ids for r in runs[1:]))
+  ids = [i for i in runs[0].ids if i in common]
   if not ids:
-    raise ValueError('the two runs scored no clip in common')
-  b = base.stats[[k for k, i in enumerate(base.ids) if i in where]]
-  o = other.stats[[where[i] for i in ids]]
-  n = len(ids)
-  full = float(other.value(o.sum(0), n) - base.value(b.sum(0), n))
+    raise ValueError('the runs scored no clip in common')
+  b, o, n = _aligned(base, ids), _aligned(other, ids), len(ids)
+  value = runs[0].value
+
+  def point(stats: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    return value(stats[:, draws].sum(-2), n).mean(0)  # [runs, ..., k] -> [...]
+
+  everything = np.arange(n)
+  full = float(point(o, everything) - point(b, everything))
   draws = np.random.default_rng(seed).integers(0, n, size=(num_samples, n))
-  diffs = other.value(o[draws].sum(1), n) - base.value(b[draws].sum(1), n)
+  diffs = point(o, draws) - point(b, draws)
   low, high = np.percentile(diffs, [2.5, 97.5])
   return full, float(low), float(high)

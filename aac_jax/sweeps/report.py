@@ -4,9 +4,11 @@ For each split (test, validation) and metric: mean +- sample standard
 deviation (ddof=1) over the finished seeds of each point, the best point
 marked (every reported metric is better when higher), and the difference
 of each point to a baseline point with a 95 % paired bootstrap interval
-over clips (see `clip_scores`; per clip, statistics are averaged over the
-point's seeds first, so the interval reflects clip sampling, not seed
-noise). Points not finished are listed with their state and log.
+over clips (`clip_scores.paired_bootstrap`: each resample of clips rescores
+every seed and averages over seeds, so the difference on all clips equals
+the difference of the table's means; the interval reflects the sampling of
+clips, with the seeds held fixed). Points not finished are listed with
+their state and log.
 """
 
 import csv
@@ -94,7 +96,7 @@ def best_groups(stats: dict[str, dict[str, Stat]]) -> dict[str, set[str]]:
   return best
 
 
-class _ClipStatsReader:
+class ClipStatsReader:
   """Per-clip statistics of finished runs; dataset events read once per split."""
 
   def __init__(self, sweep: define.Sweep):
@@ -120,16 +122,13 @@ class _ClipStatsReader:
     return stats
 
   def group_stats(self, points: Sequence[PointResult], split: str):
-    """group -> metric -> `ClipStats` averaged over the group's finished seeds."""
+    """group -> metric -> `[ClipStats]`, one per finished seed."""
     runs: dict[str, dict[str, list]] = {}
     for r in points:
       if r.state.state == 'finished' and r.step is not None:
         for name, s in self.run_stats(r, split).items():
           runs.setdefault(r.point.group, {}).setdefault(name, []).append(s)
-    return {
-      g: {name: clip_scores.mean_over_runs(v) for name, v in by_metric.items()}
-      for g, by_metric in runs.items()
-    }
+    return runs
 
 
 def splits(stats: dict[str, dict[str, Stat]]) -> list[str]:
@@ -141,7 +140,7 @@ def compare(
   sweep: define.Sweep, points: Sequence[PointResult], baseline: str, num_samples: int
 ) -> tuple[dict[str, dict[str, Interval]], dict[str, int]]:
   """Paired bootstrap intervals of every group against `baseline`, per split and metric."""
-  reader = _ClipStatsReader(sweep)
+  reader = ClipStatsReader(sweep)
   deltas: dict[str, dict[str, Interval]] = {}
   num_clips: dict[str, int] = {}
   for split in splits(summarize(points)):
@@ -152,7 +151,8 @@ def compare(
         if group != baseline and name in base:
           interval = clip_scores.paired_bootstrap(base[name], stats, num_samples)
           deltas.setdefault(f'{split}/{name}', {})[group] = interval
-          num_clips[split] = len(set(base[name].ids) & set(stats.ids))
+          shared = set(base[name][0].ids).intersection(*(r.ids for r in base[name] + stats))
+          num_clips[split] = len(shared)
   return deltas, num_clips
 
 

@@ -12,6 +12,7 @@ on.
 """
 
 import dataclasses
+import os
 import pathlib
 import shlex
 import signal
@@ -127,6 +128,14 @@ class Outcome:
   log: str = ''
 
 
+def _child_env() -> dict[str, str]:
+  """This environment, with this checkout's aac_jax importable (also when not installed)."""
+  env = dict(os.environ)
+  root = str(pathlib.Path(__file__).resolve().parents[2])
+  env['PYTHONPATH'] = os.pathsep.join(p for p in (root, env.get('PYTHONPATH', '')) if p)
+  return env
+
+
 class _Running:
   """One started training process and its log file."""
 
@@ -139,7 +148,9 @@ class _Running:
     self._log_file = open(self.log, 'a')  # noqa: SIM115 - closed in finish().
     self._log_file.write(f'\n=== {time.strftime("%Y-%m-%d %H:%M:%S")} {shlex.join(command)}\n')
     self._log_file.flush()
-    self.process = subprocess.Popen(command, stdout=self._log_file, stderr=subprocess.STDOUT)
+    self.process = subprocess.Popen(
+      command, stdout=self._log_file, stderr=subprocess.STDOUT, env=_child_env()
+    )
     results.write_status(self.workdir, state='running', pid=self.process.pid, log=str(self.log))
 
   def finish(self) -> Outcome:
