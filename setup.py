@@ -22,7 +22,9 @@ INSTALL_REQUIRES = [
 EXTRAS_REQUIRE = {
   # METEOR 1.5 and the PTB tokenizer jars ship inside pycocoevalcap's wheel.
   'eval': ['pycocoevalcap==1.2'],
-  'test': ['pytest>=8', 'ruff==0.17.6', 'pycocoevalcap==1.2'],
+  # Sweep plots (tools/sweep.py plot).
+  'plot': ['matplotlib>=3.8'],
+  'test': ['pytest>=8', 'ruff==0.17.6', 'pycocoevalcap==1.2', 'matplotlib>=3.8'],
 }
 
 setuptools.setup(
@@ -42,6 +44,7 @@ setuptools.setup(
       'aac-build-dataset=aac_jax.data.build_cli:run',
       'aac-export=aac_jax.export:run',
       'aac-scst=aac_jax.scst.main:run',
+      'aac-sweep=aac_jax.sweeps.cli:run',
     ],
   },
 )

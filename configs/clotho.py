@@ -55,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def get_sweep(hyper):
-  """Ablation: model size x learning rate (used by launch/sweep.sh)."""
+  """Ablation: model size x learning rate (run with tools/sweep.py, see the README)."""
   return hyper.product(
     [
       hyper.sweep('config.optim.lr', [2e-4, 5e-4, 1e-3]),

@@ -5,7 +5,14 @@
 Variants (after ':'):
   runlocal   shrinks data, model and steps to a smoke run of well under a
              minute (used by the end-to-end test).
+  short      300 steps, validation every 150: the runs of the example
+             ablation (`get_sweep`).
   data=NAME  synthetic builder config: default (5000/500/500), small, tiny.
+
+The example ablation (README, "Ablation studies"):
+
+  python tools/sweep.py run --config=configs/synthetic_demo.py:short \
+      --root=workdirs/ablation_captions --seeds=2 --parallel=2
 """
 
 import ml_collections
@@ -15,7 +22,7 @@ from configs.config_args import parse_config_arg
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_config_arg(arg, {'runlocal': False, 'data': 'default'})
+  args = parse_config_arg(arg, {'runlocal': False, 'short': False, 'data': 'default'})
   config = base.get_base_config()
 
   config.dataset.name = 'synthetic_aac'
@@ -67,9 +74,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.eval.batch_size = 64
 
+  if args['short']:
+    config.train.num_steps = 300
+    config.train.log_every = 25
+    config.train.eval_every = 150
+    config.train.checkpoint_every = 150
   if args['runlocal']:
     _shrink_for_local_run(config)
   return config
+
+
+def get_sweep(hyper):
+  """Example ablation: one vs five references per clip and step.
+
+  Run it with the `short` variant and 2 seeds (see the module docstring);
+  the README shows its table and plots.
+  """
+  return hyper.sweep('config.dataset.captions_per_clip', [1, 5])
 
 
 def _shrink_for_local_run(config: ml_collections.ConfigDict) -> None:

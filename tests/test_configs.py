@@ -40,3 +40,22 @@ def test_sweep_product_and_zip():
     sweeps.zipit([sweeps.sweep('config.a', [1]), sweeps.sweep('config.b', [3, 4])])
   assert sweeps.to_flags({'config.optim.lr': 0.1}) == ['--config.optim.lr=0.1']
   assert sweeps.run_name({'config.optim.lr': 0.1, 'config.seed': 3}) == 'lr=0.1,seed=3'
+
+
+@pytest.mark.parametrize('module', [synthetic_demo, clotho])
+def test_config_sweeps_resolve(module):
+  """Every point of each config's get_sweep is a valid set of overrides."""
+  from aac_jax.sweeps import define, runner
+
+  path = f'configs/{module.__name__.rsplit(".", 1)[-1]}.py'
+  sweep = runner.make_sweep(path, '/tmp/unused', seeds=2, extra_flags=[])
+  assert len(sweep.points) == 2 * len(define.load_sweep(path))
+  for config, point in zip(runner.check_points(sweep), sweep.points, strict=True):
+    assert config.seed == point.seed
+    for key, value in point.overrides.items():
+      assert config[key.split('.', 1)[1]] == value
+
+
+def test_synthetic_demo_short_variant():
+  config = synthetic_demo.get_config('short')
+  assert config.train.num_steps == 300 and config.train.eval_every == 150
