@@ -189,3 +189,25 @@ def test_converter_rejects_other_checkpoints(tmp_path):
         str(tmp_path / 'o'),
       ]
     )
+
+
+@pytest.mark.parametrize(
+  'pooling, ok',
+  [
+    ({'pooling_mode_mean_tokens': True, 'pooling_mode_cls_token': False}, True),  # Published.
+    ({'pooling_mode': 'mean'}, True),  # sentence-transformers 5+.
+    ({'pooling_mode_cls_token': True, 'pooling_mode_mean_tokens': False}, False),
+  ],
+)
+def test_only_mean_pooling_sentence_bert_folders_load(tmp_path, pooling, ok):
+  modules = [
+    {'idx': 0, 'name': '0', 'path': '', 'type': 'sentence_transformers.models.Transformer'},
+    {'idx': 1, 'name': '1', 'path': '1_Pooling', 'type': 'sentence_transformers.models.Pooling'},
+  ]
+  (tmp_path / 'modules.json').write_text(json.dumps(modules))
+  (tmp_path / '1_Pooling').mkdir()
+  (tmp_path / '1_Pooling' / 'config.json').write_text(json.dumps(pooling))
+  (tmp_path / 'config.json').write_text(json.dumps({'vocab_size': 10}))
+  # A supported pipeline gets as far as the (missing) BERT config fields.
+  with pytest.raises(fense_models.ModelUnavailable, match='do not fit' if ok else 'mean pooling'):
+    fense_models.load_sentence_embedder(tmp_path)

@@ -217,11 +217,22 @@ def _check_sbert_modules(folder: pathlib.Path, hint: str) -> None:
       raise ModelUnavailable(f'{folder}: unsupported sentence-transformers module {kind}')
 
 
+def _damaged(folder: pathlib.Path, error: Exception, hint: str) -> ModelUnavailable:
+  return ModelUnavailable(f'{folder}: config and weights do not fit ({error!r}); {hint}')
+
+
 def load_sentence_embedder(
   path: str | os.PathLike | None, batch_size: int = 128, precision: str = 'highest'
 ) -> BertRunner:
   """Sentence-BERT from a sentence-transformers folder (see module docstring)."""
   folder = resolve_model_dir(path, SBERT_NAME, SBERT_HINT)
+  try:
+    return _sentence_embedder(folder, batch_size, precision)
+  except (KeyError, ValueError) as e:
+    raise _damaged(folder, e, SBERT_HINT) from e
+
+
+def _sentence_embedder(folder: pathlib.Path, batch_size: int, precision: str) -> BertRunner:
   _check_sbert_modules(folder, SBERT_HINT)
   config = bert.BertConfig.from_hf(_read_json(folder / 'config.json', SBERT_HINT), precision)
   tensors = load_safetensors(folder, SBERT_HINT)
@@ -257,6 +268,13 @@ def load_error_checker(
 ) -> BertRunner:
   """FENSE's error checker from a converted folder; outputs P(class) [n, classes]."""
   folder = resolve_model_dir(path, ECHECKER_NAME, CONVERT_HINT)
+  try:
+    return _error_checker(folder, batch_size, precision)
+  except (KeyError, ValueError) as e:
+    raise _damaged(folder, e, CONVERT_HINT) from e
+
+
+def _error_checker(folder: pathlib.Path, batch_size: int, precision: str) -> BertRunner:
   meta = _read_json(folder / 'echecker.json', CONVERT_HINT)
   config = bert.BertConfig.from_hf(_read_json(folder / 'config.json', CONVERT_HINT), precision)
   tensors = load_safetensors(folder, CONVERT_HINT)
