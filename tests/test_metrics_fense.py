@@ -118,3 +118,25 @@ def test_bin_folder_converts_to_the_same_weights(run):
   assert converted.keys() == published.keys()
   for key, value in published.items():
     np.testing.assert_array_equal(converted[key], value)
+
+
+def test_training_hook_scores_and_selects_by_fense(run, monkeypatch):
+  from aac_jax.metrics import eval_config
+  from configs import base
+
+  _, _, paths = run
+  monkeypatch.setenv(fense_models.ENV_DIR, str(paths['sbert'].parent / 'unused'))  # Cached scorer.
+  config = base.get_base_config()
+  config.train.best_metric = 'fense'
+  d = config.eval.dcase2024
+  d.fense, d.sbert_dir, d.echecker_dir, d.batch_size = (
+    True,
+    str(paths['sbert']),
+    str(paths['echecker']),
+    32,
+  )
+  eval_config.check_metrics_config(config)
+  refs = [['a dog is barking', 'dogs bark'], ['rain falls', 'heavy rain']]
+  result = eval_config.caption_metrics_from_config(['a dog barks', 'rain'], refs, config.eval)
+  assert {'fense', 'sbert_sim', 'fer', 'vocab'} <= set(result.corpus)
+  assert 'spider_fl' in result.unavailable and not result.intervals

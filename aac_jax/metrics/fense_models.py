@@ -154,9 +154,9 @@ class BertRunner:
 
   def __call__(self, texts: Sequence[str]) -> np.ndarray:
     """Model outputs [len(texts), features] (float32), in the order of `texts`."""
-    unique = list(dict.fromkeys(self.preprocess(t) for t in texts))
     if not texts:
       return np.zeros((0, 0), np.float32)
+    unique = list(dict.fromkeys(self.preprocess(t) for t in texts))
     encodings = self.tokenizer.encode_batch(unique)
     order = np.argsort([len(e.ids) for e in encodings], kind='stable')
     outputs, rows = [], []
