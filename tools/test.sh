@@ -16,6 +16,11 @@ fi
 # shellcheck disable=SC1091
 . "$VENV/bin/activate"
 python -m pip install -q --upgrade pip >/dev/null
+if ! python -c 'import torch' 2>/dev/null; then
+  # The CPU build: the parity references (FENSE) need torch, never a GPU.
+  echo "[test.sh] installing CPU torch into $VENV"
+  python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+fi
 echo "[test.sh] installing aac_jax[test] into $VENV"
 python -m pip install -q -e '.[test]'
 echo "[test.sh] ruff check + format check"
