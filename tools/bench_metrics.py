@@ -174,7 +174,7 @@ def bench_fense(corpora: pathlib.Path, num_clips: int, batch_size: int, repeats:
     warm = min(len(cands), 128)  # Compiles the bucket shapes.
     scorer.score(cands[:warm], refs[:warm])
     setup = time.perf_counter() - start
-    ours, ours_time, ours_cpu = best_time(lambda: scorer.score(cands, refs), repeats)
+    ours, ours_time, ours_cpu = best_time(lambda: scorer.score(cands, refs)[0], repeats)
     theirs, ref_time, ref_cpu = best_time(lambda: reference.score(cands, refs), repeats)
   diff = np.abs(ours['fense'] - theirs['fense']).max()
   print(
