@@ -182,7 +182,7 @@ def bench_fense(corpora: pathlib.Path, num_clips: int, batch_size: int, repeats:
   )
   print(
     f'  aac_jax (JAX, batch {batch_size}): {ours_time:.2f} s (CPU {ours_cpu:.2f} s) warm; '
-    f'loading + compiling before: {setup:.2f} s'
+    f'loading, compiling and a {warm}-clip warm-up before: {setup:.2f} s'
   )
   print(f'  PyTorch reference (batch 32): {ref_time:.2f} s (CPU {ref_cpu:.2f} s)')
   print(
