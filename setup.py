@@ -24,7 +24,22 @@ EXTRAS_REQUIRE = {
   'eval': ['pycocoevalcap==1.2'],
   # Sweep plots (tools/sweep.py plot).
   'plot': ['matplotlib>=3.8'],
-  'test': ['pytest>=8', 'ruff==0.17.6', 'pycocoevalcap==1.2', 'matplotlib>=3.8'],
+  # FENSE / SBERT-sim / FER / SPIDEr-FL: word pieces and weights, no torch.
+  'fense': ['tokenizers>=0.15', 'safetensors>=0.4'],
+  # tools/convert_checkpoint.py (torch files -> safetensors), never at run time.
+  'convert': ['torch>=2.1', 'safetensors>=0.4'],
+  'test': [
+    'pytest>=8',
+    'ruff==0.17.6',
+    'pycocoevalcap==1.2',
+    'matplotlib>=3.8',
+    # PyTorch references of the FENSE parity tests.
+    'torch>=2.1',
+    'transformers>=4.40',
+    'sentence-transformers>=3.0',
+    'tokenizers>=0.15',
+    'safetensors>=0.4',
+  ],
 }
 
 setuptools.setup(

@@ -128,6 +128,23 @@ def get_eval_config() -> ml_collections.ConfigDict:
   # best checkpoint). Independent of `config.decode`, which is what
   # `aac-caption`, export and SCST sampling use.
   c.decode = get_decode_config()
+  c.dcase2024 = get_dcase2024_metrics_config()
+  return c
+
+
+# --- DCASE 2024 metrics (FENSE, SPIDEr-FL, Vocab, confidence intervals) ---
+# Read by aac_jax.metrics.eval_config; Vocab is always computed. With fense,
+# train.best_metric may be 'fense' (or 'sbert_sim', 'spider_fl' with spice).
+def get_dcase2024_metrics_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.fense = False  # SBERT-sim, FER, FENSE (and SPIDEr-FL with eval.spice), models in JAX.
+  c.sbert_dir = (
+    ''  # paraphrase-TinyBERT-L6-v2 folder ('' = $AAC_FENSE_DIR/paraphrase-TinyBERT-L6-v2).
+  )
+  c.echecker_dir = ''  # Converted checker ('' = $AAC_FENSE_DIR/echecker_clotho_audiocaps_base).
+  c.batch_size = 128  # Sentences per FENSE model forward pass.
+  c.precision = 'highest'  # 'highest' (float32 matmuls) or 'default' (TF32/bf16 passes, faster).
+  c.bootstrap = 0  # Resamples for 95 % confidence intervals of test scores (0 = none).
   return c
 
 

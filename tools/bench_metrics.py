@@ -1,6 +1,7 @@
-"""Times aac_jax's metrics against pycocoevalcap 1.2 and the SCST reward.
+"""Times aac_jax's metrics against pycocoevalcap 1.2, the SCST reward and FENSE.
 
   python tools/bench_metrics.py [--corpora ../shared/corpora] [--repeats 5]
+  python tools/bench_metrics.py --only fense [--fense_clips 1045]
 
 1. Scores the Clotho evaluation split (caption_1 of each clip against the
    other four) with pycocoevalcap (Java PTB tokenizer + Bleu(4), Rouge,
@@ -13,8 +14,18 @@
    references) on batches of 256 candidates with five references each,
    through its three entry points (text references, corpus clip indices,
    token ids), and prints captions/s.
+3. Times FENSE (SBERT-sim, error checker, penalty) on the Clotho
+   evaluation split (per clip: the caption_1 of the next clip as candidate,
+   the clip's five captions as references; 1,045 x 5) with aac_jax (JAX)
+   and with the PyTorch reference (sentence-transformers `encode` and the
+   checker in torch, batches of 32 as aac-metrics), both warm (best of
+   --fense_repeats runs), models of
+   the real architectures with random weights (`tests/fense_reference.py`;
+   timings do not depend on the weights); prints both times, their ratio
+   and the largest FENSE difference.
 
-Needs pycocoevalcap (`pip install 'aac_jax[eval]'`) and Java for part 1.
+Needs pycocoevalcap (`pip install 'aac_jax[eval]'`) and Java for part 1,
+torch, transformers and sentence-transformers (the test extra) for part 3.
 """
 
 import argparse
@@ -141,15 +152,64 @@ def _rate(seconds: float, batch: int) -> str:
   return f'{seconds * 1e3:6.1f} ms, {batch / seconds:>9,.0f} captions/s'
 
 
+def bench_fense(corpora: pathlib.Path, num_clips: int, batch_size: int, repeats: int) -> None:
+  import sys
+  import tempfile
+
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+  from tests import fense_reference as ref  # noqa: I001  (torch; only for this part)
+
+  from aac_jax.metrics import fense
+
+  clips = load_clotho(corpora / 'clotho' / 'clotho_captions_evaluation.csv')[:num_clips]
+  cands = ptb_tokenizer.tokenize_captions(
+    [clips[(i + 1) % len(clips)][0] for i in range(len(clips))]
+  )
+  refs = ptb_tokenizer.tokenize_references(clips)
+  with tempfile.TemporaryDirectory() as tmp:
+    folders, reference, _ = ref.build_models(corpora, pathlib.Path(tmp))
+    options = fense.FenseOptions(str(folders['sbert']), str(folders['echecker']), batch_size)
+    start = time.perf_counter()
+    scorer = fense.FenseScorer(options)
+    warm = min(len(cands), 128)  # Compiles the bucket shapes.
+    scorer.score(cands[:warm], refs[:warm])
+    setup = time.perf_counter() - start
+    ours, ours_time, ours_cpu = best_time(lambda: scorer.score(cands, refs)[0], repeats)
+    theirs, ref_time, ref_cpu = best_time(lambda: reference.score(cands, refs), repeats)
+  diff = np.abs(ours['fense'] - theirs['fense']).max()
+  print(
+    f'\nFENSE, Clotho evaluation: {len(cands)} clips x 5 references ({len(cands) * 6} sentences)'
+  )
+  print(
+    f'  aac_jax (JAX, batch {batch_size}): {ours_time:.2f} s (CPU {ours_cpu:.2f} s) warm; '
+    f'loading, compiling and a {warm}-clip warm-up before: {setup:.2f} s'
+  )
+  print(f'  PyTorch reference (batch 32): {ref_time:.2f} s (CPU {ref_cpu:.2f} s)')
+  print(
+    f'  speed-up: {ref_time / ours_time:.2f}x wall, {ref_cpu / ours_cpu:.2f}x CPU; '
+    f'largest per-clip FENSE difference {diff:.2e}'
+  )
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   default = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'corpora'
   parser.add_argument('--corpora', type=pathlib.Path, default=default)
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--batch', type=int, default=256)
+  parser.add_argument('--only', choices=('coco', 'reward', 'fense'), help='Run one part only.')
+  parser.add_argument('--fense_clips', type=int, default=1045, help='Clips for the FENSE part.')
+  parser.add_argument('--fense_batch', type=int, default=128, help='aac_jax FENSE batch size.')
+  parser.add_argument(
+    '--fense_repeats', type=int, default=1, help='Timed runs of each (best kept).'
+  )
   args = parser.parse_args()
-  bench_parity(args.corpora, args.repeats)
-  bench_reward(args.corpora, args.batch, max(args.repeats, 5))
+  if args.only in (None, 'coco'):
+    bench_parity(args.corpora, args.repeats)
+  if args.only in (None, 'reward'):
+    bench_reward(args.corpora, args.batch, max(args.repeats, 5))
+  if args.only in (None, 'fense'):
+    bench_fense(args.corpora, args.fense_clips, args.fense_batch, args.fense_repeats)
 
 
 if __name__ == '__main__':

@@ -10,6 +10,7 @@ whitespace), as produced by `ptb_tokenizer.tokenize_caption`.
 """
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -47,6 +48,43 @@ def _bleu(correct, guess, test_len, ref_len) -> np.ndarray:
   return scores * penalty[..., None]
 
 
+class BleuStatistics(NamedTuple):
+  """Per-clip sums BLEU is made of (the corpus score uses their totals).
+
+  Attributes:
+    correct: [n, max_n] clipped matches.
+    guess: [n, max_n] candidate n-grams.
+    test_len: [n] candidate words.
+    ref_len: [n] effective (closest) reference words.
+  """
+
+  correct: np.ndarray
+  guess: np.ndarray
+  test_len: np.ndarray
+  ref_len: np.ndarray
+
+
+def bleu_statistics(counts: ngrams.PairCounts, max_n: int = 4) -> BleuStatistics:
+  """Per-clip BLEU statistics from aligned n-gram counts (at least `max_n` orders)."""
+  n = counts.num_clips
+  # Highest count of each (clip, n-gram) over the clip's references.
+  max_ref = np.maximum.reduceat(np.where(counts.is_ref, counts.count, 0.0), counts.first)
+  clipped = np.minimum(counts.count, max_ref[counts.group])
+  rows = ~counts.is_ref & (counts.order < max_n)
+  correct = np.bincount(
+    counts.clip[rows] * max_n + counts.order[rows], weights=clipped[rows], minlength=n * max_n
+  ).reshape(n, max_n)
+  test_len = counts.cand_len.astype(np.float64)
+  guess = np.maximum(0.0, test_len[:, None] - np.arange(max_n))
+  return BleuStatistics(correct, guess, test_len, _closest_ref_length(counts).astype(np.float64))
+
+
+def corpus_bleu(stats: BleuStatistics, weights: np.ndarray) -> np.ndarray:
+  """Corpus BLEU of weighted clips: weights [b, n] (clip multiplicities) -> [b, max_n]."""
+  w = weights.astype(np.float64)
+  return _bleu(w @ stats.correct, w @ stats.guess, w @ stats.test_len, w @ stats.ref_len)
+
+
 def bleu_from_counts(counts: ngrams.PairCounts, max_n: int = 4) -> tuple[np.ndarray, np.ndarray]:
   """Corpus and per-clip BLEU from aligned n-gram counts.
 
@@ -57,21 +95,11 @@ def bleu_from_counts(counts: ngrams.PairCounts, max_n: int = 4) -> tuple[np.ndar
   Returns:
     (corpus scores [max_n], per-clip scores [n, max_n]).
   """
-  n = counts.num_clips
-  if n == 0:
+  if counts.num_clips == 0:
     return np.zeros(max_n), np.zeros((0, max_n))
-  # Highest count of each (clip, n-gram) over the clip's references.
-  max_ref = np.maximum.reduceat(np.where(counts.is_ref, counts.count, 0.0), counts.first)
-  clipped = np.minimum(counts.count, max_ref[counts.group])
-  rows = ~counts.is_ref & (counts.order < max_n)
-  correct = np.bincount(
-    counts.clip[rows] * max_n + counts.order[rows], weights=clipped[rows], minlength=n * max_n
-  ).reshape(n, max_n)
-  test_len = counts.cand_len.astype(np.float64)
-  guess = np.maximum(0.0, test_len[:, None] - np.arange(max_n))
-  eff_ref = _closest_ref_length(counts).astype(np.float64)
-  per_clip = _bleu(correct, guess, test_len, eff_ref)
-  corpus = _bleu(correct.sum(0), guess.sum(0), test_len.sum(), eff_ref.sum())
+  s = bleu_statistics(counts, max_n)
+  per_clip = _bleu(s.correct, s.guess, s.test_len, s.ref_len)
+  corpus = _bleu(s.correct.sum(0), s.guess.sum(0), s.test_len.sum(), s.ref_len.sum())
   return corpus, per_clip
 
 

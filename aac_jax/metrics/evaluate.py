@@ -2,9 +2,13 @@
 
 `compute_caption_metrics` PTB-tokenizes predictions and references (the
 Python tokenizer of `ptb_tokenizer.py`, no Java), then computes BLEU-1..4,
-ROUGE-L and CIDEr-D in numpy; METEOR (official jar, Java) and SPICE/SPIDEr
-(official jar plus user-supplied CoreNLP) on request. A metric that cannot
-be computed is left out of the scores, with the reason in `unavailable`.
+ROUGE-L, CIDEr-D and Vocab in numpy; METEOR (official jar, Java),
+SPICE/SPIDEr (official jar plus user-supplied CoreNLP) and SBERT-sim, FER,
+FENSE, SPIDEr-FL (the FENSE models in JAX, `fense.py`) on request; and
+bootstrap confidence intervals of every corpus score. As aac-metrics'
+`evaluate(preprocess=True)` (its DCASE 2023/2024 evaluation), every metric,
+FENSE included, sees the PTB-tokenized captions. A metric that cannot be
+computed is left out of the scores, with the reason in `unavailable`.
 """
 
 import os
@@ -14,9 +18,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from aac_jax.metrics import bleu, cider, ngrams, ptb_tokenizer, rouge
+from aac_jax.metrics import bleu, bootstrap, cider, ngrams, ptb_tokenizer, rouge
+from aac_jax.metrics import fense as fense_lib
 from aac_jax.metrics import meteor as meteor_lib
 from aac_jax.metrics import spice as spice_lib
+from aac_jax.metrics import vocab as vocab_lib
 
 METRICS = (
   'bleu_1',
@@ -28,6 +34,26 @@ METRICS = (
   'cider_d',
   'spice',
   'spider',
+  'sbert_sim',
+  'fer',
+  'fense',
+  'spider_fl',
+  'vocab',
+  'vocab_ratio',
+)
+# The DCASE 2024 table (aac-metrics `metrics='dcase2024'`): METEOR, SPIDEr-FL
+# with its parts, FENSE with its parts, Vocab.
+DCASE2024_METRICS = (
+  'meteor',
+  'cider_d',
+  'spice',
+  'spider',
+  'spider_fl',
+  'sbert_sim',
+  'fer',
+  'fense',
+  'vocab',
+  'vocab_ratio',
 )
 
 
@@ -38,11 +64,14 @@ class CaptionMetrics(NamedTuple):
     corpus: metric -> corpus score (keys among `METRICS`).
     per_clip: metric -> float64 [n] clip scores (same keys).
     unavailable: metric -> why it is missing (not requested, no Java, ...).
+    intervals: metric -> (low, high) 95 % bootstrap interval of the corpus
+      score (only with `bootstrap` > 0; see `bootstrap.py`).
   """
 
   corpus: dict[str, float]
   per_clip: dict[str, np.ndarray]
   unavailable: dict[str, str]
+  intervals: dict[str, tuple[float, float]] = {}
 
 
 def compute_caption_metrics(
@@ -53,6 +82,10 @@ def compute_caption_metrics(
   spice: bool = False,
   spice_jars: str | os.PathLike | None = None,
   java: str = 'java',
+  fense: bool = False,
+  fense_options: fense_lib.FenseOptions | None = None,
+  bootstrap_samples: int = 0,
+  bootstrap_seed: int = 0,
 ) -> CaptionMetrics:
   """Scores predictions against references as pycocoevalcap 1.2 does.
 
@@ -69,6 +102,10 @@ def compute_caption_metrics(
       CoreNLP 3.6.0 jars in `spice_jars` or $AAC_SPICE_CORENLP_DIR).
     spice_jars: folder holding the CoreNLP 3.6.0 jars.
     java: java executable for METEOR and SPICE.
+    fense: also SBERT-sim, FER, FENSE and (with `spice`) SPIDEr-FL.
+    fense_options: the FENSE model folders (default: `$AAC_FENSE_DIR`).
+    bootstrap_samples: resamples for the 95 % intervals (0 = none).
+    bootstrap_seed: seed of the resampling.
 
   Returns:
     The `CaptionMetrics`.
@@ -77,14 +114,24 @@ def compute_caption_metrics(
   cands = ptb_tokenizer.tokenize_captions(predictions)
   refs = ptb_tokenizer.tokenize_references(references)
   corpus, per_clip, unavailable = {}, {}, {}
+  statistics: dict[str, bootstrap.Statistic] = {}
   if cands:
-    _add_ngram_metrics(cands, refs, corpus, per_clip)
+    statistics.update(_add_ngram_metrics(cands, refs, corpus, per_clip))
   else:
     corpus.update({k: 0.0 for k in METRICS[:4] + ('rouge_l', 'cider_d')})
     per_clip.update({k: np.zeros(0) for k in corpus})
   _add_meteor(meteor, cands, refs, java, corpus, per_clip, unavailable)
   _add_spice(spice, cands, refs, spice_jars, java, corpus, per_clip, unavailable)
-  return CaptionMetrics(corpus, per_clip, unavailable)
+  _add_fense(fense, fense_options, cands, refs, corpus, per_clip, unavailable)
+  _add_vocab(cands, refs, corpus)
+  intervals = {}
+  if bootstrap_samples > 0:
+    for name in corpus:
+      if name not in statistics and name in per_clip:
+        statistics[name] = bootstrap.mean_statistic(per_clip[name])
+    statistics = {k: v for k, v in statistics.items() if k in corpus}
+    intervals = bootstrap.intervals(statistics, len(cands), bootstrap_samples, bootstrap_seed)
+  return CaptionMetrics(corpus, per_clip, unavailable, intervals)
 
 
 # Whitespace other than spaces (and the line breaks joining captions).
@@ -98,8 +145,8 @@ def _single_spaced(joined: str) -> bool:
   return not (joined.startswith(' ') or joined.endswith(' ') or _OTHER_SPACE.search(joined))
 
 
-def _add_ngram_metrics(cands, refs, corpus, per_clip) -> None:
-  """BLEU, ROUGE-L and CIDEr-D, sharing one encoding of the words."""
+def _add_ngram_metrics(cands, refs, corpus, per_clip) -> dict[str, bootstrap.Statistic]:
+  """BLEU, ROUGE-L and CIDEr-D, sharing one encoding of the words; returns BLEU's resamplers."""
   texts = cands + [r for rs in refs for r in rs]
   regular = _single_spaced('\n'.join(texts))  # Then split() == split(' ').
   vocab: dict[str, int] = {}
@@ -111,6 +158,7 @@ def _add_ngram_metrics(cands, refs, corpus, per_clip) -> None:
   bleu_corpus, bleu_clip = bleu.bleu_from_counts(counts, 4)
   for k in range(4):
     corpus[f'bleu_{k + 1}'], per_clip[f'bleu_{k + 1}'] = float(bleu_corpus[k]), bleu_clip[:, k]
+  stats = bleu.bleu_statistics(counts, 4)
   if not regular:
     _, per_clip['rouge_l'] = rouge.rouge_l_scores(cands, refs)
   else:  # split() and split(' ') agree except on '' (one empty token).
@@ -120,6 +168,11 @@ def _add_ngram_metrics(cands, refs, corpus, per_clip) -> None:
   per_clip['cider_d'] = cider.cider_d_from_counts(counts, cider.corpus_idf(counts))
   corpus['rouge_l'] = float(per_clip['rouge_l'].mean())
   corpus['cider_d'] = float(per_clip['cider_d'].mean())
+  return {f'bleu_{k + 1}': _bleu_order(stats, k) for k in range(4)}
+
+
+def _bleu_order(stats: bleu.BleuStatistics, k: int) -> bootstrap.Statistic:
+  return lambda w: bleu.corpus_bleu(stats, w)[:, k]
 
 
 def _add_meteor(wanted, cands, refs, java, corpus, per_clip, unavailable) -> None:
@@ -144,3 +197,29 @@ def _add_spice(wanted, cands, refs, jars, java, corpus, per_clip, unavailable) -
     return
   corpus['spider'] = float(spice_lib.spider(corpus['cider_d'], corpus['spice']))
   per_clip['spider'] = spice_lib.spider(per_clip['cider_d'], per_clip['spice'])
+
+
+def _add_fense(wanted, options, cands, refs, corpus, per_clip, unavailable) -> None:
+  """SBERT-sim, FER, FENSE and, where SPIDEr is there, SPIDEr-FL."""
+  names = ('sbert_sim', 'fer', 'fense', 'spider_fl')
+  if not wanted:
+    unavailable.update({k: 'not requested (fense=False)' for k in names})
+    return
+  scores, missing = fense_lib.shared_scorer(options or fense_lib.FenseOptions()).score(cands, refs)
+  per_clip.update(scores)
+  unavailable.update(missing)
+  corpus.update({k: float(v.mean()) if len(v) else 0.0 for k, v in scores.items() if k in names})
+  if 'fer' not in scores:
+    unavailable['spider_fl'] = f'needs FER: {missing["fer"]}'
+  elif 'spider' not in per_clip:
+    unavailable['spider_fl'] = f'needs SPIDEr: {unavailable["spider"]}'
+  else:
+    per_clip['spider_fl'] = fense_lib.penalize(per_clip['spider'], scores['fer'])
+    corpus['spider_fl'] = float(per_clip['spider_fl'].mean()) if len(cands) else 0.0
+
+
+def _add_vocab(cands, refs, corpus) -> None:
+  """Vocab and its ratio to the references' (no interval: see `bootstrap.py`)."""
+  data = vocab_lib.vocab_data(cands, refs)
+  vocab, ratio = vocab_lib.vocab_scores(data, np.ones((1, len(cands))))
+  corpus['vocab'], corpus['vocab_ratio'] = float(vocab[0]), float(ratio[0])

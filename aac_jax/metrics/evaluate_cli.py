@@ -4,6 +4,9 @@
   aac-evaluate --predictions preds.json --references audiocaps/test.csv --meteor
   aac-evaluate --predictions preds.csv --tfds clotho_aac/16000hz --split evaluation \\
       --data_dir ~/tensorflow_datasets --spice --spice_jars ~/corenlp-3.6.0
+  aac-evaluate --predictions preds.csv --references clotho_captions_evaluation.csv \\
+      --dcase2024 --spice_jars ~/corenlp-3.6.0 --fense_dir ~/fense_models --bootstrap 1000 \\
+      --submission submission.csv
 
 Predictions: a CSV with a header (id column `id`, `file_name`, `youtube_id`
 or `audiocap_id`; caption column `prediction`, `caption_predicted`,
@@ -15,8 +18,12 @@ CSV (`audiocap_id,youtube_id,start_time,caption`, clip id `youtube_id`, or
 `youtube_id_start_time` where a video has several clips), or a TFDS split
 read with `tfds.data_source` (features `id` and `captions`).
 Writes the JSON (`--output`, default `<predictions>.scores.json`) with
-corpus scores, the reasons for missing metrics, input warnings and, with
-`--per_clip`, every clip's scores, then prints a table.
+corpus scores, the reasons for missing metrics, input warnings, with
+`--bootstrap N` the 95 % intervals and, with `--per_clip`, every clip's
+scores, then prints a table. `--dcase2024` computes and prints the DCASE
+2024 set (METEOR, CIDEr-D, SPICE, SPIDEr, SPIDEr-FL, SBERT-sim, FER, FENSE,
+Vocab); `--submission` writes the challenge's `file_name,caption_predicted`
+CSV.
 
 Files are read as UTF-8 (a byte-order mark, as Excel writes, is fine);
 lines that are not UTF-8 are read as ISO-8859-1 with a warning naming the
@@ -37,7 +44,7 @@ from collections.abc import Sequence
 
 from aac_jax import files
 from aac_jax.data import text_files
-from aac_jax.metrics import evaluate
+from aac_jax.metrics import evaluate, fense, fense_models, submission
 
 ID_COLUMNS = ('id', 'file_name', 'youtube_id', 'audiocap_id')
 CAPTION_COLUMNS = ('prediction', 'caption_predicted', 'caption', 'text')
@@ -168,17 +175,25 @@ def align(
   return ids, [predictions[k] for k in ids], [references[k] for k in ids]
 
 
-def format_table(result: evaluate.CaptionMetrics) -> str:
-  """Renders corpus scores and reasons for missing metrics as text."""
-  lines = [f'{"metric":<10} {"score":>8}']
-  for name in evaluate.METRICS:
-    if name in result.corpus:
-      value = result.corpus[name]
-      lines.append(
-        f'{name:<10} {value:>8.4f}' if math.isfinite(value) else f'{name:<10} {"nan":>8}'
-      )
-    else:
-      lines.append(f'{name:<10} {"n/a":>8}  ({result.unavailable.get(name, "")})')
+def _number(name: str, value: float) -> str:
+  if not math.isfinite(value):
+    return 'nan'
+  return f'{value:.0f}' if name == 'vocab' else f'{value:.4f}'
+
+
+def format_table(result: evaluate.CaptionMetrics, names: Sequence[str] = evaluate.METRICS) -> str:
+  """Renders corpus scores (with intervals, if any) and reasons for missing metrics as text."""
+  ci = bool(result.intervals)
+  lines = [f'{"metric":<12} {"score":>8}' + (f'  {"95% interval":>19}' if ci else '')]
+  for name in names:
+    if name not in result.corpus:
+      lines.append(f'{name:<12} {"n/a":>8}  (unavailable: {result.unavailable.get(name, "")})')
+      continue
+    line = f'{name:<12} {_number(name, result.corpus[name]):>8}'
+    if name in result.intervals:
+      low, high = result.intervals[name]
+      line += f'  [{_number(name, low):>8}, {_number(name, high):>8}]'
+    lines.append(line)
   return '\n'.join(lines)
 
 
@@ -195,6 +210,29 @@ def make_parser() -> argparse.ArgumentParser:
   parser.add_argument('--spice', action='store_true', help='Also SPICE and SPIDEr (Java).')
   parser.add_argument('--spice_jars', help='Folder with the CoreNLP 3.6.0 jars for SPICE.')
   parser.add_argument('--java', default='java', help='Java executable (name on PATH, or path).')
+  parser.add_argument('--fense', action='store_true', help='Also SBERT-sim, FER, FENSE, SPIDEr-FL.')
+  parser.add_argument(
+    '--fense_dir', help=f'Folder with both FENSE models (default ${fense_models.ENV_DIR}).'
+  )
+  parser.add_argument(
+    '--sbert_dir', help=f'{fense_models.SBERT_NAME} folder (overrides --fense_dir).'
+  )
+  parser.add_argument(
+    '--echecker_dir', help='Converted error checker folder (overrides --fense_dir).'
+  )
+  parser.add_argument(
+    '--fense_batch_size', type=int, default=128, help='Sentences per forward pass.'
+  )
+  parser.add_argument(
+    '--dcase2024', action='store_true', help='METEOR, SPICE, FENSE; print the DCASE 2024 set.'
+  )
+  parser.add_argument(
+    '--bootstrap', type=int, default=0, help='Resamples for 95%% intervals (0 = none).'
+  )
+  parser.add_argument('--bootstrap_seed', type=int, default=0)
+  parser.add_argument(
+    '--submission', help='Also write the DCASE file_name,caption_predicted CSV here.'
+  )
   parser.add_argument('--output', help='JSON output (default: <predictions>.scores.json).')
   parser.add_argument('--per_clip', action='store_true', help='Write per-clip scores too.')
   return parser
@@ -216,11 +254,25 @@ def main(argv: Sequence[str] | None = None) -> dict:
   else:
     raise SystemExit('give --references or --tfds (or predictions JSON with references)')
   ids, preds, refs = align(predictions, references)
+  if args.submission:
+    print(f'wrote {submission.write_dcase_submission(args.submission, ids, preds)}')
   result = evaluate.compute_caption_metrics(
-    preds, refs, meteor=args.meteor, spice=args.spice, spice_jars=args.spice_jars, java=args.java
+    preds,
+    refs,
+    meteor=args.meteor or args.dcase2024,
+    spice=args.spice or args.dcase2024,
+    spice_jars=args.spice_jars,
+    java=args.java,
+    fense=args.fense or args.dcase2024,
+    fense_options=_fense_options(args),
+    bootstrap_samples=args.bootstrap,
+    bootstrap_seed=args.bootstrap_seed,
   )
   report = {'num_clips': len(ids), 'corpus': result.corpus, 'unavailable': result.unavailable}
   report['warnings'] = warnings
+  if result.intervals:
+    report['intervals_95'] = {k: list(v) for k, v in result.intervals.items()}
+    report['bootstrap'] = {'samples': args.bootstrap, 'seed': args.bootstrap_seed}
   if args.per_clip:
     report['per_clip'] = {
       clip: {k: float(v[i]) for k, v in result.per_clip.items()} for i, clip in enumerate(ids)
@@ -230,8 +282,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
   files.write_text(pathlib.Path(output).expanduser(), json.dumps(report, indent=1) + '\n')
   print(f'wrote {output}', file=sys.stderr)
   print(f'{len(ids)} clips')
-  print(format_table(result))
+  print(format_table(result, evaluate.DCASE2024_METRICS if args.dcase2024 else evaluate.METRICS))
   return report
+
+
+def _fense_options(args: argparse.Namespace) -> fense.FenseOptions:
+  """Model folders: explicit flags, else under --fense_dir, else under $AAC_FENSE_DIR."""
+  base = pathlib.Path(args.fense_dir).expanduser() if args.fense_dir else None
+  sbert = args.sbert_dir or (str(base / fense_models.SBERT_NAME) if base else '')
+  echecker = args.echecker_dir or (str(base / fense_models.ECHECKER_NAME) if base else '')
+  return fense.FenseOptions(sbert, echecker, args.fense_batch_size)
 
 
 def run() -> None:
