@@ -13,6 +13,7 @@ from collections.abc import Callable
 import ml_collections
 
 from aac_jax.data import registry
+from aac_jax.metrics import eval_config
 
 STAGES = ('train', 'scst')
 FEATURE_STATS_MODES = ('measure', 'fixed')
@@ -243,6 +244,10 @@ def problems(config: ml_collections.ConfigDict, stage: str, num_devices: int) ->
   _decode(config.decode, 'decode', config, p)
   if stage == 'scst':
     _scst(config, p)
+  try:
+    eval_config.check_metrics_config(config)
+  except ValueError as error:
+    p.lines.append(str(error))
   return p.lines
 
 

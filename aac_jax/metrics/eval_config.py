@@ -21,12 +21,12 @@ _SPICE_METRICS = ('spice', 'spider', 'spider_fl')
 
 def fense_options(eval_cfg: ml_collections.ConfigDict) -> fense_lib.FenseOptions:
   """FENSE model folders and run settings from `eval.dcase2024`."""
-  d = eval_cfg.get('dcase2024') or ml_collections.ConfigDict()
+  d = eval_cfg.dcase2024
   return fense_lib.FenseOptions(
-    sbert_dir=d.get('sbert_dir', ''),
-    echecker_dir=d.get('echecker_dir', ''),
-    batch_size=int(d.get('batch_size', 128)),
-    precision=d.get('precision', 'highest'),
+    sbert_dir=d.sbert_dir,
+    echecker_dir=d.echecker_dir,
+    batch_size=int(d.batch_size),
+    precision=d.precision,
   )
 
 
@@ -48,15 +48,15 @@ def caption_metrics_from_config(
   Returns:
     The `CaptionMetrics` (missing metrics in `unavailable`, with reasons).
   """
-  d = eval_cfg.get('dcase2024') or ml_collections.ConfigDict()
+  d = eval_cfg.dcase2024
   return evaluate.compute_caption_metrics(
     list(predictions),
     references,
-    meteor=bool(eval_cfg.get('meteor', False)),
-    spice=bool(eval_cfg.get('spice', False)),
-    fense=bool(d.get('fense', False)),
-    fense_options=fense_options(eval_cfg),
-    bootstrap_samples=int(d.get('bootstrap', 0)) if with_intervals else 0,
+    meteor=bool(eval_cfg.meteor),
+    spice=bool(eval_cfg.spice),
+    fense=bool(d.fense),
+    fense_options=fense_options(eval_cfg) if d.fense else None,
+    bootstrap_samples=int(d.bootstrap) if with_intervals else 0,
   )
 
 
@@ -66,21 +66,19 @@ def check_metrics_config(config: ml_collections.ConfigDict) -> None:
   Raises:
     ValueError: one message naming the metric, why it is missing and the fix.
   """
-  best = config.train.get('best_metric', '')
-  if not best:
-    return
+  best = config.train.best_metric
   if best not in evaluate.METRICS:
-    raise ValueError(f'train.best_metric={best!r} is not a caption metric ({evaluate.METRICS})')
+    return  # No metric, or one computed beside the caption metrics (diagnostics, fluency).
   eval_cfg = config.eval
-  if best == 'meteor' and not eval_cfg.get('meteor'):
+  if best == 'meteor' and not eval_cfg.meteor:
     raise ValueError('train.best_metric=meteor needs --config.eval.meteor=True')
-  if best in _SPICE_METRICS and not eval_cfg.get('spice'):
+  if best in _SPICE_METRICS and not eval_cfg.spice:
     raise ValueError(
       f'train.best_metric={best} needs --config.eval.spice=True (and the CoreNLP jars)'
     )
   if best not in _FENSE_METRICS:
     return
-  if not eval_cfg.get('dcase2024', {}).get('fense'):
+  if not eval_cfg.dcase2024.fense:
     raise ValueError(f'train.best_metric={best} needs --config.eval.dcase2024.fense=True')
   scorer = fense_lib.shared_scorer(fense_options(eval_cfg))
   needs = (

@@ -22,6 +22,7 @@ from etils import epath
 
 from aac_jax import decoding, files, metrics
 from aac_jax.data import pipeline, sources
+from aac_jax.metrics import eval_config
 from aac_jax.train import checkpointing, parallel, steps
 from aac_jax.train.metric_writers import MetricWriter
 
@@ -49,28 +50,30 @@ def score(
   split: pipeline.EvalSplit,
   events: Sequence[str] | None,
   eval_cfg: ml_collections.ConfigDict,
+  with_intervals: bool = False,
 ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-  """Caption metrics, plus the synthetic event diagnostics when `events` is given.
+  """The metric set of `config.eval`, plus the synthetic event diagnostics when `events` is given.
 
   Args:
     predictions: `[n]` predicted captions, in clip order.
     split: the evaluated clips (references).
     events: `[n]` ground-truth event JSON (`synthetic_aac`), or None.
-    eval_cfg: `config.eval` (`meteor`, `spice` switches).
+    eval_cfg: `config.eval` (`meteor`, `spice`, `dcase2024`).
+    with_intervals: also `<metric>_low` / `<metric>_high`, the 95 % bootstrap
+      interval (`eval.dcase2024.bootstrap` resamples; the test pass).
 
   Returns:
     `(corpus scores, per-clip scores [n] by metric)`.
   """
-  result = metrics.compute_caption_metrics(
-    list(predictions),
-    split.references,
-    meteor=bool(eval_cfg.meteor),
-    spice=bool(eval_cfg.spice),
+  result = eval_config.caption_metrics_from_config(
+    predictions, split.references, eval_cfg, with_intervals
   )
   for name, why in result.unavailable.items():
     if 'not requested' not in why:
       logging.log_first_n(logging.WARNING, 'Metric %s unavailable: %s', 5, name, why)
   corpus = {k: float(v) for k, v in result.corpus.items()}
+  for name, (low, high) in result.intervals.items():
+    corpus[f'{name}_low'], corpus[f'{name}_high'] = float(low), float(high)
   if events is not None:
     from aac_jax.data.synthetic import diagnostics
 
@@ -175,7 +178,9 @@ class Evaluator:
           captions[int(index)] = self._tokenizer.decode(np.asarray(tokens).tolist())
     return split, captions
 
-  def evaluate(self, params: Any, name: str, step: int, tag: str = '') -> dict[str, float]:
+  def evaluate(
+    self, params: Any, name: str, step: int, tag: str = '', with_intervals: bool = False
+  ) -> dict[str, float]:
     """Decodes and scores split `name`; writes predictions, scalars and sample captions.
 
     Args:
@@ -184,12 +189,14 @@ class Evaluator:
       step: the step the scores are logged at.
       tag: names the predictions file and the scalars' prefix instead of
         the step (e.g. 'init' for SCST's starting point).
+      with_intervals: add bootstrap intervals (see `score`).
 
     Returns:
       Caption metrics, event diagnostics (synthetic data) and fluency proxies.
     """
     split, predictions = self.predict(params, name)
-    scores, per_clip = score(predictions, split, self._get_split(name)[2], self._config.eval)
+    events = self._get_split(name)[2]
+    scores, per_clip = score(predictions, split, events, self._config.eval, with_intervals)
     fluency = metrics.diversity_stats(predictions, self._training_captions)
     scores.update({k: float(v) for k, v in fluency.items()})
     path = self._workdir / 'predictions' / f'{name}_{tag or f"step{step}"}.json'
@@ -225,4 +232,4 @@ def evaluate_best_on_test(exp, manager, state, evaluator: Evaluator) -> tuple[di
     )
     params, step, _ = checkpointing.restore_params(exp.workdir, exp.config.train, target)
   logging.info('Test evaluation with the checkpoint of step %d', step)
-  return evaluator.evaluate(params, exp.config.dataset.test_split, step), step
+  return evaluator.evaluate(params, exp.config.dataset.test_split, step, with_intervals=True), step
