@@ -68,12 +68,28 @@ def frame_signal(waveform: jax.Array, n_fft: int, hop_length: int) -> jax.Array:
   Returns:
     `[batch, frames, n_fft]` with `frames = 1 + samples // hop_length`.
   """
-  batch, samples = waveform.shape
-  frames = num_frames(samples, hop_length)
+  samples = waveform.shape[1]
+  left = n_fft // 2
+  padded = jnp.pad(waveform, ((0, 0), (left, n_fft - left)))
+  return slice_frames(padded, n_fft, hop_length, num_frames(samples, hop_length))
+
+
+def slice_frames(padded: jax.Array, n_fft: int, hop_length: int, frames: int) -> jax.Array:
+  """Frames `t * hop_length : t * hop_length + n_fft` of an already padded signal.
+
+  Args:
+    padded: `[batch, samples]`, at least `(frames - 1) * hop_length + n_fft` long.
+    n_fft: frame length.
+    hop_length: frame step.
+    frames: number of frames to cut.
+
+  Returns:
+    `[batch, frames, n_fft]`.
+  """
+  batch = padded.shape[0]
   hops_per_frame = -(-n_fft // hop_length)
   total = (frames - 1 + hops_per_frame) * hop_length
-  left = n_fft // 2
-  padded = jnp.pad(waveform, ((0, 0), (left, total - left - samples)))
+  padded = jnp.pad(padded, ((0, 0), (0, max(total - padded.shape[1], 0))))[:, :total]
   hops = padded.reshape(batch, frames - 1 + hops_per_frame, hop_length)
   pieces = [hops[:, i : i + frames] for i in range(hops_per_frame)]
   return jnp.concatenate(pieces, axis=-1)[..., :n_fft]
