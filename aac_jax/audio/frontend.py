@@ -20,6 +20,8 @@ import librosa
 import ml_collections
 import numpy as np
 
+from aac_jax.audio import pann_frontend
+
 DEFAULT_SAMPLE_RATE = 16000
 
 
@@ -153,13 +155,37 @@ def log_mel(
   Returns:
     `(features, frame_paddings)`: float32 `[batch, frames, n_mels]` with
     `frames = 1 + samples // hop_length` (the normalised log-mel), and
-    `[batch, frames]`.
+    `[batch, frames]`. With `cfg.kind == 'pann'` (a pretrained tagger's
+    front end, set by `aac_jax.models.pretrained_setup`), torchlibrosa's
+    dB log-mel (`aac_jax.audio.pann_frontend`).
   """
   if sample_rate is None:
     sample_rate = cfg.get('sample_rate', DEFAULT_SAMPLE_RATE)
+  if cfg.get('kind', 'mel') == 'pann':
+    log, frame_paddings = pann_frontend.pann_log_mel(
+      waveform, paddings, pann_settings(cfg, int(sample_rate))
+    )
+    return normalize_features(log, cfg), frame_paddings
   mel, frame_paddings = power_mel(waveform, paddings, cfg, int(sample_rate))
   log = jnp.log(jnp.maximum(mel, cfg.log_floor))
   return normalize_features(log, cfg), frame_paddings
+
+
+def pann_settings(cfg: ml_collections.ConfigDict, sample_rate: int):
+  """`PannFrontendSettings` of a `kind = 'pann'` front-end config."""
+  if cfg.win_length != cfg.n_fft:
+    raise ValueError(
+      f'the pann front end needs win_length == n_fft, got {cfg.win_length}, {cfg.n_fft}'
+    )
+  return pann_frontend.PannFrontendSettings(
+    sample_rate=sample_rate,
+    n_fft=cfg.n_fft,
+    hop_length=cfg.hop_length,
+    n_mels=cfg.n_mels,
+    fmin=cfg.fmin,
+    fmax=cfg.fmax,
+    amin=cfg.get('amin', 1e-10),
+  )
 
 
 def normalization(cfg: ml_collections.ConfigDict) -> tuple[float, float]:

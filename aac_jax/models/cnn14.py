@@ -52,7 +52,7 @@ class ConvBlock(nn.Module):
       x = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name=f'conv{i}')(
         x
       )
-      x = nn.relu(frame_ops.ChannelAffine(self.channels, name=f'bn{i}')(x))
+      x = nn.relu(frame_ops.ChannelAffine(name=f'bn{i}')(x))
     return x
 
 
@@ -69,7 +69,7 @@ class Cnn14Tagger(nn.Module):
 
   def setup(self):
     s = self.settings
-    self.bn0 = frame_ops.ChannelAffine(s.n_mels)
+    self.bn0 = frame_ops.ChannelAffine()
     self.blocks = [ConvBlock(c) for c in s.channels]
     self.block_dropout = nn.Dropout(s.block_dropout)
     self.head_dropout = nn.Dropout(s.head_dropout)

@@ -83,7 +83,7 @@ class ConvNeXtTagger(nn.Module):
 
   def setup(self):
     s = self.settings
-    self.bn0 = frame_ops.ChannelAffine(s.n_mels)
+    self.bn0 = frame_ops.ChannelAffine()
     self.stem = nn.Conv(
       s.dims[0], STEM_KERNEL, strides=STEM_KERNEL, padding=((STEM_TIME_PAD,) * 2, (0, 0))
     )

@@ -63,12 +63,10 @@ class ChannelAffine(nn.Module):
   Fine-tuning trains this affine; statistics are never re-estimated.
   """
 
-  features: int
-
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    scale = self.param('scale', nn.initializers.ones, (self.features,), jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32)
+    scale = self.param('scale', nn.initializers.ones, (x.shape[-1],), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (x.shape[-1],), jnp.float32)
     return x * scale.astype(x.dtype) + bias.astype(x.dtype)
 
 
