@@ -8,7 +8,7 @@ The baseline was published for Clotho only; this applies its model and
 optimizer (see configs/clotho_convnext.py for every value's source) to
 AudioCaps, whose own numbers are below.
 
-Variants (after ':'): encoder_init=DIR, freeze=all|none|N, runlocal.
+Variants (after ':'): encoder_init=DIR, freeze=all|none|N, embeddings=auto, runlocal.
 """
 
 import ml_collections
@@ -20,7 +20,9 @@ AUDIOCAPS_TRAIN_CLIPS = 49838  # AudioCaps v1 train.csv rows (one caption per cl
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_config_arg(arg, {'encoder_init': '', 'freeze': 'all', 'runlocal': False})
+  args = parse_config_arg(
+    arg, {'encoder_init': '', 'freeze': 'all', 'embeddings': '', 'runlocal': False}
+  )
   config = base.get_base_config()
   ds = config.dataset
   ds.name = 'audiocaps_aac'
@@ -33,6 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ds.captions_per_clip = 1  # AudioCaps train has one caption per clip.
   ds.vocab_min_count = 1
   ds.num_workers = 4
+  ds.embeddings = args['embeddings']  # 'auto': train from tools/extract_embeddings.py's frames.
   config.frontend.spec_augment = False
   clotho_convnext.set_baseline_model(config, args['encoder_init'], str(args['freeze']))
   clotho_convnext.set_baseline_training(config, AUDIOCAPS_TRAIN_CLIPS)

@@ -19,6 +19,8 @@ validation loss, this recipe the best validation CIDEr-D.
 Variants (after ':'):
   encoder_init=DIR  the converted ConvNeXt folder ('' = random tagger).
   freeze=all|none|N the tagger's frozen stages (baseline: all).
+  embeddings=auto   train from stored frames (tools/extract_embeddings.py), as the
+                    baseline trains from its HDF features; evaluation stays on audio.
   runlocal          a smoke run (tiny decoder, a few steps; used by the tests).
 """
 
@@ -76,7 +78,9 @@ def set_baseline_training(config: ml_collections.ConfigDict, train_clips: int) -
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = parse_config_arg(arg, {'encoder_init': '', 'freeze': 'all', 'runlocal': False})
+  args = parse_config_arg(
+    arg, {'encoder_init': '', 'freeze': 'all', 'embeddings': '', 'runlocal': False}
+  )
   config = base.get_base_config()
   ds = config.dataset
   ds.name = 'clotho_aac'
@@ -89,6 +93,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ds.captions_per_clip = 1  # "model": one caption per clip and step (needed by mixup).
   ds.vocab_min_count = 1  # The baseline's word tokenizer keeps every training word.
   ds.num_workers = 4
+  ds.embeddings = args['embeddings']  # 'auto': train from tools/extract_embeddings.py's frames.
   config.frontend.spec_augment = False  # The baseline trains on fixed (frozen) features.
   set_baseline_model(config, args['encoder_init'], str(args['freeze']))
   set_baseline_training(config, CLOTHO_DEV_CLIPS)

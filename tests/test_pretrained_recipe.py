@@ -31,19 +31,29 @@ def _point_at_toy(config, data_dir, name):
   ds.train_split, ds.validation_split, ds.test_split = 'train', 'validation', 'test'
 
 
-@pytest.fixture(scope='module')
-def setup(tmp_path_factory):
-  """Toy data at 32 kHz and a converted random ConvNeXt; a shared compilation cache."""
-  root = tmp_path_factory.mktemp('recipe')
-  jax.config.update('jax_compilation_cache_dir', str(root / 'jax_cache'))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  name = toy_dataset.build_toy_dataset(
+def build_toy_32k(root) -> str:
+  """`toy_aac` at 32 kHz with 1.5-2 s clips (the ConvNeXt needs >= 1.25 s); its name."""
+  return toy_dataset.build_toy_dataset(
     str(root / 'tfds'),
     splits={'train': 16, 'validation': 8, 'test': 8},
     min_seconds=1.5,
     max_seconds=2.0,
     sample_rate=SAMPLE_RATE,
   )
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+  """Toy data at 32 kHz and a converted random ConvNeXt; a shared compilation cache."""
+  root = tmp_path_factory.mktemp('recipe')
+  jax.config.update('jax_compilation_cache_dir', str(root / 'jax_cache'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  name = build_toy_32k(root)
+  return root, name, make_converted_convnext(root)
+
+
+def make_converted_convnext(root) -> str:
+  """A random conette ConvNeXt-Tiny saved as the published file, converted; the folder."""
   torch = torch_module()
   torch.manual_seed(0)
   convnext = import_reference('conette.nn.encoders.convnext')
@@ -52,7 +62,7 @@ def setup(tmp_path_factory):
   torch.save({'model': ref.state_dict()}, path)
   converted = str(root / 'convnext')
   registry.convert_file('convnext', path, converted)
-  return root, name, converted
+  return converted
 
 
 def _recipe(setup, freeze='all'):
