@@ -9,7 +9,7 @@ import pytest
 
 from aac_jax.audio import frontend
 from aac_jax.convert import store
-from aac_jax.models import Captioner, init_params, pretrained, pretrained_setup
+from aac_jax.models import Captioner, init_params, mixup, pretrained_setup
 from aac_jax.models.config import CaptionerConfig
 from configs import base
 
@@ -141,7 +141,7 @@ def test_frontend_follows_encoder_and_refuses_other_sample_rate(tmp_path):
 
 def test_mixup_draw_and_training_call(convnext_setup):
   for seed in range(5):
-    mix = pretrained.sample_mix(jax.random.key(seed), 4, 0.4)
+    mix = mixup.sample_mix(jax.random.key(seed), 4, 0.4)
     assert float(mix.lam) >= 0.5
     assert not np.any(np.asarray(mix.partner) == np.arange(4))
     assert sorted(np.asarray(mix.partner).tolist()) == [0, 1, 2, 3]

@@ -12,7 +12,8 @@ from aac_jax.models.config import CaptionerConfig
 from aac_jax.models.conformer import ConformerEncoder
 from aac_jax.models.decoder import TransformerDecoder
 from aac_jax.models.keyword_head import KeywordHead
-from aac_jax.models.pretrained import MIN_INPUT_FRAMES, Mix, PretrainedEncoder, sample_mix
+from aac_jax.models.mixup import Mix, mix_frames, sample_mix
+from aac_jax.models.pretrained import MIN_INPUT_FRAMES, PretrainedEncoder
 
 
 class Captioner(nn.Module):
@@ -54,11 +55,7 @@ class Captioner(nn.Module):
       return self.encoder(features, feature_paddings, mix)
     encoded, enc_paddings = self.encoder(features, feature_paddings)
     if mix is not None:
-      encoded = (
-        mix.lam.astype(encoded.dtype) * encoded
-        + (1.0 - mix.lam.astype(encoded.dtype)) * encoded[mix.partner]
-      )
-      enc_paddings = enc_paddings * enc_paddings[mix.partner]
+      encoded, enc_paddings = mix_frames(encoded, enc_paddings, mix)
     return encoded, enc_paddings
 
   def _mixup(self, batch: int) -> Mix | None:

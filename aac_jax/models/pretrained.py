@@ -1,4 +1,4 @@
-"""Captioner encoder on a pretrained AudioSet tagger (ConvNeXt-Tiny or CNN14), and mixup.
+"""Captioner encoder on a pretrained AudioSet tagger (ConvNeXt-Tiny or CNN14).
 
 `PretrainedEncoder` keeps the `ConformerEncoder` contract: torchlibrosa
 log-mel features `[batch, time, mels]` (`aac_jax.audio.pann_frontend`) and
@@ -10,8 +10,6 @@ gradient (no backward pass through it); the optimizer also keeps frozen
 parameters unchanged (`aac_jax.models.pretrained_setup.freeze_optimizer`).
 """
 
-from typing import NamedTuple
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -20,47 +18,10 @@ from aac_jax.models.cnn14 import Cnn14Tagger
 from aac_jax.models.config import CaptionerConfig
 from aac_jax.models.conformer import ConformerBlock
 from aac_jax.models.convnext import ConvNeXtTagger
+from aac_jax.models.mixup import Mix, mix_frames
 
 # Log-mel frames the taggers need for at least one output frame (ConvNeXt: 126).
 MIN_INPUT_FRAMES = 256
-
-
-class Mix(NamedTuple):
-  """One mixup draw for a (per-device) batch.
-
-  Attributes:
-    partner: `[batch]` int, the example each one is mixed with (never itself
-      where the batch has more than one example).
-    lam: `[]` float, weight of the example itself (>= 0.5).
-  """
-
-  partner: jax.Array
-  lam: jax.Array
-
-
-def sample_mix(rng: jax.Array, batch: int, alpha: float) -> Mix:
-  """Draws a mixup partner permutation and weight (as the DCASE 2024 baseline).
-
-  The baseline draws `lam ~ Beta(alpha, alpha)`, keeps `max(lam, 1 - lam)`
-  and a permutation without fixed points; here the permutation is a random
-  cyclic shift by 1..batch-1 (also without fixed points).
-  """
-  lam_rng, shift_rng = jax.random.split(rng)
-  lam = jax.random.beta(lam_rng, alpha, alpha)
-  lam = jnp.maximum(lam, 1.0 - lam)
-  shift = jax.random.randint(shift_rng, (), 1, max(batch, 2)) % max(batch, 1)
-  return Mix(partner=(jnp.arange(batch) + shift) % batch, lam=lam)
-
-
-def mix_values(x: jax.Array, mix: Mix) -> jax.Array:
-  """`lam * x + (1 - lam) * x[partner]` over the leading axis."""
-  lam = mix.lam.astype(x.dtype)
-  return lam * x + (1.0 - lam) * x[mix.partner]
-
-
-def mix_frames(frames: jax.Array, paddings: jax.Array, mix: Mix) -> tuple[jax.Array, jax.Array]:
-  """Mixes frames; a frame is real where it is real in either clip (the longer length)."""
-  return mix_values(frames, mix), paddings * paddings[mix.partner]
 
 
 def make_tagger(config: CaptionerConfig) -> nn.Module:

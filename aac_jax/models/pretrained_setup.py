@@ -16,7 +16,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from aac_jax.audio.pann_frontend import PannFrontendSettings
@@ -167,7 +166,7 @@ def load_encoder_init(params: Any, model_cfg: CaptionerConfig) -> Any:
   return dict(params, encoder=encoder)
 
 
-def _stage_of(encoder: str, name: str) -> int:
+def _stage_of(name: str) -> int:
   """Stage index of a top-level tagger module name (-1: after all stages, e.g. heads)."""
   if name in ('bn0', 'stem', 'stem_norm'):
     return 0
@@ -188,7 +187,7 @@ def frozen_mask(params: Any, model_cfg: CaptionerConfig) -> Any:
     keys = [k.key for k in path]
     if count == 0 or keys[:2] != ['encoder', 'tagger']:
       return False
-    stage = _stage_of(model_cfg.encoder, keys[2])
+    stage = _stage_of(keys[2])
     return 0 <= stage < count
 
   return jax.tree_util.tree_map_with_path(frozen, params)
@@ -205,15 +204,3 @@ def freeze_optimizer(
     return jax.tree.map(lambda f: 'frozen' if f else 'train', frozen_mask(params, model_cfg))
 
   return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
-
-
-def count_frozen(params: Any, model_cfg: CaptionerConfig) -> int:
-  """Scalars in frozen leaves."""
-  mask = frozen_mask(params, model_cfg)
-  return int(
-    sum(
-      np.prod(p.shape)
-      for p, f in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True)
-      if f
-    )
-  )
