@@ -17,6 +17,8 @@ INSTALL_REQUIRES = [
   'flatbuffers>=24.3.25',
   'tensorboardX>=2.6',
   'tqdm>=4.66',
+  # Converted pretrained encoders (tools/convert_checkpoint.py) are read with it.
+  'safetensors>=0.4',
 ]
 
 EXTRAS_REQUIRE = {
@@ -26,15 +28,18 @@ EXTRAS_REQUIRE = {
   'plot': ['matplotlib>=3.8'],
   # FENSE / SBERT-sim / FER / SPIDEr-FL: word pieces and weights, no torch.
   'fense': ['tokenizers>=0.15', 'safetensors>=0.4'],
-  # tools/convert_checkpoint.py (torch files -> safetensors), never at run time.
+  # tools/convert_checkpoint.py: reads the published PyTorch checkpoints, never at run time.
   'convert': ['torch>=2.1', 'safetensors>=0.4'],
+  # torch (CPU wheel) and torchlibrosa run the upstream reference models of the
+  # parity tests; tools/test.sh adds conette and torchoutil with --no-deps.
   'test': [
     'pytest>=8',
     'ruff==0.17.6',
     'pycocoevalcap==1.2',
     'matplotlib>=3.8',
-    # PyTorch references of the FENSE parity tests.
-    'torch>=2.1',
+    # PyTorch references of the parity tests (encoders, FENSE).
+    'torch==2.13.0',
+    'torchlibrosa==0.1.0',
     'transformers>=4.40',
     'sentence-transformers>=3.0',
     'tokenizers>=0.15',

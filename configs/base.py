@@ -182,6 +182,31 @@ def get_scst_config() -> ml_collections.ConfigDict:
   return c
 
 
+# --- Pretrained AudioSet encoders (issue 11) ---------------------------------
+# One block so that it merges into the locked schema in one piece: fields of
+# `model`, `frontend` and `dataset` used when `model.encoder` is a tagger.
+def add_pretrained_encoder_fields(config: ml_collections.ConfigDict) -> None:
+  """Adds the pretrained-encoder fields (defaults: the conformer from scratch)."""
+  m = config.model
+  # 'conformer' (from scratch), 'convnext' (AudioSet ConvNeXt-Tiny) or 'cnn14'
+  # (PANNs); the front end then follows the encoder (32 kHz torchlibrosa log-mel).
+  m.encoder = 'conformer'
+  m.encoder_init = ''  # Folder written by tools/convert_checkpoint.py ('' = random tagger).
+  m.encoder_freeze = 'none'  # 'all', 'none', or 'N' = the first N stages.
+  m.encoder_projection = False  # Dropout, Dense(encoder_dim) + ReLU, dropout on the tagger frames.
+  m.projection_dropout = 0.5  # Dropout of that projection.
+  m.encoder_drop_path = 0.0  # ConvNeXt stochastic depth (unfrozen, training).
+  m.mixup_alpha = 0.0  # Mixup of encoder frames and decoder inputs (0 = off).
+  d = config.dataset
+  # Train from stored tagger frames (tools/extract_embeddings.py) instead of audio:
+  # '' = off, 'auto' = <dataset>_<builder config>_<encoder>, or a name. Needs a frozen encoder.
+  d.embeddings = ''
+  d.embeddings_dir = ''  # Set by the run from `embeddings` (never by hand).
+  f = config.frontend
+  f.kind = 'mel'  # 'mel' (the conformer's) or 'pann' (set by the encoder, never by hand).
+  f.amin = 1e-10  # Power floor of the 'pann' front end (10 * log10(max(mel, amin))).
+
+
 def get_base_config() -> ml_collections.ConfigDict:
   """Returns the full default configuration."""
   config = ml_collections.ConfigDict()
@@ -194,6 +219,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval = get_eval_config()
   config.decode = get_decode_config()
   config.scst = get_scst_config()
+  add_pretrained_encoder_fields(config)
   # The schema is complete: a misspelt field in an experiment config or on
   # the command line is an error, not a silently ignored new field.
   config.lock()

@@ -3,11 +3,13 @@
 import pytest
 
 from aac_jax import sweeps
-from configs import audiocaps, clotho, synthetic_demo
+from configs import audiocaps, audiocaps_convnext, clotho, clotho_convnext, synthetic_demo
 from configs.config_args import parse_config_arg
 
 
-@pytest.mark.parametrize('module', [synthetic_demo, clotho, audiocaps])
+@pytest.mark.parametrize(
+  'module', [synthetic_demo, clotho, audiocaps, clotho_convnext, audiocaps_convnext]
+)
 @pytest.mark.parametrize('arg', [None, 'runlocal'])
 def test_configs_load(module, arg):
   config = module.get_config(arg)
@@ -59,3 +61,13 @@ def test_config_sweeps_resolve(module):
 def test_synthetic_demo_short_variant():
   config = synthetic_demo.get_config('short')
   assert config.train.num_steps == 300 and config.train.eval_every == 150
+
+
+@pytest.mark.parametrize('module', [clotho_convnext, audiocaps_convnext])
+def test_convnext_recipes_follow_the_baseline(module):
+  config = module.get_config('encoder_init=pretrained/convnext')
+  assert (config.model.encoder, config.model.encoder_freeze) == ('convnext', 'all')
+  assert config.model.encoder_init == 'pretrained/convnext'
+  assert (config.dataset.sample_rate, config.dataset.builder_config) == (32000, '32000hz')
+  assert (config.optim.lr, config.optim.weight_decay, config.model.mixup_alpha) == (5e-4, 2.0, 0.4)
+  assert (config.decode.beam_size, config.model.decoder_dim) == (3, 256)

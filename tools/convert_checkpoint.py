@@ -1,32 +1,33 @@
-"""Converts published torch checkpoints into folders aac_jax loads without torch.
+"""Converts a published PyTorch checkpoint into an aac_jax encoder folder.
 
-  python tools/convert_checkpoint.py fense --echecker echecker_clotho_audiocaps_base.ckpt \\
-      --bert_dir bert-base-uncased --output $AAC_FENSE_DIR/echecker_clotho_audiocaps_base
-  python tools/convert_checkpoint.py fense --sbert paraphrase-TinyBERT-L6-v2 --output DIR
+  python tools/convert_checkpoint.py convnext --input convnext_tiny_471mAP.pth --output DIR
+  python tools/convert_checkpoint.py cnn14 --input Cnn14_mAP=0.431.pth --output DIR
 
-Needs torch (`pip install "aac_jax[convert]"`). Subcommands: `aac_jax/convert/`.
+Needs torch (`pip install "aac_jax[convert]"`); training reads DIR without it.
 """
 
 import argparse
-import importlib
+import json
 import sys
 
-from aac_jax.convert import CONVERTERS
+from aac_jax.convert import registry
+from aac_jax.convert.mapping import ConversionError
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  sub = parser.add_subparsers(dest='command', required=True)
-  modules = {}
-  for name, module_name in CONVERTERS.items():
-    modules[name] = importlib.import_module(module_name)
-    modules[name].add_arguments(sub.add_parser(name, help=modules[name].__doc__.split('\n')[0]))
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('model', choices=registry.names())
+  parser.add_argument('--input', required=True, help='the .pth file as published')
+  parser.add_argument('--output', required=True, help='folder to write (params + settings)')
   args = parser.parse_args(argv)
   try:
-    modules[args.command].run(args)
-  except (ValueError, OSError) as e:
-    raise SystemExit(f'convert_checkpoint {args.command}: {e}') from e
+    settings = registry.convert_file(args.model, args.input, args.output)
+  except (ConversionError, FileNotFoundError, ValueError) as error:
+    print(f'error: {error}', file=sys.stderr)
+    return 1
+  print(f'wrote {args.output}: {json.dumps(settings["frontend"])}')
+  return 0
 
 
 if __name__ == '__main__':
-  main(sys.argv[1:])
+  sys.exit(main())

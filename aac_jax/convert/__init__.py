@@ -1,11 +1,6 @@
-"""Checkpoint converters: published torch files -> folders aac_jax reads without torch.
+"""Checkpoint converters: published PyTorch files -> aac_jax parameter folders.
 
-Each subcommand of `tools/convert_checkpoint.py` is a module here with
-`add_arguments(parser)` and `run(args)`; torch is imported only inside them
-(the `convert` extra).
+`registry.get_converter(name)` gives a converter; `store` reads and writes
+the converted folder (safetensors + JSON settings, no torch needed to read).
+torch is imported only by `torch_file`, from the `convert` extra.
 """
-
-# Subcommand -> module (imported only when that subcommand runs).
-CONVERTERS = {
-  'fense': 'aac_jax.convert.fense',
-}

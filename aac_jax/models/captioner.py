@@ -1,4 +1,4 @@
-"""The audio captioner: conformer encoder + transformer decoder."""
+"""The audio captioner: conformer or pretrained-tagger encoder + transformer decoder."""
 
 import functools
 from typing import Any
@@ -12,6 +12,8 @@ from aac_jax.models.config import CaptionerConfig
 from aac_jax.models.conformer import ConformerEncoder
 from aac_jax.models.decoder import TransformerDecoder
 from aac_jax.models.keyword_head import KeywordHead
+from aac_jax.models.mixup import Mix, mix_frames, sample_mix
+from aac_jax.models.pretrained import MIN_INPUT_FRAMES, PretrainedEncoder
 
 
 class Captioner(nn.Module):
@@ -27,23 +29,45 @@ class Captioner(nn.Module):
   config: CaptionerConfig
 
   def setup(self):
-    self.encoder = ConformerEncoder(self.config)
+    if self.config.pretrained:
+      self.encoder = PretrainedEncoder(self.config)
+    else:
+      self.encoder = ConformerEncoder(self.config)
     self.decoder = TransformerDecoder(self.config)
     if self.config.keyword_head:
       self.keyword_head = KeywordHead(self.config.vocab_size, self.config.dtype)
 
-  def encode(self, features: jax.Array, feature_paddings: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def encode(
+    self, features: jax.Array, feature_paddings: jax.Array, mix: Mix | None = None
+  ) -> tuple[jax.Array, jax.Array]:
     """Encodes audio features.
 
     Args:
       features: `[batch, time, mels]` log-mel features.
       feature_paddings: `[batch, time]`, 1 = pad.
+      mix: optional mixup draw (training; see `_mixup`).
 
     Returns:
-      encoded `[batch, enc_time, encoder_dim]` and enc_paddings
-      `[batch, enc_time]` with enc_time = ceil(time / subsampling).
+      encoded `[batch, enc_time, dim]` and enc_paddings `[batch, enc_time]`
+      (conformer: enc_time = ceil(time / subsampling); taggers: their frames).
     """
-    return self.encoder(features, feature_paddings)
+    if self.config.pretrained:
+      return self.encoder(features, feature_paddings, mix)
+    encoded, enc_paddings = self.encoder(features, feature_paddings)
+    if mix is not None:
+      encoded, enc_paddings = mix_frames(encoded, enc_paddings, mix)
+    return encoded, enc_paddings
+
+  def _mixup(self, batch: int) -> Mix | None:
+    """A mixup draw for this batch in training with `mixup_alpha > 0`, else None.
+
+    As the DCASE 2024 baseline: the encoder frames and the decoder's input
+    embeddings of each example are mixed with another example's; the targets
+    stay those of the example itself.
+    """
+    if self.config.deterministic or not self.config.mixup_alpha:
+      return None
+    return sample_mix(self.make_rng('dropout'), batch, self.config.mixup_alpha)
 
   def decode(
     self, encoded: jax.Array, enc_paddings: jax.Array, decoder_inputs: jax.Array
@@ -70,12 +94,15 @@ class Captioner(nn.Module):
     `[batch, refs, length]` (several captions of each clip) encode each clip
     once and give `[batch, refs, length, vocab_size]`.
     """
-    encoded, enc_paddings = self.encode(features, feature_paddings)
-    return self._decode_references(encoded, enc_paddings, decoder_inputs)
+    mix = self._mixup(features.shape[0])
+    encoded, enc_paddings = self.encode(features, feature_paddings, mix)
+    return self._decode_references(encoded, enc_paddings, decoder_inputs, mix)
 
-  def _decode_references(self, encoded, enc_paddings, decoder_inputs):
+  def _decode_references(self, encoded, enc_paddings, decoder_inputs, mix=None):
     if decoder_inputs.ndim == 2:
-      return self.decode(encoded, enc_paddings, decoder_inputs)
+      return self.decoder(encoded, enc_paddings, decoder_inputs, mix)
+    if mix is not None:
+      raise ValueError('mixup needs one caption per clip (dataset.captions_per_clip = 1)')
     batch, refs, length = decoder_inputs.shape
     logits = self.decode(
       jnp.repeat(encoded, refs, axis=0),
@@ -83,6 +110,26 @@ class Captioner(nn.Module):
       decoder_inputs.reshape(batch * refs, length),
     )
     return logits.reshape(batch, refs, length, -1)
+
+  def from_frames(
+    self, frames: jax.Array, frame_paddings: jax.Array, decoder_inputs: jax.Array
+  ) -> jax.Array:
+    """Teacher-forced logits from stored tagger frames (`aac_jax.data.embeddings`).
+
+    Args:
+      frames: `[batch, frames, tagger_dim]` the frozen tagger's output.
+      frame_paddings: `[batch, frames]`, 1 = pad.
+      decoder_inputs: `[batch, length]`.
+
+    Returns:
+      `[batch, length, vocab_size]`, as `__call__` on the audio those frames
+      came from.
+    """
+    if not self.config.pretrained:
+      raise ValueError('from_frames needs a pretrained tagger encoder')
+    mix = self._mixup(frames.shape[0])
+    encoded, enc_paddings = self.encoder.encode_frames(frames, frame_paddings, mix)
+    return self._decode_references(encoded, enc_paddings, decoder_inputs, mix)
 
   def with_keywords(
     self, features: jax.Array, feature_paddings: jax.Array, decoder_inputs: jax.Array
@@ -114,6 +161,8 @@ def init_params(
     The `params` collection.
   """
   init_model = model.clone(config=model.config.replace(decode=False, deterministic=True))
+  if model.config.pretrained:
+    num_frames = max(num_frames, MIN_INPUT_FRAMES)
   features = jnp.zeros((1, num_frames, num_mels), jnp.float32)
   paddings = jnp.zeros((1, num_frames), jnp.float32)
   tokens = jnp.zeros((1, length), jnp.int32)

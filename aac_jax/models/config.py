@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import ml_collections
 
 _SUBSAMPLING_FACTORS = (2, 4, 8)
+ENCODERS = ('conformer', 'convnext', 'cnn14')
+PRETRAINED_STAGES = {'convnext': 4, 'cnn14': 6}  # What `encoder_freeze = N` counts.
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -38,6 +40,19 @@ class CaptionerConfig:
     compute_dtype: 'float32' or 'bfloat16'; parameters always stay float32.
     keyword_head: adds the auxiliary clip-level keyword head (`KeywordHead`,
       trained with `optim.keyword_loss_weight`; unused at inference).
+    encoder: 'conformer' (from scratch), or a pretrained AudioSet tagger,
+      'convnext' or 'cnn14' (`aac_jax.models.pretrained`); with a tagger,
+      `encoder_layers` conformer blocks (0 = none) run on its frames.
+    encoder_init: converted checkpoint folder loaded into the tagger when a
+      run starts from scratch ('' = random tagger).
+    encoder_freeze: 'all', 'none', or 'N' (the first N stages: ConvNeXt has
+      4, CNN14 6 conv blocks); frozen parameters never change.
+    encoder_projection: with a tagger, dropout, Dense(encoder_dim) + ReLU,
+      dropout on its frames (the DCASE 2024 baseline's projection).
+    projection_dropout: dropout rate of that projection.
+    encoder_drop_path: ConvNeXt stochastic depth (training, unfrozen stages).
+    mixup_alpha: mixup of encoder frames and decoder input embeddings in
+      training (Beta(alpha, alpha), lambda >= 0.5; 0 = off).
     deterministic: disables dropout (evaluation, decoding).
     decode: the decoder works one step at a time with a KV cache held in the
       Linen `cache` collection.
@@ -60,12 +75,29 @@ class CaptionerConfig:
   max_decode_len: int = 32
   compute_dtype: str = 'float32'
   keyword_head: bool = False
+  encoder: str = 'conformer'
+  encoder_init: str = ''
+  encoder_freeze: str = 'none'
+  encoder_projection: bool = False
+  projection_dropout: float = 0.5
+  encoder_drop_path: float = 0.0
+  mixup_alpha: float = 0.0
   deterministic: bool = False
   decode: bool = False
 
   def __post_init__(self):
     if self.subsampling not in _SUBSAMPLING_FACTORS:
       raise ValueError(f'subsampling must be one of {_SUBSAMPLING_FACTORS}, got {self.subsampling}')
+    if self.encoder not in ENCODERS:
+      raise ValueError(f'model.encoder must be one of {ENCODERS}, got {self.encoder!r}')
+    if self.pretrained and self.encoder_layers and not self.encoder_projection:
+      raise ValueError(
+        f'model.encoder_layers={self.encoder_layers} conformer blocks on {self.encoder} frames '
+        'need model.encoder_projection=True (to encoder_dim)'
+      )
+    _ = self.frozen_stages  # Validates encoder_freeze.
+    if self.mixup_alpha < 0:
+      raise ValueError(f'model.mixup_alpha must be >= 0, got {self.mixup_alpha}')
     if self.compute_dtype not in _DTYPES:
       raise ValueError(f'compute_dtype must be one of {tuple(_DTYPES)}, got {self.compute_dtype}')
     for dim, heads, name in (
@@ -74,6 +106,30 @@ class CaptionerConfig:
     ):
       if dim % heads or (dim // heads) % 2:
         raise ValueError(f'{name}_dim {dim} must split into {heads} heads of even size')
+
+  @property
+  def pretrained(self) -> bool:
+    """The encoder is a pretrained tagger (not the conformer from scratch)."""
+    return self.encoder != 'conformer'
+
+  @property
+  def frozen_stages(self) -> int:
+    """Leading tagger stages kept frozen (all of them for 'all', 0 for 'none')."""
+    if not self.pretrained or self.encoder_freeze == 'none':
+      return 0
+    stages = PRETRAINED_STAGES[self.encoder]
+    if self.encoder_freeze == 'all':
+      return stages
+    try:
+      count = int(self.encoder_freeze)
+    except ValueError:
+      count = -1
+    if not 0 <= count <= stages:
+      raise ValueError(
+        f"model.encoder_freeze must be 'all', 'none' or a number of stages 0..{stages} "
+        f'for {self.encoder}, got {self.encoder_freeze!r}'
+      )
+    return count
 
   @property
   def dtype(self) -> Any:

@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from aac_jax.models import layers
+from aac_jax.models import layers, mixup
 from aac_jax.models.config import CaptionerConfig
 
 
@@ -66,7 +66,11 @@ class TransformerDecoder(nn.Module):
 
   @nn.compact
   def __call__(
-    self, encoded: jax.Array, enc_paddings: jax.Array, decoder_inputs: jax.Array
+    self,
+    encoded: jax.Array,
+    enc_paddings: jax.Array,
+    decoder_inputs: jax.Array,
+    mix: mixup.Mix | None = None,
   ) -> jax.Array:
     """Computes logits.
 
@@ -75,6 +79,8 @@ class TransformerDecoder(nn.Module):
       enc_paddings: `[batch, enc_time]`, 1 = pad.
       decoder_inputs: `[batch, length]` int32 token ids (BOS first). With
         `decode=True` and an initialised cache, the next `length` tokens.
+      mix: optional mixup draw (`aac_jax.models.mixup.Mix`, training):
+        the scaled token embeddings are mixed like the encoder frames.
 
     Returns:
       float32 logits `[batch, length, vocab_size]`.
@@ -92,6 +98,8 @@ class TransformerDecoder(nn.Module):
     )
     table = jnp.asarray(layers.sinusoidal_table(cfg.max_decode_len, cfg.decoder_dim))
     x = embed(decoder_inputs) * jnp.asarray(cfg.decoder_dim**0.5, cfg.dtype)
+    if mix is not None:
+      x = mixup.mix_values(x, mix)
     x = x + table[self._positions(length)][None].astype(cfg.dtype)
     x = nn.Dropout(cfg.dropout)(x, deterministic=cfg.deterministic)
     for i in range(cfg.decoder_layers):

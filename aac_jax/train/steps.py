@@ -89,6 +89,27 @@ def compute_features(
   return features, paddings
 
 
+def model_inputs(
+  batch: Batch,
+  model: nn.Module,
+  rng: jax.Array | None,
+  frontend_cfg: ml_collections.ConfigDict,
+  sample_rate: int,
+  augment: bool = False,
+) -> tuple[jax.Array, jax.Array, Any]:
+  """What the model reads from a train batch: log-mel of `audio`, or stored `frames`.
+
+  Returns:
+    `(features, paddings, method)`: `method` is `model.from_frames` for a
+    batch of stored frozen-tagger frames (`aac_jax.data.embeddings`), else
+    None (the model's usual call on features).
+  """
+  if 'frames' in batch:
+    return batch['frames'], batch['frame_paddings'], model.from_frames
+  features, paddings = compute_features(batch, rng, frontend_cfg, sample_rate, augment)
+  return features, paddings, None
+
+
 def _micro_loss(
   params: Any,
   batch: Batch,
@@ -108,10 +129,13 @@ def _micro_loss(
   afterwards) makes the summed gradients those of the global mean.
   """
   augment_rng, dropout_rng = jax.random.split(rng)
-  features, paddings = compute_features(batch, augment_rng, frontend_cfg, sample_rate, True)
   targets = batch['targets']
-  inputs = (features, paddings, tokenizer.shift_right(targets))
   method = model.with_keywords if keyword_loss_weight else None  # None: __call__.
+  features, paddings, frames_method = model_inputs(
+    batch, model, augment_rng, frontend_cfg, sample_rate, augment=True
+  )
+  method = frames_method or method
+  inputs = (features, paddings, tokenizer.shift_right(targets))
   outputs = model.apply({'params': params}, *inputs, rngs={'dropout': dropout_rng}, method=method)
   logits = outputs[0] if keyword_loss_weight else outputs
   loss_sum, _ = token_loss_sum(logits, targets, label_smoothing)
@@ -251,16 +275,18 @@ def own_loss(
 
   Args:
     params: replicated parameters.
-    batch: `audio`, `audio_paddings` `[b, samples]` and `targets` `[b, L]`
-      or `[b, R, L]` (SCST passes its sampled captions).
+    batch: `audio`, `audio_paddings` `[b, samples]` (or stored `frames`,
+      `frame_paddings`) and `targets` `[b, L]` or `[b, R, L]` (SCST passes
+      its sampled captions).
     model: the `Captioner` (any mode: dropout is turned off here).
     frontend_cfg: `config.frontend`.
     sample_rate: `config.dataset.sample_rate`.
   """
-  features, paddings = compute_features(batch, None, frontend_cfg, sample_rate)
+  model = decoding.eval_model(model)
+  features, paddings, method = model_inputs(batch, model, None, frontend_cfg, sample_rate)
   targets = batch['targets']
-  logits = decoding.eval_model(model).apply(
-    {'params': params}, features, paddings, tokenizer.shift_right(targets)
+  logits = model.apply(
+    {'params': params}, features, paddings, tokenizer.shift_right(targets), method=method
   )
   loss_sum, tokens = token_loss_sum(logits, targets, 0.0)
   total = jax.lax.psum(tokens, AXIS)

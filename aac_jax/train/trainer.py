@@ -33,6 +33,7 @@ from etils import epath
 from aac_jax import config_validation, files, models
 from aac_jax.data import feature_stats, pipeline
 from aac_jax.data import tokenizer as tokenizer_lib
+from aac_jax.models import pretrained_setup
 from aac_jax.train import checkpointing, evaluation, logs, loop, parallel, steps
 from aac_jax.train import state as state_lib
 from aac_jax.train.loop import NonFiniteLossError
@@ -89,9 +90,11 @@ def create_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experi
   inherit_from_init_run(config, path)
   # The run's own vocabulary, else one built from the training split.
   tokenizer = tokenizer_lib.get_tokenizer(config.dataset, str(path))
+  pretrained_setup.resolve_encoder_frontend(config)  # Before the features are measured.
   feature_stats.resolve(config, path)
   model_cfg = models.make_captioner_config(config.model, tokenizer.vocab_size)
   tx, schedule = state_lib.create_optimizer(config.optim, config.train.num_steps)
+  tx = pretrained_setup.freeze_optimizer(tx, model_cfg)
   mesh = parallel.create_mesh()
   eval_model = models.Captioner(model_cfg.replace(deterministic=True))
   own_loss = steps.make_own_loss_fn(
@@ -143,10 +146,15 @@ def restore_state(
       params
     )
 
+  init_state = jax.jit(fresh, out_shardings=replicated)
+  if exp.train_model.config.encoder_init:  # Converted tagger weights, loaded outside jit.
+    init_state = lambda: from_params(  # noqa: E731
+      pretrained_setup.load_encoder_init(jax.jit(init_params)(rng), exp.train_model.config)
+    )
   state, how = checkpointing.restore_or_initialize(
     manager,
     exp.config.train,
-    init_state=jax.jit(fresh, out_shardings=replicated),
+    init_state=init_state,
     from_params=from_params,
     target=checkpointing.abstract_state(fresh, replicated),
     data_iter=train_iter,
@@ -181,7 +189,7 @@ class CrossEntropyUpdater:
     return self._step(state, self._batch, self._rng)
 
   def loss_batch(self) -> dict:
-    return {k: self._batch[k] for k in ('audio', 'audio_paddings', 'targets')}
+    return self._batch
 
   def after_boundary(self) -> None:
     pass
