@@ -224,15 +224,15 @@ def make_settings(
   known = {f.name for f in dataclasses.fields(decoding.DecodeSettings)}
   values = {k: v for k, v in loaded.config.get('decode', {}).items() if k in known}
   values.update({k: v for k, v in overrides.items() if v is not None})
+  if loaded.model.config.task_token_id >= 0:  # The first token searches start from (and ban).
+    values['bos_id'] = loaded.model.config.task_token_id
   settings = decoding.make_decode_settings(values)
   limit = loaded.model.config.max_decode_len
   if settings.max_len > limit:
     raise ValueError(f'max_len {settings.max_len} exceeds the model max_decode_len {limit}')
   mask = None
   if settings.ban_repeated_content_words:
-    tokens = loaded.tokenizer.tokens
-    ids = [i for i, token in enumerate(tokens) if token in decoding.FUNCTION_WORDS]
-    mask = decoding.make_repeat_ban_mask(len(tokens), ids)
+    mask = decoding.repeat_ban_mask_for(loaded.tokenizer.tokens, settings)
   return settings, mask
 
 

@@ -75,6 +75,11 @@ def get_model_config() -> ml_collections.ConfigDict:
   c.dropout = 0.1
   c.attention_dropout = 0.1
   c.max_decode_len = 32  # Positions of the decoder (>= max_caption_tokens + 1).
+  # 'aac_jax' (pre-norm, tied embeddings) or 'conette' (CoNeTTE's post-norm
+  # GELU decoder with an untied classifier and a ReLU frame projection).
+  c.decoder_style = 'aac_jax'
+  c.projection_dropout = 0.5  # Around the frame projection ('conette' only).
+  c.task_token_id = -1  # 'conette': token read at position 0 (e.g. <bos_clotho>); -1 = BOS.
   c.compute_dtype = 'float32'  # 'bfloat16' computes in bf16, parameters stay fp32.
   # Auxiliary head predicting the caption's words from the encoder frames
   # (training only; weighted by optim.keyword_loss_weight).

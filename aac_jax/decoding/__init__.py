@@ -8,11 +8,13 @@ built from a model, its parameters and the encoder output by
 `make_step_fn` (Linen KV cache) or `make_uncached_step_fn` (full re-run,
 for tests and benchmarks); any other callable with that signature works too
 (the tests use a Markov transition table). Searches return `DecodeOutput`
-with tokens `[batch, max_len]`: words, EOS, then PAD. Settings come from
+with tokens `[batch, max_len]`: words, EOS, then PAD. `method='conette_beam'`
+is CoNeTTE's own beam search (`conette_beam`). Settings come from
 `config.decode` via `make_decode_settings(config.decode, **overrides)`.
 """
 
 from aac_jax.decoding.beam import beam_search, length_penalty
+from aac_jax.decoding.conette_beam import conette_beam_search
 from aac_jax.decoding.constraints import NEG_INF, apply_constraints
 from aac_jax.decoding.generate import (
   decode_encoded,
@@ -26,6 +28,7 @@ from aac_jax.decoding.settings import (
   DecodeSettings,
   make_decode_settings,
   make_repeat_ban_mask,
+  repeat_ban_mask_for,
 )
 from aac_jax.decoding.steps import (
   StepFn,
@@ -44,6 +47,7 @@ __all__ = [
   'StepFn',
   'apply_constraints',
   'beam_search',
+  'conette_beam_search',
   'decode_encoded',
   'eval_model',
   'filter_top_k',
@@ -58,6 +62,7 @@ __all__ = [
   'make_sharded_generate_fn',
   'make_step_fn',
   'make_uncached_step_fn',
+  'repeat_ban_mask_for',
   'repeat_rows',
   'sample',
 ]

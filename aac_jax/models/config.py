@@ -12,6 +12,9 @@ import ml_collections
 
 _SUBSAMPLING_FACTORS = (2, 4, 8)
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# 'aac_jax': pre-norm layers, tied output embedding (models/decoder.py);
+# 'conette': CoNeTTE's AACTransformerDecoder (models/conette_decoder.py).
+DECODER_STYLES = ('aac_jax', 'conette')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +38,15 @@ class CaptionerConfig:
     dropout: dropout on residual branches and feed-forward hidden units.
     attention_dropout: dropout on attention weights.
     max_decode_len: decoder positions (longest decoder input).
+    decoder_style: 'aac_jax' (pre-norm layers, tied output embedding) or
+      'conette' (CoNeTTE's post-norm decoder with GELU, an untied
+      classifier and a ReLU projection of the encoder frames; see
+      `aac_jax.models.conette_decoder`).
+    projection_dropout: dropout before and after that frame projection
+      ('conette' only; CoNeTTE uses 0.5).
+    task_token_id: 'conette' only: the token the decoder reads at position 0
+      whatever it is given there (CoNeTTE's dataset-conditioning token, e.g.
+      the id of `<bos_clotho>`); -1 keeps the given token (BOS).
     compute_dtype: 'float32' or 'bfloat16'; parameters always stay float32.
     keyword_head: adds the auxiliary clip-level keyword head (`KeywordHead`,
       trained with `optim.keyword_loss_weight`; unused at inference).
@@ -58,6 +70,9 @@ class CaptionerConfig:
   dropout: float = 0.1
   attention_dropout: float = 0.1
   max_decode_len: int = 32
+  decoder_style: str = 'aac_jax'
+  projection_dropout: float = 0.5
+  task_token_id: int = -1
   compute_dtype: str = 'float32'
   keyword_head: bool = False
   deterministic: bool = False
@@ -66,6 +81,12 @@ class CaptionerConfig:
   def __post_init__(self):
     if self.subsampling not in _SUBSAMPLING_FACTORS:
       raise ValueError(f'subsampling must be one of {_SUBSAMPLING_FACTORS}, got {self.subsampling}')
+    if self.decoder_style not in DECODER_STYLES:
+      raise ValueError(f'decoder_style must be one of {DECODER_STYLES}, got {self.decoder_style!r}')
+    if self.task_token_id >= 0 and self.decoder_style != 'conette':
+      raise ValueError("task_token_id needs decoder_style='conette'")
+    if self.task_token_id >= self.vocab_size:
+      raise ValueError(f'task_token_id {self.task_token_id} >= vocab_size {self.vocab_size}')
     if self.compute_dtype not in _DTYPES:
       raise ValueError(f'compute_dtype must be one of {tuple(_DTYPES)}, got {self.compute_dtype}')
     for dim, heads, name in (

@@ -170,10 +170,9 @@ def make_sample_settings(
   return sample, greedy
 
 
-def make_repeat_ban_mask(tokenizer) -> np.ndarray:
-  """bool `[vocab]`: content words (not `decoding.FUNCTION_WORDS`)."""
-  ids = [i for i, token in enumerate(tokenizer.tokens) if token in decoding.FUNCTION_WORDS]
-  return decoding.make_repeat_ban_mask(tokenizer.vocab_size, ids)
+def make_repeat_ban_mask(tokenizer, settings: decoding.DecodeSettings) -> np.ndarray:
+  """bool `[vocab]`: the tokens the repeat ban of `settings` stops repeating."""
+  return decoding.repeat_ban_mask_for(tokenizer.tokens, settings)
 
 
 def create_scst_run(config: ml_collections.ConfigDict, workdir: str) -> ScstRun:
@@ -220,7 +219,8 @@ def create_scst_run(config: ml_collections.ConfigDict, workdir: str) -> ScstRun:
       normalizer=config.scst.get('loss_normalizer', 'samples'),
     ),
   )
-  mask = jax.device_put(make_repeat_ban_mask(exp.tokenizer), parallel.replicated(exp.mesh))
+  mask = make_repeat_ban_mask(exp.tokenizer, decoding.make_decode_settings(config.decode))
+  mask = jax.device_put(mask, parallel.replicated(exp.mesh))
   sample_rng, update_rng = jax.random.split(jax.random.key(config.seed))
   return ScstRun(exp, references, reward_fn, sample_fn, update_fn, mask, sample_rng, update_rng)
 

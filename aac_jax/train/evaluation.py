@@ -81,10 +81,11 @@ def make_predict_step(mesh: Mesh, **static: Any):
   return jax.jit(mapped)
 
 
-def make_repeat_ban_mask(tokenizer: Tokenizer) -> np.ndarray:
+def make_repeat_ban_mask(
+  tokenizer: Tokenizer, settings: decoding.DecodeSettings | None = None
+) -> np.ndarray:
   """bool `[vocab]`: the words `ban_repeated_content_words` stops repeating."""
-  ids = [i for i, token in enumerate(tokenizer.tokens) if token in decoding.FUNCTION_WORDS]
-  return decoding.make_repeat_ban_mask(tokenizer.vocab_size, ids)
+  return decoding.repeat_ban_mask_for(tokenizer.tokens, settings or decoding.DecodeSettings())
 
 
 def _text(value: Any) -> str:
@@ -206,7 +207,7 @@ class Evaluator:
     )
 
     self._repeat_ban_mask = jax.device_put(
-      make_repeat_ban_mask(tokenizer), parallel.replicated(mesh)
+      make_repeat_ban_mask(tokenizer, settings), parallel.replicated(mesh)
     )
 
   def _get_split(self, name: str):
