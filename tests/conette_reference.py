@@ -124,7 +124,12 @@ def tokenizer_state(tokens: list[str]) -> dict:
     '_version_': '2.2.0',
     '_type_': 'txt',
     'tokenizer': {
-      'hparams': {'level': 'word', 'lowercase': True, 'punctuation_mode': 'remove', 'normalize': True},
+      'hparams': {
+        'level': 'word',
+        'lowercase': True,
+        'punctuation_mode': 'remove',
+        'normalize': True,
+      },
       'normalize': True,
       'added_special_tokens': [f'<bos_{task}>' for task in TASKS],
       'max_sentence_size': 20,

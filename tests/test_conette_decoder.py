@@ -98,7 +98,9 @@ def test_teacher_forced_logits_match_reference(converted):
   # With task_token_id the decoder reads the task token at position 0 whatever it is given.
   tasked = model.clone(config=model.config.replace(task_token_id=task))
   with_bos = np.where(np.arange(7)[None, :] == 0, 1, inputs)
-  again = tasked.apply({'params': params}, frames, pad.astype(np.float32), with_bos, method='decode')
+  again = tasked.apply(
+    {'params': params}, frames, pad.astype(np.float32), with_bos, method='decode'
+  )
   np.testing.assert_allclose(np.asarray(again)[real], ours[real], rtol=0, atol=1e-6)
 
 

@@ -162,7 +162,9 @@ def _attention(state: Mapping[str, np.ndarray], key: str, heads: int) -> dict:
   dim = weight.shape[1]
   head_dim = dim // heads
   out = {}
-  for name, w, b in zip(('query', 'key', 'value'), np.split(weight, 3), np.split(bias, 3)):
+  for name, w, b in zip(
+    ('query', 'key', 'value'), np.split(weight, 3), np.split(bias, 3), strict=True
+  ):
     out[name] = {'kernel': w.T.reshape(dim, heads, head_dim), 'bias': b.reshape(heads, head_dim)}
   out_weight = state[key + '.out_proj.weight']
   out['out'] = {
@@ -186,7 +188,9 @@ def _layer(state: Mapping[str, np.ndarray], prefix: str, heads: int) -> dict:
 
 def num_decoder_layers(state: Mapping[str, np.ndarray]) -> int:
   """Decoder layers in the weights (`model.decoder.layers.{i}.*`)."""
-  indices = {int(k[len(DECODER) :].split('.')[1]) for k in state if k.startswith(DECODER + 'layers.')}
+  indices = {
+    int(k[len(DECODER) :].split('.')[1]) for k in state if k.startswith(DECODER + 'layers.')
+  }
   if indices != set(range(len(indices))):
     raise ConetteFormatError(f'decoder layer indices {sorted(indices)} are not 0..n-1')
   return len(indices)

@@ -104,7 +104,9 @@ def _extend(state, step_fn, settings, repeat_ban_mask):
   token_log_probs = jnp.take_along_axis(log_probs.reshape(batch, beam * vocab), flat_ids, axis=1)
   here = jnp.arange(max_len) == state.step  # [max_len]
   seqs = jnp.where(here, token[..., None], gather_beams(state.live_seqs, source))
-  seq_log_probs = jnp.where(here, token_log_probs[..., None], gather_beams(state.live_log_probs, source))
+  seq_log_probs = jnp.where(
+    here, token_log_probs[..., None], gather_beams(state.live_log_probs, source)
+  )
   return scores, seqs, seq_log_probs, source, cache
 
 
@@ -125,7 +127,9 @@ def _beam_step(state, step_fn, settings, repeat_ban_mask) -> BeamState:
     live_log_probs=gather_beams(seq_log_probs, keep),
     live_scores=live_scores,
     fin_seqs=gather_beams(jnp.concatenate([state.fin_seqs, seqs], axis=1), fin_keep),
-    fin_log_probs=gather_beams(jnp.concatenate([state.fin_log_probs, seq_log_probs], axis=1), fin_keep),
+    fin_log_probs=gather_beams(
+      jnp.concatenate([state.fin_log_probs, seq_log_probs], axis=1), fin_keep
+    ),
     fin_scores=fin_scores,
     cache=gather_cache(cache, gather_beams(source, keep)),
   )

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aac_jax.models.conette_decoder import ConetteDecoder
 from aac_jax.models.config import CaptionerConfig
 from aac_jax.models.conformer import ConformerEncoder
-from aac_jax.models.conette_decoder import ConetteDecoder
 from aac_jax.models.decoder import TransformerDecoder
 from aac_jax.models.keyword_head import KeywordHead
 
