@@ -80,8 +80,13 @@ def build_reference(
   dim_feedforward: int = 64,
   frame_dim: int = 24,
   num_words: int = 40,
+  eos_bias: float = 0.0,
 ) -> Reference:
-  """A random CoNeTTE decoder, projection and vocabulary (small sizes)."""
+  """A random CoNeTTE decoder, projection and vocabulary (small sizes).
+
+  `eos_bias` is added to the classifier's EOS bias so that random captions
+  end at various lengths instead of always running to the limit.
+  """
   torch = torch_reference.torch_module()
   aac_tfmer = torch_reference.import_reference('conette.nn.decoders.aac_tfmer')
   tensor_modules = torch_reference.import_reference('torchoutil.nn.modules.tensor')
@@ -109,6 +114,8 @@ def build_reference(
   )
   _randomize(decoder, torch, 0.3)
   _randomize(projection, torch, 0.3)
+  with torch.no_grad():
+    decoder.classifier.bias[2] += eos_bias
   forbid = np.array([token not in STOP_WORDS for token in tokens])
   hparams = dict(
     d_model=d_model, nhead=nhead, num_decoder_layers=num_layers, dim_feedforward=dim_feedforward

@@ -35,7 +35,7 @@ def _relative_error(ours, reference) -> float:
 @pytest.fixture(scope='module')
 def converted(tmp_path_factory):
   """The reference, and a Captioner carrying its converted decoder."""
-  ref = cref.build_reference(frame_dim=FRAME_DIM)
+  ref = cref.build_reference(frame_dim=FRAME_DIM, eos_bias=5.0)
   folder = cref.write_published_folder(ref, tmp_path_factory.mktemp('conette'))
   published = convert.read_folder(folder)
   tokens = convert.read_tokens(published)
@@ -143,8 +143,14 @@ def _reference_rows(best: np.ndarray) -> list[list[int]]:
   return rows
 
 
+@pytest.fixture(scope='module')
+def lengths():
+  """Caption lengths the per-task beam tests saw (checked for variety at the end)."""
+  return set()
+
+
 @pytest.mark.parametrize('task_index', range(len(cref.TASKS)))
-def test_beam_search_matches_reference_for_each_task(converted, task_index):
+def test_beam_search_matches_reference_for_each_task(converted, lengths, task_index):
   ref, published, tokens, model, params = converted
   task = convert.task_tokens(published, tokens)[cref.TASKS[task_index]]
   frames, pad = _frames(seed=10 + task_index, batch=4)
@@ -155,7 +161,13 @@ def test_beam_search_matches_reference_for_each_task(converted, task_index):
   out = _decode(tasked, params, frames, pad, settings, repeat_ban_mask=mask)
   ours = [_as_reference(row) for row in np.asarray(out.tokens)]
   assert ours == _reference_rows(best)
+  lengths.update(len(row) for row in ours)
   np.testing.assert_allclose(out.scores, scores, rtol=1e-4)
+
+
+def test_beam_captions_had_various_lengths(lengths):
+  """Beams retired early and at the limit: both paths of the search were compared."""
+  assert min(lengths) <= 5 and max(lengths) == MAX_PRED and len(lengths) >= 3, lengths
 
 
 def test_beam_search_without_ban_and_short_limit(converted):
