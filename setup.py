@@ -17,12 +17,24 @@ INSTALL_REQUIRES = [
   'flatbuffers>=24.3.25',
   'tensorboardX>=2.6',
   'tqdm>=4.66',
+  # Converted pretrained encoders (tools/convert_checkpoint.py) are read with it.
+  'safetensors>=0.4',
 ]
 
 EXTRAS_REQUIRE = {
   # METEOR 1.5 and the PTB tokenizer jars ship inside pycocoevalcap's wheel.
   'eval': ['pycocoevalcap==1.2'],
-  'test': ['pytest>=8', 'ruff==0.17.6', 'pycocoevalcap==1.2'],
+  # tools/convert_checkpoint.py: reads the published PyTorch checkpoints.
+  'convert': ['torch>=2.1'],
+  # torch (CPU wheel) and torchlibrosa run the upstream reference models of the
+  # parity tests; tools/test.sh adds conette and torchoutil with --no-deps.
+  'test': [
+    'pytest>=8',
+    'ruff==0.17.6',
+    'pycocoevalcap==1.2',
+    'torch==2.13.0',
+    'torchlibrosa==0.1.0',
+  ],
 }
 
 setuptools.setup(

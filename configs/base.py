@@ -76,9 +76,8 @@ def get_model_config() -> ml_collections.ConfigDict:
   c.attention_dropout = 0.1
   c.max_decode_len = 32  # Positions of the decoder (>= max_caption_tokens + 1).
   # 'aac_jax' (pre-norm, tied embeddings) or 'conette' (CoNeTTE's post-norm
-  # GELU decoder with an untied classifier and a ReLU frame projection).
+  # GELU decoder with an untied classifier).
   c.decoder_style = 'aac_jax'
-  c.projection_dropout = 0.5  # Around the frame projection ('conette' only).
   c.task_token_id = -1  # 'conette': token read at position 0 (e.g. <bos_clotho>); -1 = BOS.
   c.compute_dtype = 'float32'  # 'bfloat16' computes in bf16, parameters stay fp32.
   # Auxiliary head predicting the caption's words from the encoder frames
@@ -158,6 +157,26 @@ def get_scst_config() -> ml_collections.ConfigDict:
   return c
 
 
+# --- Pretrained AudioSet encoders (issue 11) ---------------------------------
+# One block so that it merges into the locked schema in one piece: fields of
+# `model`, `frontend` and `dataset` used when `model.encoder` is a tagger.
+def add_pretrained_encoder_fields(config: ml_collections.ConfigDict) -> None:
+  """Adds the pretrained-encoder fields (defaults: the conformer from scratch)."""
+  m = config.model
+  # 'conformer' (from scratch), 'convnext' (AudioSet ConvNeXt-Tiny) or 'cnn14'
+  # (PANNs); the front end then follows the encoder (32 kHz torchlibrosa log-mel).
+  m.encoder = 'conformer'
+  m.encoder_init = ''  # Folder written by tools/convert_checkpoint.py ('' = random tagger).
+  m.encoder_freeze = 'none'  # 'all', 'none', or 'N' = the first N stages.
+  m.encoder_projection = False  # Dropout, Dense(encoder_dim) + ReLU, dropout on the tagger frames.
+  m.projection_dropout = 0.5  # Dropout of that projection.
+  m.encoder_drop_path = 0.0  # ConvNeXt stochastic depth (unfrozen, training).
+  m.mixup_alpha = 0.0  # Mixup of encoder frames and decoder inputs (0 = off).
+  f = config.frontend
+  f.kind = 'mel'  # 'mel' (the conformer's) or 'pann' (set by the encoder, never by hand).
+  f.amin = 1e-10  # Power floor of the 'pann' front end (10 * log10(max(mel, amin))).
+
+
 def get_base_config() -> ml_collections.ConfigDict:
   """Returns the full default configuration."""
   config = ml_collections.ConfigDict()
@@ -170,4 +189,5 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval = get_eval_config()
   config.decode = get_decode_config()
   config.scst = get_scst_config()
+  add_pretrained_encoder_fields(config)
   return config

@@ -201,22 +201,32 @@ def write_published_folder(
   return folder
 
 
-def reference_logits(ref: Reference, frames, frame_pad_mask, tokens) -> np.ndarray:
+def _frame_embs(ref: Reference, frames, project: bool):
+  """`[b, s, e]` numpy -> conette's `[b, d_model, s]` tensor (through the projection or not)."""
+  torch = torch_reference.torch_module()
+  x = torch.from_numpy(np.asarray(frames, np.float32))
+  with torch.no_grad():
+    return ref.projection(x) if project else x.transpose(1, 2)
+
+
+def reference_logits(ref: Reference, frames, frame_pad_mask, tokens, project=False) -> np.ndarray:
   """Teacher-forced logits with conette's `teacher_forcing`.
 
   Args:
     ref: the reference.
-    frames: float32 `[b, s, frame_dim]` encoder frames (before the projection).
+    frames: float32 `[b, s, d_model]` frame embeddings (decoder inputs), or
+      `[b, s, frame_dim]` encoder frames with `project=True`.
     frame_pad_mask: bool `[b, s]`, True = pad.
     tokens: int `[b, l]` decoder inputs (task token first, PAD after the end).
+    project: run the projection first.
 
   Returns:
     float32 `[b, l, vocab]`.
   """
   torch = torch_reference.torch_module()
   forcing = torch_reference.import_reference('conette.nn.decoding.forcing')
+  embs = _frame_embs(ref, frames, project)  # [b, d, s]
   with torch.no_grad():
-    embs = ref.projection(torch.from_numpy(np.asarray(frames, np.float32)))  # [b, d, s]
     logits = forcing.teacher_forcing(
       ref.decoder,
       pad_id=0,
@@ -231,9 +241,18 @@ def reference_logits(ref: Reference, frames, frame_pad_mask, tokens) -> np.ndarr
 
 
 def reference_generate(
-  ref: Reference, frames, frame_pad_mask, task_token: int, *, forbid: bool = True, **kwargs
+  ref: Reference,
+  frames,
+  frame_pad_mask,
+  task_token: int,
+  *,
+  forbid: bool = True,
+  project: bool = False,
+  **kwargs,
 ) -> np.ndarray:
   """Best beam of conette's `generate` (beam 3, min 3, max 20 tokens by default).
+
+  `frames` as for `reference_logits`.
 
   Returns:
     int64 tokens `[b, n]` (words, EOS, PAD; n = the longest output + 1 at
@@ -243,8 +262,8 @@ def reference_generate(
   beam = torch_reference.import_reference('conette.nn.decoding.beam')
   settings = dict(beam_size=3, min_pred_size=3, max_pred_size=20) | kwargs
   batch = len(frames)
+  embs = _frame_embs(ref, frames, project)
   with torch.no_grad():
-    embs = ref.projection(torch.from_numpy(np.asarray(frames, np.float32)))
     best, score, *_ = beam.generate(
       ref.decoder,
       pad_id=0,

@@ -17,7 +17,7 @@ import pytest
 from aac_jax import decoding, models
 from aac_jax.convert import conette as convert
 
-FRAME_DIM = 24
+D_MODEL = 32
 MAX_PRED = 20
 FAST = {'xla_backend_optimization_level': 0}
 
@@ -35,19 +35,19 @@ def _relative_error(ours, reference) -> float:
 @pytest.fixture(scope='module')
 def converted(tmp_path_factory):
   """The reference, and a Captioner carrying its converted decoder."""
-  ref = cref.build_reference(frame_dim=FRAME_DIM, eos_bias=5.0)
+  ref = cref.build_reference(d_model=D_MODEL, eos_bias=5.0)
   folder = cref.write_published_folder(ref, tmp_path_factory.mktemp('conette'))
   published = convert.read_folder(folder)
   tokens = convert.read_tokens(published)
   cfg = models.CaptionerConfig(
     vocab_size=len(tokens),
-    encoder_dim=FRAME_DIM,
+    encoder_dim=D_MODEL,
     encoder_layers=1,
     encoder_heads=2,
     encoder_ff_dim=32,
     subsampling=2,
     decoder_style='conette',
-    decoder_dim=32,
+    decoder_dim=D_MODEL,
     decoder_heads=4,
     decoder_layers=2,
     decoder_ff_dim=64,
@@ -63,9 +63,9 @@ def converted(tmp_path_factory):
 
 
 def _frames(seed: int, batch: int = 3, time: int = 9):
-  """Random frames `[b, s, e]` and pad masks: clip i has `time - 3 i` real frames, garbage after."""
+  """Random frame embeddings `[b, s, d]` and pad masks: clip i has `time - 3 i` real frames."""
   rng = np.random.default_rng(seed)
-  frames = rng.normal(size=(batch, time, FRAME_DIM)).astype(np.float32)
+  frames = rng.normal(size=(batch, time, D_MODEL)).astype(np.float32)
   lengths = np.maximum(time - 3 * np.arange(batch), 1)
   pad = np.arange(time)[None, :] >= lengths[:, None]
   frames[pad] = 50.0 * rng.normal(size=frames[pad].shape)

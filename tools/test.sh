@@ -18,6 +18,9 @@ fi
 python -m pip install -q --upgrade pip >/dev/null
 echo "[test.sh] installing aac_jax[test] into $VENV"
 python -m pip install -q -e '.[test]'
+# PyTorch reference modules of the parity tests (tests/torch_reference.py):
+# conette pins an old torch stack, so it and its torchoutil come without deps.
+python -m pip install -q --no-deps conette==0.3.2 torchoutil==0.3.1
 echo "[test.sh] ruff check + format check"
 ruff check .
 ruff format --check .

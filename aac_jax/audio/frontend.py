@@ -20,6 +20,8 @@ import librosa
 import ml_collections
 import numpy as np
 
+from aac_jax.audio import pann_frontend
+
 DEFAULT_SAMPLE_RATE = 16000
 
 
@@ -68,12 +70,28 @@ def frame_signal(waveform: jax.Array, n_fft: int, hop_length: int) -> jax.Array:
   Returns:
     `[batch, frames, n_fft]` with `frames = 1 + samples // hop_length`.
   """
-  batch, samples = waveform.shape
-  frames = num_frames(samples, hop_length)
+  samples = waveform.shape[1]
+  left = n_fft // 2
+  padded = jnp.pad(waveform, ((0, 0), (left, n_fft - left)))
+  return slice_frames(padded, n_fft, hop_length, num_frames(samples, hop_length))
+
+
+def slice_frames(padded: jax.Array, n_fft: int, hop_length: int, frames: int) -> jax.Array:
+  """Frames `t * hop_length : t * hop_length + n_fft` of an already padded signal.
+
+  Args:
+    padded: `[batch, samples]`, at least `(frames - 1) * hop_length + n_fft` long.
+    n_fft: frame length.
+    hop_length: frame step.
+    frames: number of frames to cut.
+
+  Returns:
+    `[batch, frames, n_fft]`.
+  """
+  batch = padded.shape[0]
   hops_per_frame = -(-n_fft // hop_length)
   total = (frames - 1 + hops_per_frame) * hop_length
-  left = n_fft // 2
-  padded = jnp.pad(waveform, ((0, 0), (left, total - left - samples)))
+  padded = jnp.pad(padded, ((0, 0), (0, max(total - padded.shape[1], 0))))[:, :total]
   hops = padded.reshape(batch, frames - 1 + hops_per_frame, hop_length)
   pieces = [hops[:, i : i + frames] for i in range(hops_per_frame)]
   return jnp.concatenate(pieces, axis=-1)[..., :n_fft]
@@ -137,13 +155,37 @@ def log_mel(
   Returns:
     `(features, frame_paddings)`: float32 `[batch, frames, n_mels]` with
     `frames = 1 + samples // hop_length` (the normalised log-mel), and
-    `[batch, frames]`.
+    `[batch, frames]`. With `cfg.kind == 'pann'` (a pretrained tagger's
+    front end, set by `aac_jax.models.pretrained_setup`), torchlibrosa's
+    dB log-mel (`aac_jax.audio.pann_frontend`).
   """
   if sample_rate is None:
     sample_rate = cfg.get('sample_rate', DEFAULT_SAMPLE_RATE)
+  if cfg.get('kind', 'mel') == 'pann':
+    log, frame_paddings = pann_frontend.pann_log_mel(
+      waveform, paddings, pann_settings(cfg, int(sample_rate))
+    )
+    return normalize_features(log, cfg), frame_paddings
   mel, frame_paddings = power_mel(waveform, paddings, cfg, int(sample_rate))
   log = jnp.log(jnp.maximum(mel, cfg.log_floor))
   return normalize_features(log, cfg), frame_paddings
+
+
+def pann_settings(cfg: ml_collections.ConfigDict, sample_rate: int):
+  """`PannFrontendSettings` of a `kind = 'pann'` front-end config."""
+  if cfg.win_length != cfg.n_fft:
+    raise ValueError(
+      f'the pann front end needs win_length == n_fft, got {cfg.win_length}, {cfg.n_fft}'
+    )
+  return pann_frontend.PannFrontendSettings(
+    sample_rate=sample_rate,
+    n_fft=cfg.n_fft,
+    hop_length=cfg.hop_length,
+    n_mels=cfg.n_mels,
+    fmin=cfg.fmin,
+    fmax=cfg.fmax,
+    amin=cfg.get('amin', 1e-10),
+  )
 
 
 def normalization(cfg: ml_collections.ConfigDict) -> tuple[float, float]:

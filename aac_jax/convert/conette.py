@@ -186,6 +186,18 @@ def _layer(state: Mapping[str, np.ndarray], prefix: str, heads: int) -> dict:
   }
 
 
+def projection_params(state: Mapping[str, np.ndarray]) -> dict:
+  """`encoder/projection` (the Dense of `encoder_projection`) from `model.projection.2`."""
+  left = sorted(
+    k for k in state if k.startswith('model.projection.') and not k.startswith(PROJECTION)
+  )
+  if left:
+    raise ConetteFormatError(
+      f'unexpected projection keys: {left} (expected the "lin768" projection)'
+    )
+  return _as_float32(_dense(_Tracked(state, set()), PROJECTION[:-1]))
+
+
 def num_decoder_layers(state: Mapping[str, np.ndarray]) -> int:
   """Decoder layers in the weights (`model.decoder.layers.{i}.*`)."""
   indices = {
@@ -213,13 +225,12 @@ def decoder_params(state: Mapping[str, np.ndarray], heads: int) -> dict:
   used = {POSITIONS_KEY}
   tracked = _Tracked(state, used)
   params = {
-    'frame_proj': _dense(tracked, PROJECTION[:-1]),
     'embed': {'embedding': tracked[DECODER + 'emb_layer.weight']},
     'classifier': _dense(tracked, DECODER + 'classifier'),
   }
   for i in range(num_decoder_layers(state)):
     params[f'layer{i}'] = _layer(tracked, f'{DECODER}layers.{i}.', heads)
-  left = sorted(k for k in state if k.startswith((DECODER, PROJECTION)) and k not in used)
+  left = sorted(k for k in state if k.startswith(DECODER) and k not in used)
   if left:
     raise ConetteFormatError(f'unexpected decoder keys ({len(left)}): {left}')
   _check_positions(state)

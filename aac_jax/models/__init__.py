@@ -1,4 +1,4 @@
-"""aac_jax.models: conformer encoder + transformer decoder captioner."""
+"""aac_jax.models: conformer or pretrained-tagger encoder + transformer decoder captioner."""
 
 from aac_jax.models.captioner import Captioner, count_params, init_params
 from aac_jax.models.config import CaptionerConfig, make_captioner_config

@@ -1,4 +1,4 @@
-"""The audio captioner: conformer encoder + transformer decoder."""
+"""The audio captioner: conformer or pretrained-tagger encoder + transformer decoder."""
 
 import functools
 from typing import Any
@@ -13,6 +13,7 @@ from aac_jax.models.config import CaptionerConfig
 from aac_jax.models.conformer import ConformerEncoder
 from aac_jax.models.decoder import TransformerDecoder
 from aac_jax.models.keyword_head import KeywordHead
+from aac_jax.models.pretrained import MIN_INPUT_FRAMES, Mix, PretrainedEncoder, sample_mix
 
 
 class Captioner(nn.Module):
@@ -28,24 +29,50 @@ class Captioner(nn.Module):
   config: CaptionerConfig
 
   def setup(self):
-    self.encoder = ConformerEncoder(self.config)
+    if self.config.pretrained:
+      self.encoder = PretrainedEncoder(self.config)
+    else:
+      self.encoder = ConformerEncoder(self.config)
     decoder_cls = ConetteDecoder if self.config.decoder_style == 'conette' else TransformerDecoder
     self.decoder = decoder_cls(self.config)
     if self.config.keyword_head:
       self.keyword_head = KeywordHead(self.config.vocab_size, self.config.dtype)
 
-  def encode(self, features: jax.Array, feature_paddings: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def encode(
+    self, features: jax.Array, feature_paddings: jax.Array, mix: Mix | None = None
+  ) -> tuple[jax.Array, jax.Array]:
     """Encodes audio features.
 
     Args:
       features: `[batch, time, mels]` log-mel features.
       feature_paddings: `[batch, time]`, 1 = pad.
+      mix: optional mixup draw (training; see `_mixup`).
 
     Returns:
-      encoded `[batch, enc_time, encoder_dim]` and enc_paddings
-      `[batch, enc_time]` with enc_time = ceil(time / subsampling).
+      encoded `[batch, enc_time, dim]` and enc_paddings `[batch, enc_time]`
+      (conformer: enc_time = ceil(time / subsampling); taggers: their frames).
     """
-    return self.encoder(features, feature_paddings)
+    if self.config.pretrained:
+      return self.encoder(features, feature_paddings, mix)
+    encoded, enc_paddings = self.encoder(features, feature_paddings)
+    if mix is not None:
+      encoded = (
+        mix.lam.astype(encoded.dtype) * encoded
+        + (1.0 - mix.lam.astype(encoded.dtype)) * encoded[mix.partner]
+      )
+      enc_paddings = enc_paddings * enc_paddings[mix.partner]
+    return encoded, enc_paddings
+
+  def _mixup(self, batch: int) -> Mix | None:
+    """A mixup draw for this batch in training with `mixup_alpha > 0`, else None.
+
+    As the DCASE 2024 baseline: the encoder frames and the decoder's input
+    embeddings of each example are mixed with another example's; the targets
+    stay those of the example itself.
+    """
+    if self.config.deterministic or not self.config.mixup_alpha:
+      return None
+    return sample_mix(self.make_rng('dropout'), batch, self.config.mixup_alpha)
 
   def decode(
     self, encoded: jax.Array, enc_paddings: jax.Array, decoder_inputs: jax.Array
@@ -72,12 +99,15 @@ class Captioner(nn.Module):
     `[batch, refs, length]` (several captions of each clip) encode each clip
     once and give `[batch, refs, length, vocab_size]`.
     """
-    encoded, enc_paddings = self.encode(features, feature_paddings)
-    return self._decode_references(encoded, enc_paddings, decoder_inputs)
+    mix = self._mixup(features.shape[0])
+    encoded, enc_paddings = self.encode(features, feature_paddings, mix)
+    return self._decode_references(encoded, enc_paddings, decoder_inputs, mix)
 
-  def _decode_references(self, encoded, enc_paddings, decoder_inputs):
+  def _decode_references(self, encoded, enc_paddings, decoder_inputs, mix=None):
     if decoder_inputs.ndim == 2:
-      return self.decode(encoded, enc_paddings, decoder_inputs)
+      return self.decoder(encoded, enc_paddings, decoder_inputs, mix)
+    if mix is not None:
+      raise ValueError('mixup needs one caption per clip (dataset.captions_per_clip = 1)')
     batch, refs, length = decoder_inputs.shape
     logits = self.decode(
       jnp.repeat(encoded, refs, axis=0),
@@ -116,6 +146,8 @@ def init_params(
     The `params` collection.
   """
   init_model = model.clone(config=model.config.replace(decode=False, deterministic=True))
+  if model.config.pretrained:
+    num_frames = max(num_frames, MIN_INPUT_FRAMES)
   features = jnp.zeros((1, num_frames, num_mels), jnp.float32)
   paddings = jnp.zeros((1, num_frames), jnp.float32)
   tokens = jnp.zeros((1, length), jnp.int32)

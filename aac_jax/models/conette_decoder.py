@@ -1,9 +1,9 @@
 """CoNeTTE's transformer decoder (`decoder_style='conette'`).
 
 Facts from the reference (conette 0.3.2, `conette/nn/decoders/aac_tfmer.py`
-`AACTransformerDecoder` and `pl_modules/common.py` `build_proj_lin`):
-- encoder frames `[b, s, e]` -> dropout(0.5) -> linear to d_model -> ReLU ->
-  dropout(0.5) (the "lin768" projection of the published model);
+`AACTransformerDecoder`; its frames come through `build_proj_lin` of
+`pl_modules/common.py`, dropout(0.5) -> linear -> ReLU -> dropout(0.5), which
+is aac_jax's `encoder_projection` of `models/pretrained.py`):
 - token embeddings times sqrt(d_model), plus fixed sinusoids with sine at
   even and cosine at odd channels (`PositionalEncoding`), then dropout;
 - `nn.TransformerDecoderLayer` post-norm layers: x = LN(x + SA(x)),
@@ -17,6 +17,8 @@ positions' logits do not depend on it (padded positions' logits are ignored
 by the loss).
 """
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -24,6 +26,7 @@ import numpy as np
 
 from aac_jax.models import layers
 from aac_jax.models.config import CaptionerConfig
+from aac_jax.models.pretrained import mix_values
 
 LAYER_NORM_EPS = 1e-5
 
@@ -55,14 +58,14 @@ class ConetteDecoderLayer(nn.Module):
     return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.config.dtype, name=name)
 
   @nn.compact
-  def __call__(self, x: jax.Array, frames: jax.Array, enc_paddings: jax.Array) -> jax.Array:
-    """`x` `[b, l, d]`, frames `[b, s, d]`, enc_paddings `[b, s]` -> `[b, l, d]`."""
+  def __call__(self, x: jax.Array, encoded: jax.Array, enc_paddings: jax.Array) -> jax.Array:
+    """`x` `[b, l, d]`, encoded `[b, s, e]`, enc_paddings `[b, s]` -> `[b, l, d]`."""
     cfg = self.config
     dropout = nn.Dropout(cfg.dropout, deterministic=cfg.deterministic)
     heads = (cfg.decoder_heads, cfg.attention_dropout, cfg.deterministic, cfg.decode, cfg.dtype)
     y = layers.CausalSelfAttention(*heads, name='self_attention')(x)
     x = self._norm('self_norm')(x + dropout(y))
-    y = layers.CrossAttention(*heads, name='cross_attention')(x, frames, enc_paddings)
+    y = layers.CrossAttention(*heads, name='cross_attention')(x, encoded, enc_paddings)
     x = self._norm('cross_norm')(x + dropout(y))
     y = nn.Dense(cfg.decoder_ff_dim, dtype=cfg.dtype, name='ff_in')(x)
     y = dropout(nn.gelu(y, approximate=False))
@@ -84,17 +87,22 @@ class ConetteDecoder(nn.Module):
 
   @nn.compact
   def __call__(
-    self, encoded: jax.Array, enc_paddings: jax.Array, decoder_inputs: jax.Array
+    self,
+    encoded: jax.Array,
+    enc_paddings: jax.Array,
+    decoder_inputs: jax.Array,
+    mix: Any = None,
   ) -> jax.Array:
     """Computes logits.
 
     Args:
-      encoded: `[batch, enc_time, encoder_dim]` encoder frames (before the
-        projection to `decoder_dim`).
+      encoded: `[batch, enc_time, encoder_dim]` encoder frames.
       enc_paddings: `[batch, enc_time]`, 1 = pad.
       decoder_inputs: `[batch, length]` int32 token ids (task or BOS token
         first). With `decode=True` and an initialised cache, the next
         `length` tokens.
+      mix: mixup draw (training): the input embeddings are mixed as
+        CoNeTTE mixes them (`models.pretrained.Mix`).
 
     Returns:
       float32 logits `[batch, length, vocab_size]`.
@@ -103,17 +111,16 @@ class ConetteDecoder(nn.Module):
     length = decoder_inputs.shape[1]
     if length > cfg.max_decode_len:
       raise ValueError(f'decoder input length {length} > max_decode_len {cfg.max_decode_len}')
-    frame_dropout = nn.Dropout(cfg.projection_dropout, deterministic=cfg.deterministic)
-    frames = nn.Dense(cfg.decoder_dim, dtype=cfg.dtype, name='frame_proj')(frame_dropout(encoded))
-    frames = frame_dropout(nn.relu(frames))
     positions = layers.step_positions(self, length, cfg.decode)  # [length]
     if cfg.task_token_id >= 0:
       decoder_inputs = jnp.where(positions[None] == 0, cfg.task_token_id, decoder_inputs)
     embed = nn.Embed(cfg.vocab_size, cfg.decoder_dim, dtype=cfg.dtype, name='embed')
     table = jnp.asarray(interleaved_sinusoids(cfg.max_decode_len, cfg.decoder_dim))
     x = embed(decoder_inputs) * jnp.asarray(cfg.decoder_dim**0.5, cfg.dtype)
+    if mix is not None:
+      x = mix_values(x, mix)
     x = x + table[positions][None].astype(cfg.dtype)
     x = nn.Dropout(cfg.dropout)(x, deterministic=cfg.deterministic)
     for i in range(cfg.decoder_layers):
-      x = ConetteDecoderLayer(cfg, name=f'layer{i}')(x, frames, enc_paddings)
+      x = ConetteDecoderLayer(cfg, name=f'layer{i}')(x, encoded, enc_paddings)
     return nn.Dense(cfg.vocab_size, dtype=cfg.dtype, name='classifier')(x).astype(jnp.float32)

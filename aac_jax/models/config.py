@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import ml_collections
 
 _SUBSAMPLING_FACTORS = (2, 4, 8)
+ENCODERS = ('conformer', 'convnext', 'cnn14')
+PRETRAINED_STAGES = {'convnext': 4, 'cnn14': 6}  # What `encoder_freeze = N` counts.
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # 'aac_jax': pre-norm layers, tied output embedding (models/decoder.py);
 # 'conette': CoNeTTE's AACTransformerDecoder (models/conette_decoder.py).
@@ -39,17 +41,28 @@ class CaptionerConfig:
     attention_dropout: dropout on attention weights.
     max_decode_len: decoder positions (longest decoder input).
     decoder_style: 'aac_jax' (pre-norm layers, tied output embedding) or
-      'conette' (CoNeTTE's post-norm decoder with GELU, an untied
-      classifier and a ReLU projection of the encoder frames; see
-      `aac_jax.models.conette_decoder`).
-    projection_dropout: dropout before and after that frame projection
-      ('conette' only; CoNeTTE uses 0.5).
+      'conette' (CoNeTTE's post-norm decoder with GELU and an untied
+      classifier; see `aac_jax.models.conette_decoder`). CoNeTTE's frame
+      projection is `encoder_projection` with `encoder_dim = decoder_dim`.
     task_token_id: 'conette' only: the token the decoder reads at position 0
       whatever it is given there (CoNeTTE's dataset-conditioning token, e.g.
       the id of `<bos_clotho>`); -1 keeps the given token (BOS).
     compute_dtype: 'float32' or 'bfloat16'; parameters always stay float32.
     keyword_head: adds the auxiliary clip-level keyword head (`KeywordHead`,
       trained with `optim.keyword_loss_weight`; unused at inference).
+    encoder: 'conformer' (from scratch), or a pretrained AudioSet tagger,
+      'convnext' or 'cnn14' (`aac_jax.models.pretrained`); with a tagger,
+      `encoder_layers` conformer blocks (0 = none) run on its frames.
+    encoder_init: converted checkpoint folder loaded into the tagger when a
+      run starts from scratch ('' = random tagger).
+    encoder_freeze: 'all', 'none', or 'N' (the first N stages: ConvNeXt has
+      4, CNN14 6 conv blocks); frozen parameters never change.
+    encoder_projection: with a tagger, dropout, Dense(encoder_dim) + ReLU,
+      dropout on its frames (the DCASE 2024 baseline's projection).
+    projection_dropout: dropout rate of that projection.
+    encoder_drop_path: ConvNeXt stochastic depth (training, unfrozen stages).
+    mixup_alpha: mixup of encoder frames and decoder input embeddings in
+      training (Beta(alpha, alpha), lambda >= 0.5; 0 = off).
     deterministic: disables dropout (evaluation, decoding).
     decode: the decoder works one step at a time with a KV cache held in the
       Linen `cache` collection.
@@ -71,10 +84,16 @@ class CaptionerConfig:
   attention_dropout: float = 0.1
   max_decode_len: int = 32
   decoder_style: str = 'aac_jax'
-  projection_dropout: float = 0.5
   task_token_id: int = -1
   compute_dtype: str = 'float32'
   keyword_head: bool = False
+  encoder: str = 'conformer'
+  encoder_init: str = ''
+  encoder_freeze: str = 'none'
+  encoder_projection: bool = False
+  projection_dropout: float = 0.5
+  encoder_drop_path: float = 0.0
+  mixup_alpha: float = 0.0
   deterministic: bool = False
   decode: bool = False
 
@@ -87,6 +106,16 @@ class CaptionerConfig:
       raise ValueError("task_token_id needs decoder_style='conette'")
     if self.task_token_id >= self.vocab_size:
       raise ValueError(f'task_token_id {self.task_token_id} >= vocab_size {self.vocab_size}')
+    if self.encoder not in ENCODERS:
+      raise ValueError(f'model.encoder must be one of {ENCODERS}, got {self.encoder!r}')
+    if self.pretrained and self.encoder_layers and not self.encoder_projection:
+      raise ValueError(
+        f'model.encoder_layers={self.encoder_layers} conformer blocks on {self.encoder} frames '
+        'need model.encoder_projection=True (to encoder_dim)'
+      )
+    _ = self.frozen_stages  # Validates encoder_freeze.
+    if self.mixup_alpha < 0:
+      raise ValueError(f'model.mixup_alpha must be >= 0, got {self.mixup_alpha}')
     if self.compute_dtype not in _DTYPES:
       raise ValueError(f'compute_dtype must be one of {tuple(_DTYPES)}, got {self.compute_dtype}')
     for dim, heads, name in (
@@ -95,6 +124,30 @@ class CaptionerConfig:
     ):
       if dim % heads or (dim // heads) % 2:
         raise ValueError(f'{name}_dim {dim} must split into {heads} heads of even size')
+
+  @property
+  def pretrained(self) -> bool:
+    """The encoder is a pretrained tagger (not the conformer from scratch)."""
+    return self.encoder != 'conformer'
+
+  @property
+  def frozen_stages(self) -> int:
+    """Leading tagger stages kept frozen (all of them for 'all', 0 for 'none')."""
+    if not self.pretrained or self.encoder_freeze == 'none':
+      return 0
+    stages = PRETRAINED_STAGES[self.encoder]
+    if self.encoder_freeze == 'all':
+      return stages
+    try:
+      count = int(self.encoder_freeze)
+    except ValueError:
+      count = -1
+    if not 0 <= count <= stages:
+      raise ValueError(
+        f"model.encoder_freeze must be 'all', 'none' or a number of stages 0..{stages} "
+        f'for {self.encoder}, got {self.encoder_freeze!r}'
+      )
+    return count
 
   @property
   def dtype(self) -> Any:

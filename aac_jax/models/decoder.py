@@ -1,5 +1,7 @@
 """Transformer decoder with tied embeddings and an optional KV cache."""
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -55,7 +57,11 @@ class TransformerDecoder(nn.Module):
 
   @nn.compact
   def __call__(
-    self, encoded: jax.Array, enc_paddings: jax.Array, decoder_inputs: jax.Array
+    self,
+    encoded: jax.Array,
+    enc_paddings: jax.Array,
+    decoder_inputs: jax.Array,
+    mix: Any = None,
   ) -> jax.Array:
     """Computes logits.
 
@@ -64,6 +70,8 @@ class TransformerDecoder(nn.Module):
       enc_paddings: `[batch, enc_time]`, 1 = pad.
       decoder_inputs: `[batch, length]` int32 token ids (BOS first). With
         `decode=True` and an initialised cache, the next `length` tokens.
+      mix: optional mixup draw (`aac_jax.models.pretrained.Mix`, training):
+        the scaled token embeddings are mixed like the encoder frames.
 
     Returns:
       float32 logits `[batch, length, vocab_size]`.
@@ -81,6 +89,9 @@ class TransformerDecoder(nn.Module):
     )
     table = jnp.asarray(layers.sinusoidal_table(cfg.max_decode_len, cfg.decoder_dim))
     x = embed(decoder_inputs) * jnp.asarray(cfg.decoder_dim**0.5, cfg.dtype)
+    if mix is not None:
+      lam = mix.lam.astype(x.dtype)
+      x = lam * x + (1.0 - lam) * x[mix.partner]
     x = x + table[layers.step_positions(self, length, cfg.decode)][None].astype(cfg.dtype)
     x = nn.Dropout(cfg.dropout)(x, deterministic=cfg.deterministic)
     for i in range(cfg.decoder_layers):

@@ -30,6 +30,7 @@ from etils import epath
 from aac_jax import models
 from aac_jax.data import feature_stats, pipeline
 from aac_jax.data import tokenizer as tokenizer_lib
+from aac_jax.models import pretrained_setup
 from aac_jax.train import checkpointing, evaluation, parallel, steps
 from aac_jax.train import state as state_lib
 from aac_jax.train.metric_writers import MetricWriter, create_default_writer
@@ -98,9 +99,11 @@ def create_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experi
   inherit_from_init_run(config, path)
   # The run's own vocabulary, else one built from the training split.
   tokenizer = tokenizer_lib.get_tokenizer(config.dataset, str(path))
+  pretrained_setup.resolve_encoder_frontend(config)  # Before the features are measured.
   feature_stats.resolve(config, path)
   model_cfg = models.make_captioner_config(config.model, tokenizer.vocab_size)
   tx, schedule = state_lib.create_optimizer(config.optim, config.train.num_steps)
+  tx = pretrained_setup.freeze_optimizer(tx, model_cfg)
   return Experiment(
     config=config,
     workdir=path,
@@ -143,10 +146,15 @@ def restore_state(
       params
     )
 
+  init_state = jax.jit(fresh, out_shardings=replicated)
+  if exp.train_model.config.encoder_init:  # Converted tagger weights, loaded outside jit.
+    init_state = lambda: from_params(  # noqa: E731
+      pretrained_setup.load_encoder_init(jax.jit(init_params)(rng), exp.train_model.config)
+    )
   state, how = checkpointing.restore_or_initialize(
     manager,
     exp.config.train,
-    init_state=jax.jit(fresh, out_shardings=replicated),
+    init_state=init_state,
     from_params=from_params,
     target=checkpointing.abstract_state(fresh, replicated),
     data_iter=train_iter,

@@ -1,0 +1,86 @@
+"""Converter of the AudioSet ConvNeXt-Tiny checkpoint (`convnext_tiny_471mAP.pth`, Zenodo 8020843).
+
+The file is `{'model': state_dict}` (conette's registry loads it with
+`state_dict_key='model'`). Its layer-scale tensors are named `gamma` (the
+original ConvNeXt name); conette renames them `scale_layer` when loading:
+both names are accepted.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aac_jax.audio.pann_frontend import PannFrontendSettings
+from aac_jax.convert import mapping, pann_frontend_check
+from aac_jax.models.convnext import ConvNeXtSettings, ConvNeXtTagger
+
+NAME = 'convnext'
+FRONTEND = PannFrontendSettings(n_mels=224)  # 32 kHz, n_fft 1024, hop 320, 50-14000 Hz
+STATE_DICT_KEY = 'model'
+
+
+def entries(settings: ConvNeXtSettings) -> list[mapping.Entry]:
+  """Torch -> Linen mapping of `ConvNeXtTagger`."""
+  e = mapping.Entry
+  out = [
+    e('bn0', ('bn0',), 'batchnorm'),
+    e('downsample_layers.0.0', ('stem',), 'conv'),
+    e('downsample_layers.0.1', ('stem_norm',), 'layernorm'),
+  ]
+  for i in range(1, len(settings.dims)):
+    out.append(e(f'downsample_layers.{i}.0', (f'down_norms_{i - 1}',), 'layernorm'))
+    out.append(e(f'downsample_layers.{i}.1', (f'down_convs_{i - 1}',), 'conv'))
+  for i, depth in enumerate(settings.depths):
+    for j in range(depth):
+      torch, linen = f'stages.{i}.{j}', f'stages_{i}_{j}'
+      out += [
+        e(f'{torch}.dwconv', (linen, 'dwconv'), 'conv'),
+        e(f'{torch}.norm', (linen, 'norm'), 'layernorm'),
+        e(f'{torch}.pwconv1', (linen, 'pwconv1'), 'dense'),
+        e(f'{torch}.pwconv2', (linen, 'pwconv2'), 'dense'),
+        e(f'{torch}.scale_layer', (linen, 'scale_layer'), 'param'),
+      ]
+  out += [e('norm', ('norm',), 'layernorm'), e('head_audioset', ('head',), 'dense')]
+  return out
+
+
+def linen_shapes(settings: ConvNeXtSettings) -> Any:
+  """Params tree of shape structs of `ConvNeXtTagger(settings)`."""
+  model = ConvNeXtTagger(settings)
+  mel = jnp.zeros((1, 200, settings.n_mels), jnp.float32)
+  pads = jnp.zeros((1, 200), jnp.float32)
+  init = jax.eval_shape(lambda: model.init(jax.random.key(0), mel, pads, method='tag'))
+  return init['params']
+
+
+def _rename_gamma(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  renamed = {}
+  for key, value in state_dict.items():
+    new = key[: -len('gamma')] + 'scale_layer' if key.endswith('.gamma') else key
+    if new in renamed:
+      raise mapping.ConversionError(f'{key!r} and {new!r} are both in the file')
+    renamed[new] = value
+  return renamed
+
+
+def convert(state_dict: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, Any]]:
+  """`(params, settings_json)` of a ConvNeXt state dict (see module docstring)."""
+  settings = ConvNeXtSettings(n_mels=FRONTEND.n_mels)
+  state_dict = _rename_gamma(state_dict)
+  params = mapping.convert_state_dict(
+    state_dict,
+    entries(settings),
+    linen_shapes(settings),
+    'ConvNeXt-Tiny AudioSet',
+    pann_frontend_check.frontend_shapes(FRONTEND),
+  )
+  pann_frontend_check.check_mel_bank(state_dict, FRONTEND)
+  info = {
+    'encoder': NAME,
+    'frontend': FRONTEND.to_dict(),
+    'architecture': dataclasses.asdict(settings),
+  }
+  return params, info

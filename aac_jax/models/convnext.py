@@ -1,0 +1,134 @@
+"""ConvNeXt-Tiny AudioSet tagger (Pellegrini et al., `topel/audioset-convnext-inf`) in Linen.
+
+Facts from the reference (conette 0.3.2 `conette/nn/encoders/convnext.py`):
+log-mel `[time, 224]` at 32 kHz -> BatchNorm over mel bins -> stem conv
+kernel (18, 4), stride (18, 4), time padding 9 -> channels-first LayerNorm ->
+4 stages of ConvNeXt blocks (depths 3, 3, 9, 3; widths 96, 192, 384, 768)
+with LayerNorm + 2x2 stride-2 conv between stages -> mean over frequency
+= frame embeddings `[batch, frames, 768]`; the clip head adds max and mean
+over time, a LayerNorm and a linear layer to 527 AudioSet logits.
+
+Layout here: `[batch, time, freq, channels]`; padded time rows are zeroed
+before each time-mixing layer (`frame_ops`), so a clip's frames do not depend
+on the other clips of its batch (upstream's batched frames do).
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from aac_jax.models import frame_ops
+
+STEM_KERNEL = (18, 4)
+STEM_TIME_PAD = 9
+LN_EPS = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvNeXtSettings:
+  """Architecture of the tagger (the published Tiny model is the default)."""
+
+  n_mels: int = 224
+  depths: tuple[int, ...] = (3, 3, 9, 3)
+  dims: tuple[int, ...] = (96, 192, 384, 768)
+  num_classes: int = 527
+
+
+def frame_lengths(lengths: jax.Array, num_stages: int) -> jax.Array:
+  """Frames of the output for `lengths` log-mel frames (stem, then /2 per later stage)."""
+  lengths = lengths // STEM_KERNEL[0] + 1
+  for _ in range(num_stages - 1):
+    lengths = lengths // 2
+  return lengths
+
+
+class ConvNeXtBlock(nn.Module):
+  """Depthwise 7x7 conv, LayerNorm, 4x MLP with exact GELU, layer scale, residual."""
+
+  dim: int
+  drop_path_rate: float = 0.0
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x: jax.Array, lengths: jax.Array) -> jax.Array:
+    """`x` `[batch, time, freq, dim]` -> same shape."""
+    residual = x
+    x = frame_ops.zero_padded_rows(x, lengths)
+    x = nn.Conv(
+      self.dim, (7, 7), padding=((3, 3), (3, 3)), feature_group_count=self.dim, name='dwconv'
+    )(x)
+    x = nn.LayerNorm(epsilon=LN_EPS, name='norm')(x)
+    x = nn.Dense(4 * self.dim, name='pwconv1')(x)
+    x = nn.gelu(x, approximate=False)
+    x = nn.Dense(self.dim, name='pwconv2')(x)
+    x = x * self.param('scale_layer', nn.initializers.constant(1e-6), (self.dim,))
+    rng = None if self.deterministic else self.make_rng('dropout')
+    return residual + frame_ops.drop_path(rng, x, self.drop_path_rate)
+
+
+class ConvNeXtTagger(nn.Module):
+  """ConvNeXt over torchlibrosa log-mel features; frame embeddings and clip logits.
+
+  Attributes:
+    settings: architecture.
+    drop_path_rate: stochastic depth at the last block (linear from 0).
+    deterministic: no stochastic depth.
+  """
+
+  settings: ConvNeXtSettings = ConvNeXtSettings()
+  drop_path_rate: float = 0.0
+  deterministic: bool = True
+
+  def setup(self):
+    s = self.settings
+    self.bn0 = frame_ops.ChannelAffine()
+    self.stem = nn.Conv(
+      s.dims[0], STEM_KERNEL, strides=STEM_KERNEL, padding=((STEM_TIME_PAD,) * 2, (0, 0))
+    )
+    self.stem_norm = nn.LayerNorm(epsilon=LN_EPS)
+    self.down_norms = [nn.LayerNorm(epsilon=LN_EPS) for _ in s.dims[1:]]
+    self.down_convs = [nn.Conv(d, (2, 2), strides=(2, 2), padding='VALID') for d in s.dims[1:]]
+    total = sum(s.depths)
+    rates = [self.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+    self.stages = [
+      [ConvNeXtBlock(dim, rates[sum(s.depths[:i]) + j], self.deterministic) for j in range(depth)]
+      for i, (dim, depth) in enumerate(zip(s.dims, s.depths, strict=True))
+    ]
+    self.norm = nn.LayerNorm(epsilon=LN_EPS)
+    self.head = nn.Dense(s.num_classes)
+
+  def __call__(self, log_mel: jax.Array, paddings: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Frame embeddings (before the clip head's norm, as upstream's `frame_embs`).
+
+    Args:
+      log_mel: `[batch, time, n_mels]` torchlibrosa log-mel (dB).
+      paddings: `[batch, time]`, 1 = pad.
+
+    Returns:
+      `(frames [batch, frames, dims[-1]], frame_paddings [batch, frames])`.
+    """
+    lengths = frame_ops.lengths_from_paddings(paddings)
+    x = self.bn0(log_mel)[..., None]  # [b, t, mels, 1]
+    x = frame_ops.zero_padded_rows(x, lengths)
+    x = self.stem_norm(self.stem(x))
+    lengths = frame_lengths(lengths, 1)
+    for i, blocks in enumerate(self.stages):
+      if i > 0:
+        x = self.down_convs[i - 1](self.down_norms[i - 1](x))
+        lengths = lengths // 2
+      for block in blocks:
+        x = block(x, lengths)
+    frames = jnp.mean(x, axis=2)
+    return frames, frame_ops.paddings_from_lengths(lengths, frames.shape[1])
+
+  def clip_logits(self, frames: jax.Array, frame_paddings: jax.Array) -> jax.Array:
+    """AudioSet logits `[batch, num_classes]` (upstream's clipwise output before sigmoid)."""
+    pooled = frame_ops.masked_max_plus_mean(frames, frame_paddings)
+    return self.head(self.norm(pooled))
+
+  def tag(self, log_mel: jax.Array, paddings: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`(frames, frame_paddings, clip_logits)` in one call (also initialises the head)."""
+    frames, frame_paddings = self(log_mel, paddings)
+    return frames, frame_paddings, self.clip_logits(frames, frame_paddings)

@@ -1,0 +1,174 @@
+"""Run-level set-up of a pretrained tagger encoder: front end, checkpoint, freezing.
+
+- `resolve_encoder_frontend(config)`: with `model.encoder` a tagger, the
+  front end follows the encoder (its converted folder's `settings.json`, or
+  the published model's settings without `encoder_init`), and a dataset at
+  another sample rate is refused before any work starts.
+- `load_encoder_init(params, model_cfg)`: puts the converted tagger params
+  into a freshly initialised params tree (checked leaf by leaf).
+- `freeze_optimizer(tx, model_cfg)`: frozen parameters get zero updates
+  (no weight decay either), so they stay bit-identical.
+"""
+
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from aac_jax.audio.pann_frontend import PannFrontendSettings
+from aac_jax.convert import store
+from aac_jax.models.config import CaptionerConfig
+
+# Published front-end settings per encoder (what `tools/convert_checkpoint.py` writes).
+DEFAULT_FRONTENDS = {
+  'convnext': PannFrontendSettings(n_mels=224),
+  'cnn14': PannFrontendSettings(n_mels=64),
+}
+_BUILDERS = {'clotho_aac': 'clotho', 'audiocaps_aac': 'audiocaps'}
+
+
+def encoder_frontend(model_cfg: ml_collections.ConfigDict) -> PannFrontendSettings:
+  """Front-end settings of `model.encoder` (from `model.encoder_init` where set)."""
+  encoder = model_cfg.encoder
+  path = model_cfg.get('encoder_init', '')
+  if not path:
+    return DEFAULT_FRONTENDS[encoder]
+  settings = store.load_settings(path)
+  if settings.get('encoder') != encoder:
+    raise ValueError(
+      f'model.encoder_init={path} holds a converted {settings.get("encoder")!r} model '
+      f'but model.encoder is {encoder!r}'
+    )
+  return PannFrontendSettings.from_dict(settings['frontend'])
+
+
+def _check_sample_rate(dataset_cfg: ml_collections.ConfigDict, encoder: str, rate: int) -> None:
+  if int(dataset_cfg.sample_rate) == rate:
+    return
+  builder = _BUILDERS.get(dataset_cfg.name, 'clotho|audiocaps|custom')
+  raise ValueError(
+    f'model.encoder={encoder!r} takes {rate} Hz audio but config.dataset.sample_rate is '
+    f'{dataset_cfg.sample_rate}: build the dataset at {rate} Hz with '
+    f'`aac-build-dataset {builder} --source_dir DIR --sample_rate {rate}` and set '
+    f'--config.dataset.sample_rate={rate} --config.dataset.builder_config={rate}hz'
+  )
+
+
+def resolve_encoder_frontend(config: ml_collections.ConfigDict) -> None:
+  """Makes `config.frontend` the tagger's front end (in place); no-op for the conformer.
+
+  Raises:
+    ValueError: the dataset's sample rate is not the encoder's (the message
+      names the build command with `--sample_rate`), or `encoder_init` holds
+      another model.
+  """
+  encoder = config.model.get('encoder', 'conformer')
+  if encoder == 'conformer':
+    return
+  if encoder not in DEFAULT_FRONTENDS:
+    raise ValueError(f'model.encoder must be conformer or one of {sorted(DEFAULT_FRONTENDS)}')
+  settings = encoder_frontend(config.model)
+  _check_sample_rate(config.dataset, encoder, settings.sample_rate)
+  with config.unlocked():
+    f = config.frontend
+    f.kind = 'pann'
+    f.n_fft = f.win_length = settings.n_fft
+    f.hop_length = settings.hop_length
+    f.n_mels = settings.n_mels
+    f.fmin, f.fmax, f.amin = float(settings.fmin), float(settings.fmax), float(settings.amin)
+    # The tagger normalises its own input (its first BatchNorm).
+    f.feature_stats, f.feature_mean, f.feature_std = 'fixed', 0.0, 1.0
+
+
+def _paths(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+  if isinstance(tree, dict) or hasattr(tree, 'items'):
+    out = {}
+    for name, value in tree.items():
+      out.update(_paths(value, prefix + (name,)))
+    return out
+  return {prefix: tree}
+
+
+def load_encoder_init(params: Any, model_cfg: CaptionerConfig) -> Any:
+  """Returns `params` with `params['encoder']['tagger']` from `model_cfg.encoder_init`.
+
+  The converted folder also holds the clip-tagging head, which the captioner
+  does not use; every tagger leaf of `params` must be in the folder with the
+  same shape, else a ValueError names the first one that is not.
+  """
+  converted, settings = store.load_converted(model_cfg.encoder_init)
+  if settings.get('encoder') != model_cfg.encoder:
+    raise ValueError(
+      f'{model_cfg.encoder_init} holds a converted {settings.get("encoder")!r} model, '
+      f'not {model_cfg.encoder!r}'
+    )
+  source = _paths(converted)
+  tagger = params['encoder']['tagger']
+  for path, leaf in _paths(tagger).items():
+    if path not in source or tuple(source[path].shape) != tuple(leaf.shape):
+      found = None if path not in source else tuple(source[path].shape)
+      raise ValueError(
+        f'{model_cfg.encoder_init}: tagger parameter {"/".join(path)} has shape {found}, '
+        f'the model needs {tuple(leaf.shape)}'
+      )
+  loaded = jax.tree_util.tree_map_with_path(
+    lambda kp, leaf: jnp.asarray(source[tuple(k.key for k in kp)], leaf.dtype), tagger
+  )
+  encoder = dict(params['encoder'], tagger=loaded)
+  return dict(params, encoder=encoder)
+
+
+def _stage_of(encoder: str, name: str) -> int:
+  """Stage index of a top-level tagger module name (-1: after all stages, e.g. heads)."""
+  if name in ('bn0', 'stem', 'stem_norm'):
+    return 0
+  match = re.fullmatch(r'(stages|blocks)_(\d+)(_\d+)?', name)
+  if match:
+    return int(match.group(2))
+  match = re.fullmatch(r'down_(norms|convs)_(\d+)', name)
+  if match:  # The downsampling into stage i + 1 belongs to it.
+    return int(match.group(2)) + 1
+  return -1
+
+
+def frozen_mask(params: Any, model_cfg: CaptionerConfig) -> Any:
+  """Bool tree like `params`: True for frozen leaves."""
+  count = model_cfg.frozen_stages
+
+  def frozen(path, _leaf):
+    keys = [k.key for k in path]
+    if count == 0 or keys[:2] != ['encoder', 'tagger']:
+      return False
+    stage = _stage_of(model_cfg.encoder, keys[2])
+    return 0 <= stage < count
+
+  return jax.tree_util.tree_map_with_path(frozen, params)
+
+
+def freeze_optimizer(
+  tx: optax.GradientTransformation, model_cfg: CaptionerConfig
+) -> optax.GradientTransformation:
+  """`tx` for trainable leaves, zero updates for frozen ones (none frozen: `tx` itself)."""
+  if model_cfg.frozen_stages == 0:
+    return tx
+
+  def labels(params):
+    return jax.tree.map(lambda f: 'frozen' if f else 'train', frozen_mask(params, model_cfg))
+
+  return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
+
+
+def count_frozen(params: Any, model_cfg: CaptionerConfig) -> int:
+  """Scalars in frozen leaves."""
+  mask = frozen_mask(params, model_cfg)
+  return int(
+    sum(
+      np.prod(p.shape)
+      for p, f in zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True)
+      if f
+    )
+  )
