@@ -170,6 +170,7 @@ def add_pretrained_encoder_fields(config: ml_collections.ConfigDict) -> None:
   m.encoder_freeze = 'none'  # 'all', 'none', or 'N' = the first N stages.
   m.encoder_projection = False  # Dropout, Dense(encoder_dim) + ReLU, dropout on the tagger frames.
   m.projection_dropout = 0.5  # Dropout of that projection.
+  m.convnext_stem = 'audioset'  # 'conette': CoNeTTE's finer ConvNeXt stem (4x more frames).
   m.encoder_drop_path = 0.0  # ConvNeXt stochastic depth (unfrozen, training).
   m.mixup_alpha = 0.0  # Mixup of encoder frames and decoder inputs (0 = off).
   f = config.frontend

@@ -275,3 +275,93 @@ def _as_float32(tree: Any) -> Any:
   if isinstance(tree, Mapping):
     return {k: _as_float32(v) for k, v in tree.items()}
   return np.ascontiguousarray(tree, dtype=np.float32)
+
+
+def encoder_params(state: Mapping[str, np.ndarray]) -> dict:
+  """`encoder` subtree: the ConvNeXt tagger (CoNeTTE stem) and the frame projection.
+
+  Raises:
+    ConetteFormatError: the weights hold no encoder.
+    mapping.ConversionError: its keys or shapes are not CoNeTTE's ConvNeXt.
+  """
+  from aac_jax.convert import convnext
+
+  tagger_state = {k[len(ENCODER) :]: v for k, v in state.items() if k.startswith(ENCODER)}
+  if not tagger_state:
+    raise ConetteFormatError(f'no {ENCODER}* keys: the weights hold no audio encoder')
+  tagger, _ = convnext.convert(tagger_state, stem='conette')
+  for name in ('norm', 'head'):  # The AudioSet clip head: the captioner does not use it.
+    tagger.pop(name)
+  return {'tagger': tagger, 'projection': projection_params(state)}
+
+
+def check_all_keys_used(state: Mapping[str, np.ndarray]) -> None:
+  """Every key is the encoder's, the projection's, the decoder's or a known buffer."""
+  known = (ENCODER, DECODER, PROJECTION)
+  buffers = (TASK_IDS_KEY, FORBID_KEY, EXTRA_STATE_KEY)
+  left = sorted(k for k in state if not k.startswith(known) and k not in buffers)
+  if left:
+    raise ConetteFormatError(f'unexpected keys in the weights ({len(left)}): {left}')
+
+
+def fill_config(config, published: PublishedModel, tokens: list[str]) -> dict[str, int]:
+  """Writes the checkpoint's sizes and decoding settings into an aac_jax config (in place).
+
+  Args:
+    config: a full config (e.g. `configs/conette.py`'s), changed in place.
+    published: the read folder.
+    tokens: its vocabulary.
+
+  Returns:
+    `{task name: token id}`; the first task is the default (`model.task_token_id`).
+  """
+  c = published.config
+  tasks = task_tokens(published, tokens)
+  m = config.model
+  m.decoder_style = 'conette'
+  m.decoder_dim = m.encoder_dim = int(c.get('d_model', 256))
+  m.decoder_heads = int(c.get('nhead', 8))
+  m.decoder_layers = num_decoder_layers(published.state)
+  m.decoder_ff_dim = int(c.get('dim_feedforward', 2048))
+  m.dropout = m.attention_dropout = float(c.get('decoder_dropout_p', 0.2))
+  m.task_token_id = next(iter(tasks.values())) if tasks else -1
+  if c.get('acti_name', 'gelu') != 'gelu' or c.get('proj_name', 'lin768') != 'lin768':
+    raise ConetteFormatError('only acti_name=gelu and proj_name=lin768 (the published model)')
+  d = config.decode
+  d.method = 'conette_beam'
+  d.beam_size = int(c.get('beam_size', 3))
+  d.min_len = int(c.get('min_pred_size', 3))
+  d.max_len = int(c.get('max_pred_size', 20)) + 1  # Room for EOS after max_pred_size tokens.
+  repeatable = repeatable_tokens(published, tokens)
+  d.ban_repeated_content_words = len(repeatable) < len(tokens)
+  d.repeatable_tokens = repeatable
+  m.max_decode_len = max(int(m.max_decode_len), d.max_len)
+  config.optim.label_smoothing = float(c.get('label_smoothing', config.optim.label_smoothing))
+  return tasks
+
+
+def convert_folder(input_dir: str, output_dir: str, config) -> dict[str, Any]:
+  """The published folder -> an aac_jax run folder (see `run_folder`).
+
+  Args:
+    input_dir: the downloaded CoNeTTE folder.
+    output_dir: the run folder to write.
+    config: the base config (`configs/conette.py`), completed from the
+      checkpoint (sizes, task token, decoding) and saved as `config.json`.
+
+  Returns:
+    A summary: `{'tasks': {name: id}, 'vocab_size', 'source', 'decode'}`.
+  """
+  from aac_jax.convert import run_folder
+
+  published = read_folder(input_dir)
+  tokens = read_tokens(published)
+  check_all_keys_used(published.state)
+  tasks = fill_config(config, published, tokens)
+  params = {
+    'encoder': encoder_params(published.state),
+    'decoder': decoder_params(published.state, int(config.model.decoder_heads)),
+  }
+  run_folder.write_run_folder(output_dir, config, tokens, params)
+  decode = {k: config.decode[k] for k in ('method', 'beam_size', 'min_len', 'max_len')}
+  return {'tasks': tasks, 'vocab_size': len(tokens), 'source': published.source, 'decode': decode}

@@ -25,6 +25,7 @@ from aac_jax.decoding.generate import (
 from aac_jax.decoding.search import DecodeOutput, filter_top_k, filter_top_p, greedy_search, sample
 from aac_jax.decoding.settings import (
   FUNCTION_WORDS,
+  METHODS,
   DecodeSettings,
   make_decode_settings,
   make_repeat_ban_mask,
@@ -41,6 +42,7 @@ from aac_jax.decoding.steps import (
 
 __all__ = [
   'FUNCTION_WORDS',
+  'METHODS',
   'NEG_INF',
   'DecodeOutput',
   'DecodeSettings',

@@ -17,6 +17,7 @@ _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # 'aac_jax': pre-norm layers, tied output embedding (models/decoder.py);
 # 'conette': CoNeTTE's AACTransformerDecoder (models/conette_decoder.py).
 DECODER_STYLES = ('aac_jax', 'conette')
+CONVNEXT_STEMS = ('audioset', 'conette')  # See `aac_jax.models.convnext.STEMS`.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,8 @@ class CaptionerConfig:
     encoder_projection: with a tagger, dropout, Dense(encoder_dim) + ReLU,
       dropout on its frames (the DCASE 2024 baseline's projection).
     projection_dropout: dropout rate of that projection.
+    convnext_stem: 'audioset' (the AudioSet tagger's stem) or 'conette'
+      (CoNeTTE's encoder: a finer stem, 4x more frames).
     encoder_drop_path: ConvNeXt stochastic depth (training, unfrozen stages).
     mixup_alpha: mixup of encoder frames and decoder input embeddings in
       training (Beta(alpha, alpha), lambda >= 0.5; 0 = off).
@@ -92,6 +95,7 @@ class CaptionerConfig:
   encoder_freeze: str = 'none'
   encoder_projection: bool = False
   projection_dropout: float = 0.5
+  convnext_stem: str = 'audioset'
   encoder_drop_path: float = 0.0
   mixup_alpha: float = 0.0
   deterministic: bool = False
@@ -100,6 +104,8 @@ class CaptionerConfig:
   def __post_init__(self):
     if self.subsampling not in _SUBSAMPLING_FACTORS:
       raise ValueError(f'subsampling must be one of {_SUBSAMPLING_FACTORS}, got {self.subsampling}')
+    if self.convnext_stem not in CONVNEXT_STEMS:
+      raise ValueError(f'convnext_stem must be one of {CONVNEXT_STEMS}, got {self.convnext_stem!r}')
     if self.decoder_style not in DECODER_STYLES:
       raise ValueError(f'decoder_style must be one of {DECODER_STYLES}, got {self.decoder_style!r}')
     if self.task_token_id >= 0 and self.decoder_style != 'conette':
