@@ -34,6 +34,9 @@ EXTRAS_REQUIRE = {
     'pycocoevalcap==1.2',
     'torch==2.13.0',
     'torchlibrosa==0.1.0',
+    # conette's CoNeTTEConfig (a transformers PretrainedConfig) writes the
+    # published config.json in the CoNeTTE conversion tests.
+    'transformers>=4.30',
   ],
 }
 

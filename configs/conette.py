@@ -45,6 +45,7 @@ def set_published_model(config: ml_collections.ConfigDict) -> None:
   m = config.model
   m.encoder = 'convnext'  # preprocessor.py: convnext_tiny(..., waveform_input=True).
   m.convnext_stem = 'conette'  # preprocessor.py: after_stem_dim=[252, 56].
+  m.encoder_freeze = 'all'  # CoNeTTE trained its decoder on stored ConvNeXt frame embeddings.
   m.encoder_projection = True  # proj_name='lin768': Dropout, Linear(768, d_model), ReLU, Dropout.
   m.projection_dropout = 0.5  # build_proj_lin's dropout_p.
   m.encoder_layers = 0
