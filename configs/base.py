@@ -132,13 +132,16 @@ def get_eval_config() -> ml_collections.ConfigDict:
 
 def get_decode_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.method = 'greedy'  # 'greedy', 'beam' or 'sample'.
+  c.method = 'greedy'  # 'greedy', 'beam', 'sample' or 'conette_beam' (CoNeTTE's search).
   c.max_len = 24  # Maximum tokens including EOS.
   c.min_len = 1
   c.beam_size = 3
   c.length_penalty = 0.6  # alpha in ((5 + len) / 6) ** alpha.
   c.no_repeat_ngram_size = 0  # 0 = off.
   c.ban_repeated_content_words = False
+  # Tokens that may repeat under that ban ([] = decoding.FUNCTION_WORDS and the
+  # special tokens; CoNeTTE runs list its stop words, specials then may not).
+  c.repeatable_tokens = []
   c.temperature = 1.0
   c.top_k = 0  # 0 = off.
   c.top_p = 1.0  # 1.0 = off.

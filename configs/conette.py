@@ -62,7 +62,7 @@ def set_published_model(config: ml_collections.ConfigDict) -> None:
   d.min_len = 3  # min_pred_size.
   d.max_len = 21  # max_pred_size 20 words, then EOS.
   d.ban_repeated_content_words = True  # forbid_rep_mask 'content_words' (NLTK stop words repeat).
-  d.repeatable_tokens = []  # Filled from the checkpoint's forbid_rep_mask by the converter.
+  # d.repeatable_tokens: filled from the checkpoint's forbid_rep_mask by the converter.
   config.optim.label_smoothing = 0.2  # label_smoothing.
 
 

@@ -3,11 +3,11 @@
 import pytest
 
 from aac_jax import sweeps
-from configs import audiocaps, clotho, synthetic_demo
+from configs import audiocaps, clotho, conette, synthetic_demo
 from configs.config_args import parse_config_arg
 
 
-@pytest.mark.parametrize('module', [synthetic_demo, clotho, audiocaps])
+@pytest.mark.parametrize('module', [synthetic_demo, clotho, audiocaps, conette])
 @pytest.mark.parametrize('arg', [None, 'runlocal'])
 def test_configs_load(module, arg):
   config = module.get_config(arg)
