@@ -24,6 +24,7 @@ import toy_dataset
 
 from aac_jax import caption_cli, decoding, export, inference, scst
 from aac_jax.audio import frontend
+from aac_jax.data import tokenizer as tokenizer_lib
 from aac_jax.train import trainer
 from configs import conette as conette_config
 
@@ -166,18 +167,24 @@ def _finetune_config(run_dir, toy, stage: str = ''):
 
 
 def test_caption_cli_export_finetune_and_scst(converted, toy_data, tmp_path):
-  root, ref, _, run_dir = converted
+  root, ref, encoder, run_dir = converted
   clip = tmp_path / 'clip.wav'
-  sf.write(clip, _clips(seed=7)[0], SAMPLE_RATE)
+  samples = np.clip(np.round(_clips(seed=7)[0] * 32768), -32768, 32767).astype(np.int16)
+  sf.write(clip, samples, SAMPLE_RATE, subtype='PCM_16')
   out = tmp_path / 'captions.json'
   argv = [str(clip), '--workdir', str(run_dir), '--task', 'audiocaps', '--output', str(out)]
+  argv += ['--window', '2']  # Pad to 2 s, not the run's 30-s windows (test speed).
   assert caption_cli.main(argv) == 0
-  caption = json.loads(out.read_text())
-  assert 'clip.wav' in json.dumps(caption)
+  (segment,) = json.loads(out.read_text())['files'][0]['segments']
+  task = ref.tokens.index('<bos_audiocaps>')
+  torch = torch_reference.torch_module()
+  expected = _reference_captions(torch, ref, encoder, samples / np.float32(32768), task)
+  assert segment['caption'] == tokenizer_lib.Tokenizer(ref.tokens).decode(expected)
   assert caption_cli.main([str(clip), '--workdir', str(run_dir), '--task', 'nope']) == 2
 
   exported = tmp_path / 'export'
-  assert export.main(['--workdir', str(run_dir), '--output', str(exported)]) == 0
+  argv = ['--workdir', str(run_dir), '--output', str(exported), '--max_seconds', '2']
+  assert export.main(argv) == 0  # Also checks the export's tokens against the live model.
   assert (exported / export.EXPORT_FILENAME).exists()
 
   finetuned = root / 'finetuned'
