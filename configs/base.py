@@ -176,6 +176,11 @@ def add_pretrained_encoder_fields(config: ml_collections.ConfigDict) -> None:
   m.convnext_stem = 'audioset'  # 'conette': CoNeTTE's finer ConvNeXt stem (4x more frames).
   m.encoder_drop_path = 0.0  # ConvNeXt stochastic depth (unfrozen, training).
   m.mixup_alpha = 0.0  # Mixup of encoder frames and decoder inputs (0 = off).
+  d = config.dataset
+  # Train from stored tagger frames (tools/extract_embeddings.py) instead of audio:
+  # '' = off, 'auto' = <dataset>_<builder config>_<encoder>, or a name. Needs a frozen encoder.
+  d.embeddings = ''
+  d.embeddings_dir = ''  # Set by the run from `embeddings` (never by hand).
   f = config.frontend
   f.kind = 'mel'  # 'mel' (the conformer's) or 'pann' (set by the encoder, never by hand).
   f.amin = 1e-10  # Power floor of the 'pann' front end (10 * log10(max(mel, amin))).

@@ -3,11 +3,20 @@
 import pytest
 
 from aac_jax import sweeps
-from configs import audiocaps, clotho, conette, synthetic_demo
+from configs import (
+  audiocaps,
+  audiocaps_convnext,
+  clotho,
+  clotho_convnext,
+  conette,
+  synthetic_demo,
+)
 from configs.config_args import parse_config_arg
 
 
-@pytest.mark.parametrize('module', [synthetic_demo, clotho, audiocaps, conette])
+@pytest.mark.parametrize(
+  'module', [synthetic_demo, clotho, audiocaps, clotho_convnext, audiocaps_convnext, conette]
+)
 @pytest.mark.parametrize('arg', [None, 'runlocal'])
 def test_configs_load(module, arg):
   config = module.get_config(arg)
@@ -40,3 +49,13 @@ def test_sweep_product_and_zip():
     sweeps.zipit([sweeps.sweep('config.a', [1]), sweeps.sweep('config.b', [3, 4])])
   assert sweeps.to_flags({'config.optim.lr': 0.1}) == ['--config.optim.lr=0.1']
   assert sweeps.run_name({'config.optim.lr': 0.1, 'config.seed': 3}) == 'lr=0.1,seed=3'
+
+
+@pytest.mark.parametrize('module', [clotho_convnext, audiocaps_convnext])
+def test_convnext_recipes_follow_the_baseline(module):
+  config = module.get_config('encoder_init=pretrained/convnext')
+  assert (config.model.encoder, config.model.encoder_freeze) == ('convnext', 'all')
+  assert config.model.encoder_init == 'pretrained/convnext'
+  assert (config.dataset.sample_rate, config.dataset.builder_config) == (32000, '32000hz')
+  assert (config.optim.lr, config.optim.weight_decay, config.model.mixup_alpha) == (5e-4, 2.0, 0.4)
+  assert (config.decode.beam_size, config.model.decoder_dim) == (3, 256)

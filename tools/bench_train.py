@@ -12,6 +12,13 @@ the FLOPs (and the fraction of peak) are undercounted.
 
   python tools/bench_train.py                       # demo and base configs
   python tools/bench_train.py --configs=base --batch_size=64 --compute_dtype=bfloat16
+  python tools/bench_train.py --configs=convnext_audio,convnext_frames --batch_size=8 \
+      --audio_seconds=10 --steps=3              # the DCASE 2024 recipe: audio vs stored frames
+
+`convnext_audio` is configs/clotho_convnext.py (frozen ConvNeXt-Tiny) fed
+with audio; `convnext_frames` the same run fed with the stored frame
+embeddings `tools/extract_embeddings.py` writes (`dataset.embeddings`). With
+both, a last line gives the step-time ratio.
 """
 
 import pathlib
@@ -28,10 +35,13 @@ sys.path.insert(0, str(_REPO))
 
 from aac_jax import models  # noqa: E402
 from aac_jax.data import pipeline  # noqa: E402
+from aac_jax.models import pretrained_setup  # noqa: E402
 from aac_jax.train import parallel, state, steps  # noqa: E402
-from configs import base, synthetic_demo  # noqa: E402
+from configs import base, clotho_convnext, synthetic_demo  # noqa: E402
 
-_CONFIGS = flags.DEFINE_list('configs', ['demo', 'base'], 'Model configs: demo, base.')
+_CONFIGS = flags.DEFINE_list(
+  'configs', ['demo', 'base'], 'Model configs: demo, base, convnext_audio, convnext_frames.'
+)
 _BATCH = flags.DEFINE_integer('batch_size', 0, 'Global batch (0 = the config value).')
 _SECONDS = flags.DEFINE_float('audio_seconds', 0.0, 'Clip length (0 = the config value).')
 _DTYPE = flags.DEFINE_enum('compute_dtype', '', ['', 'float32', 'bfloat16'], 'Override.')
@@ -42,7 +52,13 @@ _PEAK_N = flags.DEFINE_integer('peak_size', 0, 'Matmul size for the peak (0 = by
 
 def get_bench_config(name: str):
   """The config named `name` with the command-line overrides applied."""
-  config = {'demo': synthetic_demo.get_config, 'base': lambda: base.get_base_config()}[name]()
+  config = {
+    'demo': synthetic_demo.get_config,
+    'base': lambda: base.get_base_config(),
+    'convnext_audio': clotho_convnext.get_config,
+    'convnext_frames': clotho_convnext.get_config,
+  }[name]()
+  pretrained_setup.resolve_encoder_frontend(config, check_embeddings=False)
   if _BATCH.value:
     config.train.batch_size = _BATCH.value
   if _SECONDS.value:
@@ -50,6 +66,38 @@ def get_bench_config(name: str):
   if _DTYPE.value:
     config.model.compute_dtype = _DTYPE.value
   return config
+
+
+def stored_frames_shape(config, model, params) -> tuple[int, int]:
+  """`(max_frames, dim)` of the tagger's frames of one `max_audio_seconds` clip."""
+  samples = int(config.dataset.max_audio_seconds * config.dataset.sample_rate)
+  wave = jax.ShapeDtypeStruct((1, samples), jnp.float32)
+
+  def frames(params, waveform, paddings):
+    feats, pads = steps.compute_features(
+      {'audio': waveform, 'audio_paddings': paddings},
+      None,
+      config.frontend,
+      config.dataset.sample_rate,
+    )
+    return model.apply(
+      {'params': params}, feats, pads, method=lambda m, f, p: m.encoder.tagger(f, p)
+    )
+
+  model = model.clone(config=model.config.replace(deterministic=True))
+  shape = jax.eval_shape(frames, params, wave, wave)[0].shape
+  return int(shape[1]), int(shape[2])
+
+
+def frames_batch(config, batch, frames_shape, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """`batch` with random stored frames `[b, max_frames, dim]` in place of its audio."""
+  b = batch['targets'].shape[0]
+  max_frames, dim = frames_shape
+  return {
+    'frames': rng.standard_normal((b, max_frames, dim)).astype(np.float32),
+    'frame_paddings': np.zeros((b, max_frames), np.float32),
+    'targets': batch['targets'],
+  }
 
 
 def random_batch(config, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -105,8 +153,10 @@ def bench_config(name: str) -> dict[str, float]:
   """Compiles and times the train step of config `name`."""
   config = get_bench_config(name)
   mesh = parallel.create_mesh(jax.local_devices())
-  model = models.Captioner(models.make_captioner_config(config.model, _VOCAB.value))
+  model_cfg = models.make_captioner_config(config.model, _VOCAB.value)
+  model = models.Captioner(model_cfg)
   tx, schedule = state.create_optimizer(config.optim, config.train.num_steps)
+  tx = pretrained_setup.freeze_optimizer(tx, model_cfg)  # As the trainer.
   step = steps.make_train_step(
     mesh,
     model=model,
@@ -119,7 +169,11 @@ def bench_config(name: str) -> dict[str, float]:
   )
   params = models.init_params(model, jax.random.key(0), num_mels=config.frontend.n_mels)
   train_state = jax.device_put(state.create_train_state(params, tx), parallel.replicated(mesh))
-  batch = parallel.shard_batch(random_batch(config, np.random.default_rng(0)), mesh)
+  batch = random_batch(config, np.random.default_rng(0))
+  if name.endswith('_frames'):
+    shape = stored_frames_shape(config, model, params)
+    batch = frames_batch(config, batch, shape, np.random.default_rng(0))
+  batch = parallel.shard_batch(batch, mesh)
   rng = jax.random.key(1)
   compiled = step.lower(train_state, batch, rng).compile()
   for _ in range(2):
@@ -168,8 +222,16 @@ def main(argv):
   )
   print(header)
   print('|' + '|'.join('---' for _ in header.split('|')[1:-1]) + '|', flush=True)
+  results = {}
   for name in _CONFIGS.value:
-    print(format_row(name, bench_config(name)), flush=True)
+    results[name] = bench_config(name)
+    print(format_row(name, results[name]), flush=True)
+  if {'convnext_audio', 'convnext_frames'} <= set(results):
+    audio, frames = results['convnext_audio']['step_s'], results['convnext_frames']['step_s']
+    print(
+      f'\nConvNeXt recipe step: {audio * 1e3:.1f} ms from audio, {frames * 1e3:.1f} ms from '
+      f'stored frames: {audio / frames:.1f}x faster from frames'
+    )
 
 
 if __name__ == '__main__':

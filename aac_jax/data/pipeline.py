@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from aac_jax.data import sources
+from aac_jax.data import embeddings, sources
 from aac_jax.data.sources import EvalSplit
 from aac_jax.data.tokenizer import Tokenizer
 
@@ -198,21 +198,27 @@ def make_train_dataset(
     `[b, max_samples]`, `targets` int32 `[b, max_caption_tokens]` (one
     random reference), or `[b, R, max_caption_tokens]` with
     `R = captions_per_clip > 1` (R references, all-PAD rows where a clip has
-    fewer), with `b = global_batch_size / process_count`.
+    fewer), with `b = global_batch_size / process_count`. With
+    `cfg.embeddings_dir` (set by `aac_jax.models.pretrained_setup`): `frames`
+    float32 `[b, max_frames, dim]` and `frame_paddings` instead of audio.
   """
   index, count = _process_index_and_count(process_index, process_count)
   batch_size = per_process_batch_size(global_batch_size, count)
-  source = sources.open_source(cfg, cfg.train_split)
+  if cfg.get('embeddings_dir', ''):  # Stored tagger frames instead of audio.
+    source, max_frames = embeddings.train_source(cfg)
+    transform = embeddings.TrainFramesExample(tokenizer, max_frames, int(cfg.max_caption_tokens))
+  else:
+    source = sources.open_source(cfg, cfg.train_split)
+    transform = _TrainExample(
+      tokenizer=tokenizer,
+      max_samples=_seconds_to_samples(cfg.max_audio_seconds, cfg.sample_rate),
+      max_tokens=int(cfg.max_caption_tokens),
+      captions_per_clip=captions_per_clip(cfg),
+    )
   if len(source) < count:
     raise ValueError(f'{len(source)} training clips cannot feed {count} processes')
   # Shards differ in content, and the seed too, so crops are not correlated.
   seed = int(np.random.SeedSequence([int(cfg.seed), index]).generate_state(1)[0])
-  transform = _TrainExample(
-    tokenizer=tokenizer,
-    max_samples=_seconds_to_samples(cfg.max_audio_seconds, cfg.sample_rate),
-    max_tokens=int(cfg.max_caption_tokens),
-    captions_per_clip=captions_per_clip(cfg),
-  )
   dataset = grain.MapDataset.source(source)[index::count].seed(seed).shuffle().repeat()
   return _finish(dataset.random_map(transform), batch_size, int(cfg.num_workers))
 

@@ -116,6 +116,26 @@ class Captioner(nn.Module):
     )
     return logits.reshape(batch, refs, length, -1)
 
+  def from_frames(
+    self, frames: jax.Array, frame_paddings: jax.Array, decoder_inputs: jax.Array
+  ) -> jax.Array:
+    """Teacher-forced logits from stored tagger frames (`aac_jax.data.embeddings`).
+
+    Args:
+      frames: `[batch, frames, tagger_dim]` the frozen tagger's output.
+      frame_paddings: `[batch, frames]`, 1 = pad.
+      decoder_inputs: `[batch, length]`.
+
+    Returns:
+      `[batch, length, vocab_size]`, as `__call__` on the audio those frames
+      came from.
+    """
+    if not self.config.pretrained:
+      raise ValueError('from_frames needs a pretrained tagger encoder')
+    mix = self._mixup(frames.shape[0])
+    encoded, enc_paddings = self.encoder.encode_frames(frames, frame_paddings, mix)
+    return self._decode_references(encoded, enc_paddings, decoder_inputs, mix)
+
   def with_keywords(
     self, features: jax.Array, feature_paddings: jax.Array, decoder_inputs: jax.Array
   ) -> tuple[jax.Array, jax.Array]:

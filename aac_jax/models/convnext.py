@@ -78,7 +78,7 @@ class ConvNeXtBlock(nn.Module):
     x = nn.gelu(x, approximate=False)
     x = nn.Dense(self.dim, name='pwconv2')(x)
     x = x * self.param('scale_layer', nn.initializers.constant(1e-6), (self.dim,))
-    rng = None if self.deterministic else self.make_rng('dropout')
+    rng = None if self.deterministic or not self.drop_path_rate else self.make_rng('dropout')
     return residual + frame_ops.drop_path(rng, x, self.drop_path_rate)
 
 

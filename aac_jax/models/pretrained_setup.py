@@ -21,6 +21,8 @@ import optax
 
 from aac_jax.audio.pann_frontend import PannFrontendSettings
 from aac_jax.convert import store
+from aac_jax.data import embeddings
+from aac_jax.models import pretrained
 from aac_jax.models.config import CaptionerConfig
 
 # Published front-end settings per encoder (what `tools/convert_checkpoint.py` writes).
@@ -58,16 +60,23 @@ def _check_sample_rate(dataset_cfg: ml_collections.ConfigDict, encoder: str, rat
   )
 
 
-def resolve_encoder_frontend(config: ml_collections.ConfigDict) -> None:
+def resolve_encoder_frontend(
+  config: ml_collections.ConfigDict, check_embeddings: bool = True
+) -> None:
   """Makes `config.frontend` the tagger's front end (in place); no-op for the conformer.
+
+  With `dataset.embeddings` set (and `check_embeddings`), also checks the
+  stored embeddings against the run and sets `dataset.embeddings_dir`.
 
   Raises:
     ValueError: the dataset's sample rate is not the encoder's (the message
-      names the build command with `--sample_rate`), or `encoder_init` holds
-      another model.
+      names the build command with `--sample_rate`), `encoder_init` holds
+      another model, or stored embeddings do not fit the run.
   """
   encoder = config.model.get('encoder', 'conformer')
   if encoder == 'conformer':
+    if config.dataset.get('embeddings', ''):
+      raise ValueError('dataset.embeddings needs a pretrained model.encoder (convnext or cnn14)')
     return
   if encoder not in DEFAULT_FRONTENDS:
     raise ValueError(f'model.encoder must be conformer or one of {sorted(DEFAULT_FRONTENDS)}')
@@ -82,6 +91,42 @@ def resolve_encoder_frontend(config: ml_collections.ConfigDict) -> None:
     f.fmin, f.fmax, f.amin = float(settings.fmin), float(settings.fmax), float(settings.amin)
     # The tagger normalises its own input (its first BatchNorm).
     f.feature_stats, f.feature_mean, f.feature_std = 'fixed', 0.0, 1.0
+  if check_embeddings and config.dataset.get('embeddings', ''):
+    _resolve_embeddings(config)
+
+
+def _resolve_embeddings(config: ml_collections.ConfigDict) -> None:
+  if config.model.encoder_freeze != 'all':
+    raise ValueError(
+      "dataset.embeddings (stored tagger frames) needs model.encoder_freeze='all', got "
+      f'{config.model.encoder_freeze!r}'
+    )
+  if not config.model.encoder_init:
+    raise ValueError(
+      'dataset.embeddings needs model.encoder_init (the converted tagger they came from)'
+    )
+  if int(config.dataset.get('captions_per_clip', 1)) != 1:
+    raise ValueError(
+      'dataset.embeddings reads one caption per clip: set dataset.captions_per_clip=1'
+    )
+  if float(config.optim.get('keyword_loss_weight', 0.0)):
+    raise ValueError('dataset.embeddings does not support the keyword loss')
+  path = embeddings.check_stored(config)
+  with config.unlocked():
+    config.dataset.embeddings_dir = path
+
+
+def make_tagger_and_params(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
+  """The run's tagger alone and its parameters (`encoder_init`, else random), for extraction."""
+  model_cfg = CaptionerConfig(
+    vocab_size=4, encoder=config.model.encoder, encoder_layers=0, deterministic=True
+  )
+  tagger = pretrained.make_tagger(model_cfg)
+  if config.model.encoder_init:
+    return tagger, store.load_converted(config.model.encoder_init)[0]
+  mel = jnp.zeros((1, pretrained.MIN_INPUT_FRAMES, config.frontend.n_mels), jnp.float32)
+  pads = jnp.zeros(mel.shape[:2], jnp.float32)
+  return tagger, jax.jit(tagger.init)(jax.random.key(int(config.seed)), mel, pads)['params']
 
 
 def _paths(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:

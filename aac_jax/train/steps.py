@@ -125,10 +125,13 @@ def _micro_loss(
   afterwards) makes the summed gradients those of the global mean.
   """
   augment_rng, dropout_rng = jax.random.split(rng)
-  features, paddings = compute_features(batch, augment_rng, frontend_cfg, sample_rate, True)
   targets = batch['targets']
-  inputs = (features, paddings, tokenizer.shift_right(targets))
   method = model.with_keywords if keyword_loss_weight else None  # None: __call__.
+  if 'frames' in batch:  # Stored frozen-tagger frames (aac_jax/data/embeddings.py).
+    features, paddings, method = batch['frames'], batch['frame_paddings'], model.from_frames
+  else:
+    features, paddings = compute_features(batch, augment_rng, frontend_cfg, sample_rate, True)
+  inputs = (features, paddings, tokenizer.shift_right(targets))
   outputs = model.apply({'params': params}, *inputs, rngs={'dropout': dropout_rng}, method=method)
   logits = outputs[0] if keyword_loss_weight else outputs
   loss_sum, _ = token_loss_sum(logits, targets, label_smoothing)
