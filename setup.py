@@ -40,6 +40,8 @@ EXTRAS_REQUIRE = {
     # PyTorch references of the parity tests (encoders, FENSE).
     'torch==2.13.0',
     'torchlibrosa==0.1.0',
+    # transformers: the FENSE references, and conette's CoNeTTEConfig (a
+    # PretrainedConfig) writes the published config.json in the CoNeTTE tests.
     'transformers>=4.40',
     'sentence-transformers>=3.0',
     'tokenizers>=0.15',

@@ -44,7 +44,7 @@ from typing import TextIO
 import numpy as np
 from absl import logging as absl_logging
 
-from aac_jax import inference
+from aac_jax import decoding, inference
 from aac_jax.data import audio_io
 
 EXIT_OK = 0
@@ -118,6 +118,9 @@ def _add_model_flags(group: argparse._ArgumentGroup) -> None:
     help='training run folder, or one of its checkpoints (RUN/checkpoints/STEP)',
   )
   group.add_argument('--step', type=int, help='checkpoint step (default: best, else latest)')
+  group.add_argument(
+    '--task', help="caption style of a CoNeTTE model: its dataset task (e.g. 'audiocaps')"
+  )
   group.add_argument('--batch_size', type=int, default=16, help='windows per model call')
   group.add_argument('--verbose', action='store_true', help='show library logs')
 
@@ -148,7 +151,7 @@ def _add_io_flags(group: argparse._ArgumentGroup) -> None:
 
 def _add_decode_flags(group: argparse._ArgumentGroup) -> None:
   for name, (kind, text) in _DECODE_FLAGS.items():
-    choices = ('greedy', 'beam', 'sample') if name == 'method' else None
+    choices = decoding.METHODS if name == 'method' else None
     group.add_argument(f'--{name}', type=kind, choices=choices, help=text)
   group.add_argument(
     '--ban_repeated_content_words',
@@ -409,6 +412,8 @@ def _quiet_libraries(verbose: bool) -> None:
 def build_captioner(args: argparse.Namespace):
   """Loads the model and builds the `AudioCaptioner` for these flags."""
   loaded = inference.load_model(args.workdir, args.step)
+  if args.task:
+    loaded = inference.with_task(loaded, args.task)
   overrides = {name: getattr(args, name) for name in _DECODE_FLAGS}
   overrides['ban_repeated_content_words'] = args.ban_repeated_content_words
   settings, mask = inference.make_settings(loaded, **overrides)

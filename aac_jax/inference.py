@@ -153,6 +153,31 @@ def load_model(path: str | pathlib.Path, step: int | None = None) -> LoadedModel
   return LoadedModel(config, model, params, tokenizer, str(workdir), step, kind)
 
 
+def task_names(loaded: LoadedModel) -> list[str]:
+  """The dataset tasks the vocabulary has tokens for (`<bos_{task}>`, CoNeTTE runs)."""
+  return [
+    t[len('<bos_') : -1] for t in loaded.tokenizer.tokens if t.startswith('<bos_') and t[-1] == '>'
+  ]
+
+
+def with_task(loaded: LoadedModel, task: str) -> LoadedModel:
+  """The same model conditioned on another task token (CoNeTTE's dataset styles).
+
+  Args:
+    loaded: a model with `decoder_style='conette'`.
+    task: e.g. 'clotho' or 'audiocaps' (see `task_names`).
+
+  Raises:
+    ValueError: the model has no task token for `task` (the message lists those it has).
+  """
+  token = f'<bos_{task}>'
+  tokens = loaded.tokenizer.tokens
+  if loaded.model.config.decoder_style != 'conette' or token not in tokens:
+    raise ValueError(f'task {task!r}: this model knows the tasks {task_names(loaded) or "(none)"}')
+  config = loaded.model.config.replace(task_token_id=tokens.index(token))
+  return dataclasses.replace(loaded, model=loaded.model.clone(config=config))
+
+
 def make_settings(
   loaded: LoadedModel, **overrides: Any
 ) -> tuple[decoding.DecodeSettings, np.ndarray | None]:
@@ -169,12 +194,14 @@ def make_settings(
   Raises:
     ValueError: invalid settings, or `max_len` beyond the model's positions.
   """
+  if loaded.model.config.task_token_id >= 0:  # The first token searches start from (and ban).
+    overrides = {**overrides, 'bos_id': loaded.model.config.task_token_id}
   settings = decoding.model_decode_settings(
     loaded.config.decode, loaded.model.config.max_decode_len, **overrides
   )
   mask = None
   if settings.ban_repeated_content_words:
-    mask = decoding.vocabulary_repeat_ban_mask(loaded.tokenizer.tokens)
+    mask = decoding.repeat_ban_mask_for(loaded.tokenizer.tokens, settings)
   return settings, mask
 
 

@@ -75,6 +75,10 @@ def get_model_config() -> ml_collections.ConfigDict:
   c.dropout = 0.1
   c.attention_dropout = 0.1
   c.max_decode_len = 32  # Positions of the decoder (>= max_caption_tokens + 1).
+  # 'aac_jax' (pre-norm, tied embeddings) or 'conette' (CoNeTTE's post-norm
+  # GELU decoder with an untied classifier).
+  c.decoder_style = 'aac_jax'
+  c.task_token_id = -1  # 'conette': token read at position 0 (e.g. <bos_clotho>); -1 = BOS.
   c.compute_dtype = 'float32'  # 'bfloat16' computes in bf16, parameters stay fp32.
   # Auxiliary head predicting the caption's words from the encoder frames
   # (training only; weighted by optim.keyword_loss_weight).
@@ -151,13 +155,16 @@ def get_dcase2024_metrics_config() -> ml_collections.ConfigDict:
 def get_decode_config() -> ml_collections.ConfigDict:
   """Decoding settings (`aac_jax.decoding.DecodeSettings` has the same fields)."""
   c = ml_collections.ConfigDict()
-  c.method = 'greedy'  # 'greedy', 'beam' or 'sample'.
+  c.method = 'greedy'  # 'greedy', 'beam', 'sample' or 'conette_beam' (CoNeTTE's search).
   c.max_len = 24  # Maximum tokens including EOS (<= model.max_decode_len).
   c.min_len = 1
   c.beam_size = 3
   c.length_penalty = 0.6  # alpha in ((5 + len) / 6) ** alpha.
   c.no_repeat_ngram_size = 0  # 0 = off.
   c.ban_repeated_content_words = False
+  # Tokens that may repeat under that ban ([] = decoding.FUNCTION_WORDS and the
+  # special tokens; CoNeTTE runs list its stop words, specials then may not).
+  c.repeatable_tokens = []
   c.temperature = 1.0
   c.top_k = 0  # 0 = off.
   c.top_p = 1.0  # 1.0 = off.
@@ -195,6 +202,7 @@ def add_pretrained_encoder_fields(config: ml_collections.ConfigDict) -> None:
   m.encoder_freeze = 'none'  # 'all', 'none', or 'N' = the first N stages.
   m.encoder_projection = False  # Dropout, Dense(encoder_dim) + ReLU, dropout on the tagger frames.
   m.projection_dropout = 0.5  # Dropout of that projection.
+  m.convnext_stem = 'audioset'  # 'conette': CoNeTTE's finer ConvNeXt stem (4x more frames).
   m.encoder_drop_path = 0.0  # ConvNeXt stochastic depth (unfrozen, training).
   m.mixup_alpha = 0.0  # Mixup of encoder frames and decoder inputs (0 = off).
   d = config.dataset

@@ -3,12 +3,19 @@
 import pytest
 
 from aac_jax import sweeps
-from configs import audiocaps, audiocaps_convnext, clotho, clotho_convnext, synthetic_demo
+from configs import (
+  audiocaps,
+  audiocaps_convnext,
+  clotho,
+  clotho_convnext,
+  conette,
+  synthetic_demo,
+)
 from configs.config_args import parse_config_arg
 
 
 @pytest.mark.parametrize(
-  'module', [synthetic_demo, clotho, audiocaps, clotho_convnext, audiocaps_convnext]
+  'module', [synthetic_demo, clotho, audiocaps, clotho_convnext, audiocaps_convnext, conette]
 )
 @pytest.mark.parametrize('arg', [None, 'runlocal'])
 def test_configs_load(module, arg):

@@ -183,7 +183,7 @@ def pann_settings(cfg: ml_collections.ConfigDict, sample_rate: int):
     n_mels=cfg.n_mels,
     fmin=cfg.fmin,
     fmax=cfg.fmax,
-    amin=cfg.get('amin', 1e-10),
+    amin=cfg.amin,
   )
 
 

@@ -66,9 +66,14 @@ def _rename_gamma(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return renamed
 
 
-def convert(state_dict: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, Any]]:
-  """`(params, settings_json)` of a ConvNeXt state dict (see module docstring)."""
-  settings = ConvNeXtSettings(n_mels=FRONTEND.n_mels)
+def convert(
+  state_dict: dict[str, np.ndarray], stem: str = 'audioset'
+) -> tuple[dict[str, Any], dict[str, Any]]:
+  """`(params, settings_json)` of a ConvNeXt state dict (see module docstring).
+
+  `stem='conette'` reads CoNeTTE's encoder (`models.convnext.STEMS`).
+  """
+  settings = ConvNeXtSettings(n_mels=FRONTEND.n_mels, stem=stem)
   state_dict = _rename_gamma(state_dict)
   params = mapping.convert_state_dict(
     state_dict,

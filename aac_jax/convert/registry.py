@@ -3,6 +3,11 @@
 A converter module has `NAME`, `STATE_DICT_KEY` (where the state dict sits
 in the file, or None for a bare one) and `convert(state_dict) -> (params,
 settings_json)`. Add new ones to `_MODULES`.
+
+CLI converters (`CLI_CONVERTERS`, the FENSE models) take their own flags.
+Run converters (`RUN_CONVERTERS`) turn a whole published captioner folder
+into an aac_jax run folder instead: their module has `convert_folder(
+input_dir, output_dir, config) -> summary` (`aac_jax.convert.conette`).
 """
 
 import importlib
@@ -15,7 +20,12 @@ from aac_jax.convert import store, torch_file
 _MODULES = {
   'convnext': 'aac_jax.convert.convnext',
   'cnn14': 'aac_jax.convert.cnn14',
+  'conette': 'aac_jax.convert.conette',
+  'fense': 'aac_jax.convert.fense',
 }
+RUN_CONVERTERS = ('conette',)
+# Converters with their own flags: the module has `add_arguments(parser)` and `run(args)`.
+CLI_CONVERTERS = ('fense',)
 
 
 def names() -> list[str]:

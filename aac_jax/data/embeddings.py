@@ -38,7 +38,7 @@ _BATCH = 8
 def default_name(config: ml_collections.ConfigDict) -> str:
   """`<dataset>_<builder config>_<encoder>` (the name `embeddings='auto'` reads)."""
   ds = config.dataset
-  parts = [ds.name, ds.get('builder_config', ''), config.model.encoder]
+  parts = [ds.name, ds.builder_config, config.model.encoder]
   return '_'.join(p.replace('/', '_') for p in parts if p)
 
 
@@ -195,7 +195,7 @@ def train_source(dataset_cfg: ml_collections.ConfigDict) -> tuple[Any, int]:
 
 def resolve_name(config: ml_collections.ConfigDict) -> str:
   """`dataset.embeddings`, with 'auto' meaning `default_name(config)`."""
-  name = config.dataset.get('embeddings', '')
+  name = config.dataset.embeddings
   return default_name(config) if name == 'auto' else name
 
 

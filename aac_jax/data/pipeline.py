@@ -204,7 +204,7 @@ def make_train_dataset(
   """
   index, count = _process_index_and_count(process_index, process_count)
   batch_size = per_process_batch_size(global_batch_size, count)
-  if cfg.get('embeddings_dir', ''):  # Stored tagger frames instead of audio.
+  if cfg.embeddings_dir:  # Stored tagger frames instead of audio.
     source, max_frames = embeddings.train_source(cfg)
     transform = embeddings.TrainFramesExample(tokenizer, max_frames, int(cfg.max_caption_tokens))
   else:

@@ -8,11 +8,13 @@ built from a model, its parameters and the encoder output by
 `make_step_fn` (Linen KV cache) or `make_uncached_step_fn` (full re-run,
 for tests and benchmarks); any other callable with that signature works too
 (the tests use a Markov transition table). Searches return `DecodeOutput`
-with tokens `[batch, max_len]`: words, EOS, then PAD. Settings come from
+with tokens `[batch, max_len]`: words, EOS, then PAD. `method='conette_beam'`
+is CoNeTTE's own beam search (`conette_beam`). Settings come from
 `config.decode` via `make_decode_settings(config.decode, **overrides)`.
 """
 
 from aac_jax.decoding.beam import beam_search, length_penalty
+from aac_jax.decoding.conette_beam import conette_beam_search
 from aac_jax.decoding.constraints import NEG_INF, apply_constraints
 from aac_jax.decoding.generate import (
   decode_encoded,
@@ -23,11 +25,12 @@ from aac_jax.decoding.generate import (
 from aac_jax.decoding.search import DecodeOutput, filter_top_k, filter_top_p, greedy_search, sample
 from aac_jax.decoding.settings import (
   FUNCTION_WORDS,
+  METHODS,
   DecodeSettings,
   make_decode_settings,
   make_repeat_ban_mask,
   model_decode_settings,
-  vocabulary_repeat_ban_mask,
+  repeat_ban_mask_for,
 )
 from aac_jax.decoding.steps import (
   StepFn,
@@ -40,12 +43,14 @@ from aac_jax.decoding.steps import (
 
 __all__ = [
   'FUNCTION_WORDS',
+  'METHODS',
   'NEG_INF',
   'DecodeOutput',
   'DecodeSettings',
   'StepFn',
   'apply_constraints',
   'beam_search',
+  'conette_beam_search',
   'decode_encoded',
   'eval_model',
   'filter_top_k',
@@ -61,7 +66,7 @@ __all__ = [
   'make_step_fn',
   'make_uncached_step_fn',
   'model_decode_settings',
+  'repeat_ban_mask_for',
   'repeat_rows',
   'sample',
-  'vocabulary_repeat_ban_mask',
 ]

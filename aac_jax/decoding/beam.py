@@ -37,12 +37,12 @@ def length_penalty(length: jax.Array, alpha: float) -> jax.Array:
   return ((5.0 + length) / 6.0) ** alpha
 
 
-def _gather(x: jax.Array, indices: jax.Array) -> jax.Array:
+def gather_beams(x: jax.Array, indices: jax.Array) -> jax.Array:
   """Per-example gather: `[b, n, ...]`, `[b, m]` -> `[b, m, ...]`."""
   return jax.vmap(lambda row, idx: row[idx])(x, indices)
 
 
-def _gather_cache(cache: Any, indices: jax.Array) -> Any:
+def gather_cache(cache: Any, indices: jax.Array) -> Any:
   """Reorders cache rows `[b * beam, ...]` by beam `indices` `[b, beam]`."""
   batch, beam = indices.shape
 
@@ -50,7 +50,7 @@ def _gather_cache(cache: Any, indices: jax.Array) -> Any:
     if leaf.ndim == 0:
       return leaf
     rows = leaf.reshape((batch, beam) + leaf.shape[1:])
-    return _gather(rows, indices).reshape(leaf.shape)
+    return gather_beams(rows, indices).reshape(leaf.shape)
 
   return jax.tree.map(gather, cache)
 
@@ -103,8 +103,10 @@ def _extend(state, step_fn, settings, repeat_ban_mask):
   source, token = flat_ids // vocab, flat_ids % vocab  # [b, 2k]
   token_log_probs = jnp.take_along_axis(log_probs.reshape(batch, beam * vocab), flat_ids, axis=1)
   here = jnp.arange(max_len) == state.step  # [max_len]
-  seqs = jnp.where(here, token[..., None], _gather(state.live_seqs, source))
-  seq_log_probs = jnp.where(here, token_log_probs[..., None], _gather(state.live_log_probs, source))
+  seqs = jnp.where(here, token[..., None], gather_beams(state.live_seqs, source))
+  seq_log_probs = jnp.where(
+    here, token_log_probs[..., None], gather_beams(state.live_log_probs, source)
+  )
   return scores, seqs, seq_log_probs, source, cache
 
 
@@ -121,13 +123,15 @@ def _beam_step(state, step_fn, settings, repeat_ban_mask) -> BeamState:
   fin_scores, fin_keep = lax.top_k(jnp.concatenate([state.fin_scores, new_fin], axis=1), beam)
   return BeamState(
     step=state.step + 1,
-    live_seqs=_gather(seqs, keep),
-    live_log_probs=_gather(seq_log_probs, keep),
+    live_seqs=gather_beams(seqs, keep),
+    live_log_probs=gather_beams(seq_log_probs, keep),
     live_scores=live_scores,
-    fin_seqs=_gather(jnp.concatenate([state.fin_seqs, seqs], axis=1), fin_keep),
-    fin_log_probs=_gather(jnp.concatenate([state.fin_log_probs, seq_log_probs], axis=1), fin_keep),
+    fin_seqs=gather_beams(jnp.concatenate([state.fin_seqs, seqs], axis=1), fin_keep),
+    fin_log_probs=gather_beams(
+      jnp.concatenate([state.fin_log_probs, seq_log_probs], axis=1), fin_keep
+    ),
     fin_scores=fin_scores,
-    cache=_gather_cache(cache, _gather(source, keep)),
+    cache=gather_cache(cache, gather_beams(source, keep)),
   )
 
 

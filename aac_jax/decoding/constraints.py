@@ -19,7 +19,7 @@ def is_banned(log_probs: jax.Array) -> jax.Array:
   return log_probs < 0.5 * NEG_INF
 
 
-def _ngram_ban(seqs: jax.Array, step: jax.Array, n: int, vocab_size: int) -> jax.Array:
+def ngram_ban(seqs: jax.Array, step: jax.Array, n: int, vocab_size: int) -> jax.Array:
   """Tokens that would complete an n-gram already present.
 
   Args:
@@ -48,7 +48,7 @@ def _ngram_ban(seqs: jax.Array, step: jax.Array, n: int, vocab_size: int) -> jax
   return counts > 0
 
 
-def _repeat_ban(seqs: jax.Array, step: jax.Array, repeat_ban_mask: jax.Array) -> jax.Array:
+def repeat_ban(seqs: jax.Array, step: jax.Array, repeat_ban_mask: jax.Array) -> jax.Array:
   """Content tokens already generated: `[rows, max_len]` -> bool `[rows, vocab]`."""
   rows, max_len = seqs.shape
   seen = jnp.broadcast_to((jnp.arange(max_len) < step)[None, :], seqs.shape).astype(jnp.int32)
@@ -87,9 +87,9 @@ def apply_constraints(
   banned = banned | (eos & (step < settings.min_len))
   banned = banned | (~eos & (step >= settings.max_len - 1))
   if settings.no_repeat_ngram_size > 0:
-    banned = banned | _ngram_ban(seqs, step, settings.no_repeat_ngram_size, vocab_size)
+    banned = banned | ngram_ban(seqs, step, settings.no_repeat_ngram_size, vocab_size)
   if settings.ban_repeated_content_words:
     if repeat_ban_mask is None:
       raise ValueError('ban_repeated_content_words needs a repeat_ban_mask')
-    banned = banned | _repeat_ban(seqs, step, repeat_ban_mask)
+    banned = banned | repeat_ban(seqs, step, repeat_ban_mask)
   return log_probs + jnp.where(banned, NEG_INF, 0.0)

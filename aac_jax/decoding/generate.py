@@ -18,6 +18,7 @@ from jax.sharding import PartitionSpec as P
 
 from aac_jax.decoding import steps
 from aac_jax.decoding.beam import beam_search
+from aac_jax.decoding.conette_beam import conette_beam_search
 from aac_jax.decoding.search import DecodeOutput, greedy_search, sample
 from aac_jax.decoding.settings import DecodeSettings
 
@@ -52,7 +53,7 @@ def decode_encoded(
   """
   batch = encoded.shape[0]
   make = steps.make_step_fn if cached else steps.make_uncached_step_fn
-  if settings.method == 'beam':
+  if settings.method in ('beam', 'conette_beam'):
     k = settings.beam_size
     step_fn, cache = make(
       model,
@@ -61,7 +62,8 @@ def decode_encoded(
       steps.repeat_rows(enc_paddings, k),
       settings.max_len,
     )
-    return beam_search(step_fn, cache, batch, settings, repeat_ban_mask)
+    search = beam_search if settings.method == 'beam' else conette_beam_search
+    return search(step_fn, cache, batch, settings, repeat_ban_mask)
   step_fn, cache = make(model, params, encoded, enc_paddings, settings.max_len)
   if settings.method == 'sample':
     if rngs is None:

@@ -12,7 +12,8 @@ BOS_ID = 1
 EOS_ID = 2
 NUM_SPECIAL_IDS = 4  # PAD, BOS, EOS, UNK.
 
-METHODS = ('greedy', 'beam', 'sample')
+# 'conette_beam': CoNeTTE's beam search (aac_jax.decoding.conette_beam).
+METHODS = ('greedy', 'beam', 'sample', 'conette_beam')
 
 # English function words: the words that `ban_repeated_content_words` lets
 # repeat. Map them to ids with the tokenizer (see `make_repeat_ban_mask`).
@@ -31,7 +32,9 @@ class DecodeSettings:
   """How to decode; mirrors `config.decode` (configs/base.py).
 
   Attributes:
-    method: 'greedy', 'beam' or 'sample'.
+    method: 'greedy', 'beam', 'sample' or 'conette_beam' (CoNeTTE's
+      search: beams retire as they end, best mean log-probability; see
+      `conette_beam`).
     max_len: maximum tokens per caption, EOS included (= output length).
     min_len: minimum words before EOS (EOS is banned at earlier steps).
     beam_size: beams per clip ('beam').
@@ -40,7 +43,11 @@ class DecodeSettings:
     no_repeat_ngram_size: no n-gram of this size occurs twice in an output
       (0 = off).
     ban_repeated_content_words: a token outside the function words may occur
-      only once (needs a repeat-ban mask, see `make_repeat_ban_mask`).
+      only once (needs a repeat-ban mask, see `repeat_ban_mask_for`).
+    repeatable_tokens: the tokens that may repeat under that ban; empty =
+      `FUNCTION_WORDS` (special tokens may repeat too), else exactly these
+      (every other token, special ones included, at most once: CoNeTTE's
+      'content_words' mode with its stop-word list).
     temperature: divides the logits before sampling ('sample'; <= 0 = greedy).
     top_k: sample among the k most likely tokens (0 = off).
     top_p: sample from the smallest set with probability >= top_p (1 = off).
@@ -56,6 +63,7 @@ class DecodeSettings:
   length_penalty: float = 0.6
   no_repeat_ngram_size: int = 0
   ban_repeated_content_words: bool = False
+  repeatable_tokens: tuple[str, ...] = ()
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
@@ -64,6 +72,8 @@ class DecodeSettings:
   eos_id: int = EOS_ID
 
   def __post_init__(self):
+    # Config files give lists; the settings must stay hashable (jit-static).
+    object.__setattr__(self, 'repeatable_tokens', tuple(self.repeatable_tokens))
     if self.method not in METHODS:
       raise ValueError(f'decode method must be one of {METHODS}, got {self.method!r}')
     if self.max_len < 1 or self.min_len >= self.max_len:
@@ -132,16 +142,6 @@ def model_decode_settings(
   return settings
 
 
-def vocabulary_repeat_ban_mask(tokens: Sequence[str]) -> np.ndarray:
-  """bool `[len(tokens)]`: the content words of a vocabulary (`tokens[i]` is id i).
-
-  The mask `ban_repeated_content_words` uses: every word outside
-  `FUNCTION_WORDS` (special ids excluded) may occur once per caption.
-  """
-  ids = [i for i, token in enumerate(tokens) if token in FUNCTION_WORDS]
-  return make_repeat_ban_mask(len(tokens), ids)
-
-
 def make_repeat_ban_mask(vocab_size: int, function_word_ids: Iterable[int] = ()) -> np.ndarray:
   """Which tokens `ban_repeated_content_words` forbids from repeating.
 
@@ -158,3 +158,20 @@ def make_repeat_ban_mask(vocab_size: int, function_word_ids: Iterable[int] = ())
   ids = np.asarray(list(function_word_ids), dtype=np.int64)
   mask[ids[(ids >= 0) & (ids < vocab_size)]] = False
   return mask
+
+
+def repeat_ban_mask_for(tokens: Sequence[str], settings: DecodeSettings) -> np.ndarray:
+  """The repeat-ban mask of a vocabulary under `settings`.
+
+  Args:
+    tokens: the vocabulary (index = id).
+    settings: `repeatable_tokens` decides which tokens may repeat.
+
+  Returns:
+    bool `[len(tokens)]`, True for tokens that may occur only once.
+  """
+  if settings.repeatable_tokens:
+    repeatable = set(settings.repeatable_tokens)
+    return np.array([token not in repeatable for token in tokens], dtype=bool)
+  ids = [i for i, token in enumerate(tokens) if token in FUNCTION_WORDS]
+  return make_repeat_ban_mask(len(tokens), ids)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aac_jax.models.conette_decoder import ConetteDecoder
 from aac_jax.models.config import CaptionerConfig
 from aac_jax.models.conformer import ConformerEncoder
 from aac_jax.models.decoder import TransformerDecoder
@@ -33,7 +34,8 @@ class Captioner(nn.Module):
       self.encoder = PretrainedEncoder(self.config)
     else:
       self.encoder = ConformerEncoder(self.config)
-    self.decoder = TransformerDecoder(self.config)
+    decoder_cls = ConetteDecoder if self.config.decoder_style == 'conette' else TransformerDecoder
+    self.decoder = decoder_cls(self.config)
     if self.config.keyword_head:
       self.keyword_head = KeywordHead(self.config.vocab_size, self.config.dtype)
 

@@ -14,6 +14,10 @@ _SUBSAMPLING_FACTORS = (2, 4, 8)
 ENCODERS = ('conformer', 'convnext', 'cnn14')
 PRETRAINED_STAGES = {'convnext': 4, 'cnn14': 6}  # What `encoder_freeze = N` counts.
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# 'aac_jax': pre-norm layers, tied output embedding (models/decoder.py);
+# 'conette': CoNeTTE's AACTransformerDecoder (models/conette_decoder.py).
+DECODER_STYLES = ('aac_jax', 'conette')
+CONVNEXT_STEMS = ('audioset', 'conette')  # See `aac_jax.models.convnext.STEMS`.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +41,13 @@ class CaptionerConfig:
     dropout: dropout on residual branches and feed-forward hidden units.
     attention_dropout: dropout on attention weights.
     max_decode_len: decoder positions (longest decoder input).
+    decoder_style: 'aac_jax' (pre-norm layers, tied output embedding) or
+      'conette' (CoNeTTE's post-norm decoder with GELU and an untied
+      classifier; see `aac_jax.models.conette_decoder`). CoNeTTE's frame
+      projection is `encoder_projection` with `encoder_dim = decoder_dim`.
+    task_token_id: 'conette' only: the token the decoder reads at position 0
+      whatever it is given there (CoNeTTE's dataset-conditioning token, e.g.
+      the id of `<bos_clotho>`); -1 keeps the given token (BOS).
     compute_dtype: 'float32' or 'bfloat16'; parameters always stay float32.
     keyword_head: adds the auxiliary clip-level keyword head (`KeywordHead`,
       trained with `optim.keyword_loss_weight`; unused at inference).
@@ -50,6 +61,8 @@ class CaptionerConfig:
     encoder_projection: with a tagger, dropout, Dense(encoder_dim) + ReLU,
       dropout on its frames (the DCASE 2024 baseline's projection).
     projection_dropout: dropout rate of that projection.
+    convnext_stem: 'audioset' (the AudioSet tagger's stem) or 'conette'
+      (CoNeTTE's encoder: a finer stem, 4x more frames).
     encoder_drop_path: ConvNeXt stochastic depth (training, unfrozen stages).
     mixup_alpha: mixup of encoder frames and decoder input embeddings in
       training (Beta(alpha, alpha), lambda >= 0.5; 0 = off).
@@ -73,6 +86,8 @@ class CaptionerConfig:
   dropout: float = 0.1
   attention_dropout: float = 0.1
   max_decode_len: int = 32
+  decoder_style: str = 'aac_jax'
+  task_token_id: int = -1
   compute_dtype: str = 'float32'
   keyword_head: bool = False
   encoder: str = 'conformer'
@@ -80,6 +95,7 @@ class CaptionerConfig:
   encoder_freeze: str = 'none'
   encoder_projection: bool = False
   projection_dropout: float = 0.5
+  convnext_stem: str = 'audioset'
   encoder_drop_path: float = 0.0
   mixup_alpha: float = 0.0
   deterministic: bool = False
@@ -88,6 +104,14 @@ class CaptionerConfig:
   def __post_init__(self):
     if self.subsampling not in _SUBSAMPLING_FACTORS:
       raise ValueError(f'subsampling must be one of {_SUBSAMPLING_FACTORS}, got {self.subsampling}')
+    if self.convnext_stem not in CONVNEXT_STEMS:
+      raise ValueError(f'convnext_stem must be one of {CONVNEXT_STEMS}, got {self.convnext_stem!r}')
+    if self.decoder_style not in DECODER_STYLES:
+      raise ValueError(f'decoder_style must be one of {DECODER_STYLES}, got {self.decoder_style!r}')
+    if self.task_token_id >= 0 and self.decoder_style != 'conette':
+      raise ValueError("task_token_id needs decoder_style='conette'")
+    if self.task_token_id >= self.vocab_size:
+      raise ValueError(f'task_token_id {self.task_token_id} >= vocab_size {self.vocab_size}')
     if self.encoder not in ENCODERS:
       raise ValueError(f'model.encoder must be one of {ENCODERS}, got {self.encoder!r}')
     if self.pretrained and self.encoder_layers and not self.encoder_projection:

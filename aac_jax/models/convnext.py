@@ -21,8 +21,10 @@ import jax.numpy as jnp
 
 from aac_jax.models import frame_ops
 
-STEM_KERNEL = (18, 4)
-STEM_TIME_PAD = 9
+# Stem conv (kernel = stride, time padding) per variant: the AudioSet tagger's
+# (`after_stem_dim=[56]`) and CoNeTTE's encoder (`convnext_tiny(after_stem_dim=
+# [252, 56])` in conette 0.3.2 `nn/encoders/convnext.py`: 4x finer frames).
+STEMS = {'audioset': ((18, 4), 9), 'conette': ((4, 4), 4)}
 LN_EPS = 1e-6
 
 
@@ -34,11 +36,23 @@ class ConvNeXtSettings:
   depths: tuple[int, ...] = (3, 3, 9, 3)
   dims: tuple[int, ...] = (96, 192, 384, 768)
   num_classes: int = 527
+  stem: str = 'audioset'  # A `STEMS` name.
+
+  @property
+  def stem_kernel(self) -> tuple[int, int]:
+    return STEMS[self.stem][0]
+
+  @property
+  def stem_time_pad(self) -> int:
+    return STEMS[self.stem][1]
 
 
-def frame_lengths(lengths: jax.Array, num_stages: int) -> jax.Array:
+def frame_lengths(
+  lengths: jax.Array, num_stages: int, settings: ConvNeXtSettings = ConvNeXtSettings()
+) -> jax.Array:
   """Frames of the output for `lengths` log-mel frames (stem, then /2 per later stage)."""
-  lengths = lengths // STEM_KERNEL[0] + 1
+  kernel, pad = settings.stem_kernel[0], settings.stem_time_pad
+  lengths = (lengths + 2 * pad - kernel) // kernel + 1
   for _ in range(num_stages - 1):
     lengths = lengths // 2
   return lengths
@@ -85,7 +99,7 @@ class ConvNeXtTagger(nn.Module):
     s = self.settings
     self.bn0 = frame_ops.ChannelAffine()
     self.stem = nn.Conv(
-      s.dims[0], STEM_KERNEL, strides=STEM_KERNEL, padding=((STEM_TIME_PAD,) * 2, (0, 0))
+      s.dims[0], s.stem_kernel, strides=s.stem_kernel, padding=((s.stem_time_pad,) * 2, (0, 0))
     )
     self.stem_norm = nn.LayerNorm(epsilon=LN_EPS)
     self.down_norms = [nn.LayerNorm(epsilon=LN_EPS) for _ in s.dims[1:]]
@@ -113,7 +127,7 @@ class ConvNeXtTagger(nn.Module):
     x = self.bn0(log_mel)[..., None]  # [b, t, mels, 1]
     x = frame_ops.zero_padded_rows(x, lengths)
     x = self.stem_norm(self.stem(x))
-    lengths = frame_lengths(lengths, 1)
+    lengths = frame_lengths(lengths, 1, self.settings)
     for i, blocks in enumerate(self.stages):
       if i > 0:
         x = self.down_convs[i - 1](self.down_norms[i - 1](x))

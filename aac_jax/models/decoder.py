@@ -53,17 +53,6 @@ class TransformerDecoder(nn.Module):
 
   config: CaptionerConfig
 
-  def _positions(self, length: int) -> jax.Array:
-    """Absolute positions `[length]` of the tokens of this call."""
-    if not self.config.decode:
-      return jnp.arange(length)
-    initialized = self.has_variable('cache', 'position')
-    position = self.variable('cache', 'position', lambda: jnp.zeros((), jnp.int32))
-    start = position.value if initialized else 0
-    if initialized:
-      position.value = start + length
-    return start + jnp.arange(length)
-
   @nn.compact
   def __call__(
     self,
@@ -100,7 +89,7 @@ class TransformerDecoder(nn.Module):
     x = embed(decoder_inputs) * jnp.asarray(cfg.decoder_dim**0.5, cfg.dtype)
     if mix is not None:
       x = mixup.mix_values(x, mix)
-    x = x + table[self._positions(length)][None].astype(cfg.dtype)
+    x = x + table[layers.step_positions(self, length, cfg.decode)][None].astype(cfg.dtype)
     x = nn.Dropout(cfg.dropout)(x, deterministic=cfg.deterministic)
     for i in range(cfg.decoder_layers):
       x = DecoderLayer(cfg, name=f'layer{i}')(x, encoded, enc_paddings)

@@ -32,6 +32,32 @@ def sinusoidal_table(length: int, dim: int) -> np.ndarray:
   return np.concatenate([np.sin(angles), np.cos(angles)], axis=-1).astype(np.float32)
 
 
+def step_positions(module: nn.Module, length: int, decode: bool) -> jax.Array:
+  """Absolute positions `[length]` of the tokens a decoder call gets.
+
+  Teacher forcing: `0 .. length - 1`. With `decode=True` a `cache/position`
+  counter `[]` of `module` holds the position of the next token; the call
+  that creates the cache counts from 0 and does not advance it.
+
+  Args:
+    module: the decoder module owning the counter (call inside its
+      `nn.compact` method).
+    length: tokens of this call.
+    decode: cached step-by-step decoding.
+
+  Returns:
+    int32 `[length]`.
+  """
+  if not decode:
+    return jnp.arange(length)
+  initialized = module.has_variable('cache', 'position')
+  position = module.variable('cache', 'position', lambda: jnp.zeros((), jnp.int32))
+  start = position.value if initialized else 0
+  if initialized:
+    position.value = start + length
+  return start + jnp.arange(length)
+
+
 def apply_rotary(x: jax.Array, positions: jax.Array) -> jax.Array:
   """Rotary position embedding (RoFormer) over the last axis.
 

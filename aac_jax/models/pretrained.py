@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from aac_jax.models.cnn14 import Cnn14Tagger
 from aac_jax.models.config import CaptionerConfig
 from aac_jax.models.conformer import ConformerBlock
-from aac_jax.models.convnext import ConvNeXtTagger
+from aac_jax.models.convnext import ConvNeXtSettings, ConvNeXtTagger
 from aac_jax.models.mixup import Mix, mix_frames
 
 # Log-mel frames the taggers need for at least one output frame (ConvNeXt: 126).
@@ -28,7 +28,10 @@ def make_tagger(config: CaptionerConfig) -> nn.Module:
   """The tagger module of `config.encoder` (named 'tagger' by the caller)."""
   if config.encoder == 'convnext':
     return ConvNeXtTagger(
-      drop_path_rate=config.encoder_drop_path, deterministic=config.deterministic, name='tagger'
+      ConvNeXtSettings(stem=config.convnext_stem),
+      drop_path_rate=config.encoder_drop_path,
+      deterministic=config.deterministic,
+      name='tagger',
     )
   if config.encoder == 'cnn14':
     return Cnn14Tagger(deterministic=config.deterministic, name='tagger')

@@ -35,7 +35,7 @@ _BUILDERS = {'clotho_aac': 'clotho', 'audiocaps_aac': 'audiocaps'}
 def encoder_frontend(model_cfg: ml_collections.ConfigDict) -> PannFrontendSettings:
   """Front-end settings of `model.encoder` (from `model.encoder_init` where set)."""
   encoder = model_cfg.encoder
-  path = model_cfg.get('encoder_init', '')
+  path = model_cfg.encoder_init
   if not path:
     return DEFAULT_FRONTENDS[encoder]
   settings = store.load_settings(path)
@@ -72,9 +72,9 @@ def resolve_encoder_frontend(
       names the build command with `--sample_rate`), `encoder_init` holds
       another model, or stored embeddings do not fit the run.
   """
-  encoder = config.model.get('encoder', 'conformer')
+  encoder = config.model.encoder
   if encoder == 'conformer':
-    if config.dataset.get('embeddings', ''):
+    if config.dataset.embeddings:
       raise ValueError('dataset.embeddings needs a pretrained model.encoder (convnext or cnn14)')
     return
   if encoder not in DEFAULT_FRONTENDS:
@@ -90,7 +90,7 @@ def resolve_encoder_frontend(
     f.fmin, f.fmax, f.amin = float(settings.fmin), float(settings.fmax), float(settings.amin)
     # The tagger normalises its own input (its first BatchNorm).
     f.feature_stats, f.feature_mean, f.feature_std = 'fixed', 0.0, 1.0
-  if check_embeddings and config.dataset.get('embeddings', ''):
+  if check_embeddings and config.dataset.embeddings:
     _resolve_embeddings(config)
 
 
@@ -104,11 +104,11 @@ def _resolve_embeddings(config: ml_collections.ConfigDict) -> None:
     raise ValueError(
       'dataset.embeddings needs model.encoder_init (the converted tagger they came from)'
     )
-  if int(config.dataset.get('captions_per_clip', 1)) != 1:
+  if int(config.dataset.captions_per_clip) != 1:
     raise ValueError(
       'dataset.embeddings reads one caption per clip: set dataset.captions_per_clip=1'
     )
-  if float(config.optim.get('keyword_loss_weight', 0.0)):
+  if float(config.optim.keyword_loss_weight):
     raise ValueError('dataset.embeddings does not support the keyword loss')
   path = embeddings.check_stored(config)
   with config.unlocked():

@@ -175,7 +175,7 @@ def create_scst_run(config: ml_collections.ConfigDict, workdir: str) -> ScstRun:
     normalize_advantage=bool(config.scst.normalize_advantage),
     normalizer=config.scst.loss_normalizer,
   )
-  mask = decoding.vocabulary_repeat_ban_mask(exp.tokenizer.tokens)
+  mask = decoding.repeat_ban_mask_for(exp.tokenizer.tokens, sample_settings)
   mask = jax.device_put(mask, parallel.replicated(exp.mesh))
   sample_rng, update_rng = jax.random.split(jax.random.key(config.seed))
   return ScstRun(exp, references, reward_fn, sample_fn, update_fn, mask, sample_rng, update_rng)

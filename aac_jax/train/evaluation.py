@@ -141,7 +141,7 @@ class Evaluator:
       _features, frontend_cfg=config.frontend, sample_rate=int(config.dataset.sample_rate)
     )
     self._generate = decoding.make_sharded_generate_fn(model, settings, exp.mesh, frontend=features)
-    mask = decoding.vocabulary_repeat_ban_mask(exp.tokenizer.tokens)
+    mask = decoding.repeat_ban_mask_for(exp.tokenizer.tokens, settings)
     self._repeat_ban_mask = jax.device_put(mask, parallel.replicated(exp.mesh))
     self._rng = jax.random.key(config.seed)
 
