@@ -14,6 +14,8 @@ import json
 import pathlib
 import re
 import shutil
+import subprocess
+import sys
 
 import multiprocess
 import numpy as np
@@ -195,3 +197,51 @@ def test_scst_runs_two_steps_on_two_processes(reference, tmp_path, jax_cache):
   assert sorted(rewards) == [1, 2] and all(np.isfinite(list(rewards.values())))
   saved = sorted(int(p.name) for p in checkpointing.checkpoint_dir(tmp_path).iterdir())
   assert saved[-1] == 2
+
+
+_SYNC_CHILD = """
+import sys, time
+import jax
+from aac_jax import multihost
+multihost.initialize(sys.argv[1], 2, int(sys.argv[2]))
+
+def fails_on_0():
+  if jax.process_index() == 0:
+    raise ValueError('disk full')
+  return 'read'
+
+def slow_on_0():
+  if jax.process_index() == 0:
+    time.sleep(8)
+  return 'late'
+
+for what, fn, timeout in (('write files', fails_on_0, 120), ('build', slow_on_0, 2)):
+  try:
+    print('result:', multihost.process_0_first(what, fn, timeout_s=timeout), flush=True)
+  except Exception as error:
+    print(f'error: {type(error).__name__}: {error}', flush=True)
+"""
+
+
+def test_process_0_failure_and_timeout_reach_the_other_process(jax_cache):
+  address = f'127.0.0.1:{multiprocess.free_port()}'
+  env = multiprocess.child_env(1, jax_cache)
+  procs = [
+    subprocess.Popen(
+      [sys.executable, '-c', _SYNC_CHILD, address, str(i)],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  outputs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outputs
+  first, second = outputs
+  assert 'error: ValueError: disk full' in first and 'result: late' in first
+  assert (
+    'error: ProcessSyncError: process 0 could not write files: failed with ValueError: disk full'
+    in second
+  ), second
+  assert 'error: ProcessSyncError: process 1 waited 2 s for process 0 to build' in second, second
