@@ -128,12 +128,9 @@ def test_sigterm_to_one_process_saves_both_and_resumes_bit_identically(
   saved = sorted(int(p.name) for p in checkpointing.checkpoint_dir(tmp_path).iterdir())
   assert saved[-1] == step
 
-  resumed = _train(_flags(overrides, tmp_path), jax_cache)
-  assert (
-    f'resumed from {checkpointing.checkpoint_dir(tmp_path)} at step {step}'
-    in resumed.output(0, last=10**6)
-    or f'at step {step}' in (tmp_path / 'train.log').read_text()
-  )
+  _train(_flags(overrides, tmp_path), jax_cache)
+  log = (tmp_path / 'train.log').read_text()
+  assert f'resumed from {checkpointing.checkpoint_dir(tmp_path)} at step {step}' in log
   reference_losses, losses = multiprocess.losses(ref_workdir), multiprocess.losses(tmp_path)
   after = list(range(step + 1, END + 1))
   np.testing.assert_array_equal([losses[s] for s in after], [reference_losses[s] for s in after])
@@ -187,6 +184,7 @@ def test_scst_runs_two_steps_on_two_processes(reference, tmp_path, jax_cache):
       'train.num_steps': 2,
       'train.log_every': 1,
       'eval.test_at_end': False,
+      'scst.eval_initial': False,
     },
     tmp_path,
     config=f'configs/synthetic_demo_scst.py:runlocal,init_from={ref_workdir}',
