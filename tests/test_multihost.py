@@ -96,6 +96,10 @@ def test_two_by_two_losses_equal_one_by_four(reference, tmp_path, jax_cache):
   two, one = multiprocess.losses(workdir), multiprocess.losses(tmp_path)
   assert sorted(two) == sorted(one) == list(range(1, END + 1))
   np.testing.assert_allclose([two[s] for s in two], [one[s] for s in two], rtol=1e-5)
+  # Each process captioned its slice of the validation clips: the same captions as one process.
+  name = f'predictions/validation_step{END}.json'
+  two_rows, one_rows = (json.loads((w / name).read_text()) for w in (workdir, tmp_path))
+  assert [r['prediction'] for r in two_rows] == [r['prediction'] for r in one_rows]
 
 
 def test_evaluation_writes_every_clip_exactly_once(reference):
