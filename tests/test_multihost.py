@@ -197,6 +197,8 @@ def test_scst_runs_two_steps_on_two_processes(reference, tmp_path, jax_cache):
   assert run.wait(TIMEOUT) == [0, 0], run.output()
   rewards = multiprocess.scalars(tmp_path, 'train/reward_mean')
   assert sorted(rewards) == [1, 2] and all(np.isfinite(list(rewards.values())))
+  for tag in ('train/sample_vocab_size', 'train/sample_mean_length', 'train/time_step_s'):
+    assert sorted(multiprocess.scalars(tmp_path, tag)) == [1, 2], tag
   saved = sorted(int(p.name) for p in checkpointing.checkpoint_dir(tmp_path).iterdir())
   assert saved[-1] == 2
 
@@ -204,8 +206,13 @@ def test_scst_runs_two_steps_on_two_processes(reference, tmp_path, jax_cache):
 _SYNC_CHILD = """
 import sys, time
 import jax
+import numpy as np
 from aac_jax import multihost
+from aac_jax.train import parallel
 multihost.initialize(sys.argv[1], 2, int(sys.argv[2]))
+me = jax.process_index()
+print('gathered:', parallel.all_processes(np.array([10.0 * me, 1.0])).tolist(), flush=True)
+print('mean:', parallel.mean_over_processes({'b': 2.0 * me, 'a': float(me)}), flush=True)
 
 def fails_on_0():
   if jax.process_index() == 0:
@@ -241,6 +248,9 @@ def test_process_0_failure_and_timeout_reach_the_other_process(jax_cache):
   outputs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
   assert [p.returncode for p in procs] == [0, 0], outputs
   first, second = outputs
+  for output in outputs:  # Host metrics over both processes, the same on each.
+    assert 'gathered: [[0.0, 1.0], [10.0, 1.0]]' in output, output
+    assert "mean: {'a': 0.5, 'b': 1.0}" in output, output
   assert 'error: ValueError: disk full' in first and 'result: late' in first
   assert (
     'error: ProcessSyncError: process 0 could not write files: failed with ValueError: disk full'
