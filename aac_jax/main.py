@@ -10,6 +10,10 @@ command as a console script. The console shows this package's log lines and
 every warning; `train.log` in the workdir keeps the libraries' lines too
 (`--verbosity=0` shows them on the console as well).
 
+Several processes (one per host): `--multihost` where JAX discovers them
+(TPU VMs, SLURM), else `--coordinator_address=HOST:PORT --num_processes=N
+--process_id=I` on each (see `aac_jax.launch_flags`, launch/).
+
 Exit status: 0 finished, stopped as planned or preempted (saved); 1 stopped
 on an error logged in one line (NaN loss, an unwritable run file, no
 readable checkpoint); 2 bad config values (one line each, before any work).
@@ -17,16 +21,14 @@ readable checkpoint); 2 bad config values (one line each, before any work).
 
 import sys
 
-import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from aac_jax import config_path
+from aac_jax import config_path, launch_flags
 from aac_jax.train import logs, trainer
 
 config_flags.DEFINE_config_file('config', None, 'Experiment config file (configs/*.py[:variant]).')
 flags.DEFINE_string('workdir', None, 'Folder for checkpoints, logs, vocabulary and predictions.')
-flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() first (TPU pod slices).')
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
@@ -35,8 +37,7 @@ def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logs.quiet_console()
-  if FLAGS.multihost:
-    jax.distributed.initialize()
+  launch_flags.initialize_from_flags()
   return trainer.run(FLAGS.config, FLAGS.workdir)
 
 

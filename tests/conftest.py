@@ -19,3 +19,10 @@ def jax_cache(tmp_path_factory):
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
   yield cache
   jax.config.update('jax_compilation_cache_dir', previous)
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+    'markers',
+    'multiprocess: starts real multi-process runs (minutes); runs in CI like every test',
+  )

@@ -57,9 +57,9 @@ def _assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def _iterator_state(path: pathlib.Path) -> dict[str, dict]:
-  """The Grain iterator state files of one checkpoint, e.g. `{'next_index': 4}`."""
-  return {p.name: json.loads(p.read_text()) for p in sorted(path.glob('*.json'))}
+def _iterator_state(path: pathlib.Path) -> dict[str, int]:
+  """The saved data position of one checkpoint, e.g. `{'next_position': 32, ...}`."""
+  return json.loads((path / 'metadata').read_text())
 
 
 def test_restart_from_disk_equals_straight_run(straight_run, toy_config, tmp_path):

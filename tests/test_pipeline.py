@@ -1,6 +1,5 @@
-"""Grain pipelines on the toy TFDS dataset: sharding, exact eval, resume."""
+"""Grain pipelines on the toy TFDS dataset: one global order, exact eval, resume."""
 
-import grain
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -69,34 +68,42 @@ def _check_train_row(batch, row, record, tokenizer, max_samples, start):
   ), 'targets are not a caption of the clip'
 
 
-@pytest.mark.parametrize(('process_count', 'global_batch'), [(1, 6), (2, 8), (3, 6)])
-def test_train_shards_are_disjoint_epochs(cfg, records, tokenizer, process_count, global_batch):
+def _global_batches(cfg, tokenizer, global_batch, process_count, steps, state=None):
+  """`steps` global batches read by `process_count` processes, slices side by side."""
+  iterators = [
+    pipeline.make_train_iterator(cfg, tokenizer, global_batch, p, process_count)
+    for p in range(process_count)
+  ]
+  if state is not None:
+    for it in iterators:
+      it.set_state(state)
+  return [
+    {k: np.concatenate([b[k] for b in parts]) for k in parts[0]}
+    for parts in zip(*[_next_batches(it, steps) for it in iterators], strict=True)
+  ]
+
+
+def test_train_order_is_the_same_on_any_process_count(cfg, records, tokenizer):
   clips = [r['audio'] for r in records['train']]
-  batch_size = global_batch // process_count
-  steps_per_epoch = NUM_TRAIN // global_batch
+  global_batch, steps_per_epoch = 6, NUM_TRAIN // 6
   max_samples = int(cfg.max_audio_seconds * cfg.sample_rate)
-  seen = []
-  for p in range(process_count):
-    it = pipeline.make_train_iterator(cfg, tokenizer, global_batch, p, process_count)
-    epochs = []
-    for _ in range(2):
-      order = []
-      for _ in range(steps_per_epoch):
-        batch = next(it)
-        assert batch['audio'].shape == (batch_size, max_samples)
-        assert batch['audio'].dtype == batch['audio_paddings'].dtype == np.float32
-        assert batch['targets'].shape == (batch_size, 8) and batch['targets'].dtype == np.int32
-        for row in range(batch_size):
-          clip, start = _locate(batch['audio'][row], batch['audio_paddings'][row], clips)
-          _check_train_row(batch, row, records['train'][clip], tokenizer, max_samples, start)
-          order.append(clip)
-      epochs.append(order)
-    # Each pass visits the shard once, in a new order.
-    assert sorted(epochs[0]) == sorted(epochs[1]) and len(set(epochs[0])) == len(epochs[0])
-    assert epochs[0] != epochs[1]
-    seen.append(set(epochs[0]))
-  assert set().union(*seen) == set(range(NUM_TRAIN))
-  assert sum(map(len, seen)) == NUM_TRAIN
+  single = _global_batches(cfg, tokenizer, global_batch, 1, 2 * steps_per_epoch)
+  epochs = [[], []]
+  for step, batch in enumerate(single):
+    assert batch['audio'].shape == (global_batch, max_samples)
+    assert batch['audio'].dtype == batch['audio_paddings'].dtype == np.float32
+    assert batch['targets'].shape == (global_batch, 8) and batch['targets'].dtype == np.int32
+    for row in range(global_batch):
+      clip, start = _locate(batch['audio'][row], batch['audio_paddings'][row], clips)
+      _check_train_row(batch, row, records['train'][clip], tokenizer, max_samples, start)
+      epochs[step // steps_per_epoch].append(clip)
+  # Each pass visits every clip once, in a new order.
+  assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(NUM_TRAIN))
+  assert epochs[0] != epochs[1]
+  for process_count in (2, 3):
+    # Crops and references too are the same: they are keyed by global position.
+    sliced = _global_batches(cfg, tokenizer, global_batch, process_count, 2 * steps_per_epoch)
+    _assert_same_batches(sliced, single)
 
 
 def test_train_example_draws_every_reference_and_crop():
@@ -178,25 +185,23 @@ def _assert_same_batches(a, b):
       np.testing.assert_array_equal(x[key], y[key], err_msg=key)
 
 
-def test_train_iterator_resumes_from_orbax_checkpoint(cfg, tokenizer, tmp_path):
-  it = pipeline.make_train_iterator(cfg, tokenizer, 4, 1, 2)
-  _next_batches(it, 5)  # Into the second pass over the 12-clip shard.
+def test_two_process_position_resumes_on_one_and_four(cfg, tokenizer, tmp_path):
+  straight = _global_batches(cfg, tokenizer, 4, 1, 9)
+  two = [pipeline.make_train_iterator(cfg, tokenizer, 4, p, 2) for p in range(2)]
+  for it in two:
+    _next_batches(it, 5)  # Into the second pass over the 24 clips.
+  assert two[0].get_state() == two[1].get_state() == {'next_position': 20, 'global_batch_size': 4}
   manager = ocp.CheckpointManager(tmp_path / 'ckpt')
-  manager.save(5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+  manager.save(5, args=ocp.args.Composite(data=ocp.args.JsonSave(two[0].get_state())))
   manager.wait_until_finished()
-  expected = _next_batches(it, 4)
   manager.close()
 
-  fresh = pipeline.make_train_iterator(cfg, tokenizer, 4, 1, 2)
-  first = next(fresh)
   manager = ocp.CheckpointManager(tmp_path / 'ckpt')
-  assert manager.latest_step() == 5
-  restored = manager.restore(
-    5, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(fresh))
-  )
+  state = manager.restore(5, args=ocp.args.Composite(data=ocp.args.JsonRestore())).data
   manager.close()
-  assert not np.array_equal(first['audio'], expected[0]['audio'])
-  _assert_same_batches(_next_batches(restored.data, 4), expected)
+  for process_count in (1, 4):
+    resumed = _global_batches(cfg, tokenizer, 4, process_count, 4, state=state)
+    _assert_same_batches(resumed, straight[5:])
 
 
 def test_worker_processes_give_the_same_batches_and_resume(cfg, tokenizer):
@@ -278,6 +283,10 @@ def test_bad_arguments_raise(cfg, tokenizer):
     pipeline.make_eval_batches(cfg, 'validation', 5, 0, 2)
   with pytest.raises(ValueError, match='process index'):
     pipeline.make_train_iterator(cfg, tokenizer, 4, 2, 2)
+  with pytest.raises(ValueError, match='multiple of the 3 processes'):
+    pipeline.make_train_iterator(cfg, tokenizer, 4, 0, 3)
+  with pytest.raises(ValueError, match='lacks'):
+    pipeline.make_train_iterator(cfg, tokenizer, 4, 0, 1).set_state({'next_index': 3})
   wrong_rate = cfg.copy_and_resolve_references()
   wrong_rate.sample_rate = 44100
   with pytest.raises(ValueError, match='44100'):

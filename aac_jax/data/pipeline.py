@@ -2,15 +2,16 @@
 
 Both read a TFDS split with `tfds.data_source` (no TensorFlow) and emit numpy
 batches in the layout of docs/CONTRACTS.md, per process: with P processes,
-each one reads its own shard and yields `global_batch_size / P` examples, and
-the trainer assembles the global batch with
+each one reads its slice of every global batch, `global_batch_size / P`
+examples, and the trainer assembles the global batch with
 `jax.make_array_from_process_local_data`.
 
-Train: shuffle, repeat forever, random crop (or zero pad) of each clip to
-`max_audio_seconds`, one reference caption drawn at random per clip per pass.
-The returned iterator is a Grain `DatasetIterator`: its state goes into an
-orbax checkpoint with `grain.checkpoint.CheckpointSave(iterator)` and comes
-back with `CheckpointRestore(iterator)`, giving the identical next batch.
+Train: one global order for every topology (`aac_jax.data.global_order`):
+the split shuffled with the run's seed, repeated forever, each clip randomly
+cropped (or zero padded) to `max_audio_seconds` and its reference(s) drawn
+with randomness keyed by the clip's global position. The iterator's state is
+that one position (`GlobalBatches.get_state()`), which the checkpoint saves
+and any number of processes restores, giving the identical next global batch.
 
 Eval: every clip exactly once, in source order, cropped from its start to
 the eval maximum; the last batches are filled with filler examples
@@ -26,9 +27,9 @@ import grain
 import jax
 import ml_collections
 import numpy as np
-from absl import flags
 
-from aac_jax.data import embeddings, sources
+from aac_jax.data import embeddings, global_order, sources
+from aac_jax.data.batching import finish, per_process_batch_size
 from aac_jax.data.sources import EvalSplit
 from aac_jax.data.tokenizer import Tokenizer
 
@@ -37,25 +38,10 @@ __all__ = [
   'eval_batch_indices',
   'fit_audio',
   'make_eval_batches',
-  'make_train_dataset',
+  'train_seed',
   'make_train_iterator',
   'per_process_batch_size',
 ]
-
-# Threads assembling whole batches in the main process (no workers) or in
-# each worker process; each thread holds one batch in flight.
-_READ_THREADS = 4
-_WORKER_READ_THREADS = 2
-
-
-def per_process_batch_size(global_batch_size: int, process_count: int) -> int:
-  """Returns `global_batch_size / process_count`, which must be whole."""
-  if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ValueError(
-      f'global batch size {global_batch_size} is not a positive multiple of the '
-      f'{process_count} processes'
-    )
-  return global_batch_size // process_count
 
 
 def _process_index_and_count(process_index: int | None, process_count: int | None):
@@ -151,38 +137,19 @@ def captions_per_clip(cfg: ml_collections.ConfigDict) -> int:
   return value
 
 
-def _ensure_flags_parsed() -> None:
-  # Grain worker processes read absl flags; a library caller (a test, a
-  # notebook) may never have parsed them.
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
+def train_seed(cfg: ml_collections.ConfigDict, stream: int = 0) -> int:
+  """The seed of a training order: `cfg.seed` and the stage (0 cross-entropy, 1 SCST)."""
+  return int(np.random.SeedSequence([int(cfg.seed), stream]).generate_state(1)[0])
 
 
-def _finish(dataset: grain.MapDataset, batch_size: int, num_workers: int) -> grain.IterDataset:
-  """Batches, reads batches with threads, and moves the work to worker processes.
-
-  Batching the random-access dataset (not the iterator) makes batch `k`
-  the examples `k * b .. k * b + b - 1` whatever the number of workers:
-  workers take whole batches in turn, so the output is the same with 0 or N
-  workers and nothing is dropped or regrouped in eval.
-  """
-  threads = _WORKER_READ_THREADS if num_workers > 0 else _READ_THREADS
-  read_options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads)
-  iter_dataset = dataset.batch(batch_size, drop_remainder=True).to_iter_dataset(read_options)
-  if num_workers > 0:
-    _ensure_flags_parsed()
-    iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-  return iter_dataset
-
-
-def make_train_dataset(
+def make_train_iterator(
   cfg: ml_collections.ConfigDict,
   tokenizer: Tokenizer,
   global_batch_size: int,
   process_index: int | None = None,
   process_count: int | None = None,
-) -> grain.IterDataset:
-  """Builds this process's infinite training dataset.
+) -> global_order.GlobalBatches:
+  """This process's infinite training batches, in the global order.
 
   Args:
     cfg: `config.dataset` (`train_split`, `max_audio_seconds`,
@@ -194,16 +161,17 @@ def make_train_dataset(
     process_count: number of processes (default `jax.process_count()`).
 
   Returns:
-    An `IterDataset` of dicts: `audio` and `audio_paddings` float32
+    A `GlobalBatches` iterator of dicts: `audio` and `audio_paddings` float32
     `[b, max_samples]`, `targets` int32 `[b, max_caption_tokens]` (one
     random reference), or `[b, R, max_caption_tokens]` with
     `R = captions_per_clip > 1` (R references, all-PAD rows where a clip has
     fewer), with `b = global_batch_size / process_count`. With
     `cfg.embeddings_dir` (set by `aac_jax.models.pretrained_setup`): `frames`
-    float32 `[b, max_frames, dim]` and `frame_paddings` instead of audio.
+    float32 `[b, max_frames, dim]` and `frame_paddings` instead of audio. Its
+    state (one global position) restores on any process count.
   """
   index, count = _process_index_and_count(process_index, process_count)
-  batch_size = per_process_batch_size(global_batch_size, count)
+  per_process_batch_size(global_batch_size, count)  # Fails early on a bad split.
   if cfg.embeddings_dir:  # Stored tagger frames instead of audio.
     source, max_frames = embeddings.train_source(cfg)
     transform = embeddings.TrainFramesExample(tokenizer, max_frames, int(cfg.max_caption_tokens))
@@ -215,24 +183,10 @@ def make_train_dataset(
       max_tokens=int(cfg.max_caption_tokens),
       captions_per_clip=captions_per_clip(cfg),
     )
-  if len(source) < count:
-    raise ValueError(f'{len(source)} training clips cannot feed {count} processes')
-  # Shards differ in content, and the seed too, so crops are not correlated.
-  seed = int(np.random.SeedSequence([int(cfg.seed), index]).generate_state(1)[0])
-  dataset = grain.MapDataset.source(source)[index::count].seed(seed).shuffle().repeat()
-  return _finish(dataset.random_map(transform), batch_size, int(cfg.num_workers))
-
-
-def make_train_iterator(
-  cfg: ml_collections.ConfigDict,
-  tokenizer: Tokenizer,
-  global_batch_size: int,
-  process_index: int | None = None,
-  process_count: int | None = None,
-) -> grain.DatasetIterator:
-  """Returns a checkpointable iterator over `make_train_dataset` batches."""
-  dataset = make_train_dataset(cfg, tokenizer, global_batch_size, process_index, process_count)
-  return iter(dataset)
+  examples = grain.MapDataset.source(source).seed(train_seed(cfg)).shuffle().repeat()
+  return global_order.GlobalBatches(
+    examples.random_map(transform), global_batch_size, index, count, int(cfg.num_workers)
+  )
 
 
 def eval_batch_indices(
@@ -316,4 +270,4 @@ def make_eval_batches(
   transform = _EvalExample(source=source, max_samples=_eval_max_samples(cfg))
   dataset = grain.MapDataset.source(indices.reshape(-1).tolist()).map(transform)
   batch_size = indices.shape[1]
-  return eval_split, _finish(dataset, batch_size, int(cfg.num_workers))
+  return eval_split, finish(dataset, batch_size, int(cfg.num_workers))

@@ -7,10 +7,12 @@ batches carry `index`, the clip's position in the train split, and the host
 keeps the split's references in an `EvalSplit` (`read_train_references`),
 looked up by that index.
 
-Batches are per process, like the CE pipeline's: shuffled, repeated
-forever, each clip randomly cropped (or zero padded) to `max_audio_seconds`.
-The iterator is a Grain `DatasetIterator`, so its position goes into the
-run's orbax checkpoint unchanged (`aac_jax.train.checkpointing`).
+Batches follow one global order, like the CE pipeline's
+(`aac_jax.data.global_order`): shuffled, repeated forever, each clip randomly
+cropped (or zero padded) to `max_audio_seconds` with randomness keyed by its
+global position, each process reading its slice of every global batch. The
+iterator's state is one global position, saved in the run's orbax checkpoint
+(`aac_jax.train.checkpointing`) and restored on any process count.
 """
 
 import dataclasses
@@ -21,11 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from aac_jax.data import pipeline, sources
-
-# Threads assembling batches (as in aac_jax.data.pipeline).
-_READ_THREADS = 4
-_WORKER_READ_THREADS = 2
+from aac_jax.data import global_order, pipeline, sources
 
 
 def read_train_references(cfg: ml_collections.ConfigDict) -> sources.EvalSplit:
@@ -67,7 +65,7 @@ def make_scst_train_iterator(
   global_batch_size: int,
   process_index: int | None = None,
   process_count: int | None = None,
-) -> grain.DatasetIterator:
+) -> global_order.GlobalBatches:
   """This process's infinite, checkpointable SCST train iterator.
 
   Args:
@@ -78,32 +76,18 @@ def make_scst_train_iterator(
     process_count: number of processes (default `jax.process_count()`).
 
   Returns:
-    An iterator of dicts: `audio`, `audio_paddings` float32
+    A `GlobalBatches` iterator of dicts: `audio`, `audio_paddings` float32
     `[b, max_samples]` and `index` int32 `[b]` (position in the train
     split), `b = global_batch_size / process_count`.
   """
   index = jax.process_index() if process_index is None else process_index
   count = jax.process_count() if process_count is None else process_count
-  batch_size = pipeline.per_process_batch_size(global_batch_size, count)
   source = sources.open_source(cfg, cfg.train_split)
-  if len(source) < count:
-    raise ValueError(f'{len(source)} training clips cannot feed {count} processes')
-  seed = int(np.random.SeedSequence([int(cfg.seed), index, 1]).generate_state(1)[0])
   transform = _IndexedClip(
     source=source, max_samples=int(round(cfg.max_audio_seconds * cfg.sample_rate))
   )
-  dataset = grain.MapDataset.range(len(source))[index::count].seed(seed).shuffle().repeat()
-  dataset = dataset.random_map(transform).batch(batch_size, drop_remainder=True)
-  num_workers = int(cfg.num_workers)
-  threads = _WORKER_READ_THREADS if num_workers > 0 else _READ_THREADS
-  iter_dataset = dataset.to_iter_dataset(
-    grain.ReadOptions(num_threads=threads, prefetch_buffer_size=threads)
+  seed = pipeline.train_seed(cfg, stream=1)
+  examples = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat()
+  return global_order.GlobalBatches(
+    examples.random_map(transform), global_batch_size, index, count, int(cfg.num_workers)
   )
-  if num_workers > 0:
-    from absl import flags
-
-    # Grain worker processes read absl flags; a library caller may not have parsed them.
-    if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()
-    iter_dataset = iter_dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-  return iter(iter_dataset)

@@ -10,18 +10,16 @@ logging as for `python -m aac_jax.main`.
 
 import sys
 
-import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from aac_jax import config_path
+from aac_jax import config_path, launch_flags
 from aac_jax.scst import trainer
 from aac_jax.train import logs
 from aac_jax.train import trainer as train_trainer
 
 config_flags.DEFINE_config_file('config', None, 'SCST config file (configs/*_scst.py[:variant]).')
 flags.DEFINE_string('workdir', None, 'Folder of this SCST stage.')
-flags.DEFINE_bool('multihost', False, 'Call jax.distributed.initialize() first (TPU pod slices).')
 flags.mark_flags_as_required(['config', 'workdir'])
 FLAGS = flags.FLAGS
 
@@ -30,8 +28,7 @@ def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logs.quiet_console()
-  if FLAGS.multihost:
-    jax.distributed.initialize()
+  launch_flags.initialize_from_flags()
   status, result = train_trainer.exit_status(lambda: trainer.run_scst(FLAGS.config, FLAGS.workdir))
   if status:
     return status

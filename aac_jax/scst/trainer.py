@@ -234,25 +234,38 @@ def score_pending(run: ScstRun, pending: _Pending) -> tuple[rewards_lib.ScoredRo
   return scored, rollout, {'sample_wait_s': t1 - t0, 'reward_s': t2 - t1}
 
 
-def host_metrics(scored: rewards_lib.ScoredRollout) -> dict[str, float]:
-  """Fluency proxies of this step's samples (and the greedy reward)."""
-  stats = metrics.diversity_stats(scored.captions)
+def host_metrics(
+  tokenizer, scored: rewards_lib.ScoredRollout, samples: jax.Array
+) -> dict[str, float]:
+  """Fluency proxies of this step's samples and the greedy reward, over all processes.
+
+  Args:
+    tokenizer: the run's tokenizer.
+    scored: this process's scored rollout.
+    samples: the global `[B, K, L]` sampled token ids (`P('data')`), whose
+      rows on other processes are gathered here (every process calls this).
+  """
+  captions = scored.captions
+  if jax.process_count() > 1:
+    captions = rewards_lib.decode_captions(tokenizer, parallel.gather_to_host(samples))
+  stats = metrics.diversity_stats(captions)
   out = {f'sample_{k}': float(v) for k, v in stats.items()}
   if scored.greedy_rewards is not None:
-    out['greedy_reward_mean'] = float(np.mean(scored.greedy_rewards))
+    out['greedy_reward_mean'] = float(np.mean(parallel.all_processes(scored.greedy_rewards)))
   return out
 
 
 class StepTimes:
-  """Per-step host timings; `summary()` leaves out the compiling first steps."""
+  """Per-step host timings (means over processes); `summary()` leaves out the compiling first steps."""
 
   def __init__(self, skip: int = 2):
     self._skip, self._rows = skip, []
     self._last = time.perf_counter()
 
   def tick(self, seconds: dict[str, float]) -> dict[str, float]:
+    """Records this step's seconds; returns them averaged over all processes."""
     now = time.perf_counter()
-    row = dict(seconds, step_s=now - self._last)
+    row = parallel.mean_over_processes(dict(seconds, step_s=now - self._last))
     row['reward_share'] = row['reward_s'] / max(row['step_s'], 1e-9)
     self._last = now
     self._rows.append(row)
@@ -295,7 +308,8 @@ class ScstUpdater:
     scored, rollout, seconds = score_pending(run, pending)
     state, device_metrics = run.update_fn(state, pending.batch, rollout, run.update_rng)
     self._loss_batch = {**pending.batch, 'targets': pending.out['samples']}
-    return state, {**device_metrics, **host_metrics(scored), **self._times.tick(seconds)}
+    host = host_metrics(run.exp.tokenizer, scored, pending.out['samples'])
+    return state, {**device_metrics, **host, **self._times.tick(seconds)}
 
   def loss_batch(self) -> dict:
     return self._loss_batch

@@ -1,9 +1,11 @@
-"""Orbax checkpoints holding the train state and the Grain iterator together.
+"""Orbax checkpoints holding the train state and the data position together.
 
 One `ocp.CheckpointManager` under `<workdir>/checkpoints` saves, per step,
 two items: `state` (the `TrainState`, `StandardSave`, asynchronously) and
-`data_iter` (the Grain iterator position, `grain.checkpoint.CheckpointSave`).
-Restoring both gives the exact batch sequence an uninterrupted run sees.
+`data_iter` (the train iterator's `get_state()`, one JSON file written by the
+primary process: for `aac_jax.data.global_order.GlobalBatches` the next
+global position, the same on every process). Restoring both gives the exact
+batch sequence an uninterrupted run sees, on any number of processes.
 
 Kept on disk: the `train.keep_checkpoints` most recent steps plus the best
 one by `train.best_metric` (saved with evaluation metrics, see
@@ -19,7 +21,6 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
@@ -92,12 +93,13 @@ def save_checkpoint(
 ) -> None:
   """Starts saving `state` and the iterator position at `step` (asynchronous).
 
-  The iterator state is read now, so call this before drawing the next
-  batch. `metrics` (validation scores) rank the checkpoint for "best".
+  The iterator state (`data_iter.get_state()`, a JSON-able dict) is read
+  now, so call this before drawing the next batch. `metrics` (validation
+  scores) rank the checkpoint for "best".
   """
   args = ocp.args.Composite(
     state=ocp.args.StandardSave(state),
-    data_iter=grain.checkpoint.CheckpointSave(data_iter),
+    data_iter=ocp.args.JsonSave(data_iter.get_state()),
   )
   clean = {k: float(v) for k, v in metrics.items()} if metrics else None
   manager.save(step, args=args, metrics=clean, force=True)
@@ -118,7 +120,7 @@ def restore_checkpoint(
     manager: from `create_checkpoint_manager`.
     step: a saved step.
     target: abstract `TrainState` (see `abstract_state`).
-    data_iter: the Grain iterator, restored in place.
+    data_iter: the train iterator, moved with `set_state` once all reads.
 
   Returns:
     The restored `TrainState` on the shardings of `target`.
@@ -126,10 +128,12 @@ def restore_checkpoint(
   restored = manager.restore(
     step,
     args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target),
-      data_iter=grain.checkpoint.CheckpointRestore(data_iter),
+      state=ocp.args.StandardRestore(target), data_iter=ocp.args.JsonRestore()
     ),
   )
+  if not isinstance(restored.data_iter, dict):
+    raise ValueError(f'the data position of step {step} is not readable')
+  data_iter.set_state(restored.data_iter)
   return restored.state
 
 
@@ -295,7 +299,7 @@ def restore_or_initialize(
     init_state: builds a fresh replicated state.
     from_params: builds a replicated state (fresh optimizer) from params.
     target: abstract `TrainState` (see `abstract_state`).
-    data_iter: the Grain train iterator, moved to the saved position.
+    data_iter: the train iterator, moved to the saved position.
 
   Returns:
     `(state, how)` with `how` a sentence for the log.

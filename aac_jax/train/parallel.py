@@ -104,3 +104,27 @@ def gather_to_host(tree: Any) -> Any:
   from jax.experimental import multihost_utils
 
   return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def all_processes(values: np.ndarray) -> np.ndarray:
+  """Host values of every process, stacked: `[P, ...]` (every process calls it).
+
+  Args:
+    values: this process's numpy array; same shape and dtype on all processes.
+
+  Returns:
+    `[process_count, *values.shape]`, row `p` from process `p`.
+  """
+  values = np.asarray(values)
+  if jax.process_count() == 1:
+    return values[None]
+  from jax.experimental import multihost_utils
+
+  return np.asarray(multihost_utils.process_allgather(values, tiled=False))
+
+
+def mean_over_processes(values: dict[str, float]) -> dict[str, float]:
+  """Host scalars averaged over all processes (every process calls it with the same keys)."""
+  keys = sorted(values)
+  means = all_processes(np.array([values[k] for k in keys], np.float64)).mean(axis=0)
+  return {k: float(v) for k, v in zip(keys, means, strict=True)}

@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from aac_jax import config_validation, files, models
+from aac_jax import config_validation, files, models, multihost
 from aac_jax.data import feature_stats, pipeline
 from aac_jax.data import tokenizer as tokenizer_lib
 from aac_jax.models import pretrained_setup
@@ -83,15 +83,31 @@ def inherit_from_init_run(config: ml_collections.ConfigDict, workdir: epath.Path
       files.write_text(own, other.read_text())
 
 
+def first_run_files(config: ml_collections.ConfigDict, path: epath.Path) -> tokenizer_lib.Tokenizer:
+  """Makes or reads the files a run needs before it starts; returns the tokenizer.
+
+  The dataset (the synthetic one is built when missing), the files inherited
+  from `init_from`, the vocabulary and the feature statistics (filled into
+  `config`). With several processes, process 0 writes them first and the
+  others read them (`multihost.process_0_first`).
+  """
+
+  def make_or_read():
+    path.mkdir(parents=True, exist_ok=True)
+    inherit_from_init_run(config, path)
+    # The run's own vocabulary, else one built from the training split.
+    tokenizer = tokenizer_lib.get_tokenizer(config.dataset, str(path))
+    pretrained_setup.resolve_encoder_frontend(config)  # Before the features are measured.
+    feature_stats.resolve(config, path)
+    return tokenizer
+
+  return multihost.process_0_first('prepare the dataset and first-run files', make_or_read)
+
+
 def create_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   """Builds the mesh, tokenizer, models, optimizer and own-loss check of a run."""
   path = epath.Path(workdir)
-  path.mkdir(parents=True, exist_ok=True)
-  inherit_from_init_run(config, path)
-  # The run's own vocabulary, else one built from the training split.
-  tokenizer = tokenizer_lib.get_tokenizer(config.dataset, str(path))
-  pretrained_setup.resolve_encoder_frontend(config)  # Before the features are measured.
-  feature_stats.resolve(config, path)
+  tokenizer = first_run_files(config, path)
   model_cfg = models.make_captioner_config(config.model, tokenizer.vocab_size)
   tx, schedule = state_lib.create_optimizer(config.optim, config.train.num_steps)
   tx = pretrained_setup.freeze_optimizer(tx, model_cfg)
@@ -281,7 +297,12 @@ def run_stage(exp: Experiment, stage: Stage) -> StageResult:
 
 
 # Errors that stop a run with one logged line (exit status 1 on the command line).
-STOPPING_ERRORS = (NonFiniteLossError, files.RunFileError, checkpointing.CheckpointUnreadableError)
+STOPPING_ERRORS = (
+  NonFiniteLossError,
+  files.RunFileError,
+  checkpointing.CheckpointUnreadableError,
+  multihost.ProcessSyncError,
+)
 
 
 @contextlib.contextmanager

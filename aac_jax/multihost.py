@@ -1,0 +1,150 @@
+"""Several processes, one run: starting JAX's distributed runtime, first-run files once.
+
+`initialize(...)` starts `jax.distributed` from explicit values (clusters
+where JAX cannot discover the topology) or by discovery (TPU VMs, SLURM);
+`aac_jax.launch_flags` feeds it from the command line and environment.
+
+`process_0_first(what, fn)` is how a run makes its first-run files (the
+synthetic dataset, the vocabulary, the feature statistics, files inherited
+from `init_from`): process 0 runs `fn`, which writes them (atomically, see
+`aac_jax.files`); the other processes wait for it, up to
+`sync_timeout_s()` seconds, through the distributed runtime's key-value
+store, then run `fn` themselves, which now only reads what process 0 wrote.
+A failure on process 0 reaches the others at once, as a `ProcessSyncError`
+naming it, instead of a timeout.
+"""
+
+import itertools
+import os
+import re
+from collections.abc import Callable
+from typing import TypeVar
+
+import jax
+from absl import logging
+
+T = TypeVar('T')
+
+TIMEOUT_ENV = 'AAC_JAX_SYNC_TIMEOUT_S'
+DEFAULT_TIMEOUT_S = 1800.0  # Building the default synthetic dataset takes minutes.
+_DONE = 'done'
+_counter = itertools.count()
+
+
+class ProcessSyncError(RuntimeError):
+  """Processes could not agree: process 0 failed, or did not answer in time."""
+
+
+class LaunchError(ValueError):
+  """Bad multi-process launch values; the message names the value and the fix."""
+
+
+def sync_timeout_s() -> float:
+  """How long processes wait for process 0: `$AAC_JAX_SYNC_TIMEOUT_S`, else 1800 s."""
+  raw = os.environ.get(TIMEOUT_ENV, '')
+  if not raw:
+    return DEFAULT_TIMEOUT_S
+  try:
+    value = float(raw)
+  except ValueError:
+    value = -1.0
+  if not value > 0:
+    raise LaunchError(f'{TIMEOUT_ENV}={raw!r}: must be a number of seconds > 0')
+  return value
+
+
+def _client():
+  from jax._src import distributed
+
+  client = distributed.global_state.client
+  if client is None:
+    raise ProcessSyncError(
+      f'{jax.process_count()} processes but no distributed runtime client: start the run with '
+      'jax.distributed.initialize (the --multihost or --coordinator_address flags)'
+    )
+  return client
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip()
+  return f'{type(error).__name__}: {text.splitlines()[0][:300] if text else ""}'
+
+
+def process_0_first(what: str, fn: Callable[[], T], timeout_s: float | None = None) -> T:
+  """Runs `fn` on process 0, then (once it succeeded) on every other process.
+
+  Every process must call this, in the same order (the calls are matched by
+  their rank among this module's calls).
+
+  Args:
+    what: what `fn` does, for messages ('prepare the first-run files').
+    fn: writes what is missing and returns what the caller needs; run on the
+      other processes after process 0, it finds the files and only reads.
+    timeout_s: how long the others wait (default `sync_timeout_s()`).
+
+  Returns:
+    This process's `fn()`.
+
+  Raises:
+    ProcessSyncError: process 0 failed (its error is named) or did not
+      finish within the timeout.
+  """
+  if jax.process_count() == 1:
+    return fn()
+  timeout_s = sync_timeout_s() if timeout_s is None else timeout_s
+  key = f'aac_jax/process_0_first/{next(_counter)}/{re.sub(r"[^a-z0-9]+", "_", what.lower())}'
+  client = _client()
+  if jax.process_index() == 0:
+    try:
+      result = fn()
+    except BaseException as error:
+      client.key_value_set(key, f'failed with {_first_line(error)}')
+      raise
+    client.key_value_set(key, _DONE)
+    return result
+  logging.info('Waiting up to %.0f s for process 0 to %s', timeout_s, what)
+  try:
+    status = client.blocking_key_value_get(key, int(timeout_s * 1000))
+  except Exception as error:  # noqa: BLE001 - the runtime raises its own error kinds.
+    raise ProcessSyncError(
+      f'process {jax.process_index()} waited {timeout_s:.0f} s for process 0 to {what} and '
+      f"gave up ({_first_line(error)}); look at process 0's log, or allow more time with "
+      f'{TIMEOUT_ENV}=SECONDS'
+    ) from None
+  if status != _DONE:
+    raise ProcessSyncError(f'process 0 could not {what}: {status}')
+  return fn()
+
+
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+) -> None:
+  """Starts JAX's distributed runtime, with discovery for what is not given.
+
+  With no argument JAX discovers the cluster (TPU VMs, SLURM, Open MPI);
+  elsewhere give all three.
+
+  Raises:
+    LaunchError: a value is malformed or out of range (before any connection).
+  """
+  if coordinator_address is not None and not re.fullmatch(r'\S+:\d+', coordinator_address):
+    raise LaunchError(
+      f'coordinator address {coordinator_address!r}: use HOST:PORT of process 0, '
+      'e.g. 10.0.0.2:12355'
+    )
+  if num_processes is not None and num_processes < 1:
+    raise LaunchError(f'number of processes {num_processes}: must be >= 1')
+  if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
+    raise LaunchError(f'process id {process_id}: must be in [0, {num_processes})')
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+  )
+  logging.info(
+    'Process %d of %d, %d local of %d devices',
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
