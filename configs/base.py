@@ -29,6 +29,10 @@ def get_dataset_config() -> ml_collections.ConfigDict:
   c.vocab_min_count = 1  # Words seen fewer times in train become <unk>.
   c.num_workers = 0  # Grain worker processes (0 = in the main process).
   c.seed = 0
+  # Train from stored tagger frames (tools/extract_embeddings.py) instead of audio:
+  # '' = off, 'auto' = <dataset>_<builder config>_<encoder>, or a name. Needs a frozen encoder.
+  c.embeddings = ''
+  c.embeddings_dir = ''  # Set by the run from `embeddings` (never by hand).
   return c
 
 
@@ -55,6 +59,8 @@ def get_frontend_config() -> ml_collections.ConfigDict:
   c.freq_mask_width = 8  # Maximum width in mel bins.
   c.time_masks = 2
   c.time_mask_ratio = 0.05  # Maximum width as a share of the real frames.
+  c.kind = 'mel'  # 'mel' (the conformer's) or 'pann' (set by the encoder, never by hand).
+  c.amin = 1e-10  # Power floor of the 'pann' front end (10 * log10(max(mel, amin))).
   return c
 
 
@@ -83,6 +89,16 @@ def get_model_config() -> ml_collections.ConfigDict:
   # Auxiliary head predicting the caption's words from the encoder frames
   # (training only; weighted by optim.keyword_loss_weight).
   c.keyword_head = False
+  # 'conformer' (from scratch), 'convnext' (AudioSet ConvNeXt-Tiny) or 'cnn14'
+  # (PANNs); the front end then follows the encoder (32 kHz torchlibrosa log-mel).
+  c.encoder = 'conformer'
+  c.encoder_init = ''  # Folder written by tools/convert_checkpoint.py ('' = random tagger).
+  c.encoder_freeze = 'none'  # 'all', 'none', or 'N' = the first N stages.
+  c.encoder_projection = False  # Dropout, Dense(encoder_dim) + ReLU, dropout on the tagger frames.
+  c.projection_dropout = 0.5  # Dropout of that projection.
+  c.convnext_stem = 'audioset'  # 'conette': CoNeTTE's finer ConvNeXt stem (4x more frames).
+  c.encoder_drop_path = 0.0  # ConvNeXt stochastic depth (unfrozen, training).
+  c.mixup_alpha = 0.0  # Mixup of encoder frames and decoder inputs (0 = off).
   return c
 
 
@@ -192,29 +208,6 @@ def get_scst_config() -> ml_collections.ConfigDict:
 # --- Pretrained AudioSet encoders (issue 11) ---------------------------------
 # One block so that it merges into the locked schema in one piece: fields of
 # `model`, `frontend` and `dataset` used when `model.encoder` is a tagger.
-def add_pretrained_encoder_fields(config: ml_collections.ConfigDict) -> None:
-  """Adds the pretrained-encoder fields (defaults: the conformer from scratch)."""
-  m = config.model
-  # 'conformer' (from scratch), 'convnext' (AudioSet ConvNeXt-Tiny) or 'cnn14'
-  # (PANNs); the front end then follows the encoder (32 kHz torchlibrosa log-mel).
-  m.encoder = 'conformer'
-  m.encoder_init = ''  # Folder written by tools/convert_checkpoint.py ('' = random tagger).
-  m.encoder_freeze = 'none'  # 'all', 'none', or 'N' = the first N stages.
-  m.encoder_projection = False  # Dropout, Dense(encoder_dim) + ReLU, dropout on the tagger frames.
-  m.projection_dropout = 0.5  # Dropout of that projection.
-  m.convnext_stem = 'audioset'  # 'conette': CoNeTTE's finer ConvNeXt stem (4x more frames).
-  m.encoder_drop_path = 0.0  # ConvNeXt stochastic depth (unfrozen, training).
-  m.mixup_alpha = 0.0  # Mixup of encoder frames and decoder inputs (0 = off).
-  d = config.dataset
-  # Train from stored tagger frames (tools/extract_embeddings.py) instead of audio:
-  # '' = off, 'auto' = <dataset>_<builder config>_<encoder>, or a name. Needs a frozen encoder.
-  d.embeddings = ''
-  d.embeddings_dir = ''  # Set by the run from `embeddings` (never by hand).
-  f = config.frontend
-  f.kind = 'mel'  # 'mel' (the conformer's) or 'pann' (set by the encoder, never by hand).
-  f.amin = 1e-10  # Power floor of the 'pann' front end (10 * log10(max(mel, amin))).
-
-
 def get_base_config() -> ml_collections.ConfigDict:
   """Returns the full default configuration."""
   config = ml_collections.ConfigDict()
@@ -227,7 +220,6 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval = get_eval_config()
   config.decode = get_decode_config()
   config.scst = get_scst_config()
-  add_pretrained_encoder_fields(config)
   # The schema is complete: a misspelt field in an experiment config or on
   # the command line is an error, not a silently ignored new field.
   config.lock()
