@@ -21,7 +21,6 @@ import sys
 import time
 
 import jax
-import ml_collections
 from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
@@ -73,8 +72,7 @@ def latest_test_predictions(stage_dir: epath.Path, split: str) -> dict[str, str]
 
 def score_row(predictions: list[str], split, events, config, train_captions) -> dict[str, float]:
   """Caption metrics + event diagnostics + fluency proxies of one system."""
-  eval_cfg = ml_collections.ConfigDict({'meteor': False, 'spice': False})
-  scores, _ = evaluation.score(predictions, split, events, eval_cfg)
+  scores, _ = evaluation.score(predictions, split, events, config.eval)
   scores.update(metrics.diversity_stats(predictions, train_captions))
   return scores
 
