@@ -13,6 +13,7 @@ from collections.abc import Callable
 import ml_collections
 
 from aac_jax.data import registry
+from aac_jax.decoding import settings as decode_settings
 from aac_jax.metrics import eval_config
 
 STAGES = ('train', 'scst')
@@ -21,7 +22,6 @@ BEST_MODES = ('max', 'min')
 SCST_BASELINES = ('greedy', 'mean_others')
 SCST_REWARDS = ('cider_d', 'spider', 'mix')
 SCST_NORMALIZERS = ('samples', 'tokens')
-DECODE_METHODS = ('greedy', 'beam', 'sample')
 
 
 class ConfigError(ValueError):
@@ -178,7 +178,7 @@ def _train(c: ml_collections.ConfigDict, p: _Problems, num_devices: int) -> None
 
 
 def _decode(d: ml_collections.ConfigDict, section: str, c, p: _Problems) -> None:
-  p.one_of(d, section, 'method', DECODE_METHODS)
+  p.one_of(d, section, 'method', decode_settings.METHODS)
   limit = c.model.max_decode_len
   p.check(
     1 <= d.max_len <= limit,
