@@ -5,7 +5,6 @@ registry read `checkpoint['model']`). BatchNorm statistics are folded into a
 per-channel affine (`mapping.KINDS['batchnorm']`).
 """
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -48,17 +47,6 @@ def linen_shapes(settings: Cnn14Settings) -> Any:
 def convert(state_dict: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, Any]]:
   """`(params, settings_json)` of a CNN14 state dict."""
   settings = Cnn14Settings(n_mels=FRONTEND.n_mels)
-  params = mapping.convert_state_dict(
-    state_dict,
-    entries(settings),
-    linen_shapes(settings),
-    'PANNs CNN14',
-    pann_frontend_check.frontend_shapes(FRONTEND),
+  return pann_frontend_check.convert_tagger(
+    state_dict, NAME, 'PANNs CNN14', settings, entries(settings), linen_shapes(settings), FRONTEND
   )
-  pann_frontend_check.check_mel_bank(state_dict, FRONTEND)
-  info = {
-    'encoder': NAME,
-    'frontend': FRONTEND.to_dict(),
-    'architecture': dataclasses.asdict(settings),
-  }
-  return params, info

@@ -6,7 +6,6 @@ original ConvNeXt name); conette renames them `scale_layer` when loading:
 both names are accepted.
 """
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -75,17 +74,12 @@ def convert(
   """
   settings = ConvNeXtSettings(n_mels=FRONTEND.n_mels, stem=stem)
   state_dict = _rename_gamma(state_dict)
-  params = mapping.convert_state_dict(
+  return pann_frontend_check.convert_tagger(
     state_dict,
+    NAME,
+    'ConvNeXt-Tiny AudioSet',
+    settings,
     entries(settings),
     linen_shapes(settings),
-    'ConvNeXt-Tiny AudioSet',
-    pann_frontend_check.frontend_shapes(FRONTEND),
+    FRONTEND,
   )
-  pann_frontend_check.check_mel_bank(state_dict, FRONTEND)
-  info = {
-    'encoder': NAME,
-    'frontend': FRONTEND.to_dict(),
-    'architecture': dataclasses.asdict(settings),
-  }
-  return params, info

@@ -5,11 +5,14 @@ they are not converted (the JAX front end recomputes them) but must match
 the settings written beside the params, else the file is refused.
 """
 
+import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from aac_jax.audio.pann_frontend import PannFrontendSettings, expected_mel_bank
+from aac_jax.convert import mapping
 from aac_jax.convert.mapping import ConversionError
 
 STFT_KEYS = (
@@ -36,3 +39,35 @@ def check_mel_bank(state_dict: Mapping[str, np.ndarray], settings: PannFrontendS
       f'{MEL_KEY!r} differs from the mel bank of {settings} (max abs difference {worst:.3g}); '
       'the file was made with other front-end settings.'
     )
+
+
+def convert_tagger(
+  state_dict: Mapping[str, np.ndarray],
+  name: str,
+  label: str,
+  settings: Any,
+  entries: list[mapping.Entry],
+  linen_shapes: Any,
+  frontend: PannFrontendSettings,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+  """`(params, settings_json)` of an AudioSet tagger file with a torchlibrosa front end.
+
+  Args:
+    state_dict: the file's tensors.
+    name: the encoder name written into the settings (`model.encoder`).
+    label: the model named in refusal messages.
+    settings: the architecture dataclass (written as `architecture`).
+    entries: torch key -> Linen path mapping (`mapping.convert_state_dict`).
+    linen_shapes: the Linen parameter shapes to fill.
+    frontend: the front end the file must have been made with.
+  """
+  params = mapping.convert_state_dict(
+    state_dict, entries, linen_shapes, label, frontend_shapes(frontend)
+  )
+  check_mel_bank(state_dict, frontend)
+  info = {
+    'encoder': name,
+    'frontend': frontend.to_dict(),
+    'architecture': dataclasses.asdict(settings),
+  }
+  return params, info
