@@ -49,27 +49,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(AXIS))
 
 
-def process_batch_size(global_batch_size: int, mesh: Mesh) -> int:
-  """The batch each process reads so that the global batch splits evenly.
-
-  Args:
-    global_batch_size: examples per step over all processes.
-    mesh: the data mesh.
-
-  Returns:
-    `global_batch_size // jax.process_count()`.
-
-  Raises:
-    ValueError: if the global batch does not split evenly over the devices.
-  """
-  if global_batch_size % mesh.size:
-    raise ValueError(
-      f'batch size {global_batch_size} is not divisible by the {mesh.size} devices; '
-      f'choose a multiple of {mesh.size}'
-    )
-  return global_batch_size // jax.process_count()
-
-
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Assembles each process's local batch into global arrays.
 
