@@ -79,11 +79,13 @@ class Captioner(nn.Module):
     Args:
       encoded: `[batch, enc_time, encoder_dim]`.
       enc_paddings: `[batch, enc_time]`, 1 = pad.
-      decoder_inputs: `[batch, length]` int32, BOS then the targets shifted
-        right (teacher forcing), or the next tokens in cached decoding.
+      decoder_inputs: `[batch * g, length]` int32, BOS then the targets
+        shifted right (teacher forcing), or the next tokens in cached
+        decoding; `g` captions per clip (rows `i * g .. i * g + g - 1` read
+        clip `i`; usually g = 1).
 
     Returns:
-      float32 logits `[batch, length, vocab_size]`.
+      float32 logits `[batch * g, length, vocab_size]`.
     """
     return self.decoder(encoded, enc_paddings, decoder_inputs)
 
@@ -106,11 +108,8 @@ class Captioner(nn.Module):
     if mix is not None:
       raise ValueError('mixup needs one caption per clip (dataset.captions_per_clip = 1)')
     batch, refs, length = decoder_inputs.shape
-    logits = self.decode(
-      jnp.repeat(encoded, refs, axis=0),
-      jnp.repeat(enc_paddings, refs, axis=0),
-      decoder_inputs.reshape(batch * refs, length),
-    )
+    # The decoder's cross-attention projects each clip's encoding once for its refs captions.
+    logits = self.decode(encoded, enc_paddings, decoder_inputs.reshape(batch * refs, length))
     return logits.reshape(batch, refs, length, -1)
 
   def from_frames(

@@ -195,6 +195,11 @@ class CausalSelfAttention(nn.Module):
 class CrossAttention(nn.Module):
   """Decoder-to-encoder attention honouring the encoder padding mask.
 
+  Several captions of one clip share its encoding: with `x` `[b * g, l, d]`
+  and `encoded` `[b, s, e]` (caption `i` belongs to clip `i // g`), the keys
+  and values are projected once per clip and the `g` captions' queries attend
+  to them together (the same result as repeating `encoded` `g` times).
+
   With `decode=True` the projected encoder keys and values are computed once
   (on the call that creates the cache) and kept as `cache/cross_key` and
   `cache/cross_value` `[batch, enc_time, heads, head_dim]`.
@@ -208,8 +213,8 @@ class CrossAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, encoded: jax.Array, enc_paddings: jax.Array) -> jax.Array:
-    """`x` `[b, l, d]`, encoded `[b, s, e]`, enc_paddings `[b, s]` -> `[b, l, d]`."""
-    dim = x.shape[-1]
+    """`x` `[b * g, l, d]`, encoded `[b, s, e]`, enc_paddings `[b, s]` -> `[b * g, l, d]`."""
+    dim, (captions, length) = x.shape[-1], x.shape[:2]
     q = _heads(dim, self.num_heads, self.dtype, 'query')(x)
     if self.decode and self.has_variable('cache', 'cross_key'):
       k = self.get_variable('cache', 'cross_key')
@@ -220,10 +225,14 @@ class CrossAttention(nn.Module):
       if self.decode:
         self.put_variable('cache', 'cross_key', k)
         self.put_variable('cache', 'cross_value', v)
+    clips = k.shape[0]
+    if captions % clips:
+      raise ValueError(f'{captions} captions do not split evenly over {clips} encoded clips')
+    q = q.reshape(clips, captions // clips * length, *q.shape[2:])  # Each clip's captions.
     y = _attend(
       q, k, v, padding_mask(enc_paddings), nn.Dropout(self.attention_dropout), self.deterministic
     )
-    return _merge_heads(dim, self.dtype)(y)
+    return _merge_heads(dim, self.dtype)(y.reshape(captions, length, *y.shape[2:]))
 
 
 class FeedForward(nn.Module):
