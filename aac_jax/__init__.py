@@ -1,6 +1,10 @@
 """aac_jax: automated audio captioning in JAX/Flax."""
 
-import jax
+from aac_jax import xla_cpu
+
+xla_cpu.apply()  # Before JAX starts a backend (see aac_jax/xla_cpu.py).
+
+import jax  # noqa: E402
 
 # Random streams must not depend on how many devices share the work.
 jax.config.update('jax_threefry_partitionable', True)

@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +15,7 @@ from aac_jax.models import (
   CaptionerConfig,
   count_params,
   init_params,
+  layers,
   make_captioner_config,
 )
 from configs import base
@@ -190,3 +192,26 @@ def test_overfits_one_batch():
   settings = decoding.make_decode_settings(None, max_len=10)
   out = decoding.make_generate_fn(model, settings)(params, feats, pads)
   np.testing.assert_array_equal(out.tokens, targets)
+
+
+def test_fused_attention_projections_keep_dense_general_parameters_and_outputs():
+  # The fused query/key/value projection has the parameters (names, shapes,
+  # initial values) and the outputs of one DenseGeneral per projection.
+  class Separate(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return [nn.DenseGeneral((4, 6), name=n)(x) for n in ('query', 'key', 'value')]
+
+  class Fused(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return layers._fused_heads(x, 24, 4, jnp.float32, ('query', 'key', 'value'))
+
+  x = jax.random.normal(jax.random.key(1), (2, 5, 12))
+  separate = Separate().init(jax.random.key(0), x)
+  fused = Fused().init(jax.random.key(0), x)
+  assert jax.tree.structure(separate) == jax.tree.structure(fused)
+  jax.tree.map(np.testing.assert_array_equal, separate, fused)
+  biased = jax.tree.map(lambda p: p + 0.1, separate)  # Non-zero biases too.
+  for a, b in zip(Separate().apply(biased, x), Fused().apply(biased, x), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)

@@ -406,11 +406,14 @@ class CrossAttention(nn.Module):
     self.out = MergeHeads(dim, dim)
 
   def forward(self, x: torch.Tensor, encoded: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    (q,) = split_heads(self.query(x), 1, self.heads)
+    """`x` `[b * g, l, d]` (g captions per clip, as aac_jax), encoded `[b, s, e]`."""
+    (captions, length), clips = x.shape[:2], encoded.shape[0]
+    q = self.query(x).reshape(clips, captions // clips * length, -1)  # Each clip's captions.
+    (q,) = split_heads(q, 1, self.heads)
     k, v = split_heads(self.kv(encoded), 2, self.heads)
     p = self.attention_dropout if self.training else 0.0
     y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-    return self.out(merge_heads(y))
+    return self.out(merge_heads(y).reshape(captions, length, -1))
 
 
 class DecoderLayer(nn.Module):
@@ -531,11 +534,8 @@ class TorchCaptioner(nn.Module):
     if decoder_inputs.ndim == 2:
       return self.decoder(encoded, enc_paddings, decoder_inputs)
     b, refs, length = decoder_inputs.shape
-    logits = self.decoder(
-      encoded.repeat_interleave(refs, dim=0),
-      enc_paddings.repeat_interleave(refs, dim=0),
-      decoder_inputs.reshape(b * refs, length),
-    )
+    # As aac_jax: cross-attention projects each clip's encoding once for its refs captions.
+    logits = self.decoder(encoded, enc_paddings, decoder_inputs.reshape(b * refs, length))
     return logits.reshape(b, refs, length, -1)
 
 

@@ -71,9 +71,12 @@ def frame_signal(waveform: jax.Array, n_fft: int, hop_length: int) -> jax.Array:
     `[batch, frames, n_fft]` with `frames = 1 + samples // hop_length`.
   """
   samples = waveform.shape[1]
+  frames = num_frames(samples, hop_length)
   left = n_fft // 2
-  padded = jnp.pad(waveform, ((0, 0), (left, n_fft - left)))
-  return slice_frames(padded, n_fft, hop_length, num_frames(samples, hop_length))
+  # One pad to exactly what `slice_frames` reads (its own pad is then empty).
+  total = (frames - 1 + -(-n_fft // hop_length)) * hop_length
+  padded = jnp.pad(waveform, ((0, 0), (left, max(total - left - samples, 0))))[:, :total]
+  return slice_frames(padded, n_fft, hop_length, frames)
 
 
 def slice_frames(padded: jax.Array, n_fft: int, hop_length: int, frames: int) -> jax.Array:
@@ -108,8 +111,8 @@ def frame_paddings_from(paddings: jax.Array, hop_length: int) -> jax.Array:
     `[batch, 1 + samples // hop_length]` float32.
   """
   frames = num_frames(paddings.shape[1], hop_length)
-  extended = jnp.pad(paddings.astype(jnp.float32), ((0, 0), (0, hop_length)), constant_values=1.0)
-  return extended[:, : frames * hop_length : hop_length]
+  centres = paddings[:, ::hop_length].astype(jnp.float32)  # Samples 0, hop, ... inside the clip.
+  return jnp.pad(centres, ((0, 0), (0, frames - centres.shape[1])), constant_values=1.0)
 
 
 def power_mel(

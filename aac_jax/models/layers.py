@@ -101,6 +101,47 @@ def _heads(dim: int, num_heads: int, dtype: Any, name: str) -> nn.DenseGeneral:
   return nn.DenseGeneral(features=(num_heads, dim // num_heads), dtype=dtype, name=name)
 
 
+class HeadsParams(nn.Module):
+  """The parameters of a `_heads` projection, returned instead of applied.
+
+  `kernel` `[d_in, heads, head_dim]` and `bias` `[heads, head_dim]`: the
+  names, shapes and initial values of `nn.DenseGeneral(features=(heads,
+  head_dim))` (LeCun normal over the flattened `[d_in, heads * head_dim]`,
+  zero bias), so checkpoints and converters see the same tree.
+  """
+
+  num_heads: int
+  head_dim: int
+
+  @nn.compact
+  def __call__(self, in_dim: int) -> tuple[jax.Array, jax.Array]:
+    features = (self.num_heads, self.head_dim)
+
+    def kernel_init(rng, shape, dtype=jnp.float32):
+      flat = nn.initializers.lecun_normal()(rng, (in_dim, self.num_heads * self.head_dim), dtype)
+      return flat.reshape(shape)
+
+    kernel = self.param('kernel', kernel_init, (in_dim, *features), jnp.float32)
+    return kernel, self.param('bias', nn.initializers.zeros_init(), features, jnp.float32)
+
+
+def _fused_heads(x: jax.Array, dim: int, num_heads: int, dtype: Any, names: tuple[str, ...]):
+  """The `_heads` projections `names` of `x` (e.g. query, key, value) as one matmul.
+
+  Same parameters as one `_heads(dim, num_heads, dtype, name)` per name; the
+  kernels are concatenated so that XLA runs one larger matmul (forward and
+  backward) instead of several small ones.
+
+  Returns:
+    one `[..., heads, dim // heads]` array per name.
+  """
+  params = [HeadsParams(num_heads, dim // num_heads, name=name)(x.shape[-1]) for name in names]
+  kernel = jnp.concatenate([k for k, _ in params], axis=1).astype(dtype)
+  bias = jnp.concatenate([b for _, b in params], axis=0).astype(dtype)
+  y = jnp.einsum('...d,dhk->...hk', x.astype(dtype), kernel) + bias
+  return jnp.split(y, len(names), axis=-2)
+
+
 def _merge_heads(dim: int, dtype: Any) -> nn.DenseGeneral:
   """Projection `[..., heads, head_dim]` -> `[..., dim]`."""
   return nn.DenseGeneral(features=dim, axis=(-2, -1), dtype=dtype, name='out')
@@ -143,9 +184,8 @@ class EncoderSelfAttention(nn.Module):
     dim = x.shape[-1]
     y = nn.LayerNorm(dtype=self.dtype, name='norm')(x)
     positions = jnp.arange(x.shape[1])
-    q = apply_rotary(_heads(dim, self.num_heads, self.dtype, 'query')(y), positions)
-    k = apply_rotary(_heads(dim, self.num_heads, self.dtype, 'key')(y), positions)
-    v = _heads(dim, self.num_heads, self.dtype, 'value')(y)
+    q, k, v = _fused_heads(y, dim, self.num_heads, self.dtype, ('query', 'key', 'value'))
+    q, k = apply_rotary(q, positions), apply_rotary(k, positions)
     y = _attend(
       q, k, v, padding_mask(paddings), nn.Dropout(self.attention_dropout), self.deterministic
     )
@@ -172,9 +212,7 @@ class CausalSelfAttention(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """`x` `[b, l, d]` (already normalised) -> `[b, l, d]`."""
     dim, length = x.shape[-1], x.shape[1]
-    q = _heads(dim, self.num_heads, self.dtype, 'query')(x)
-    k = _heads(dim, self.num_heads, self.dtype, 'key')(x)
-    v = _heads(dim, self.num_heads, self.dtype, 'value')(x)
+    q, k, v = _fused_heads(x, dim, self.num_heads, self.dtype, ('query', 'key', 'value'))
     mask = causal_mask(jnp.arange(length), length)
     if self.decode:
       initialized = self.has_variable('cache', 'cached_key')
@@ -220,8 +258,7 @@ class CrossAttention(nn.Module):
       k = self.get_variable('cache', 'cross_key')
       v = self.get_variable('cache', 'cross_value')
     else:
-      k = _heads(dim, self.num_heads, self.dtype, 'key')(encoded)
-      v = _heads(dim, self.num_heads, self.dtype, 'value')(encoded)
+      k, v = _fused_heads(encoded, dim, self.num_heads, self.dtype, ('key', 'value'))
       if self.decode:
         self.put_variable('cache', 'cross_key', k)
         self.put_variable('cache', 'cross_value', v)
