@@ -133,6 +133,10 @@ def get_train_config() -> ml_collections.ConfigDict:
   c.stop_at_step = -1  # Save and stop after this step (-1 = num_steps); for time-boxed jobs.
   c.init_from = ''  # Another run's workdir: start from its parameters.
   c.num_sample_captions = 5  # Captions logged as text at each evaluation.
+  # JAX's persistent compilation cache: a rerun or a resumed run loads the
+  # compiled steps instead of compiling them again ('' = off; a cache JAX
+  # already has, e.g. $JAX_COMPILATION_CACHE_DIR, is kept).
+  c.compilation_cache_dir = '~/.cache/aac_jax/jax_compilation_cache'
   return c
 
 

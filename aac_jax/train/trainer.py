@@ -20,6 +20,7 @@ workdir ends up holding:
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -104,8 +105,19 @@ def first_run_files(config: ml_collections.ConfigDict, path: epath.Path) -> toke
   return multihost.process_0_first('prepare the dataset and first-run files', make_or_read)
 
 
+def use_compilation_cache(cache_dir: str) -> None:
+  """Points JAX's persistent compilation cache at `cache_dir` ('~' expanded).
+
+  Nothing changes for '' or when JAX already has a cache directory (set by
+  the user, `$JAX_COMPILATION_CACHE_DIR` or a test).
+  """
+  if cache_dir and jax.config.jax_compilation_cache_dir is None:
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(cache_dir))
+
+
 def create_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
   """Builds the mesh, tokenizer, models, optimizer and own-loss check of a run."""
+  use_compilation_cache(config.train.compilation_cache_dir)
   path = epath.Path(workdir)
   tokenizer = first_run_files(config, path)
   model_cfg = models.make_captioner_config(config.model, tokenizer.vocab_size)
