@@ -12,11 +12,11 @@ An SCST step is split around the host-side reward:
    `loss = -sum(advantage * log p(sample)) / normaliser` through the
    optimizer.
 
-Gradients and `shard_map` (as in `aac_jax.train.steps`): the per-device loss
-is this device's sum divided by the GLOBAL normaliser (sample or token count
-of the whole batch, a `psum`), and the per-device gradients are summed over
-devices in one all-reduce (`parallel.summed_gradients`); there is no `pmean`
-of the gradients.
+Gradients and `shard_map` (as in `aac_jax.train.steps`): parameters are
+replicated (`P()`), so the gradient of a per-device loss with respect to them
+comes out already summed over devices. The per-device loss is therefore this
+device's sum divided by the GLOBAL normaliser (sample or token count of the
+whole batch, a `psum`), and there is no `pmean` of the gradients.
 `tests/test_scst_step.py` compares 8 devices with one.
 
 Log-probabilities are those of the untempered model; the tokens' mask holds
@@ -274,8 +274,8 @@ def scst_update_step(
   loss_fn = functools.partial(
     _policy_loss, model=model, frontend_cfg=frontend_cfg, sample_rate=sample_rate
   )
-  grads, (loss_sum, seq_log_probs) = parallel.summed_gradients(
-    jax.grad(loss_fn, has_aux=True), state.params, batch, samples, advantages, denominator, rng
+  grads, (loss_sum, seq_log_probs) = jax.grad(loss_fn, has_aux=True)(
+    state.params, batch, samples, advantages, denominator, rng
   )
   metrics = {
     'loss': jax.lax.psum(loss_sum, AXIS) / denominator,

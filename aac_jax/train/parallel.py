@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.flatten_util
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -23,30 +22,6 @@ def create_mesh(devices: list[jax.Device] | None = None) -> Mesh:
   """A 1-D mesh named `'data'` over `devices` (default: all, every process)."""
   devices = jax.devices() if devices is None else devices
   return Mesh(np.asarray(devices), (AXIS,))
-
-
-def summed_gradients(grad_fn: Callable, params: Any, *args: Any) -> tuple[Any, Any]:
-  """`grad_fn(params, *args)` summed over `AXIS` in one all-reduce (call inside the map).
-
-  Differentiating w.r.t. replicated (device-invariant) parameters would sum
-  each leaf's gradient over the devices with its own `psum`: XLA:CPU runs
-  every all-reduce as a rendezvous of the device threads, and one per leaf
-  took ~90 ms of a ~230 ms demo step on 2 CPU devices. Here the parameters
-  are marked device-varying first, so the per-device gradients come out
-  unsummed, and their concatenation is summed once.
-
-  Args:
-    grad_fn: `jax.grad(..., has_aux=True)` of a per-device loss.
-    params: replicated parameters.
-    *args: the rest of `grad_fn`'s arguments.
-
-  Returns:
-    `(gradients summed over devices (replicated), aux of this device)`.
-  """
-  local = jax.tree.map(lambda x: jax.lax.pcast(x, AXIS, to='varying'), params)
-  grads, aux = grad_fn(local, *args)
-  flat, unflatten = jax.flatten_util.ravel_pytree(grads)
-  return unflatten(jax.lax.psum(flat, AXIS)), aux
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -4,12 +4,14 @@
 global batch and talks to the other devices through collectives over the
 axis `'data'`. `make_train_step` maps it with `jax.jit(jax.shard_map(...))`.
 
-Gradients and `shard_map`: the per-device loss here is this device's summed
-token loss divided by the token count of the GLOBAL batch, and the
-per-device gradients are summed over devices (`parallel.summed_gradients`,
-one all-reduce), which gives the exact gradient of the global token-weighted
-mean; there is no `pmean` of the gradients (it would scale them by the
-device count). `tests/test_train_step.py` compares with one device.
+Gradients and `shard_map`: parameters come in replicated (`P()`), so inside
+the map they are device-invariant, and the gradient of a per-device loss
+with respect to them comes out already *summed* over devices (the transpose
+of the implicit broadcast is a `psum`). So the per-device loss here is this
+device's summed token loss divided by the token count of the GLOBAL batch,
+its gradient is the exact gradient of the global token-weighted mean, and
+there is no `pmean` of the gradients (one would scale them by the device
+count). `tests/test_train_step.py` compares with one device.
 """
 
 import functools
@@ -171,20 +173,17 @@ def _gradients(
   """
   grad_fn = jax.grad(functools.partial(_micro_loss, **loss_kw), has_aux=True)
   if num_micro == 1:
-    return parallel.summed_gradients(grad_fn, params, batch, rng, normalizers)
+    return grad_fn(params, batch, rng, normalizers)
 
-  def accumulated(params, batch, rng, normalizers):
-    def body(grad_sum, xs):
-      micro, index = xs
-      grads, sums = grad_fn(params, micro, jax.random.fold_in(rng, index), normalizers)
-      return jax.tree.map(jnp.add, grad_sum, grads), sums
+  def body(grad_sum, xs):
+    micro, index = xs
+    grads, sums = grad_fn(params, micro, jax.random.fold_in(rng, index), normalizers)
+    return jax.tree.map(jnp.add, grad_sum, grads), sums
 
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    micro_batches = _split_micro_batches(batch, num_micro)
-    grads, sums = jax.lax.scan(body, zeros, (micro_batches, jnp.arange(num_micro)))
-    return grads, jax.tree.map(jnp.sum, sums)
-
-  return parallel.summed_gradients(accumulated, params, batch, rng, normalizers)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  micro_batches = _split_micro_batches(batch, num_micro)
+  grads, sums = jax.lax.scan(body, zeros, (micro_batches, jnp.arange(num_micro)))
+  return grads, jax.tree.map(jnp.sum, sums)
 
 
 def _global_normalizers(batch: Batch, model: nn.Module, keyword_loss_weight: float):
