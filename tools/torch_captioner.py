@@ -37,6 +37,7 @@ import ml_collections
 import numpy as np
 import torch
 import torch.nn.functional as F
+from flax import traverse_util
 from torch import nn
 
 from aac_jax import models
@@ -607,6 +608,16 @@ def _depthwise_kernel(kernel: np.ndarray) -> np.ndarray:
 
 Layout = tuple[str, tuple[str, ...], Callable[..., np.ndarray], bool]
 
+# Torch modules with `weight` and `bias`: `(flax name of the weight, converter, decayed)`;
+# every bias is the flax `bias`, undecayed.
+_WEIGHT_AND_BIAS = {
+  MergeHeads: ('kernel', _merge_kernel, True),
+  nn.Linear: ('kernel', _transpose, True),
+  nn.LayerNorm: ('scale', _identity, False),
+  nn.Conv2d: ('kernel', _conv2d_kernel, True),
+  nn.Conv1d: ('kernel', _depthwise_kernel, True),
+}
+
 
 def parameter_layout(model: TorchCaptioner) -> Iterator[Layout]:
   """For each torch parameter: `(name, flax paths, converter, decayed)`.
@@ -624,34 +635,15 @@ def parameter_layout(model: TorchCaptioner) -> Iterator[Layout]:
       biases = tuple(f'{parent}/{s}/bias' for s in module.sources)
       yield f'{name}.weight', kernels, _packed_kernels, True
       yield f'{name}.bias', biases, _packed_biases, True
-    elif isinstance(module, MergeHeads):
-      yield f'{name}.weight', (f'{path}/kernel',), _merge_kernel, True
-      yield f'{name}.bias', (f'{path}/bias',), _identity, False
-    elif isinstance(module, nn.Linear):
-      yield f'{name}.weight', (f'{path}/kernel',), _transpose, True
-      yield f'{name}.bias', (f'{path}/bias',), _identity, False
-    elif isinstance(module, nn.LayerNorm):
-      yield f'{name}.weight', (f'{path}/scale',), _identity, False
-      yield f'{name}.bias', (f'{path}/bias',), _identity, False
-    elif isinstance(module, nn.Conv2d):
-      yield f'{name}.weight', (f'{path}/kernel',), _conv2d_kernel, True
-      yield f'{name}.bias', (f'{path}/bias',), _identity, False
-    elif isinstance(module, nn.Conv1d):
-      yield f'{name}.weight', (f'{path}/kernel',), _depthwise_kernel, True
-      yield f'{name}.bias', (f'{path}/bias',), _identity, False
     elif isinstance(module, nn.Embedding):
       yield f'{name}.weight', (f'{path}/embedding',), _identity, True
-
-
-def _flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-  """Nested mapping -> `{'a/b/c': leaf}`."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      flat.update(_flatten(value, f'{prefix}{key}/'))
     else:
-      flat[f'{prefix}{key}'] = value
-  return flat
+      # Checked in this order: MergeHeads is an nn.Linear with its own layout.
+      for kind, (weight, convert, decayed) in _WEIGHT_AND_BIAS.items():
+        if isinstance(module, kind):
+          yield f'{name}.weight', (f'{path}/{weight}',), convert, decayed
+          yield f'{name}.bias', (f'{path}/bias',), _identity, False
+          break
 
 
 def jax_to_torch_arrays(model: TorchCaptioner, tree: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -660,7 +652,10 @@ def jax_to_torch_arrays(model: TorchCaptioner, tree: Mapping[str, Any]) -> dict[
   Raises if a torch parameter has no source, a flax leaf is left unused or
   used twice, or a weight decay flag disagrees with the flax array's ndim.
   """
-  flat = {path: np.asarray(value, np.float32) for path, value in _flatten(tree).items()}
+  flat = {
+    path: np.asarray(value, np.float32)
+    for path, value in traverse_util.flatten_dict(tree, sep='/').items()
+  }
   arrays, used = {}, []
   for name, paths, convert, decayed in parameter_layout(model):
     missing = [p for p in paths if p not in flat]
