@@ -96,13 +96,8 @@ def causal_mask(query_positions: jax.Array, num_keys: int) -> jax.Array:
   return (jnp.arange(num_keys)[None, :] <= query_positions[:, None])[None, None]
 
 
-def _heads(dim: int, num_heads: int, dtype: Any, name: str) -> nn.DenseGeneral:
-  """Projection `[..., d_in]` -> `[..., heads, dim // heads]`."""
-  return nn.DenseGeneral(features=(num_heads, dim // num_heads), dtype=dtype, name=name)
-
-
 class HeadsParams(nn.Module):
-  """The parameters of a `_heads` projection, returned instead of applied.
+  """The parameters of a projection `[..., d_in]` -> `[..., heads, head_dim]`.
 
   `kernel` `[d_in, heads, head_dim]` and `bias` `[heads, head_dim]`: the
   names, shapes and initial values of `nn.DenseGeneral(features=(heads,
@@ -126,11 +121,11 @@ class HeadsParams(nn.Module):
 
 
 def _fused_heads(x: jax.Array, dim: int, num_heads: int, dtype: Any, names: tuple[str, ...]):
-  """The `_heads` projections `names` of `x` (e.g. query, key, value) as one matmul.
+  """The projections `names` of `x` (e.g. query, key, value) to `num_heads` heads, as one matmul.
 
-  Same parameters as one `_heads(dim, num_heads, dtype, name)` per name; the
-  kernels are concatenated so that XLA runs one larger matmul (forward and
-  backward) instead of several small ones.
+  Each name has the parameters of an `nn.DenseGeneral(features=(num_heads,
+  dim // num_heads))` (`HeadsParams`); the kernels are concatenated so that
+  XLA runs one larger matmul (forward and backward) instead of several.
 
   Returns:
     one `[..., heads, dim // heads]` array per name.
@@ -253,7 +248,7 @@ class CrossAttention(nn.Module):
   def __call__(self, x: jax.Array, encoded: jax.Array, enc_paddings: jax.Array) -> jax.Array:
     """`x` `[b * g, l, d]`, encoded `[b, s, e]`, enc_paddings `[b, s]` -> `[b * g, l, d]`."""
     dim, (captions, length) = x.shape[-1], x.shape[:2]
-    q = _heads(dim, self.num_heads, self.dtype, 'query')(x)
+    (q,) = _fused_heads(x, dim, self.num_heads, self.dtype, ('query',))
     if self.decode and self.has_variable('cache', 'cross_key'):
       k = self.get_variable('cache', 'cross_key')
       v = self.get_variable('cache', 'cross_value')
