@@ -246,3 +246,19 @@ def test_train_steps_match(setup):
     assert diff[well].max(initial=0) <= 1e-3 * lr, name
     assert diff.max() <= 0.25 * lr, name
   assert num_well >= 0.98 * torch_captioner.count_params(model)
+
+
+def test_bench_parts_build_and_run_on_both_sides():
+  """tools/bench_train_parts.py: every part runs in aac_jax and PyTorch, parameter counts equal."""
+  from tools import bench_train_parts  # noqa: PLC0415 (defines bench_train's absl flags)
+
+  config = _small_config()
+  parts = bench_train_parts.build_parts(config, VOCAB, _batch(config))
+  assert set(bench_train_parts.MODEL_PARTS) <= set(parts)
+  counts = {name: count for name, (_, _, count) in parts.items()}
+  assert counts['optimizer'] == models.count_params(_param_shapes(config, VOCAB))
+  model_parts = counts['subsampling'] + config.model.encoder_layers * counts['block']
+  assert model_parts + counts['decoder+loss'] == counts['optimizer']  # Nothing left out.
+  for jax_run, torch_run, _ in parts.values():
+    jax_run()
+    torch_run()

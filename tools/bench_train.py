@@ -272,10 +272,10 @@ def interleaved_times(
   return times
 
 
-def spread(seconds: list[float]) -> str:
+def spread(seconds: list[float], decimals: int = 0) -> str:
   """`median [p25-p75]` in ms."""
   p25, p50, p75 = np.percentile(seconds, [25, 50, 75]) * 1e3
-  return f'{p50:.0f} [{p25:.0f}-{p75:.0f}]'
+  return f'{p50:.{decimals}f} [{p25:.{decimals}f}-{p75:.{decimals}f}]'
 
 
 def bench_config(name: str, with_torch: bool) -> dict[str, float]:
