@@ -84,7 +84,10 @@ def build_parts(config, vocab: int, batch_np: dict[str, np.ndarray]) -> dict[str
   parts = {}
 
   batch = {k: jnp.asarray(v) for k, v in batch_np.items()}
-  audio, audio_pads = torch.from_numpy(batch_np['audio']), torch.from_numpy(batch_np['audio_paddings'])
+  audio, audio_pads = (
+    torch.from_numpy(batch_np['audio']),
+    torch.from_numpy(batch_np['audio_paddings']),
+  )
 
   def features(b):
     return steps.compute_features(
@@ -252,10 +255,15 @@ def bench_parts(name: str) -> list[str]:
 
 def main(argv):
   del argv
-  print(bench_train.describe_machine() + f', torch {torch.__version__}, {torch.get_num_threads()} threads')
+  print(
+    bench_train.describe_machine()
+    + f', torch {torch.__version__}, {torch.get_num_threads()} threads'
+  )
   rows = [row for name in flags.FLAGS.configs for row in bench_parts(name)]
   print(f'\nInterleaved, {flags.FLAGS.rounds} rounds, median [25th-75th percentile] in ms:')
-  bench_train.print_table('| config | part | parameters | aac_jax | PyTorch eager | PyTorch / aac_jax |')
+  bench_train.print_table(
+    '| config | part | parameters | aac_jax | PyTorch eager | PyTorch / aac_jax |'
+  )
   print('\n'.join(rows))
   print(f'load average at the end: {os.getloadavg()[0]:.2f}')
 
