@@ -56,7 +56,7 @@ def unroll_threefry_on_cpu() -> bool:
   one loop with the consumer: the same bits (the same function, only the
   loop is unrolled), 4x faster dropout on a `[32, 4, 250, 250]` attention
   mask (99 -> 25 ms; PyTorch's dropout 67 ms) on a 2-core x86 CPU; the
-  base-size training step went from 0.77x to 0.94x of PyTorch's speed.
+  base-size training step went from 0.77x to 0.90x of PyTorch's speed.
   Unrolling costs compile time at every call site, so calls with fewer than
   `UNROLL_MIN_SIZE` counters (SpecAugment's draws, small initialisers) keep
   the loop: the demo's step compiles as before.

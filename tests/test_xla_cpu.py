@@ -1,4 +1,4 @@
-"""aac_jax/xla_cpu.py: the XLA:CPU flags aac_jax sets before JAX starts."""
+"""aac_jax/xla_cpu.py: the XLA:CPU flags and the threefry lowering `import aac_jax` applies."""
 
 import os
 import subprocess

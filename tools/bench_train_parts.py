@@ -59,14 +59,6 @@ def _jax_run(fn: Callable, *args) -> Callable[[], None]:
   return lambda: jax.block_until_ready(compiled(*args))
 
 
-def _count(tree) -> int:
-  return sum(int(np.size(x)) for x in jax.tree.leaves(tree))
-
-
-def _torch_count(*modules: torch.nn.Module) -> int:
-  return sum(torch_captioner.count_params(m) for m in modules)
-
-
 def _square_sum_grad(apply: Callable, argnums) -> Callable:
   """Gradient of `sum(apply(...)**2)`: a forward + backward with a scalar loss."""
   return jax.grad(lambda *a: jnp.sum(jnp.square(apply(*a))), argnums=argnums)
@@ -115,7 +107,7 @@ def build_parts(config, vocab: int, batch_np: dict[str, np.ndarray]) -> dict[str
   parts['subsampling'] = (
     _jax_run(_square_sum_grad(sub_out, 0), sub_params, feats),
     torch_sub,
-    _count(sub_params),
+    models.count_params(sub_params),
   )
 
   x, x_pads = sub.apply(sub_params, feats, feat_pads, rngs=rngs)
@@ -136,7 +128,7 @@ def build_parts(config, vocab: int, batch_np: dict[str, np.ndarray]) -> dict[str
       _square_sum_grad(lambda p, v: block.apply(p, v, x_pads, rngs=rngs), (0, 1)), block_params, x
     ),
     torch_block,
-    _count(block_params),
+    models.count_params(block_params),
   )
 
   targets = jnp.asarray(batch_np['targets'])
@@ -169,7 +161,7 @@ def build_parts(config, vocab: int, batch_np: dict[str, np.ndarray]) -> dict[str
   parts['decoder+loss'] = (
     _jax_run(jax.grad(decoder_loss, argnums=(0, 1)), params['decoder'], encoded),
     torch_decoder_loss,
-    _count(params['decoder']),
+    models.count_params(params['decoder']),
   )
 
   tx, _ = state.create_optimizer(config.optim, config.train.num_steps)
@@ -188,7 +180,7 @@ def build_parts(config, vocab: int, batch_np: dict[str, np.ndarray]) -> dict[str
   parts['optimizer'] = (
     _jax_run(lambda s, g: s.apply_gradients(tx, g), train_state, ones),
     torch_update,
-    _count(params),
+    models.count_params(params),
   )
 
   rng = np.random.default_rng(2)
@@ -209,10 +201,10 @@ def build_parts(config, vocab: int, batch_np: dict[str, np.ndarray]) -> dict[str
     0,
   )
   torch_counts = {
-    'subsampling': _torch_count(twin.encoder.subsampling),
-    'block': _torch_count(twin.encoder.block0),
-    'decoder+loss': _torch_count(twin.decoder),
-    'optimizer': _torch_count(twin),
+    'subsampling': torch_captioner.count_params(twin.encoder.subsampling),
+    'block': torch_captioner.count_params(twin.encoder.block0),
+    'decoder+loss': torch_captioner.count_params(twin.decoder),
+    'optimizer': torch_captioner.count_params(twin),
   }
   for name, count in torch_counts.items():
     if count != parts[name][2]:
