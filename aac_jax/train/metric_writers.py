@@ -82,10 +82,17 @@ class TensorBoardWriter(MetricWriter):
 
   def write_hparams(self, hparams: Mapping[str, Any]) -> None:
     # TensorBoard's hparams plugin accepts only numbers, strings and bools.
+    from tensorboardX.summary import hparams as hparams_summaries  # noqa: PLC0415
+
     clean = {
       k: v if isinstance(v, int | float | str | bool) else str(v) for k, v in hparams.items()
     }
-    self._writer.add_hparams(clean, {}, name='.')
+    # Into this writer's own file: `add_hparams` opens a second writer in the
+    # same folder, and tensorboardX names files by second and host only, so a
+    # second writer opened in the same second as this one rewrote this file
+    # under it (a corrupt event file).
+    for summary in hparams_summaries(clean, {}):
+      self._writer.file_writer.add_summary(summary)
 
   def flush(self) -> None:
     self._writer.flush()
