@@ -28,7 +28,7 @@ import numpy as np
 from aac_jax import decoding, models
 from aac_jax.audio import frontend
 from aac_jax.data import tokenizer as tokenizer_lib
-from aac_jax.train import checkpointing
+from aac_jax.train import checkpointing, prepare
 
 CONFIG_FILENAME = 'config.json'
 
@@ -135,7 +135,7 @@ def load_model(path: str | pathlib.Path, step: int | None = None) -> LoadedModel
   """
   workdir, step = resolve_run(path, step)
   config = load_run_config(workdir)
-  tokenizer = tokenizer_lib.Tokenizer.load(workdir / tokenizer_lib.VOCAB_FILENAME)
+  tokenizer = prepare.read_run_files(workdir, config).load_tokenizer()
   model_cfg = models.make_captioner_config(
     config.model, tokenizer.vocab_size, deterministic=True, decode=False
   )

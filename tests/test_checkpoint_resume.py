@@ -103,7 +103,7 @@ def test_init_from_loads_params_with_fresh_optimizer(straight_run, toy_config, t
   source_dir, straight = straight_run
   config = toy_config.copy_and_resolve_references()
   config.train.init_from = str(source_dir)
-  exp = trainer.create_experiment(config, str(tmp_path))
+  exp = trainer.start_experiment(config, str(tmp_path))
   assert (tmp_path / 'vocab.txt').read_text() == (source_dir / 'vocab.txt').read_text()
   manager = checkpointing.create_checkpoint_manager(tmp_path, config.train)
   train_iter = pipeline.make_train_iterator(config.dataset, exp.tokenizer, config.train.batch_size)

@@ -5,8 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from aac_jax.convert import registry, store
+from aac_jax.convert import registry
 from aac_jax.convert.mapping import ConversionError
+from aac_jax.models import pretrained_store
 from tests.torch_reference import import_reference, torch_module
 
 
@@ -71,7 +72,7 @@ def test_bare_state_dict_converts_and_batchnorm_is_folded(tmp_path, cnn14_state)
   path = _save(tmp_path, cnn14_state, wrap=False)
   out = os.path.join(tmp_path, 'out')
   settings = registry.convert_file('cnn14', path, out)
-  params, loaded = store.load_converted(out)
+  params, loaded = pretrained_store.load_converted(out)
   assert loaded == settings and settings['encoder'] == 'cnn14'
   assert settings['frontend']['sample_rate'] == 32000 and settings['frontend']['n_mels'] == 64
   bn = {

@@ -8,7 +8,7 @@ import tensorflow_datasets as tfds
 from test_pretrained_recipe import _point_at_toy, build_toy_32k, make_converted_convnext
 
 from aac_jax.audio import frontend
-from aac_jax.data import embeddings, pipeline, sources
+from aac_jax.data import clips, embeddings, pipeline, sources
 from aac_jax.models import pretrained_setup
 from aac_jax.train import trainer
 from configs import clotho_convnext
@@ -42,7 +42,7 @@ def test_stored_frames_equal_the_tagger_on_each_clip(extracted):
   by_id = {audio[i]['id']: audio[i]['audio'] for i in range(len(audio))}
   for i in (0, 5):
     record = stored[i]
-    wave, pads = pipeline.fit_audio(by_id[record['id']], len(by_id[record['id']]))
+    wave, pads = clips.fit_audio(by_id[record['id']], len(by_id[record['id']]))
     feats, feat_pads = frontend.log_mel(
       jnp.asarray(wave[None]), jnp.asarray(pads[None]), config.frontend, 32000
     )

@@ -9,8 +9,8 @@ import toy_dataset
 from etils import epath
 
 from aac_jax.audio import frontend
-from aac_jax.data import feature_stats, pipeline, sources
-from aac_jax.train import trainer
+from aac_jax.data import clips, feature_stats, sources
+from aac_jax.train import prepare
 from configs import synthetic_demo
 
 
@@ -31,7 +31,7 @@ def _numpy_reference(config, indices):
   raw.feature_mean, raw.feature_std = 0.0, 1.0
   values = []
   for i in indices:
-    waveform, _ = pipeline.fit_audio(source[int(i)]['audio'], num_samples)
+    waveform, _ = clips.fit_audio(source[int(i)]['audio'], num_samples)
     length = min(len(source[int(i)]['audio']), num_samples)
     log, _ = frontend.log_mel(waveform[None, :length], np.zeros((1, length), np.float32), raw)
     real_frames = -(-length // config.frontend.hop_length)
@@ -40,8 +40,13 @@ def _numpy_reference(config, indices):
   return values.mean(), values.std(), len(values)
 
 
+def _train(config):
+  return sources.open_source(config.dataset, 'train')
+
+
 def test_measure_equals_per_clip_reference(config):
-  stats = feature_stats.measure(config.dataset, config.frontend, num_clips=10)
+  source = sources.open_source(config.dataset, 'train')
+  stats = feature_stats.measure(source, config.dataset, config.frontend, num_clips=10)
   indices = feature_stats.clip_indices(toy_dataset.DEFAULT_SPLITS['train'], 10)
   assert len(indices) == stats['num_clips'] == 10
   mean, std, frames = _numpy_reference(config, indices)
@@ -62,7 +67,7 @@ def test_resolve_measures_saves_reuses_and_inherits(config, tmp_path):
   run = config.copy_and_resolve_references()
   run.frontend.feature_stats_clips = 8
   first = epath.Path(tmp_path / 'first')
-  feature_stats.resolve(run, first)
+  feature_stats.resolve(run, first, _train(config))
   saved = json.loads((first / feature_stats.STATS_FILENAME).read_text())
   assert run.frontend.feature_mean == saved['mean'] and run.frontend.feature_std == saved['std']
   assert saved['num_clips'] == 8 and saved['std'] > 0
@@ -70,15 +75,15 @@ def test_resolve_measures_saves_reuses_and_inherits(config, tmp_path):
   # A restart reads the file (edited here to prove it is not measured again).
   (first / feature_stats.STATS_FILENAME).write_text(json.dumps({'mean': -3.0, 'std': 2.0}))
   again = config.copy_and_resolve_references()
-  feature_stats.resolve(again, first)
+  feature_stats.resolve(again, first, _train(config))
   assert (again.frontend.feature_mean, again.frontend.feature_std) == (-3.0, 2.0)
 
   # A run started from another run's parameters takes that run's numbers.
   child = config.copy_and_resolve_references()
   child.train.init_from = str(first)
   (tmp_path / 'child').mkdir()
-  trainer.inherit_from_init_run(child, epath.Path(tmp_path / 'child'))
-  feature_stats.resolve(child, epath.Path(tmp_path / 'child'))
+  prepare.inherit_from_init_run(child, epath.Path(tmp_path / 'child'))
+  feature_stats.resolve(child, epath.Path(tmp_path / 'child'), _train(config))
   assert (child.frontend.feature_mean, child.frontend.feature_std) == (-3.0, 2.0)
   assert (tmp_path / 'child' / feature_stats.STATS_FILENAME).exists()
 
@@ -87,15 +92,15 @@ def test_fixed_mode_and_bad_values(config, tmp_path):
   fixed = config.copy_and_resolve_references()
   fixed.frontend.feature_stats = 'fixed'
   fixed.frontend.feature_mean, fixed.frontend.feature_std = -5.0, 3.0
-  feature_stats.resolve(fixed, epath.Path(tmp_path))
+  feature_stats.resolve(fixed, epath.Path(tmp_path), _train(config))
   assert (fixed.frontend.feature_mean, fixed.frontend.feature_std) == (-5.0, 3.0)
   assert not (tmp_path / feature_stats.STATS_FILENAME).exists()
   fixed.frontend.feature_std = 0.0
   with pytest.raises(ValueError, match='feature_std must be > 0'):
-    feature_stats.resolve(fixed, epath.Path(tmp_path))
+    feature_stats.resolve(fixed, epath.Path(tmp_path), _train(config))
   fixed.frontend.feature_stats = 'auto'
   with pytest.raises(ValueError, match='feature_stats must be one of'):
-    feature_stats.resolve(fixed, epath.Path(tmp_path))
+    feature_stats.resolve(fixed, epath.Path(tmp_path), _train(config))
 
 
 def test_log_mel_applies_the_normalisation():

@@ -8,7 +8,7 @@ import librosa
 import numpy as np
 import pytest
 
-from aac_jax.audio import frontend
+from aac_jax.audio import frontend, stft
 from configs import base
 
 SAMPLE_RATE = 16000
@@ -70,7 +70,7 @@ def _padded_batch(signals: list[np.ndarray], total: int):
 def test_window_matches_librosa(cfg):
   window = librosa.filters.get_window('hann', cfg.win_length, fftbins=True)
   expected = librosa.util.pad_center(window, size=cfg.n_fft)
-  np.testing.assert_allclose(frontend.fft_window(cfg.n_fft, cfg.win_length), expected, atol=1e-7)
+  np.testing.assert_allclose(stft.fft_window(cfg.n_fft, cfg.win_length), expected, atol=1e-7)
 
 
 @pytest.mark.filterwarnings('ignore:n_fft=512 is too large')

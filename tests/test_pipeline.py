@@ -5,7 +5,7 @@ import orbax.checkpoint as ocp
 import pytest
 import toy_dataset
 
-from aac_jax.data import pipeline, sources, text
+from aac_jax.data import clips, pipeline, sources, text
 from aac_jax.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
 from configs import base
 
@@ -165,10 +165,10 @@ def test_train_iterator_with_several_references(cfg, records, tokenizer):
 
 def test_fit_audio_pads_and_crops():
   audio = np.array([16384, -16384, 8192], np.int16)
-  waveform, paddings = pipeline.fit_audio(audio, 5)
+  waveform, paddings = clips.fit_audio(audio, 5)
   np.testing.assert_array_equal(waveform, [0.5, -0.5, 0.25, 0, 0])
   np.testing.assert_array_equal(paddings, [0, 0, 0, 1, 1])
-  waveform, paddings = pipeline.fit_audio(audio, 2, start=1)
+  waveform, paddings = clips.fit_audio(audio, 2, start=1)
   np.testing.assert_array_equal(waveform, [-0.5, 0.25])
   np.testing.assert_array_equal(paddings, [0, 0])
 
@@ -239,7 +239,7 @@ def test_eval_visits_every_clip_once(cfg, records, process_count, per_process_ba
           np.testing.assert_array_equal(batch['audio_paddings'][row], 1.0)
           continue
         record = records['validation'][index]
-        audio, paddings = pipeline.fit_audio(record['audio'], max_samples)
+        audio, paddings = clips.fit_audio(record['audio'], max_samples)
         np.testing.assert_array_equal(batch['audio'][row], audio)
         np.testing.assert_array_equal(batch['audio_paddings'][row], paddings)
         real.append(int(index))

@@ -8,8 +8,7 @@ import optax
 import pytest
 
 from aac_jax.audio import frontend
-from aac_jax.convert import store
-from aac_jax.models import Captioner, init_params, mixup, pretrained_setup
+from aac_jax.models import Captioner, init_params, mixup, pretrained_setup, pretrained_store
 from aac_jax.models.config import CaptionerConfig
 from configs import base
 
@@ -103,7 +102,7 @@ def test_encoder_init_loads_tagger_and_checks_shapes(tmp_path, convnext_setup):
   tagger = jax.tree.map(lambda x: np.asarray(x) + 1.0, params['encoder']['tagger'])
   tagger = dict(tagger, head={'kernel': np.zeros((768, 527), np.float32)})  # head: ignored
   folder = str(tmp_path / 'convnext')
-  store.save_converted(folder, tagger, {'encoder': 'convnext', 'frontend': {}})
+  pretrained_store.save_converted(folder, tagger, {'encoder': 'convnext', 'frontend': {}})
   loaded = pretrained_setup.load_encoder_init(params, _config(encoder_init=folder))
   np.testing.assert_array_equal(
     loaded['encoder']['tagger']['stages_2_4']['dwconv']['kernel'],
@@ -111,7 +110,7 @@ def test_encoder_init_loads_tagger_and_checks_shapes(tmp_path, convnext_setup):
   )
   assert loaded['decoder'] is params['decoder']
   bad = dict(tagger, bn0={'scale': np.ones(3, np.float32), 'bias': np.ones(224, np.float32)})
-  store.save_converted(folder, bad, {'encoder': 'convnext', 'frontend': {}})
+  pretrained_store.save_converted(folder, bad, {'encoder': 'convnext', 'frontend': {}})
   with pytest.raises(ValueError, match=r'bn0/scale has shape \(3,\), the model needs \(224,\)'):
     pretrained_setup.load_encoder_init(params, _config(encoder_init=folder))
   with pytest.raises(ValueError, match="converted 'convnext' model, not 'cnn14'"):

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from aac_jax.audio.pann_frontend import pann_log_mel
-from aac_jax.convert import store
 from aac_jax.convert.cnn14 import FRONTEND as CNN14_FRONTEND
 from aac_jax.convert.convnext import FRONTEND as CONVNEXT_FRONTEND
+from aac_jax.models import pretrained_store
 from aac_jax.models.cnn14 import Cnn14Tagger
 from aac_jax.models.convnext import ConvNeXtTagger
 from tests.torch_reference import import_reference, torch_module
@@ -69,7 +69,7 @@ def _convert(tmp_path, name: str, state_dict: dict) -> tuple[dict, dict]:
   env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu')
   result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr
-  return store.load_converted(out)
+  return pretrained_store.load_converted(out)
 
 
 def _reference_per_clip(torch, model, clips, logits_store):

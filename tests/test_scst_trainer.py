@@ -34,7 +34,7 @@ def _write_ce_workdir(config, workdir):
   The state is the trainer's own fresh initialisation (training it first
   would only add compile time here; test_checkpoint_resume covers that).
   """
-  exp = trainer.create_experiment(config, str(workdir))
+  exp = trainer.start_experiment(config, str(workdir))
   trainer.write_config(config, exp.workdir)
   manager = checkpointing.create_checkpoint_manager(workdir, config.train)
   train_iter = pipeline.make_train_iterator(config.dataset, exp.tokenizer, config.train.batch_size)

@@ -116,13 +116,14 @@ def test_shift_right():
   np.testing.assert_array_equal(tokenizer.shift_right(targets), expected)
 
 
-def test_get_tokenizer_builds_once_and_saves_beside_data_and_run(tmp_path):
+def test_load_or_build_builds_once_and_saves_beside_data_and_run(tmp_path):
   data_dir = tmp_path / 'data'
   toy_dataset.build_toy_dataset(str(data_dir), splits={'train': 6, 'validation': 2})
   cfg = base.get_dataset_config()
   cfg.name, cfg.data_dir, cfg.vocab_min_count = toy_dataset.NAME, str(data_dir), 2
   workdir = tmp_path / 'run'
-  tok = tokenizer.get_tokenizer(cfg, str(workdir))
+  source = sources.open_source(cfg, 'train')
+  tok = tokenizer.load_or_build(cfg, source, str(workdir))
   captions = sources.load_split_captions(cfg, 'train')
   assert tok.tokens == Tokenizer.build(captions, 2).tokens
   (data_copy,) = data_dir.glob('toy_aac/plain/*/vocab_train_min2.txt')
@@ -130,5 +131,5 @@ def test_get_tokenizer_builds_once_and_saves_beside_data_and_run(tmp_path):
   assert Tokenizer.load(workdir / 'vocab.txt').tokens == tok.tokens
   # A run keeps its own vocabulary even if the data-side copy changes.
   Tokenizer.build(['other words']).save(data_copy)
-  assert tokenizer.get_tokenizer(cfg, str(workdir)).tokens == tok.tokens
-  assert tokenizer.get_tokenizer(cfg).tokens == Tokenizer.build(['other words']).tokens
+  assert tokenizer.load_or_build(cfg, source, str(workdir)).tokens == tok.tokens
+  assert tokenizer.load_or_build(cfg, source).tokens == Tokenizer.build(['other words']).tokens

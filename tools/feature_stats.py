@@ -29,7 +29,8 @@ flags.mark_flags_as_required(['config'])
 def main(argv):
   del argv
   config = flags.FLAGS.config
-  stats = feature_stats.measure(config.dataset, config.frontend, _NUM_CLIPS.value, _SPLIT.value)
+  source = sources.open_source(config.dataset, _SPLIT.value)
+  stats = feature_stats.measure(source, config.dataset, config.frontend, _NUM_CLIPS.value)
   print(
     f'{stats["num_clips"]} clips, {stats["num_frames"]} frames of {sources.dataset_name(config.dataset)}/'
     f'{_SPLIT.value}: mean {stats["mean"]:.4f}, std {stats["std"]:.4f}'

@@ -41,7 +41,7 @@ from flax import traverse_util
 from torch import nn
 
 from aac_jax import models
-from aac_jax.audio import frontend
+from aac_jax.audio import frontend, stft
 from aac_jax.data import tokenizer
 from aac_jax.models import layers
 from aac_jax.models.config import CaptionerConfig
@@ -66,7 +66,7 @@ def frame_paddings(paddings: torch.Tensor, hop_length: int) -> torch.Tensor:
   Returns:
     float32 `[batch, 1 + samples // hop_length]`.
   """
-  frames = frontend.num_frames(paddings.shape[1], hop_length)
+  frames = stft.num_frames(paddings.shape[1], hop_length)
   extended = F.pad(paddings.float(), (0, hop_length), value=1.0)
   return extended[:, : frames * hop_length : hop_length]
 
@@ -86,8 +86,8 @@ class LogMel(nn.Module):
     self.hop_length = int(cfg.hop_length)
     self.log_floor = float(cfg.log_floor)
     self.mean, self.std = frontend.normalization(cfg)
-    window = frontend.fft_window(self.n_fft, int(cfg.win_length))
-    filters = frontend.mel_matrix(sample_rate, self.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
+    window = stft.fft_window(self.n_fft, int(cfg.win_length))
+    filters = stft.mel_matrix(sample_rate, self.n_fft, cfg.n_mels, cfg.fmin, cfg.fmax)
     self.register_buffer('window', torch.from_numpy(window.copy()), persistent=False)
     self.register_buffer('filters', torch.from_numpy(filters.copy()), persistent=False)
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aac_jax.audio import frontend
+from aac_jax.audio import stft
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,13 +97,13 @@ def pann_log_mel(
   """
   waveform = waveform.astype(jnp.float32)
   lengths = jnp.sum(paddings < 0.5, axis=1).astype(jnp.int32)
-  frames_count = frontend.num_frames(waveform.shape[1], settings.hop_length)
+  frames_count = stft.num_frames(waveform.shape[1], settings.hop_length)
   padded = reflect_each_clip(waveform, lengths, settings.n_fft // 2)
-  frames = frontend.slice_frames(padded, settings.n_fft, settings.hop_length, frames_count)
-  window = frontend.fft_window(settings.n_fft, settings.n_fft)
+  frames = stft.slice_frames(padded, settings.n_fft, settings.hop_length, frames_count)
+  window = stft.fft_window(settings.n_fft, settings.n_fft)
   spectrum = jnp.fft.rfft(frames * window, axis=-1)
   power = jnp.real(spectrum) ** 2 + jnp.imag(spectrum) ** 2
-  filters = frontend.mel_matrix(
+  filters = stft.mel_matrix(
     settings.sample_rate, settings.n_fft, settings.n_mels, settings.fmin, settings.fmax
   )
   mel = jnp.einsum('btf,fm->btm', power, filters, precision=jax.lax.Precision.HIGHEST)
@@ -115,6 +115,6 @@ def pann_log_mel(
 
 def expected_mel_bank(settings: PannFrontendSettings) -> np.ndarray:
   """`[n_fft // 2 + 1, n_mels]` mel bank these settings use (torchlibrosa's `melW`)."""
-  return frontend.mel_matrix(
+  return stft.mel_matrix(
     settings.sample_rate, settings.n_fft, settings.n_mels, settings.fmin, settings.fmax
   )

@@ -15,7 +15,8 @@ import json
 import os
 import types
 
-from aac_jax.convert import store, torch_file
+from aac_jax.convert import torch_file
+from aac_jax.models import pretrained_store
 
 _MODULES = {
   'convnext': 'aac_jax.convert.convnext',
@@ -47,5 +48,5 @@ def convert_file(name: str, input_path: str, output_dir: str) -> dict:
   params, settings = converter.convert(state_dict)
   settings['source'] = os.path.basename(input_path)
   settings = json.loads(json.dumps(settings))  # as written (lists, not tuples)
-  store.save_converted(output_dir, params, settings)
+  pretrained_store.save_converted(output_dir, params, settings)
   return settings

@@ -28,7 +28,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from aac_jax.audio import frontend
-from aac_jax.data import pipeline, sources
+from aac_jax.data import clips, sources
 
 NAME = 'aac_embeddings'
 DATASET_VERSION = '1.0.0'
@@ -120,7 +120,7 @@ def make_compute_fn(config: ml_collections.ConfigDict, tagger, params):
     return tagger.apply({'params': params}, features, feature_paddings)
 
   def compute(records):
-    fitted = [pipeline.fit_audio(r['audio'], max_samples) for r in records]
+    fitted = [clips.fit_audio(r['audio'], max_samples) for r in records]
     fitted += [fitted[-1]] * (_BATCH - len(fitted))  # One shape: one compilation.
     waveform = np.stack([w for w, _ in fitted])
     paddings = np.stack([p for _, p in fitted])

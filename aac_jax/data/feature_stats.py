@@ -7,8 +7,8 @@ its training split before it builds anything else, saves them as
 `<workdir>/feature_stats.json` and writes them into the config it saves, so
 evaluation, captioning, export and SCST use exactly the training numbers.
 A restart reads the saved file; a run with `train.init_from` starts with a
-copy of that run's file (`aac_jax.train.trainer.inherit_from_init_run`: its
-parameters were trained on those features).
+copy of that run's file (`aac_jax.train.prepare`: its parameters were
+trained on those features).
 `'fixed'` uses `feature_mean` / `feature_std` as configured.
 
   python tools/feature_stats.py --config configs/clotho.py   # prints them
@@ -25,7 +25,7 @@ from etils import epath
 
 from aac_jax import files
 from aac_jax.audio import frontend
-from aac_jax.data import pipeline, sources
+from aac_jax.data import clips
 
 STATS_FILENAME = 'feature_stats.json'
 MODES = ('measure', 'fixed')
@@ -42,23 +42,22 @@ def clip_indices(num_records: int, num_clips: int) -> np.ndarray:
 
 
 def measure(
+  source,
   dataset_cfg: ml_collections.ConfigDict,
   frontend_cfg: ml_collections.ConfigDict,
   num_clips: int = DEFAULT_NUM_CLIPS,
-  split: str = 'train',
 ) -> dict[str, float]:
   """Mean and standard deviation of the raw log-mel over real frames and bins.
 
   Args:
+    source: the open split to measure (`aac_jax.data.sources.open_source`).
     dataset_cfg: `config.dataset` (the clips are cut to `max_audio_seconds`).
     frontend_cfg: `config.frontend` (its own mean/std are ignored).
     num_clips: clips read, spread evenly over the split.
-    split: the split to measure.
 
   Returns:
     `{'mean', 'std', 'num_clips', 'num_frames'}`.
   """
-  source = sources.open_source(dataset_cfg, split)
   indices = clip_indices(len(source), num_clips)
   num_samples = int(round(dataset_cfg.max_audio_seconds * dataset_cfg.sample_rate))
   raw_cfg = ml_collections.ConfigDict(frontend_cfg.to_dict())
@@ -74,23 +73,27 @@ def measure(
   empty = (np.zeros(num_samples, np.float32), np.ones(num_samples, np.float32))
   total = total_sq = count = 0.0
   for start in range(0, len(indices), _BATCH):
-    clips = [
-      pipeline.fit_audio(source[int(i)]['audio'], num_samples)
-      for i in indices[start : start + _BATCH]
+    fitted = [
+      clips.fit_audio(source[int(i)]['audio'], num_samples) for i in indices[start : start + _BATCH]
     ]
-    clips += [empty] * (_BATCH - len(clips))  # One shape: one compilation.
-    s, sq, n = sums(np.stack([w for w, _ in clips]), np.stack([p for _, p in clips]))
+    fitted += [empty] * (_BATCH - len(fitted))  # One shape: one compilation.
+    s, sq, n = sums(np.stack([w for w, _ in fitted]), np.stack([p for _, p in fitted]))
     total, total_sq, count = total + float(s), total_sq + float(sq), count + float(n)
   if count == 0:
-    raise ValueError(f'the {split} clips measured have no audio frames')
+    raise ValueError('the clips measured have no audio frames')
   mean = total / count
   std = float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
   num_frames = int(count / frontend_cfg.n_mels)
   return {'mean': mean, 'std': max(std, 1e-3), 'num_clips': len(indices), 'num_frames': num_frames}
 
 
-def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
+def resolve(config: ml_collections.ConfigDict, workdir: epath.Path, source) -> None:
   """Fills `config.frontend.feature_mean/std` in place (see the module docstring).
+
+  Args:
+    config: the run's config (front end already resolved for its encoder).
+    workdir: the run's folder (its `feature_stats.json` is read or written).
+    source: the open training split, measured when the run has no statistics.
 
   Raises:
     ValueError: `frontend.feature_stats` is not a known mode, or a fixed
@@ -101,13 +104,13 @@ def resolve(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
   if mode not in MODES:
     raise ValueError(f"frontend.feature_stats must be one of {MODES}, got '{mode}'")
   if mode == 'measure':
-    stats = _load_or_measure(config, workdir)
+    stats = _load_or_measure(config, workdir, source)
     with config.unlocked():
       fe.feature_mean, fe.feature_std = float(stats['mean']), float(stats['std'])
   frontend.normalization(fe)  # Fails here, not at the first trace, on a bad fixed std.
 
 
-def _load_or_measure(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict:
+def _load_or_measure(config: ml_collections.ConfigDict, workdir: epath.Path, source) -> dict:
   own = workdir / STATS_FILENAME
   if own.exists():
     stats = json.loads(own.read_text())
@@ -116,6 +119,7 @@ def _load_or_measure(config: ml_collections.ConfigDict, workdir: epath.Path) -> 
     )
     return stats
   stats = measure(
+    source,
     config.dataset,
     config.frontend,
     int(config.frontend.feature_stats_clips),

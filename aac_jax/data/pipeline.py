@@ -28,7 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from aac_jax.data import embeddings, global_order, sources
+from aac_jax.data import clips, embeddings, global_order, sources
 from aac_jax.data.batching import finish, per_process_batch_size
 from aac_jax.data.sources import EvalSplit
 from aac_jax.data.tokenizer import Tokenizer
@@ -36,7 +36,6 @@ from aac_jax.data.tokenizer import Tokenizer
 __all__ = [
   'EvalSplit',
   'eval_batch_indices',
-  'fit_audio',
   'make_eval_batches',
   'train_seed',
   'make_train_iterator',
@@ -52,36 +51,12 @@ def _process_index_and_count(process_index: int | None, process_count: int | Non
   return index, count
 
 
-def fit_audio(audio: np.ndarray, num_samples: int, start: int = 0):
-  """Cuts `num_samples` from `start` or zero-pads to that length.
-
-  Args:
-    audio: `[n]` int16 waveform.
-    num_samples: output length.
-    start: first sample kept (only used when `n > num_samples`).
-
-  Returns:
-    `(waveform, paddings)`, both float32 `[num_samples]`: the samples scaled
-    by 1/32768 (zeros after the clip), and 1.0 where a sample is padding.
-  """
-  clip = np.asarray(audio)[start : start + num_samples]
-  waveform = np.zeros((num_samples,), np.float32)
-  waveform[: len(clip)] = clip.astype(np.float32) / 32768.0
-  paddings = np.ones((num_samples,), np.float32)
-  paddings[: len(clip)] = 0.0
-  return waveform, paddings
-
-
-def _seconds_to_samples(seconds: float, sample_rate: int) -> int:
-  return int(round(seconds * sample_rate))
-
-
 def _eval_max_samples(cfg: ml_collections.ConfigDict) -> int:
   # `max_eval_audio_seconds` <= 0 means the train length.
   seconds = cfg.max_eval_audio_seconds
   if seconds <= 0:
     seconds = cfg.max_audio_seconds
-  return _seconds_to_samples(seconds, cfg.sample_rate)
+  return clips.seconds_to_samples(seconds, cfg.sample_rate)
 
 
 def pick_references(
@@ -115,7 +90,7 @@ class _TrainExample(grain.transforms.RandomMap):
     chosen = pick_references(len(captions), self.captions_per_clip, rng)
     audio = record['audio']
     start = int(rng.integers(max(len(audio) - self.max_samples, 0) + 1))
-    waveform, paddings = fit_audio(audio, self.max_samples, start)
+    waveform, paddings = clips.fit_audio(audio, self.max_samples, start)
     rows = [self._encode(captions[int(i)]) for i in chosen]
     if self.captions_per_clip == 1:
       targets = rows[0]
@@ -179,7 +154,7 @@ def make_train_iterator(
     source = sources.open_source(cfg, cfg.train_split)
     transform = _TrainExample(
       tokenizer=tokenizer,
-      max_samples=_seconds_to_samples(cfg.max_audio_seconds, cfg.sample_rate),
+      max_samples=clips.seconds_to_samples(cfg.max_audio_seconds, cfg.sample_rate),
       max_tokens=int(cfg.max_caption_tokens),
       captions_per_clip=captions_per_clip(cfg),
     )
@@ -228,7 +203,7 @@ class _EvalExample(grain.transforms.Map):
       waveform = np.zeros((self.max_samples,), np.float32)
       paddings = np.ones((self.max_samples,), np.float32)
     else:
-      waveform, paddings = fit_audio(self.source[index]['audio'], self.max_samples)
+      waveform, paddings = clips.fit_audio(self.source[index]['audio'], self.max_samples)
     return {
       'audio': waveform,
       'audio_paddings': paddings,

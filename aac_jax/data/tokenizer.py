@@ -142,16 +142,18 @@ def _vocab_cache_path(source, split: str, min_count: int) -> epath.Path:
   return epath.Path(sources.source_dir(source)) / f'vocab_{split}_min{min_count}.txt'
 
 
-def get_tokenizer(cfg: ml_collections.ConfigDict, workdir: str | None = None) -> Tokenizer:
+def load_or_build(cfg: ml_collections.ConfigDict, source, workdir: str | None = None) -> Tokenizer:
   """Returns the run's tokenizer, building the vocabulary once per dataset.
 
   Look-up order: `workdir/vocab.txt` (a resumed run keeps its ids), then the
-  copy saved beside the dataset's files, then a fresh build from
-  `cfg.train_split` with `cfg.vocab_min_count`. The result is saved beside
-  the data (best effort: the data folder may be read-only) and in `workdir`.
+  copy saved beside the dataset's files, then a fresh build from the
+  captions of `source` with `cfg.vocab_min_count`. The result is saved
+  beside the data (best effort: the data folder may be read-only) and in
+  `workdir`.
 
   Args:
     cfg: `config.dataset`.
+    source: the open `cfg.train_split` (`aac_jax.data.sources.open_source`).
     workdir: the run's folder, or None.
 
   Returns:
@@ -160,7 +162,6 @@ def get_tokenizer(cfg: ml_collections.ConfigDict, workdir: str | None = None) ->
   run_path = epath.Path(workdir) / VOCAB_FILENAME if workdir else None
   if run_path is not None and run_path.exists():
     return Tokenizer.load(run_path)
-  source = sources.open_source(cfg, cfg.train_split)
   data_path = _vocab_cache_path(source, cfg.train_split, cfg.vocab_min_count)
   if data_path.exists():
     tokenizer = Tokenizer.load(data_path)

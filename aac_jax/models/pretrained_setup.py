@@ -19,9 +19,8 @@ import ml_collections
 import optax
 
 from aac_jax.audio.pann_frontend import PannFrontendSettings
-from aac_jax.convert import store
 from aac_jax.data import embeddings
-from aac_jax.models import pretrained
+from aac_jax.models import pretrained, pretrained_store
 from aac_jax.models.config import CaptionerConfig
 
 # Published front-end settings per encoder (what `tools/convert_checkpoint.py` writes).
@@ -38,7 +37,7 @@ def encoder_frontend(model_cfg: ml_collections.ConfigDict) -> PannFrontendSettin
   path = model_cfg.encoder_init
   if not path:
     return DEFAULT_FRONTENDS[encoder]
-  settings = store.load_settings(path)
+  settings = pretrained_store.load_settings(path)
   if settings.get('encoder') != encoder:
     raise ValueError(
       f'model.encoder_init={path} holds a converted {settings.get("encoder")!r} model '
@@ -122,7 +121,7 @@ def make_tagger_and_params(config: ml_collections.ConfigDict) -> tuple[Any, Any]
   )
   tagger = pretrained.make_tagger(model_cfg)
   if config.model.encoder_init:
-    return tagger, store.load_converted(config.model.encoder_init)[0]
+    return tagger, pretrained_store.load_converted(config.model.encoder_init)[0]
   mel = jnp.zeros((1, pretrained.MIN_INPUT_FRAMES, config.frontend.n_mels), jnp.float32)
   pads = jnp.zeros(mel.shape[:2], jnp.float32)
   return tagger, jax.jit(tagger.init)(jax.random.key(int(config.seed)), mel, pads)['params']
@@ -144,7 +143,7 @@ def load_encoder_init(params: Any, model_cfg: CaptionerConfig) -> Any:
   does not use; every tagger leaf of `params` must be in the folder with the
   same shape, else a ValueError names the first one that is not.
   """
-  converted, settings = store.load_converted(model_cfg.encoder_init)
+  converted, settings = pretrained_store.load_converted(model_cfg.encoder_init)
   if settings.get('encoder') != model_cfg.encoder:
     raise ValueError(
       f'{model_cfg.encoder_init} holds a converted {settings.get("encoder")!r} model, '

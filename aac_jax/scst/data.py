@@ -23,7 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from aac_jax.data import global_order, pipeline, sources
+from aac_jax.data import clips, global_order, pipeline, sources
 
 
 def read_train_references(cfg: ml_collections.ConfigDict) -> sources.EvalSplit:
@@ -56,7 +56,7 @@ class _IndexedClip(grain.transforms.RandomMap):
     index = int(index)
     audio = self.source[index]['audio']
     start = int(rng.integers(max(len(audio) - self.max_samples, 0) + 1))
-    waveform, paddings = pipeline.fit_audio(audio, self.max_samples, start)
+    waveform, paddings = clips.fit_audio(audio, self.max_samples, start)
     return {'audio': waveform, 'audio_paddings': paddings, 'index': np.int32(index)}
 
 

@@ -150,7 +150,7 @@ def make_sample_settings(
 
 def create_scst_run(config: ml_collections.ConfigDict, workdir: str) -> ScstRun:
   """Builds the experiment, the reward and the two jitted steps (`config`: see `check_config`)."""
-  exp = trainer.create_experiment(config, workdir)
+  exp = trainer.start_experiment(config, workdir)
   references = scst_data.read_train_references(config.dataset)
   weights = rewards_lib.reward_weights(config.scst)
   reward_fn = rewards_lib.CaptionReward(references, weights, config.scst.spice_jars or None)

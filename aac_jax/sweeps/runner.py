@@ -97,14 +97,14 @@ def check_points(sweep: define.Sweep) -> list[ml_collections.ConfigDict]:
 
 def prepare_datasets(configs: Sequence[ml_collections.ConfigDict]) -> None:
   """Builds (synthetic) or checks each distinct dataset once, before runs start."""
-  from aac_jax.data import registry
+  from aac_jax.train import prepare
 
   seen = set()
   for config in configs:
     key = (config.dataset.name, config.dataset.builder_config, config.dataset.data_dir)
     if key not in seen:
       seen.add(key)
-      registry.ensure_built(config.dataset)
+      prepare.prepare_dataset(config.dataset)
 
 
 def print_commands(sweep: define.Sweep, launcher: str, echo: Callable[[str], None] = print) -> None:

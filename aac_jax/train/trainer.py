@@ -1,8 +1,9 @@
 """The training orchestrator shared by every stage, and the cross-entropy stage.
 
 `train_and_evaluate(config, workdir)` is what `python -m aac_jax.main` runs:
-check the config (`aac_jax.config_validation`), build the experiment,
-then `run_stage`: restore, the one loop (`aac_jax.train.loop`) with the
+check the config (`aac_jax.config_validation`), prepare the run's files
+(`aac_jax.train.prepare`), build the experiment from the config and that
+record, then `run_stage`: restore, the one loop (`aac_jax.train.loop`) with the
 cross-entropy update, the best checkpoint on the test split. The SCST stage
 (`aac_jax.scst.trainer`) runs the same `run_stage` with its own update. The
 workdir ends up holding:
@@ -10,6 +11,7 @@ workdir ends up holding:
   config.json          the resolved configuration
   vocab.txt            the tokenizer (built from the train captions once)
   feature_stats.json   the log-mel normalisation of the run
+  run_files.json       what the preparation resolved (`aac_jax.train.prepare`)
   checkpoints/<step>/  orbax checkpoints (state + data iterator [+ metrics])
   checkpoints_unreadable/  checkpoints that failed to restore, set aside
   events.out.tfevents  TensorBoard: train/* and <split>/* scalars, samples
@@ -32,10 +34,10 @@ from absl import logging
 from etils import epath
 
 from aac_jax import config_validation, files, models, multihost
-from aac_jax.data import feature_stats, pipeline
+from aac_jax.data import pipeline
 from aac_jax.data import tokenizer as tokenizer_lib
 from aac_jax.models import pretrained_setup
-from aac_jax.train import checkpointing, evaluation, logs, loop, parallel, steps
+from aac_jax.train import checkpointing, evaluation, logs, loop, parallel, prepare, steps
 from aac_jax.train import state as state_lib
 from aac_jax.train.loop import NonFiniteLossError
 from aac_jax.train.metric_writers import create_default_writer
@@ -69,42 +71,6 @@ def write_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None
     )
 
 
-# Files a run copies from its `init_from` run when it has none of its own:
-# the loaded parameters only make sense with those token ids and features.
-INHERITED_FILES = (tokenizer_lib.VOCAB_FILENAME, feature_stats.STATS_FILENAME)
-
-
-def inherit_from_init_run(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
-  """Copies `INHERITED_FILES` from `config.train.init_from` where `workdir` lacks them."""
-  if not config.train.init_from:
-    return
-  for name in INHERITED_FILES:
-    own, other = workdir / name, epath.Path(config.train.init_from) / name
-    if not own.exists() and other.exists():
-      files.write_text(own, other.read_text())
-
-
-def first_run_files(config: ml_collections.ConfigDict, path: epath.Path) -> tokenizer_lib.Tokenizer:
-  """Makes or reads the files a run needs before it starts; returns the tokenizer.
-
-  The dataset (the synthetic one is built when missing), the files inherited
-  from `init_from`, the vocabulary and the feature statistics (filled into
-  `config`). With several processes, process 0 writes them first and the
-  others read them (`multihost.process_0_first`).
-  """
-
-  def make_or_read():
-    path.mkdir(parents=True, exist_ok=True)
-    inherit_from_init_run(config, path)
-    # The run's own vocabulary, else one built from the training split.
-    tokenizer = tokenizer_lib.get_tokenizer(config.dataset, str(path))
-    pretrained_setup.resolve_encoder_frontend(config)  # Before the features are measured.
-    feature_stats.resolve(config, path)
-    return tokenizer
-
-  return multihost.process_0_first('prepare the dataset and first-run files', make_or_read)
-
-
 def use_compilation_cache(cache_dir: str) -> None:
   """Points JAX's persistent compilation cache at `cache_dir` ('~' expanded).
 
@@ -115,11 +81,9 @@ def use_compilation_cache(cache_dir: str) -> None:
     jax.config.update('jax_compilation_cache_dir', os.path.expanduser(cache_dir))
 
 
-def create_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
-  """Builds the mesh, tokenizer, models, optimizer and own-loss check of a run."""
-  use_compilation_cache(config.train.compilation_cache_dir)
-  path = epath.Path(workdir)
-  tokenizer = first_run_files(config, path)
+def create_experiment(config: ml_collections.ConfigDict, run_files: prepare.RunFiles) -> Experiment:
+  """Builds the mesh, models, optimizer and own-loss check of a prepared run."""
+  tokenizer = run_files.load_tokenizer()
   model_cfg = models.make_captioner_config(config.model, tokenizer.vocab_size)
   tx, schedule = state_lib.create_optimizer(config.optim, config.train.num_steps)
   tx = pretrained_setup.freeze_optimizer(tx, model_cfg)
@@ -133,7 +97,7 @@ def create_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experi
   )
   return Experiment(
     config=config,
-    workdir=path,
+    workdir=epath.Path(run_files.workdir),
     mesh=mesh,
     tokenizer=tokenizer,
     train_model=models.Captioner(model_cfg),
@@ -142,6 +106,12 @@ def create_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experi
     schedule=schedule,
     own_loss=own_loss,
   )
+
+
+def start_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
+  """What every stage starts with: the compilation cache, `prepare_run`, `create_experiment`."""
+  use_compilation_cache(config.train.compilation_cache_dir)
+  return create_experiment(config, prepare.prepare_run(config, workdir))
 
 
 def _init_params_fn(exp: Experiment):
@@ -346,7 +316,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> loop.
   config_validation.validate(config, 'train', jax.device_count())  # Before anything is written.
   # The log file is opened next: the feature statistics are logged too.
   with logs.log_file(epath.Path(workdir)), stop_logged('Training'):
-    exp = create_experiment(config, workdir)
+    exp = start_experiment(config, workdir)
 
     def make_iter():
       return pipeline.make_train_iterator(config.dataset, exp.tokenizer, config.train.batch_size)
