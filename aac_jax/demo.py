@@ -182,7 +182,7 @@ def main(argv: list[str]) -> int:
 
 def run() -> None:
   config_path.add_config_root_to_path(sys.argv)
-  app.run(main)
+  app.run(main, flags_parser=config_path.parse_flags)
 
 
 if __name__ == '__main__':

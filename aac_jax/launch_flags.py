@@ -8,15 +8,18 @@
 Giving any of the last three starts the distributed runtime with them (and
 discovery for the others); a flag wins over its environment variable.
 Importing this module defines the flags; `initialize_from_flags()` is
-called first thing in `main`.
+called first thing in `main`. Bad values (a process id out of range, a
+malformed address) are one line and exit status 2, before any connection.
 """
 
 import os
+import sys
 
 from absl import flags
 
 from aac_jax import multihost
 
+LAUNCH_ERROR_STATUS = 2  # As for other bad command-line values.
 ENV = {
   'coordinator_address': 'AAC_COORDINATOR_ADDRESS',
   'num_processes': 'AAC_NUM_PROCESSES',
@@ -57,8 +60,18 @@ def launch_values() -> tuple[bool, dict]:
   return bool(flags.FLAGS.multihost) or explicit, kwargs
 
 
-def initialize_from_flags() -> None:
-  """Starts `jax.distributed` when the flags or environment ask for it."""
-  start, kwargs = launch_values()
-  if start:
-    multihost.initialize(**kwargs)
+def initialize_from_flags() -> int:
+  """Starts `jax.distributed` when the flags or environment ask for it.
+
+  Returns:
+    0 when started (or not asked for); `LAUNCH_ERROR_STATUS` after printing
+    one line naming a bad launch value (nothing was started).
+  """
+  try:
+    start, kwargs = launch_values()
+    if start:
+      multihost.initialize(**kwargs)
+  except multihost.LaunchError as error:
+    print(f'error: {error}', file=sys.stderr)
+    return LAUNCH_ERROR_STATUS
+  return 0

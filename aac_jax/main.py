@@ -16,7 +16,8 @@ Several processes (one per host): `--multihost` where JAX discovers them
 
 Exit status: 0 finished, stopped as planned or preempted (saved); 1 stopped
 on an error logged in one line (NaN loss, an unwritable run file, no
-readable checkpoint); 2 bad config values (one line each, before any work).
+readable checkpoint); 2 a bad flag, config field, variant or value, or bad
+launch values (one line each, before any work).
 """
 
 import sys
@@ -37,14 +38,15 @@ def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logs.quiet_console()
-  launch_flags.initialize_from_flags()
+  if status := launch_flags.initialize_from_flags():
+    return status
   return trainer.run(FLAGS.config, FLAGS.workdir)
 
 
 def run() -> None:
   """Console script `aac-train` (works from any folder: see `aac_jax.config_path`)."""
   config_path.add_config_root_to_path(sys.argv)
-  app.run(main)
+  app.run(main, flags_parser=config_path.parse_flags)
 
 
 if __name__ == '__main__':

@@ -138,9 +138,15 @@ def initialize(
     raise LaunchError(f'number of processes {num_processes}: must be >= 1')
   if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
     raise LaunchError(f'process id {process_id}: must be in [0, {num_processes})')
-  jax.distributed.initialize(
-    coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
-  )
+  try:
+    jax.distributed.initialize(
+      coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
+  except ValueError as error:  # Values missing where JAX cannot discover the cluster.
+    raise LaunchError(
+      f'{error} Give --coordinator_address, --num_processes and --process_id together, or '
+      '--multihost where JAX discovers the cluster (TPU VMs, SLURM).'
+    ) from None
   logging.info(
     'Process %d of %d, %d local of %d devices',
     jax.process_index(),

@@ -9,6 +9,7 @@ import os
 import pathlib
 import shlex
 import subprocess
+import sys
 
 import pytest
 from absl import flags
@@ -147,3 +148,31 @@ def test_one_process_runs_first_run_work_directly(monkeypatch):
   monkeypatch.setenv(multihost.TIMEOUT_ENV, 'soon')
   with pytest.raises(multihost.LaunchError, match='AAC_JAX_SYNC_TIMEOUT_S'):
     multihost.sync_timeout_s()
+
+
+@pytest.mark.parametrize(
+  ('launch', 'message'),
+  [
+    (['--process_id=5', '--num_processes=2'], 'process id 5: must be in [0, 2)'),
+    (['--process_id=two', '--num_processes=2'], 'flag --process_id=two: invalid literal for int()'),
+  ],
+)
+def test_bad_process_id_on_the_command_line_is_one_line_and_exit_2(tmp_path, launch, message):
+  command = [sys.executable, '-m', 'aac_jax.main', '--config=configs/synthetic_demo.py:runlocal']
+  command += [f'--workdir={tmp_path / "run"}', '--coordinator_address=127.0.0.1:1', *launch]
+  done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2, done.stderr[-3000:]
+  lines = done.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(f'error: {message}'), done.stderr
+  assert not (tmp_path / 'run').exists()
+
+
+def test_process_id_without_the_other_values_says_what_to_give(tmp_path):
+  command = [sys.executable, '-m', 'aac_jax.main', '--config=configs/synthetic_demo.py:runlocal']
+  command += [f'--workdir={tmp_path / "run"}', '--process_id=1']
+  done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2, done.stderr[-3000:]
+  assert done.stderr.strip().splitlines() == [
+    'error: coordinator_address should be defined. Give --coordinator_address, --num_processes '
+    'and --process_id together, or --multihost where JAX discovers the cluster (TPU VMs, SLURM).'
+  ]

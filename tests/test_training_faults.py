@@ -45,7 +45,9 @@ def _overrides(config) -> list[str]:
   return [*flags, '--config.eval.test_at_end=False']
 
 
-def _main(cache, workdir, flags, timeout=600) -> subprocess.CompletedProcess:
+def _main(
+  cache, workdir, flags, timeout=600, config='configs/synthetic_demo.py:runlocal', module='main'
+) -> subprocess.CompletedProcess:
   env = dict(
     os.environ,
     XLA_FLAGS='--xla_force_host_platform_device_count=8',
@@ -53,7 +55,7 @@ def _main(cache, workdir, flags, timeout=600) -> subprocess.CompletedProcess:
     JAX_COMPILATION_CACHE_DIR=str(cache),
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
   )
-  command = [sys.executable, '-m', 'aac_jax.main', '--config=configs/synthetic_demo.py:runlocal']
+  command = [sys.executable, '-m', f'aac_jax.{module}', f'--config={config}']
   return subprocess.run(
     [*command, f'--workdir={workdir}', *flags],
     cwd=REPO,
@@ -76,7 +78,7 @@ def _own_loss(config, workdir, step) -> float:
   from aac_jax.train import parallel
 
   params = inference.load_model(workdir, step).params
-  exp = trainer.create_experiment(config, str(workdir))
+  exp = trainer.start_experiment(config, str(workdir))
   params = jax.device_put(params, parallel.replicated(exp.mesh))
   batch = next(pipeline.make_train_iterator(config.dataset, exp.tokenizer, config.train.batch_size))
   batch = parallel.shard_batch(batch, exp.mesh)
@@ -253,6 +255,44 @@ def test_bad_config_values_fail_before_any_work(toy, tmp_path):
     assert proc.stderr.count(BAD_VALUES[field][1]) == 1, proc.stderr
   assert 'Traceback' not in proc.stderr
   assert not (tmp_path / 'run').exists()  # Nothing read, built or written.
+
+
+MISTYPED = {
+  'field': (
+    ['--config.optim.lrr=1e-3'],
+    """--config.optim.lrr: no config field 'lrr'. Did you mean "lr" instead of "lrr"?""",
+  ),
+  'section': (
+    ['--config.optm.lr=1'],
+    """--config.optm.lr: no config field 'optm'. Did you mean "optim" instead of "optm"?""",
+  ),
+  'value': (
+    ['--config.optim.lr=abc'],
+    "flag --config.optim.lr=abc: could not convert string to float: 'abc'",
+  ),
+  'variant': (
+    ['--config=configs/synthetic_demo.py:runlokal'],
+    'flag --config=configs/synthetic_demo.py:runlokal: ValueError: unknown config variant '
+    "'runlokal' in 'runlokal'; accepted: ['data', 'runlocal', 'short'] (example: --config "
+    'configs/clotho.py:model=small)',
+  ),
+}
+
+
+@pytest.mark.parametrize('what', sorted(MISTYPED))
+def test_a_mistyped_config_flag_is_one_line_and_exit_2(tmp_path, jax_cache, what):
+  flags, message = MISTYPED[what]
+  proc = _main(jax_cache, tmp_path / 'run', flags, timeout=120)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert proc.stderr.strip().splitlines() == [f'error: {message}'], proc.stderr
+  assert not (tmp_path / 'run').exists()
+
+
+def test_scst_command_has_the_same_one_line_for_a_misspelt_field(tmp_path, jax_cache):
+  config = f'configs/synthetic_demo_scst.py:init_from={tmp_path / "ce"}'
+  proc = _main(jax_cache, tmp_path / 'run', MISTYPED['field'][0], 120, config, 'scst.main')
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert proc.stderr.strip().splitlines() == [f'error: {MISTYPED["field"][1]}']
 
 
 def test_console_has_no_library_info_lines_and_train_log_keeps_them(toy, tmp_path):

@@ -28,7 +28,8 @@ def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logs.quiet_console()
-  launch_flags.initialize_from_flags()
+  if status := launch_flags.initialize_from_flags():
+    return status
   status, result = train_trainer.exit_status(lambda: trainer.run_scst(FLAGS.config, FLAGS.workdir))
   if status:
     return status
@@ -40,7 +41,7 @@ def main(argv: list[str]) -> int:
 def run() -> None:
   """Console script `aac-scst`."""
   config_path.add_config_root_to_path(sys.argv)
-  app.run(main)
+  app.run(main, flags_parser=config_path.parse_flags)
 
 
 if __name__ == '__main__':
