@@ -158,15 +158,16 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | epath.Path) -> Run
   path.mkdir(parents=True, exist_ok=True)
   dataset = config.dataset
   train_source = sources.open_source(dataset, dataset.train_split)
+  name, folder = sources.dataset_name(dataset), sources.source_dir(train_source)
   inherited = inherit_from_init_run(config, path)
-  tokenizer = tokenizer_lib.load_or_build(dataset, train_source, str(path))
+  vocab_size = tokenizer_lib.load_or_build(dataset, train_source, str(path)).vocab_size
   pretrained_setup.resolve_encoder_frontend(config)  # Before the features are measured.
   feature_stats.resolve(config, path, train_source)
   run_files = RunFiles(
     workdir=str(path),
-    dataset=sources.dataset_name(dataset),
-    dataset_dir=sources.source_dir(train_source),
-    vocab_size=tokenizer.vocab_size,
+    dataset=name,
+    dataset_dir=folder,
+    vocab_size=vocab_size,
     frontend=config.frontend.to_dict(),
     embeddings_dir=str(dataset.embeddings_dir),
     inherited=tuple(inherited),
