@@ -51,3 +51,19 @@ def test_tools_script_runs():
     check=True,
   )
   assert '--audio_pattern' in result.stdout
+
+
+def test_nul_byte_in_a_caption_csv_fails_the_build_with_one_line(tmp_path, capsys):
+  write_csv_tree(tmp_path / 'src')
+  manifest = tmp_path / 'src' / 'manifest.csv'
+  data = manifest.read_bytes()
+  at = data.index(b'\n', data.index(b'\n') + 1) - 3  # Inside the first row's last caption.
+  manifest.write_bytes(data[:at] + b'\0' + data[at:])
+  argv = ['custom', '--source_dir', str(tmp_path / 'src'), '--data_dir', str(tmp_path / 'tfds')]
+  assert build_cli.run([*argv, '--no_progress', '--sample_rate', '8000']) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[0] == (
+    f'aac-build-dataset: build failed: {manifest}: NUL byte at byte {at} (line 2): not a UTF-8 '
+    'text file (damaged, binary, or UTF-16); save it as UTF-8 text without NUL bytes'
+  ), err
+  assert not list((tmp_path / 'tfds').rglob('*.array_record*'))

@@ -5,6 +5,7 @@ import importlib.util
 import io
 import json
 import os
+import pathlib
 import shutil
 import sys
 
@@ -219,3 +220,43 @@ def test_relative_java_runs_meteor(tmp_path, monkeypatch):
     ['--predictions', preds, '--references', refs, '--meteor', '--java', 'jre/java']
   )
   assert 0 < report['corpus']['meteor'] <= 1 and 'meteor' not in report['unavailable']
+
+
+@pytest.mark.parametrize(
+  ('name', 'data', 'message'),
+  [
+    ('list.json', b'[1, 2, 3]', '3 list items are not records (the first is 1)'),
+    ('p.json', b'', 'empty file, expected JSON predictions'),
+    ('cut.json', b'{"a b.wav": "a dog', 'not valid JSON (Unterminated string'),
+    ('nul.csv', b'file_name,caption\na b.wav,a d\0og\n', 'NUL byte at byte 29 (line 2)'),
+    (
+      'nul.json',
+      b'{"a b.wav": "a d\\u0000og"}',
+      "the prediction of clip 'a b.wav' contains a NUL character",
+    ),
+  ],
+)
+def test_bad_prediction_files_are_one_line_naming_the_file(
+  tmp_path, monkeypatch, name, data, message
+):
+  refs = _clotho_refs(tmp_path)
+  (tmp_path / name).write_bytes(data)
+  argv = ['aac-evaluate', '--predictions', str(tmp_path / name), '--references', refs]
+  monkeypatch.setattr(sys, 'argv', argv)
+  with pytest.raises(SystemExit) as exit_:  # Python prints its text and exits 1.
+    evaluate_cli.run()
+  printed = exit_.value.code
+  assert printed.startswith(f'aac-evaluate: {tmp_path / name}: {message}'), printed
+  assert '\n' not in printed
+  assert not list(tmp_path.glob('*.scores.json'))
+
+
+def test_nul_byte_in_a_reference_caption_is_refused(tmp_path):
+  refs = pathlib.Path(_clotho_refs(tmp_path))
+  data = refs.read_bytes().replace(b'Rain.', b'Ra\0in.')
+  refs.write_bytes(data)
+  preds = tmp_path / 'p.json'
+  preds.write_text(json.dumps({'a b.wav': 'a dog', 'c,d.wav': 'rain'}))
+  at = data.index(b'\0')
+  with pytest.raises(ValueError, match=f'{refs}: NUL byte at byte {at} '):
+    evaluate_cli.main(['--predictions', str(preds), '--references', str(refs)])

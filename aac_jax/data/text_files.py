@@ -6,7 +6,9 @@ only the lines that fail UTF-8 are decoded with the fallback encoding
 (ISO-8859-1 by default, which decodes any byte), so `café` written in UTF-8
 stays `café` next to a line saved in Latin-1. Whenever the fallback is used
 the result carries a warning naming the file, the byte offset of the first
-bad byte and the encoding used; callers record or print it.
+bad byte and the encoding used; callers record or print it. A NUL byte is
+refused (`ValueError` naming the file and line): Python's csv module passes
+it through into captions, where it would be stored and scored unseen.
 """
 
 import csv
@@ -41,7 +43,18 @@ def decode_bytes(data: bytes, name: str, fallback: str = FALLBACK_ENCODING) -> D
 
   Returns:
     The text and a warning ('' when every line is UTF-8).
+
+  Raises:
+    ValueError: the data holds a NUL byte (a damaged or binary file, or
+      UTF-16 text): never text a caption or id may contain.
   """
+  if b'\0' in data:
+    at = data.index(b'\0')
+    line = data.count(b'\n', 0, at) + 1
+    raise ValueError(
+      f'{name}: NUL byte at byte {at} (line {line}): not a UTF-8 text '
+      'file (damaged, binary, or UTF-16); save it as UTF-8 text without NUL bytes'
+    )
   try:
     return DecodedText(data.decode('utf-8-sig'), '')
   except UnicodeDecodeError as error:  # Its offset does not count the stripped BOM.
@@ -110,6 +123,6 @@ def read_csv_rows(path: str | os.PathLike) -> CsvRows:
     for row in reader:
       if any(value not in (None, '') for value in row.values()):
         rows.append((reader.line_num, row))
-  except csv.Error as error:  # E.g. NUL bytes: the file is not a CSV past this point.
+  except csv.Error as error:  # The file is not a CSV past this point.
     raise ValueError(f'{path}: line {reader.line_num}: {error}') from error
   return CsvRows(rows, columns, warning)

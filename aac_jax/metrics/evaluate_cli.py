@@ -28,7 +28,8 @@ CSV.
 Files are read as UTF-8 (a byte-order mark, as Excel writes, is fine);
 lines that are not UTF-8 are read as ISO-8859-1 with a warning naming the
 file and byte. A prediction that is not a string (JSON `null`, a number, a
-short CSV row) is an error naming its clip, never scored as text.
+short CSV row) or holds a NUL character is an error naming its clip, never
+scored as text; an empty or malformed file is an error naming the file.
 """
 
 import argparse
@@ -59,8 +60,10 @@ def _pick(row: dict, names: Sequence[str], what: str, source: str):
 
 def _check_caption(value, clip: str, source: str, what: str = 'prediction') -> str:
   """Returns `value` if it is a caption string; else raises naming the clip."""
-  if isinstance(value, str):
+  if isinstance(value, str) and '\0' not in value:
     return value
+  if isinstance(value, str):  # JSON's escaped \u0000: never part of a caption.
+    raise ValueError(f'{source}: the {what} of clip {clip!r} contains a NUL character')
   kind = 'null (or a missing CSV field)' if value is None else type(value).__name__
   raise ValueError(
     f'{source}: the {what} of clip {clip!r} is {kind}, not a string; '
@@ -94,10 +97,16 @@ def read_predictions(
   text, warning = text_files.read_text(pathlib.Path(path).expanduser())
   _warn(warning, warnings)
   if path.endswith('.json'):
-    data = json.loads(text)
+    data = _read_json(text, path)
     if isinstance(data, dict):
       return {str(k): _check_caption(v, str(k), path) for k, v in data.items()}, {}
     rows = data
+    bad = [row for row in rows if not isinstance(row, dict)]
+    if bad:
+      raise ValueError(
+        f'{path}: {len(bad)} list items are not records (the first is {bad[0]!r:.60}); '
+        'write {"id": caption, ...} or [{"id": ..., "prediction": ...}, ...]'
+      )
   else:
     rows = list(csv.DictReader(io.StringIO(text, newline='')))
   predictions, references = {}, {}
@@ -112,6 +121,19 @@ def read_predictions(
     if isinstance(row.get('references'), list):
       references[clip] = [_check_caption(r, clip, path, 'reference') for r in row['references']]
   return predictions, references
+
+
+def _read_json(text: str, path: str) -> dict | list:
+  """The JSON object or list of a predictions file (errors name the file)."""
+  if not text.strip():
+    raise ValueError(f'{path}: empty file, expected JSON predictions')
+  try:
+    data = json.loads(text)
+  except json.JSONDecodeError as error:
+    raise ValueError(f'{path}: not valid JSON ({error})') from None
+  if not isinstance(data, dict | list):
+    raise ValueError(f'{path}: JSON {type(data).__name__}, expected an object or a list')
+  return data
 
 
 def read_reference_csv(path: str, warnings: list[str] | None = None) -> dict[str, list[str]]:
