@@ -97,7 +97,11 @@ def bleu_from_counts(counts: ngrams.PairCounts, max_n: int = 4) -> tuple[np.ndar
   """
   if counts.num_clips == 0:
     return np.zeros(max_n), np.zeros((0, max_n))
-  s = bleu_statistics(counts, max_n)
+  return bleu_from_statistics(bleu_statistics(counts, max_n))
+
+
+def bleu_from_statistics(s: BleuStatistics) -> tuple[np.ndarray, np.ndarray]:
+  """Corpus scores [max_n] and per-clip scores [n, max_n] from `bleu_statistics`."""
   per_clip = _bleu(s.correct, s.guess, s.test_len, s.ref_len)
   corpus = _bleu(s.correct.sum(0), s.guess.sum(0), s.test_len.sum(), s.ref_len.sum())
   return corpus, per_clip

@@ -115,15 +115,16 @@ def compute_caption_metrics(
   refs = ptb_tokenizer.tokenize_references(references)
   corpus, per_clip, unavailable = {}, {}, {}
   statistics: dict[str, bootstrap.Statistic] = {}
+  vocab_data = None
   if cands:
-    statistics.update(_add_ngram_metrics(cands, refs, corpus, per_clip))
+    vocab_data = _add_ngram_metrics(cands, refs, corpus, per_clip, statistics)
   else:
     corpus.update({k: 0.0 for k in METRICS[:4] + ('rouge_l', 'cider_d')})
     per_clip.update({k: np.zeros(0) for k in corpus})
   _add_meteor(meteor, cands, refs, java, corpus, per_clip, unavailable)
   _add_spice(spice, cands, refs, spice_jars, java, corpus, per_clip, unavailable)
   _add_fense(fense, fense_options, cands, refs, corpus, per_clip, unavailable)
-  _add_vocab(cands, refs, corpus)
+  _add_vocab(vocab_data, corpus)
   intervals = {}
   if bootstrap_samples > 0:
     for name in corpus:
@@ -145,8 +146,12 @@ def _single_spaced(joined: str) -> bool:
   return not (joined.startswith(' ') or joined.endswith(' ') or _OTHER_SPACE.search(joined))
 
 
-def _add_ngram_metrics(cands, refs, corpus, per_clip) -> dict[str, bootstrap.Statistic]:
-  """BLEU, ROUGE-L and CIDEr-D, sharing one encoding of the words; returns BLEU's resamplers."""
+def _add_ngram_metrics(cands, refs, corpus, per_clip, statistics) -> vocab_lib.VocabData:
+  """BLEU, ROUGE-L and CIDEr-D, sharing one encoding of the words; adds BLEU's resamplers.
+
+  Returns:
+    The word sets for Vocab (from the same n-gram table).
+  """
   texts = cands + [r for rs in refs for r in rs]
   regular = _single_spaced('\n'.join(texts))  # Then split() == split(' ').
   vocab: dict[str, int] = {}
@@ -155,10 +160,10 @@ def _add_ngram_metrics(cands, refs, corpus, per_clip) -> dict[str, bootstrap.Sta
   )
   ref_clip = np.repeat(np.arange(len(refs)), [len(rs) for rs in refs])
   counts = ngrams.pair_counts(cand_s, ref_s, ref_clip, 4)
-  bleu_corpus, bleu_clip = bleu.bleu_from_counts(counts, 4)
+  stats = bleu.bleu_statistics(counts, 4)
+  bleu_corpus, bleu_clip = bleu.bleu_from_statistics(stats)
   for k in range(4):
     corpus[f'bleu_{k + 1}'], per_clip[f'bleu_{k + 1}'] = float(bleu_corpus[k]), bleu_clip[:, k]
-  stats = bleu.bleu_statistics(counts, 4)
   if not regular:
     _, per_clip['rouge_l'] = rouge.rouge_l_scores(cands, refs)
   else:  # split() and split(' ') agree except on '' (one empty token).
@@ -168,7 +173,8 @@ def _add_ngram_metrics(cands, refs, corpus, per_clip) -> dict[str, bootstrap.Sta
   per_clip['cider_d'] = cider.cider_d_from_counts(counts, cider.corpus_idf(counts))
   corpus['rouge_l'] = float(per_clip['rouge_l'].mean())
   corpus['cider_d'] = float(per_clip['cider_d'].mean())
-  return {f'bleu_{k + 1}': _bleu_order(stats, k) for k in range(4)}
+  statistics.update({f'bleu_{k + 1}': _bleu_order(stats, k) for k in range(4)})
+  return vocab_lib.vocab_data_from_counts(counts)
 
 
 def _bleu_order(stats: bleu.BleuStatistics, k: int) -> bootstrap.Statistic:
@@ -218,8 +224,10 @@ def _add_fense(wanted, options, cands, refs, corpus, per_clip, unavailable) -> N
     corpus['spider_fl'] = float(per_clip['spider_fl'].mean()) if len(cands) else 0.0
 
 
-def _add_vocab(cands, refs, corpus) -> None:
+def _add_vocab(data: vocab_lib.VocabData | None, corpus) -> None:
   """Vocab and its ratio to the references' (no interval: see `bootstrap.py`)."""
-  data = vocab_lib.vocab_data(cands, refs)
-  vocab, ratio = vocab_lib.vocab_scores(data, np.ones((1, len(cands))))
+  if data is None:  # No candidates.
+    corpus['vocab'] = corpus['vocab_ratio'] = 0.0
+    return
+  vocab, ratio = vocab_lib.vocab_scores(data, np.ones((1, data.num_clips)))
   corpus['vocab'], corpus['vocab_ratio'] = float(vocab[0]), float(ratio[0])
