@@ -20,6 +20,7 @@ import sys
 from absl import flags
 
 BAD_FLAG_STATUS = 2  # The status of bad config values too (`aac_jax.main`).
+HELP_FLAGS = frozenset({'--help', '--helpshort', '--helpfull', '--helpxml', '-?'})
 
 
 def add_config_root_to_path(argv: list[str]) -> None:
@@ -73,11 +74,20 @@ def flag_error_message(error: Exception, argv: list[str]) -> str:
 def parse_flags(argv: list[str]) -> list[str]:
   """`absl.app.run`'s `flags_parser`: parses `argv`, or prints one line and exits 2.
 
+  The help flags print absl's usage and exit 0 (absl itself exits 1), so
+  every entry point answers `--help` with status 0. Every absl entry point
+  (`aac_jax.main`, `aac_jax.scst.main`, the demo, sweeps, tools) uses it.
+
   Returns:
     The arguments left after the flags (as absl's own parser).
   """
   try:
     return flags.FLAGS(argv)
+  except SystemExit as stop:
+    # absl prints the help asked for, then exits 1; asking for help is no error.
+    if stop.code == 1 and HELP_FLAGS.intersection(argv[1:]):
+      sys.exit(0)
+    raise
   except Exception as error:  # noqa: BLE001 - the config parser raises several kinds.
     print(f'error: {flag_error_message(error, argv)}', file=sys.stderr)
     sys.exit(BAD_FLAG_STATUS)

@@ -24,6 +24,7 @@ sys.path[:0] = [str(_REPO), str(_REPO / 'tests')]
 import tensorflow_datasets as tfds  # noqa: E402
 import toy_dataset  # noqa: E402  (the test fixture builder, found via sys.path)
 
+from aac_jax import config_path  # noqa: E402
 from aac_jax.data import pipeline, sources  # noqa: E402
 from aac_jax.data.tokenizer import Tokenizer  # noqa: E402
 from configs import base  # noqa: E402
@@ -126,4 +127,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_path.parse_flags)

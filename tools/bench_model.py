@@ -25,7 +25,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from aac_jax import decoding  # noqa: E402
+from aac_jax import config_path, decoding  # noqa: E402
 from aac_jax.models.captioner import Captioner, count_params, init_params  # noqa: E402
 from aac_jax.models.config import make_captioner_config  # noqa: E402
 
@@ -111,4 +111,4 @@ def _time_decoding(model, params, features, paddings, decode_cfg, length: int) -
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_path.parse_flags)

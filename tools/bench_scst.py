@@ -30,7 +30,7 @@ from ml_collections import config_flags
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_REPO))
 
-from aac_jax import models  # noqa: E402
+from aac_jax import config_path, models  # noqa: E402
 from aac_jax.scst import data as scst_data  # noqa: E402
 from aac_jax.scst import trainer as scst_trainer  # noqa: E402
 from aac_jax.train import checkpointing, parallel  # noqa: E402
@@ -140,4 +140,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_path.parse_flags)

@@ -49,7 +49,7 @@ from absl import app, flags
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(_REPO))
 
-from aac_jax import models  # noqa: E402
+from aac_jax import config_path, models  # noqa: E402
 from aac_jax.data import pipeline  # noqa: E402
 from aac_jax.models import pretrained_setup  # noqa: E402
 from aac_jax.train import parallel, state, steps  # noqa: E402
@@ -380,4 +380,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_path.parse_flags)

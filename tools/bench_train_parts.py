@@ -45,7 +45,7 @@ import bench_train  # noqa: E402 (its flags: --configs, --batch_size, --rounds, 
 import torch  # noqa: E402
 import torch_captioner  # noqa: E402
 
-from aac_jax import models  # noqa: E402
+from aac_jax import config_path, models  # noqa: E402
 from aac_jax.data import tokenizer  # noqa: E402
 from aac_jax.models import conformer  # noqa: E402
 from aac_jax.train import state, steps  # noqa: E402
@@ -261,4 +261,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_path.parse_flags)

@@ -38,4 +38,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == '__main__':
   config_path.add_config_root_to_path(sys.argv)
-  app.run(main)
+  app.run(main, flags_parser=config_path.parse_flags)

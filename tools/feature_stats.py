@@ -16,6 +16,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from aac_jax import config_path  # noqa: E402
 from aac_jax.data import feature_stats, sources  # noqa: E402
 
 config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_config=False)
@@ -43,4 +44,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_path.parse_flags)

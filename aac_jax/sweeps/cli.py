@@ -106,4 +106,4 @@ def main(argv: list[str]) -> int:
 def run() -> None:
   """Console script `aac-sweep`."""
   config_path.add_config_root_to_path(sys.argv)
-  app.run(main)
+  app.run(main, flags_parser=config_path.parse_flags)
