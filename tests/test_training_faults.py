@@ -17,9 +17,11 @@ import jax
 import numpy as np
 import pytest
 import toy_dataset
+from absl import logging as absl_logging
+from etils import epath
 
 from aac_jax import config_validation, files
-from aac_jax.train import checkpointing, trainer
+from aac_jax.train import checkpointing, logs, trainer
 from configs import base
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -183,22 +185,34 @@ def test_no_readable_checkpoint_is_one_message_and_nothing_is_lost(toy, run_to_f
 
 
 @pytest.fixture
-def full_tmpfs(tmp_path):
-  """A mounted 64 KiB tmpfs, filled up (needs root, as CI and this machine have)."""
+def small_tmpfs(tmp_path):
+  """A mounted 64 KiB tmpfs (needs root, as CI and this machine have)."""
   mount = tmp_path / 'full'
   mount.mkdir()
   done = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', str(mount)])
   if done.returncode:
     pytest.skip('cannot mount a tmpfs here (not root)')
   try:
-    with open(mount / 'filler', 'wb') as f:
-      try:
-        f.write(b'\0' * (1 << 20))
-      except OSError:
-        pass
     yield mount
   finally:
     subprocess.run(['umount', str(mount)], check=True)
+
+
+def _fill(mount: pathlib.Path) -> None:
+  """Fills the file system of `mount` with a file `filler`."""
+  with open(mount / 'filler', 'ab') as f:
+    try:
+      f.write(b'\0' * (1 << 20))
+      f.flush()
+    except OSError:
+      pass
+
+
+@pytest.fixture
+def full_tmpfs(small_tmpfs):
+  """`small_tmpfs`, filled up."""
+  _fill(small_tmpfs)
+  return small_tmpfs
 
 
 def test_write_on_a_full_disk_names_the_file_and_keeps_the_old_one(full_tmpfs):
@@ -220,6 +234,33 @@ def test_full_disk_during_evaluation_stops_with_one_line(toy, tmp_path, full_tmp
   expected = f'cannot write {workdir / "predictions" / "validation_step2.json"}: No space left'
   assert expected in caplog.text
   assert not [p for p in full_tmpfs.iterdir() if p.name != 'filler']
+
+
+def test_full_disk_from_the_start_is_one_line_before_any_work(toy, full_tmpfs):
+  config, cache = toy
+  proc = _main(cache, full_tmpfs / 'run', _overrides(config), timeout=120)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1, proc.stderr[-3000:]
+  assert lines[0].endswith(
+    f'] cannot write {full_tmpfs / "run" / "train.log"}: No space left on device'
+  )
+
+
+def test_run_log_on_a_disk_that_fills_warns_once_and_closes(small_tmpfs, caplog, capfd):
+  caplog.set_level(logging.INFO)
+  with logs.log_file(epath.Path(small_tmpfs / 'run')):
+    absl_logging.info('before the disk filled')
+    _fill(small_tmpfs)
+    for i in range(100):  # More than the free part of the file's last page.
+      absl_logging.info('record %d %s', i, 'x' * 100)
+  assert 'before the disk filled' in (small_tmpfs / 'run' / 'train.log').read_text()
+  path = small_tmpfs / 'run' / 'train.log'
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert warnings == [
+    f'cannot write {path}: No space left on device; the rest of this run logs to the console only'
+  ]
+  assert 'Logging error' not in capfd.readouterr().err
 
 
 BAD_VALUES = {

@@ -5,16 +5,23 @@ person watching a run does not need. `quiet_console()` filters the console
 handler to this package's records and warnings or worse from anywhere;
 `--verbosity` (absl's flag) given on the command line turns the filter off.
 `log_file(workdir)` appends every INFO-or-worse record, libraries' too, to
-`<workdir>/train.log`.
+`<workdir>/train.log`. On a full disk the run stops at once with one line
+(`cannot write .../train.log: No space left on device`) when the file
+cannot be written from the start, and the file stops with one warning when
+the disk fills later: never a `--- Logging error ---` traceback per record.
 """
 
 import contextlib
 import logging as py_logging
 import os
+import shlex
+import sys
 
 import jax
 from absl import flags, logging
 from etils import epath
+
+from aac_jax import files
 
 LOG_FILENAME = 'train.log'
 _PACKAGE_DIR = f'{os.sep}aac_jax{os.sep}'
@@ -50,19 +57,62 @@ def quiet_console() -> None:
     handler.addFilter(_CONSOLE_FILTER)
 
 
+class _RunLogHandler(py_logging.FileHandler):
+  """A `FileHandler` that stops at its first failed write (a full disk) with one warning.
+
+  The standard handler prints a `--- Logging error ---` traceback for every
+  record it cannot write, and raises from `close()`; a run on a full disk
+  would bury its own one-line reason under hundreds of them.
+  """
+
+  def __init__(self, path: str):
+    super().__init__(path)
+    self.error: OSError | None = None
+
+  def emit(self, record: py_logging.LogRecord) -> None:
+    if self.error is None:
+      super().emit(record)
+
+  def handleError(self, record: py_logging.LogRecord) -> None:  # noqa: N802 - logging's name.
+    error = sys.exc_info()[1]
+    if self.error is not None or not isinstance(error, OSError):
+      super().handleError(record)
+      return
+    self.error = error
+    if record.name != _OPENING:  # Else `log_file` stops the run with the reason.
+      logging.warning('%s; the rest of this run logs to the console only', self.reason())
+
+  def reason(self) -> str:
+    """`cannot write <file>: <why>`, as `aac_jax.files.RunFileError` says it."""
+    why = getattr(self.error, 'strerror', None) or str(self.error)
+    return f'cannot write {self.baseFilename}: {why}'
+
+  def close(self) -> None:
+    try:
+      super().close()  # Flushes what is buffered: fails again on a full disk.
+    except OSError:
+      pass
+
+
+_OPENING = 'aac_jax.log_file'
+
+
 @contextlib.contextmanager
 def log_file(workdir: epath.Path, name: str = LOG_FILENAME):
   """Appends every INFO-or-worse log record to `<workdir>/<name>` (process 0, local workdirs).
 
-  Creates `workdir` where it does not exist yet.
+  Creates `workdir` where it does not exist yet, and writes the command line
+  as the first record. When the disk fills later, the file stops (one
+  warning on the console) and the run goes on.
+
+  Raises:
+    files.RunFileError: the file cannot be created or written (a full disk,
+      no permission): before any work, logged as one line.
   """
   if jax.process_index() > 0 or '://' in str(workdir):
     yield
     return
-  workdir.mkdir(parents=True, exist_ok=True)
-  handler = py_logging.FileHandler(os.fspath(workdir / name))
-  handler.setFormatter(py_logging.Formatter('%(asctime)s %(levelname)s %(name)s %(message)s'))
-  handler.setLevel(py_logging.INFO)
+  handler = _open_handler(workdir / name)
   root = py_logging.getLogger()
   absl_logger = logging.get_absl_logger()
   levels = (root.level, absl_logger.level)
@@ -78,3 +128,26 @@ def log_file(workdir: epath.Path, name: str = LOG_FILENAME):
     absl_logger.setLevel(levels[1])
     root.removeHandler(handler)
     handler.close()
+
+
+def _open_handler(path: epath.Path) -> _RunLogHandler:
+  """The handler of `path`, its first record written (so a full disk shows now)."""
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = _RunLogHandler(os.fspath(path))
+  except OSError as error:
+    failed = files.RunFileError(f'cannot write {path}: {error.strerror or error}')
+    logging.error('%s', failed)
+    raise failed from error
+  handler.setFormatter(py_logging.Formatter('%(asctime)s %(levelname)s %(name)s %(message)s'))
+  handler.setLevel(py_logging.INFO)
+  first = py_logging.LogRecord(
+    _OPENING, py_logging.INFO, __file__, 0, 'Command: %s', (shlex.join(sys.argv),), None
+  )
+  handler.handle(first)
+  if handler.error is not None:
+    failed = files.RunFileError(handler.reason())
+    handler.close()
+    logging.error('%s', failed)
+    raise failed
+  return handler
