@@ -140,3 +140,57 @@ def test_training_hook_scores_and_selects_by_fense(run, monkeypatch):
   result = eval_config.caption_metrics_from_config(['a dog barks', 'rain'], refs, config.eval)
   assert {'fense', 'sbert_sim', 'fer', 'vocab'} <= set(result.corpus)
   assert 'spider_fl' in result.unavailable and not result.intervals
+
+
+class _Encoding:
+  """What `tokenizers` returns per text: ids, mask and type ids."""
+
+  def __init__(self, text: str):
+    self.ids = [len(w) for w in text.split()]
+    self.attention_mask = [1] * len(self.ids)
+    self.type_ids = [0] * len(self.ids)
+
+
+class _ShapeRecorder:
+  """A model whose output is the sum of the real ids; records each compiled shape."""
+
+  def __init__(self):
+    self.shapes = []
+
+  def apply(self, variables, ids, mask, types):
+    del variables, types
+    self.shapes.append(ids.shape)  # Runs once per traced (compiled) shape.
+    return (ids * mask).sum(-1, keepdims=True).astype(np.float32)
+
+
+def _runner(batch_size: int) -> fense_models.BertRunner:
+  tokenizer = type('Tok', (), {'encode_batch': lambda self, texts: [_Encoding(t) for t in texts]})
+  return fense_models.BertRunner(_ShapeRecorder(), {}, tokenizer(), 128, batch_size)
+
+
+def test_batches_padded_to_row_and_length_buckets():
+  assert [fense_models.bucket_rows(n, 128) for n in (1, 8, 9, 14, 84, 100, 128)] == [
+    8, 8, 12, 16, 96, 128, 128
+  ]  # fmt: skip
+  assert fense_models.bucket_rows(20, 20) == 20  # Never above batch_size.
+  assert [fense_models.bucket_length(n, 128) for n in (3, 17, 25, 33, 49, 65, 97, 300)] == [
+    16, 24, 32, 48, 64, 96, 128, 128
+  ]  # fmt: skip
+  assert fense_models.batch_bounds(300, 128) == [(0, 44), (44, 172), (172, 300)]
+  assert fense_models.batch_bounds(256, 128) == [(0, 128), (128, 256)]
+  rng = np.random.default_rng(0)
+  # 14 clips x 6 sentences, 20 to 40 word pieces: one batch of 96 rows, not 128.
+  texts = [
+    ' '.join('w' * int(k) for k in rng.integers(1, 9, rng.integers(20, 41))) for _ in range(84)
+  ]
+  runner = _runner(128)
+  out = runner(texts)
+  assert runner.module.shapes == [(96, 48)]
+  np.testing.assert_array_equal(out[:, 0], [sum(_Encoding(t).ids) for t in texts])
+  # 300 sentences: the 44 shortest in a partial batch (48 rows), then two full ones.
+  texts = [' '.join(['ab'] * int(n) + ['c' * i]) for i, n in enumerate(rng.integers(0, 30, 300))]
+  runner = _runner(128)
+  out = runner(texts)
+  assert [s[0] for s in runner.module.shapes] == [48, 128, 128]
+  assert [s[1] for s in runner.module.shapes] == sorted(s[1] for s in runner.module.shapes)
+  np.testing.assert_array_equal(out[:, 0], [sum(_Encoding(t).ids) for t in texts])

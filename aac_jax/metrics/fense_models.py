@@ -120,17 +120,49 @@ def load_safetensors(folder: pathlib.Path, hint: str) -> dict[str, np.ndarray]:
   return load_file(str(path))
 
 
-def _bucket(length: int, max_length: int) -> int:
-  """Padded length: the next power of two from 16, at most `max_length`."""
-  return min(max_length, max(16, 1 << (length - 1).bit_length()))
+# Padded sizes: powers of two and their midpoints 1.5 x 2**k (at most a third
+# of a padded batch is filler), so a few shapes are compiled.
+_SIZES = tuple(sorted({b << k for b in (2, 3) for k in range(14)}))
+MIN_LENGTH = 16  # Fewest word pieces a batch is padded to.
+MIN_ROWS = 8  # Fewest rows a batch is padded to.
+
+
+def _size_at_least(n: int) -> int:
+  return next(b for b in _SIZES if b >= n)
+
+
+def bucket_length(length: int, max_length: int) -> int:
+  """Padded length of a batch whose longest sentence has `length` word pieces."""
+  return min(max_length, _size_at_least(max(length, MIN_LENGTH)))
+
+
+def bucket_rows(rows: int, batch_size: int) -> int:
+  """Padded rows of a batch of `rows` sentences, at most `batch_size`."""
+  return min(batch_size, _size_at_least(max(rows, MIN_ROWS)))
+
+
+def batch_bounds(num_sentences: int, batch_size: int) -> list[tuple[int, int]]:
+  """`(start, stop)` of each batch of length-sorted sentences; the partial batch first.
+
+  The short sentences go into the partial batch, so its padding (rows and
+  length) costs least.
+  """
+  if num_sentences == 0:
+    return []
+  first = num_sentences % batch_size or batch_size
+  starts = [0, *range(first, num_sentences, batch_size)]
+  return [(a, min(a + (first if a == 0 else batch_size), num_sentences)) for a in starts]
 
 
 @dataclasses.dataclass
 class BertRunner:
   """One BERT model applied, jitted and batched, to many sentences.
 
-  Sentences are de-duplicated, sorted by length and padded per batch to a
-  few bucket lengths, so the model compiles at most a handful of times.
+  Sentences are de-duplicated, sorted by length and cut into batches of
+  `batch_size` (the short remainder first); each batch is padded to a few
+  bucket shapes (`bucket_rows` x `bucket_length`), so a small set or short
+  captions do not pay for full batches and the model compiles a handful
+  of times.
 
   Attributes:
     module: `bert.SentenceEmbedder` or `bert.ErrorChecker`.
@@ -160,8 +192,8 @@ class BertRunner:
     encodings = self.tokenizer.encode_batch(unique)
     order = np.argsort([len(e.ids) for e in encodings], kind='stable')
     outputs, rows = [], []
-    for start in range(0, len(order), self.batch_size):
-      picked = order[start : start + self.batch_size]
+    for start, stop in batch_bounds(len(order), self.batch_size):
+      picked = order[start:stop]
       batch = [encodings[i] for i in picked]
       outputs.append(self._apply({'params': self.params}, *self._pad(batch)))
       rows.append(picked)
@@ -172,9 +204,13 @@ class BertRunner:
     return result[[index[self.preprocess(t)] for t in texts]]
 
   def _pad(self, batch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, mask, type ids), each int32 [batch_size, bucket]; filler rows are all 0."""
-    length = _bucket(max(len(e.ids) for e in batch), self.max_length)
-    ids, mask, types = (np.zeros((self.batch_size, length), np.int32) for _ in range(3))
+    """(ids, mask, type ids), each int32 [rows, length] (`bucket_rows`, `bucket_length`).
+
+    Filler rows and positions are all 0.
+    """
+    length = bucket_length(max(len(e.ids) for e in batch), self.max_length)
+    shape = (bucket_rows(len(batch), self.batch_size), length)
+    ids, mask, types = (np.zeros(shape, np.int32) for _ in range(3))
     for row, e in enumerate(batch):
       n = len(e.ids)
       ids[row, :n], mask[row, :n], types[row, :n] = e.ids, e.attention_mask, e.type_ids
