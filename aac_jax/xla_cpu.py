@@ -10,7 +10,7 @@ slow path: the stride-2 subsampling convolution and its weight gradient run
 at a fraction of what XLA's own (Eigen) kernels reach. Turning the two
 individual fusion types off made the base-size step 2.4x faster on a 2-core
 x86 CPU (`python tools/bench_train.py --compare_torch --configs=base`, see
-the README's training-speed table); the demo size is not slower.
+the training-speed table in docs/benchmarks.md); the demo size is not slower.
 
 `apply()` adds the flag to `XLA_FLAGS` unless the user already set that flag
 (theirs wins). It only takes effect if it runs before JAX initialises its

@@ -1,4 +1,4 @@
-"""Cross-entropy training on AudioCaps v1 (build the dataset first, see README).
+"""Cross-entropy training on AudioCaps v1 (build the dataset first, see docs/datasets.md).
 
   python -m aac_jax.main --config configs/audiocaps.py --workdir workdirs/audiocaps
 

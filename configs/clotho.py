@@ -1,9 +1,9 @@
-"""Cross-entropy training on Clotho v2.1 (build the dataset first, see README).
+"""Cross-entropy training on Clotho v2.1 (build the dataset first, see docs/datasets.md).
 
   python -m aac_jax.main --config configs/clotho.py --workdir workdirs/clotho
 
 Variants (after ':'):
-  model=base|small  base: the README's reference size; small: a quicker ablation.
+  model=base|small  base: the reference size (docs/training.md); small: a quicker ablation.
   runlocal          a smoke-run size for a laptop.
 """
 
@@ -55,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def get_sweep(hyper):
-  """Ablation: model size x learning rate (run with tools/sweep.py, see the README)."""
+  """Ablation: model size x learning rate (run with tools/sweep.py, see docs/ablations.md)."""
   return hyper.product(
     [
       hyper.sweep('config.optim.lr', [2e-4, 5e-4, 1e-3]),

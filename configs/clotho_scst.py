@@ -9,7 +9,7 @@ Variants (after ':'):
   model=base|small  must match the CE run.
   baseline=NAME     'mean_others' (default) or 'greedy'.
   reward=NAME       'cider_d' (default), 'spider' (needs SPICE: Java and the
-                    CoreNLP 3.6.0 jars, see the README) or 'mix'.
+                    CoreNLP 3.6.0 jars, see docs/evaluation.md) or 'mix'.
   runlocal          a smoke-run size.
 """
 

@@ -9,7 +9,7 @@ Variants (after ':'):
              ablation (`get_sweep`).
   data=NAME  synthetic builder config: default (5000/500/500), small, tiny.
 
-The example ablation (README, "Ablation studies"):
+The example ablation (docs/ablations.md):
 
   python tools/sweep.py run --config=configs/synthetic_demo.py:short \
       --root=workdirs/ablation_captions --seeds=2 --parallel=2
@@ -88,7 +88,7 @@ def get_sweep(hyper):
   """Example ablation: one vs five references per clip and step.
 
   Run it with the `short` variant and 2 seeds (see the module docstring);
-  the README shows its table and plots.
+  docs/ablations.md shows its table and plots.
   """
   return hyper.sweep('config.dataset.captions_per_clip', [1, 5])
 

@@ -171,7 +171,7 @@ def test_batch_equals_one_by_one():
 
 
 def test_file_context_difference_is_as_documented():
-  """The README's example: the jar over a file drops "B."'s stop before "The"; we keep it."""
+  """docs/evaluation.md's example: the jar over a file drops "B."'s stop before "The"; we keep it."""
   _tokenizer_jar()
   from pycocoevalcap.cider.cider import Cider
   from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer

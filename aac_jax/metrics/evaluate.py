@@ -92,7 +92,7 @@ def compute_caption_metrics(
   Identical scores on every Clotho and AudioCaps caption; tokenization is
   per caption, so the rare captions whose PTB tokens depend on the next
   line of pycocoevalcap's file ("the letter B." before a caption starting
-  "The") can score differently (see `ptb_tokenizer` and the README).
+  "The") can score differently (see `ptb_tokenizer` and docs/evaluation.md).
 
   Args:
     predictions: [n] raw predicted captions, one per clip.

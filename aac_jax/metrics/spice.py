@@ -3,7 +3,7 @@
 spice-1.0.jar and its small libraries ship in the pycocoevalcap wheel (the
 `eval` extra), but it also needs Stanford CoreNLP 3.6.0
 (``stanford-corenlp-3.6.0.jar`` and ``stanford-corenlp-3.6.0-models.jar``),
-which the user downloads once (see the README) and points to with the
+which the user downloads once (see docs/evaluation.md) and points to with the
 `corenlp_dir` argument, the ``--spice_jars`` flag of ``aac-evaluate`` or
 ``$AAC_SPICE_CORENLP_DIR``. Nothing is downloaded here. On Java 9+ the
 serialisation library SPICE uses needs ``--add-opens`` flags, added here.
@@ -81,7 +81,7 @@ def find_corenlp(corenlp_dir: str | os.PathLike | None = None) -> list[pathlib.P
   if not folder:
     raise SpiceUnavailable(
       f'SPICE needs Stanford CoreNLP 3.6.0 ({", ".join(CORENLP_JARS)}): '
-      f'pass their folder (spice_jars=..., --spice_jars) or set ${ENV_VAR}; see the README'
+      f'pass their folder (spice_jars=..., --spice_jars) or set ${ENV_VAR}; see docs/evaluation.md'
     )
   jars = [pathlib.Path(folder).expanduser() / name for name in CORENLP_JARS]
   missing = [str(j) for j in jars if not j.is_file()]
