@@ -172,6 +172,15 @@ def get_dcase2024_metrics_config() -> ml_collections.ConfigDict:
   return c
 
 
+def score_with_decode(config: ml_collections.ConfigDict) -> None:
+  """Validation, best-checkpoint choice and test decode as `config.decode` (in place).
+
+  For recipes whose published scores come from one decoding (CoNeTTE, the
+  DCASE 2024 baseline: beam search for validation and test alike).
+  """
+  config.eval.decode = ml_collections.ConfigDict(config.decode.to_dict())
+
+
 def get_decode_config() -> ml_collections.ConfigDict:
   """Decoding settings (`aac_jax.decoding.DecodeSettings` has the same fields)."""
   c = ml_collections.ConfigDict()

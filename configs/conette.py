@@ -12,6 +12,9 @@ Without `init_from` this is the published model's layout (conette 0.3.2
 with CoNeTTE's stem, the "lin768" projection to d_model 256, a 6-layer
 post-norm decoder (8 heads, feed-forward 2048, GELU, dropout 0.2), the
 dataset task token, beam 3 with its stop-word repetition ban, 3 to 20 words.
+Validation, the best-checkpoint choice and the test scores use that same
+beam search (`config.eval.decode` = `config.decode`), as CoNeTTE's own
+validation and test steps do (`pl_modules/conette.py`: `method="generate"`).
 `tools/convert_checkpoint.py conette` fills the vocabulary-dependent fields
 (task token, repeatable tokens) from the checkpoint and saves the result as
 the run's `config.json`.
@@ -133,4 +136,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     _set_scst(config)
   if args['runlocal']:
     _shrink(config)
+  base.score_with_decode(config)
   return config

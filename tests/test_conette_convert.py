@@ -108,6 +108,7 @@ def test_run_folder_holds_conette_settings(converted):
   assert (config['decode']['beam_size'], config['decode']['min_len']) == (3, 3)
   assert config['decode']['max_len'] == 21
   assert config['decode']['repeatable_tokens'] == list(cref.STOP_WORDS)
+  assert config['eval']['decode'] == config['decode']  # Scored as CoNeTTE scores (issue 31).
   assert config['frontend']['kind'] == 'pann' and config['dataset']['sample_rate'] == SAMPLE_RATE
   vocab = (run_dir / 'vocab.txt').read_text().splitlines()
   assert vocab == ref.tokens

@@ -17,7 +17,8 @@ import soundfile as sf
 import toy_dataset
 
 from aac_jax import caption_cli, export, inference, scst
-from aac_jax.convert import registry, store
+from aac_jax.convert import registry
+from aac_jax.models import pretrained_store
 from aac_jax.train import trainer
 from configs import clotho_convnext, clotho_scst
 from tests.torch_reference import import_reference, torch_module
@@ -53,11 +54,18 @@ def setup(tmp_path_factory):
 
 
 def make_converted_convnext(root) -> str:
-  """A random conette ConvNeXt-Tiny saved as the published file, converted; the folder."""
+  """A random ConvNeXt-Tiny of the baseline's kind saved as the published file, converted.
+
+  The DCASE 2024 baseline's encoder: conette's `convnext_tiny` with CoNeTTE's
+  stem (`after_stem_dim=[252, 56]`, like `convnext_tiny_465mAP_BL_AC_70kit.pth`);
+  the converter reads the stem from the file. Returns the folder.
+  """
   torch = torch_module()
   torch.manual_seed(0)
   convnext = import_reference('conette.nn.encoders.convnext')
-  ref = convnext.convnext_tiny(use_speed_perturb=False, drop_path_rate=0.0)
+  ref = convnext.convnext_tiny(
+    use_speed_perturb=False, drop_path_rate=0.0, after_stem_dim=[252, 56]
+  )
   path = str(root / 'convnext_tiny_random.pth')
   torch.save({'model': ref.state_dict()}, path)
   converted = str(root / 'convnext')
@@ -73,7 +81,7 @@ def _recipe(setup, freeze='all'):
 
 
 def _tagger_leaves(params):
-  return store.flatten(jax.tree.map(np.asarray, params['encoder']['tagger']))
+  return pretrained_store.flatten(jax.tree.map(np.asarray, params['encoder']['tagger']))
 
 
 @pytest.fixture(scope='module')
@@ -89,8 +97,8 @@ def test_frozen_tagger_is_bit_identical_and_evaluated(frozen_run, setup):
   _, _, converted = setup
   loaded = inference.load_model(frozen_run)
   assert loaded.step == 3 and loaded.config.frontend.kind == 'pann'
-  source, _ = store.load_converted(converted)
-  source = store.flatten(source)
+  source, _ = pretrained_store.load_converted(converted)
+  source = pretrained_store.flatten(source)
   for key, value in _tagger_leaves(loaded.params).items():
     assert np.array_equal(value, source[key]), key
   assert (frozen_run / 'predictions' / 'validation_step3.json').exists()
@@ -105,7 +113,7 @@ def test_unfrozen_tagger_trains(setup):
   workdir = root / 'unfrozen'
   trainer.train_and_evaluate(config, str(workdir))
   loaded = inference.load_model(workdir)
-  source = store.flatten(store.load_converted(converted)[0])
+  source = pretrained_store.flatten(pretrained_store.load_converted(converted)[0])
   changed = [
     k for k, v in _tagger_leaves(loaded.params).items() if not np.array_equal(v, source[k])
   ]

@@ -327,15 +327,17 @@ def fill_config(config, published: PublishedModel, tokens: list[str]) -> dict[st
   m.task_token_id = next(iter(tasks.values())) if tasks else -1
   if c.get('acti_name', 'gelu') != 'gelu' or c.get('proj_name', 'lin768') != 'lin768':
     raise ConetteFormatError('only acti_name=gelu and proj_name=lin768 (the published model)')
-  d = config.decode
-  d.method = 'conette_beam'
-  d.beam_size = int(c.get('beam_size', 3))
-  d.min_len = int(c.get('min_pred_size', 3))
-  d.max_len = int(c.get('max_pred_size', 20)) + 1  # Room for EOS after max_pred_size tokens.
   repeatable = repeatable_tokens(published, tokens)
-  d.ban_repeated_content_words = len(repeatable) < len(tokens)
-  d.repeatable_tokens = repeatable
-  m.max_decode_len = max(int(m.max_decode_len), d.max_len)
+  # Captioning and scoring (validation, best checkpoint, test) alike: CoNeTTE's
+  # validation and test steps decode with `generate` too.
+  for d in (config.decode, config.eval.decode):
+    d.method = 'conette_beam'
+    d.beam_size = int(c.get('beam_size', 3))
+    d.min_len = int(c.get('min_pred_size', 3))
+    d.max_len = int(c.get('max_pred_size', 20)) + 1  # Room for EOS after max_pred_size tokens.
+    d.ban_repeated_content_words = len(repeatable) < len(tokens)
+    d.repeatable_tokens = repeatable
+  m.max_decode_len = max(int(m.max_decode_len), config.decode.max_len)
   config.optim.label_smoothing = float(c.get('label_smoothing', config.optim.label_smoothing))
   return tasks
 

@@ -8,17 +8,19 @@ both names are accepted.
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from aac_jax.audio.pann_frontend import PannFrontendSettings
 from aac_jax.convert import mapping, pann_frontend_check
-from aac_jax.models.convnext import ConvNeXtSettings, ConvNeXtTagger
+from aac_jax.models.convnext import STEMS, ConvNeXtSettings, ConvNeXtTagger
 
 NAME = 'convnext'
 FRONTEND = PannFrontendSettings(n_mels=224)  # 32 kHz, n_fft 1024, hop 320, 50-14000 Hz
 STATE_DICT_KEY = 'model'
+STEM_KEY = 'downsample_layers.0.0.weight'
 
 
 def entries(settings: ConvNeXtSettings) -> list[mapping.Entry]:
@@ -52,7 +54,7 @@ def linen_shapes(settings: ConvNeXtSettings) -> Any:
   mel = jnp.zeros((1, 200, settings.n_mels), jnp.float32)
   pads = jnp.zeros((1, 200), jnp.float32)
   init = jax.eval_shape(lambda: model.init(jax.random.key(0), mel, pads, method='tag'))
-  return init['params']
+  return nn.unbox(init['params'])
 
 
 def _rename_gamma(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -65,14 +67,29 @@ def _rename_gamma(state_dict: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return renamed
 
 
+def stem_of(state_dict: dict[str, np.ndarray]) -> str:
+  """The `models.convnext.STEMS` name whose kernel the file's stem conv has ('audioset' if none).
+
+  The AudioSet tagger (`convnext_tiny_471mAP.pth`) has an 18 x 4 stem; the
+  DCASE 2024 baseline's and CoNeTTE's encoders (`convnext_tiny_465mAP_BL_AC_
+  70kit.pth`, `after_stem_dim=[252, 56]`) a 4 x 4 one. Other shapes fall to
+  'audioset', whose shape check then names the mismatch.
+  """
+  weight = state_dict.get(STEM_KEY)
+  kernel = tuple(weight.shape[2:]) if weight is not None else ()
+  return next((name for name, (k, _) in STEMS.items() if k == kernel), 'audioset')
+
+
 def convert(
-  state_dict: dict[str, np.ndarray], stem: str = 'audioset'
+  state_dict: dict[str, np.ndarray], stem: str | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
   """`(params, settings_json)` of a ConvNeXt state dict (see module docstring).
 
-  `stem='conette'` reads CoNeTTE's encoder (`models.convnext.STEMS`).
+  `stem`: a `models.convnext.STEMS` name ('conette' reads CoNeTTE's encoder);
+  None = the one the file's stem kernel has (`stem_of`), written into the
+  settings' `architecture`.
   """
-  settings = ConvNeXtSettings(n_mels=FRONTEND.n_mels, stem=stem)
+  settings = ConvNeXtSettings(n_mels=FRONTEND.n_mels, stem=stem or stem_of(state_dict))
   state_dict = _rename_gamma(state_dict)
   return pann_frontend_check.convert_tagger(
     state_dict,
