@@ -13,7 +13,13 @@ or model.safetensors) and writes a run folder that `aac-caption --workdir
 RUN_DIR` and `--config.train.init_from=RUN_DIR` use; `fense` writes the
 FENSE model folders (`aac_jax.metrics.fense_models`). Converters live in
 `aac_jax/convert/` (`registry`). Needs torch (`pip install "aac_jax[convert]"`);
-training reads the output without it. Errors exit 1 with one message.
+training reads the output without it.
+
+Exit status: 0 converted; 1 refused, with one line `convert_checkpoint NAME:
+error: ...` naming the file and what is wrong (another model or shape, not a
+PyTorch checkpoint, e.g. an HTML page saved as .pth, or one holding Python
+objects besides tensors, which is read safely and never unpickled in full);
+2 bad arguments (argparse).
 """
 
 import argparse
@@ -66,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
   args = make_parser().parse_args(argv)
   try:
     print(_convert(args))
-  except (ValueError, OSError) as error:  # ConversionError and format errors are ValueErrors.
+  # ConversionError and unreadable files are ValueErrors; no torch is an ImportError.
+  except (ValueError, OSError, ImportError) as error:
     raise SystemExit(f'convert_checkpoint {args.model}: error: {error}') from error
   return 0
 

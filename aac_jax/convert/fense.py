@@ -16,10 +16,11 @@ import argparse
 import hashlib
 import json
 import pathlib
-import pickle
 import shutil
 
 import numpy as np
+
+from aac_jax.convert import torch_file
 
 TOKENIZER_FILES = (
   'tokenizer.json',
@@ -53,7 +54,6 @@ def run(args: argparse.Namespace) -> None:
     )
   else:
     convert_sbert(pathlib.Path(args.sbert).expanduser(), output)
-  print(f'wrote {output}')
 
 
 # sha256 of the checkers FENSE publishes (its release V0.1).
@@ -74,15 +74,13 @@ def _sha256(path: pathlib.Path) -> str:
 def _torch_load(path: pathlib.Path) -> dict:
   """Tensors only; a full unpickle only for the published checker files (checksum)."""
   try:
-    import torch
-  except ImportError as e:
-    raise ValueError(f'converting {path.name} needs torch: pip install "aac_jax[convert]"') from e
-  try:
-    return torch.load(path, map_location='cpu', weights_only=True)
-  except pickle.UnpicklingError:
+    return torch_file.load_tensors(path)
+  except torch_file.UnsafeCheckpointError:
     if _sha256(path) not in PUBLISHED_SHA256:
       raise
-    return torch.load(path, map_location='cpu', weights_only=False)
+  import torch
+
+  return torch.load(path, map_location='cpu', weights_only=False)
 
 
 def _numpy_state(state: dict) -> dict[str, np.ndarray]:
