@@ -6,6 +6,16 @@ power spectrum, a Slaney mel bank from `librosa.filters.mel`, then
 `10 * log10(max(mel, amin))` (`ref = 1`, no `top_db`). The settings differ
 per model and travel with a converted checkpoint (`PannFrontendSettings`).
 
+Quiet bins: a float32 FFT's rounding error is relative to the whole frame
+(about 1e-7 of its loudest bin), so in a frame with loud low frequencies the
+bins 110 dB or more below them (the int16 noise floor of a real recording's
+high bands, about -95 dB) were up to 0.26 dB off (torchlibrosa's float32
+DFT: 0.03-0.2 dB). The window, the FFT and the power are therefore computed in
+float64 where the backend has it (CPU, GPU: `jax.enable_x64` around those
+three operations only); the mel bank and the log stay float32 (sums of
+positive terms and a log lose nothing there). Backends without float64 (TPU)
+keep the float32 spectrum.
+
 Padded batches: upstream reflects the end of the *batch tensor*, so a short
 clip in a zero-padded batch sees zeros where it would see its own reflection
 alone. Here every clip is reflected at its own end, so each real frame equals
@@ -14,10 +24,12 @@ what upstream computes for that clip by itself; a clip of `n` samples has
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import librosa
 import numpy as np
 
 from aac_jax.audio import stft
@@ -100,9 +112,7 @@ def pann_log_mel(
   frames_count = stft.num_frames(waveform.shape[1], settings.hop_length)
   padded = reflect_each_clip(waveform, lengths, settings.n_fft // 2)
   frames = stft.slice_frames(padded, settings.n_fft, settings.hop_length, frames_count)
-  window = stft.fft_window(settings.n_fft, settings.n_fft)
-  spectrum = jnp.fft.rfft(frames * window, axis=-1)
-  power = jnp.real(spectrum) ** 2 + jnp.imag(spectrum) ** 2
+  power = power_spectrum(frames, settings.n_fft)
   filters = stft.mel_matrix(
     settings.sample_rate, settings.n_fft, settings.n_mels, settings.fmin, settings.fmax
   )
@@ -111,6 +121,38 @@ def pann_log_mel(
   real_frames = 1 + lengths // settings.hop_length
   frame_paddings = (jnp.arange(frames_count)[None, :] >= real_frames[:, None]).astype(jnp.float32)
   return log_mel, frame_paddings
+
+
+# Backends whose XLA has float64 FFTs (`jax.default_backend()` names).
+FLOAT64_BACKENDS = ('cpu', 'gpu', 'cuda', 'rocm')
+
+
+@functools.lru_cache(maxsize=8)
+def _hann64(n_fft: int) -> np.ndarray:
+  """torchlibrosa's window (`librosa.filters.get_window('hann', n_fft, fftbins=True)`), float64."""
+  window = librosa.filters.get_window('hann', n_fft, fftbins=True).astype(np.float64)
+  window.setflags(write=False)
+  return window
+
+
+def power_spectrum(frames: jax.Array, n_fft: int) -> jax.Array:
+  """`|rfft(frames * hann)|^2`, computed in float64 where the backend has it.
+
+  Args:
+    frames: `[batch, frames, n_fft]` float32 (exact copies of the samples).
+    n_fft: FFT size (= window length).
+
+  Returns:
+    `[batch, frames, n_fft // 2 + 1]` float32 power; in a float64 backend each
+    value is the float64 power rounded once (see the module docstring).
+  """
+  if jax.default_backend() not in FLOAT64_BACKENDS:
+    spectrum = jnp.fft.rfft(frames * stft.fft_window(n_fft, n_fft), axis=-1)
+    return jnp.real(spectrum) ** 2 + jnp.imag(spectrum) ** 2
+  with jax.enable_x64(True):
+    spectrum = jnp.fft.rfft(frames.astype(jnp.float64) * _hann64(n_fft), axis=-1)
+    power = jnp.real(spectrum) ** 2 + jnp.imag(spectrum) ** 2
+    return power.astype(jnp.float32)
 
 
 def expected_mel_bank(settings: PannFrontendSettings) -> np.ndarray:
