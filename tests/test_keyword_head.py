@@ -1,5 +1,6 @@
 """The auxiliary keyword head: targets, loss against numpy, padding, config checks."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,7 +37,7 @@ def test_linear_softmax_pooling_ignores_padding_and_follows_confident_frames():
   rng = np.random.default_rng()
   encoded = jnp.asarray(rng.normal(size=(2, 7, 4)).astype(np.float32))
   paddings = jnp.zeros((2, 7))
-  params = head.init(jax.random.key(0), encoded, paddings)
+  params = nn.unbox(head.init(jax.random.key(0), encoded, paddings))
   probs = head.apply(params, encoded, paddings)
   padded = jnp.concatenate([encoded, 100.0 * jnp.ones((2, 3, 4))], axis=1)
   padded_probs = head.apply(params, padded, jnp.concatenate([paddings, jnp.ones((2, 3))], 1))

@@ -209,7 +209,7 @@ def test_fused_attention_projections_keep_dense_general_parameters_and_outputs()
 
   x = jax.random.normal(jax.random.key(1), (2, 5, 12))
   separate = Separate().init(jax.random.key(0), x)
-  fused = Fused().init(jax.random.key(0), x)
+  fused = nn.unbox(Fused().init(jax.random.key(0), x))
   assert jax.tree.structure(separate) == jax.tree.structure(fused)
   jax.tree.map(np.testing.assert_array_equal, separate, fused)
   biased = jax.tree.map(lambda p: p + 0.1, separate)  # Non-zero biases too.

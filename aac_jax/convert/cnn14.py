@@ -7,6 +7,7 @@ per-channel affine (`mapping.KINDS['batchnorm']`).
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,7 +42,7 @@ def linen_shapes(settings: Cnn14Settings) -> Any:
   mel = jnp.zeros((1, 64, settings.n_mels), jnp.float32)
   pads = jnp.zeros((1, 64), jnp.float32)
   init = jax.eval_shape(lambda: model.init(jax.random.key(0), mel, pads, method='tag'))
-  return init['params']
+  return nn.unbox(init['params'])
 
 
 def convert(state_dict: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -169,7 +169,7 @@ def init_params(
   tokens = jnp.zeros((1, length), jnp.int32)
   method = Captioner.with_keywords if model.config.keyword_head else Captioner.__call__
   init = functools.partial(init_model.init, method=method)
-  return jax.jit(init)(rng, features, paddings, tokens)['params']
+  return nn.unbox(jax.jit(init)(rng, features, paddings, tokens)['params'])
 
 
 def count_params(params: Any) -> int:

@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from aac_jax.models import frame_ops
+from aac_jax.models import frame_ops, partitioning
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +49,10 @@ class ConvBlock(nn.Module):
     """`x` `[batch, time, freq, in]` -> `[batch, time, freq, channels]`."""
     for i in (1, 2):
       x = frame_ops.zero_padded_rows(x, lengths)
-      x = nn.Conv(self.channels, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name=f'conv{i}')(
-        x
+      conv = partitioning.conv(
+        self.channels, (3, 3), padding=((1, 1), (1, 1)), use_bias=False, name=f'conv{i}'
       )
+      x = conv(x)
       x = nn.relu(frame_ops.ChannelAffine(name=f'bn{i}')(x))
     return x
 
@@ -73,8 +74,8 @@ class Cnn14Tagger(nn.Module):
     self.blocks = [ConvBlock(c) for c in s.channels]
     self.block_dropout = nn.Dropout(s.block_dropout)
     self.head_dropout = nn.Dropout(s.head_dropout)
-    self.fc1 = nn.Dense(s.channels[-1])
-    self.fc_audioset = nn.Dense(s.num_classes)
+    self.fc1 = partitioning.dense(s.channels[-1], ('conv_in', 'conv_out'))
+    self.fc_audioset = partitioning.dense(s.num_classes, ('conv_out', 'classes'))
 
   def __call__(self, log_mel: jax.Array, paddings: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Frame embeddings.

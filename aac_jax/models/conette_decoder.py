@@ -23,8 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.linen.linear import default_embed_init
 
-from aac_jax.models import layers
+from aac_jax.models import layers, partitioning
 from aac_jax.models.config import CaptionerConfig
 from aac_jax.models.mixup import mix_values
 
@@ -55,7 +56,7 @@ class ConetteDecoderLayer(nn.Module):
   config: CaptionerConfig
 
   def _norm(self, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.config.dtype, name=name)
+    return partitioning.layer_norm(epsilon=LAYER_NORM_EPS, dtype=self.config.dtype, name=name)
 
   @nn.compact
   def __call__(self, x: jax.Array, encoded: jax.Array, enc_paddings: jax.Array) -> jax.Array:
@@ -67,9 +68,9 @@ class ConetteDecoderLayer(nn.Module):
     x = self._norm('self_norm')(x + dropout(y))
     y = layers.CrossAttention(*heads, name='cross_attention')(x, encoded, enc_paddings)
     x = self._norm('cross_norm')(x + dropout(y))
-    y = nn.Dense(cfg.decoder_ff_dim, dtype=cfg.dtype, name='ff_in')(x)
+    y = partitioning.dense(cfg.decoder_ff_dim, ('embed', 'mlp'), dtype=cfg.dtype, name='ff_in')(x)
     y = dropout(nn.gelu(y, approximate=False))
-    y = nn.Dense(x.shape[-1], dtype=cfg.dtype, name='ff_out')(y)
+    y = partitioning.dense(x.shape[-1], ('mlp', 'embed'), dtype=cfg.dtype, name='ff_out')(y)
     return self._norm('ff_norm')(x + dropout(y))
 
 
@@ -114,7 +115,13 @@ class ConetteDecoder(nn.Module):
     positions = layers.step_positions(self, length, cfg.decode)  # [length]
     if cfg.task_token_id >= 0:
       decoder_inputs = jnp.where(positions[None] == 0, cfg.task_token_id, decoder_inputs)
-    embed = nn.Embed(cfg.vocab_size, cfg.decoder_dim, dtype=cfg.dtype, name='embed')
+    embed = nn.Embed(
+      cfg.vocab_size,
+      cfg.decoder_dim,
+      dtype=cfg.dtype,
+      embedding_init=partitioning.with_axes(default_embed_init, ('vocab', 'embed')),
+      name='embed',
+    )
     table = jnp.asarray(interleaved_sinusoids(cfg.max_decode_len, cfg.decoder_dim))
     x = embed(decoder_inputs) * jnp.asarray(cfg.decoder_dim**0.5, cfg.dtype)
     if mix is not None:
@@ -123,4 +130,7 @@ class ConetteDecoder(nn.Module):
     x = nn.Dropout(cfg.dropout)(x, deterministic=cfg.deterministic)
     for i in range(cfg.decoder_layers):
       x = ConetteDecoderLayer(cfg, name=f'layer{i}')(x, encoded, enc_paddings)
-    return nn.Dense(cfg.vocab_size, dtype=cfg.dtype, name='classifier')(x).astype(jnp.float32)
+    classifier = partitioning.dense(
+      cfg.vocab_size, ('embed', 'vocab'), dtype=cfg.dtype, name='classifier'
+    )
+    return classifier(x).astype(jnp.float32)

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from aac_jax.models import layers
+from aac_jax.models import layers, partitioning
 from aac_jax.models.config import CaptionerConfig
 
 
@@ -44,7 +44,7 @@ class ConvSubsampling(nn.Module):
     x = features[..., None].astype(cfg.dtype)  # [b, t, mels, 1]
     for i in range(int(math.log2(cfg.subsampling))):
       x = _zero_padded(x, paddings)
-      x = nn.Conv(
+      x = partitioning.conv(
         cfg.conv_channels,
         (3, 3),
         strides=(2, 2),
@@ -55,7 +55,7 @@ class ConvSubsampling(nn.Module):
       x = nn.relu(x)
       paddings = paddings[:, ::2]
     x = x.reshape(x.shape[0], x.shape[1], -1)
-    x = nn.Dense(cfg.encoder_dim, dtype=cfg.dtype, name='proj')(x)
+    x = partitioning.dense(cfg.encoder_dim, ('input', 'embed'), dtype=cfg.dtype, name='proj')(x)
     x = nn.Dropout(cfg.dropout)(x, deterministic=cfg.deterministic)
     return x, paddings
 
@@ -76,8 +76,10 @@ class DepthwiseConv1D(nn.Module):
     """`[b, t, d]` -> `[b, t, d]`."""
     dim, length = x.shape[-1], x.shape[1]
     init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal', in_axis=0)
+    init = partitioning.with_axes(init, ('conv_window', 'mlp'))
     kernel = self.param('kernel', init, (self.kernel_size, dim), jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros, (dim,), jnp.float32)
+    bias_init = partitioning.with_axes(nn.initializers.zeros, ('mlp',))
+    bias = self.param('bias', bias_init, (dim,), jnp.float32)
     kernel, bias = kernel.astype(self.dtype), bias.astype(self.dtype)
     left = (self.kernel_size - 1) // 2
     padded = jnp.pad(x, ((0, 0), (left, self.kernel_size - 1 - left), (0, 0)))
@@ -97,12 +99,13 @@ class ConvolutionModule(nn.Module):
     """Residual branch: `[b, t, d]`, `[b, t]` -> `[b, t, d]`."""
     cfg = self.config
     dim = x.shape[-1]
-    y = nn.LayerNorm(dtype=cfg.dtype, name='norm')(x)
-    y = nn.glu(nn.Dense(2 * dim, dtype=cfg.dtype, name='pointwise_in')(y), axis=-1)
+    y = partitioning.layer_norm(dtype=cfg.dtype, name='norm')(x)
+    y = partitioning.dense(2 * dim, ('embed', 'mlp'), dtype=cfg.dtype, name='pointwise_in')(y)
+    y = nn.glu(y, axis=-1)
     y = _zero_padded(y, paddings)  # Padded frames must not leak through the kernel.
     y = DepthwiseConv1D(cfg.conv_kernel_size, cfg.dtype, name='depthwise')(y)
-    y = nn.swish(nn.LayerNorm(dtype=cfg.dtype, name='conv_norm')(y))
-    y = nn.Dense(dim, dtype=cfg.dtype, name='pointwise_out')(y)
+    y = nn.swish(partitioning.layer_norm('mlp', dtype=cfg.dtype, name='conv_norm')(y))
+    y = partitioning.dense(dim, ('mlp', 'embed'), dtype=cfg.dtype, name='pointwise_out')(y)
     return nn.Dropout(cfg.dropout)(y, deterministic=cfg.deterministic)
 
 
@@ -132,7 +135,7 @@ class ConformerBlock(nn.Module):
     )(x, paddings)
     x = x + ConvolutionModule(cfg, name='conv')(x, paddings)
     x = x + 0.5 * feed_forward('ff_out')(x)
-    return nn.LayerNorm(dtype=cfg.dtype, name='norm')(x)
+    return partitioning.layer_norm(dtype=cfg.dtype, name='norm')(x)
 
 
 class ConformerEncoder(nn.Module):

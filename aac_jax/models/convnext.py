@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from aac_jax.models import frame_ops
+from aac_jax.models import frame_ops, partitioning
 
 # Stem conv (kernel = stride, time padding) per variant: the AudioSet tagger's
 # (`after_stem_dim=[56]`) and CoNeTTE's encoder (`convnext_tiny(after_stem_dim=
@@ -70,14 +70,15 @@ class ConvNeXtBlock(nn.Module):
     """`x` `[batch, time, freq, dim]` -> same shape."""
     residual = x
     x = frame_ops.zero_padded_rows(x, lengths)
-    x = nn.Conv(
+    x = partitioning.conv(
       self.dim, (7, 7), padding=((3, 3), (3, 3)), feature_group_count=self.dim, name='dwconv'
     )(x)
-    x = nn.LayerNorm(epsilon=LN_EPS, name='norm')(x)
-    x = nn.Dense(4 * self.dim, name='pwconv1')(x)
+    x = partitioning.layer_norm('conv_out', epsilon=LN_EPS, name='norm')(x)
+    x = partitioning.dense(4 * self.dim, ('conv_out', 'mlp'), name='pwconv1')(x)
     x = nn.gelu(x, approximate=False)
-    x = nn.Dense(self.dim, name='pwconv2')(x)
-    x = x * self.param('scale_layer', nn.initializers.constant(1e-6), (self.dim,))
+    x = partitioning.dense(self.dim, ('mlp', 'conv_out'), name='pwconv2')(x)
+    scale_init = partitioning.with_axes(nn.initializers.constant(1e-6), ('conv_out',))
+    x = x * self.param('scale_layer', scale_init, (self.dim,))
     rng = None if self.deterministic or not self.drop_path_rate else self.make_rng('dropout')
     return residual + frame_ops.drop_path(rng, x, self.drop_path_rate)
 
@@ -98,20 +99,22 @@ class ConvNeXtTagger(nn.Module):
   def setup(self):
     s = self.settings
     self.bn0 = frame_ops.ChannelAffine()
-    self.stem = nn.Conv(
+    self.stem = partitioning.conv(
       s.dims[0], s.stem_kernel, strides=s.stem_kernel, padding=((s.stem_time_pad,) * 2, (0, 0))
     )
-    self.stem_norm = nn.LayerNorm(epsilon=LN_EPS)
-    self.down_norms = [nn.LayerNorm(epsilon=LN_EPS) for _ in s.dims[1:]]
-    self.down_convs = [nn.Conv(d, (2, 2), strides=(2, 2), padding='VALID') for d in s.dims[1:]]
+    self.stem_norm = partitioning.layer_norm('conv_out', epsilon=LN_EPS)
+    self.down_norms = [partitioning.layer_norm('conv_in', epsilon=LN_EPS) for _ in s.dims[1:]]
+    self.down_convs = [
+      partitioning.conv(d, (2, 2), strides=(2, 2), padding='VALID') for d in s.dims[1:]
+    ]
     total = sum(s.depths)
     rates = [self.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
     self.stages = [
       [ConvNeXtBlock(dim, rates[sum(s.depths[:i]) + j], self.deterministic) for j in range(depth)]
       for i, (dim, depth) in enumerate(zip(s.dims, s.depths, strict=True))
     ]
-    self.norm = nn.LayerNorm(epsilon=LN_EPS)
-    self.head = nn.Dense(s.num_classes)
+    self.norm = partitioning.layer_norm('conv_out', epsilon=LN_EPS)
+    self.head = partitioning.dense(s.num_classes, ('conv_out', 'classes'))
 
   def __call__(self, log_mel: jax.Array, paddings: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Frame embeddings (before the clip head's norm, as upstream's `frame_embs`).

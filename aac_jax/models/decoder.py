@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from aac_jax.models import layers, mixup
+from aac_jax.models import layers, mixup, partitioning
 from aac_jax.models.config import CaptionerConfig
 
 
@@ -18,7 +18,7 @@ class DecoderLayer(nn.Module):
     """`x` `[b, l, d]`, encoded `[b, s, e]`, enc_paddings `[b, s]` -> `[b, l, d]`."""
     cfg = self.config
     dropout = nn.Dropout(cfg.dropout)
-    y = nn.LayerNorm(dtype=cfg.dtype, name='self_norm')(x)
+    y = partitioning.layer_norm(dtype=cfg.dtype, name='self_norm')(x)
     y = layers.CausalSelfAttention(
       cfg.decoder_heads,
       cfg.attention_dropout,
@@ -28,7 +28,7 @@ class DecoderLayer(nn.Module):
       name='self_attention',
     )(y)
     x = x + dropout(y, deterministic=cfg.deterministic)
-    y = nn.LayerNorm(dtype=cfg.dtype, name='cross_norm')(x)
+    y = partitioning.layer_norm(dtype=cfg.dtype, name='cross_norm')(x)
     y = layers.CrossAttention(
       cfg.decoder_heads,
       cfg.attention_dropout,
@@ -82,7 +82,9 @@ class TransformerDecoder(nn.Module):
       cfg.vocab_size,
       cfg.decoder_dim,
       dtype=cfg.dtype,
-      embedding_init=nn.initializers.normal(stddev=cfg.decoder_dim**-0.5),
+      embedding_init=partitioning.with_axes(
+        nn.initializers.normal(stddev=cfg.decoder_dim**-0.5), ('vocab', 'embed')
+      ),
       name='embed',
     )
     table = jnp.asarray(layers.sinusoidal_table(cfg.max_decode_len, cfg.decoder_dim))
@@ -93,5 +95,5 @@ class TransformerDecoder(nn.Module):
     x = nn.Dropout(cfg.dropout)(x, deterministic=cfg.deterministic)
     for i in range(cfg.decoder_layers):
       x = DecoderLayer(cfg, name=f'layer{i}')(x, encoded, enc_paddings)
-    x = nn.LayerNorm(dtype=cfg.dtype, name='norm')(x)
+    x = partitioning.layer_norm(dtype=cfg.dtype, name='norm')(x)
     return embed.attend(x).astype(jnp.float32)

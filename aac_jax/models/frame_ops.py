@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from aac_jax.models import partitioning
+
 
 def zero_padded_rows(x: jax.Array, lengths: jax.Array) -> jax.Array:
   """Zeroes time rows at or past each clip's length.
@@ -65,8 +67,10 @@ class ChannelAffine(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    scale = self.param('scale', nn.initializers.ones, (x.shape[-1],), jnp.float32)
-    bias = self.param('bias', nn.initializers.zeros, (x.shape[-1],), jnp.float32)
+    scale_init = partitioning.with_axes(nn.initializers.ones, ('conv_out',))
+    bias_init = partitioning.with_axes(nn.initializers.zeros, ('conv_out',))
+    scale = self.param('scale', scale_init, (x.shape[-1],), jnp.float32)
+    bias = self.param('bias', bias_init, (x.shape[-1],), jnp.float32)
     return x * scale.astype(x.dtype) + bias.astype(x.dtype)
 
 

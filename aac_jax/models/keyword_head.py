@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from aac_jax.data import tokenizer
+from aac_jax.models import partitioning
 
 _EPS = 1e-6
 
@@ -29,7 +30,9 @@ class KeywordHead(nn.Module):
   @nn.compact
   def __call__(self, encoded: jax.Array, enc_paddings: jax.Array) -> jax.Array:
     """Float32 probabilities in (0, 1); padded frames are ignored."""
-    logits = nn.Dense(self.vocab_size, dtype=self.dtype, name='frame_logits')(encoded)
+    logits = partitioning.dense(
+      self.vocab_size, ('embed', 'vocab'), dtype=self.dtype, name='frame_logits'
+    )(encoded)
     frame_probs = jax.nn.sigmoid(logits.astype(jnp.float32))
     real = (1.0 - enc_paddings.astype(jnp.float32))[..., None]
     numerator = jnp.sum(frame_probs**2 * real, axis=1)

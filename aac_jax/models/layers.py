@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from aac_jax.models import partitioning
+
 # Large but finite, so that a fully masked row gives a uniform (not NaN) softmax.
 _MASK_VALUE = -1e9
 
@@ -116,8 +118,10 @@ class HeadsParams(nn.Module):
       flat = nn.initializers.lecun_normal()(rng, (in_dim, self.num_heads * self.head_dim), dtype)
       return flat.reshape(shape)
 
+    kernel_init = partitioning.with_axes(kernel_init, ('embed', 'heads', 'kv'))
+    bias_init = partitioning.with_axes(nn.initializers.zeros_init(), ('heads', 'kv'))
     kernel = self.param('kernel', kernel_init, (in_dim, *features), jnp.float32)
-    return kernel, self.param('bias', nn.initializers.zeros_init(), features, jnp.float32)
+    return kernel, self.param('bias', bias_init, features, jnp.float32)
 
 
 def _fused_heads(x: jax.Array, dim: int, num_heads: int, dtype: Any, names: tuple[str, ...]):
@@ -139,7 +143,14 @@ def _fused_heads(x: jax.Array, dim: int, num_heads: int, dtype: Any, names: tupl
 
 def _merge_heads(dim: int, dtype: Any) -> nn.DenseGeneral:
   """Projection `[..., heads, head_dim]` -> `[..., dim]`."""
-  return nn.DenseGeneral(features=dim, axis=(-2, -1), dtype=dtype, name='out')
+  return nn.DenseGeneral(
+    features=dim,
+    axis=(-2, -1),
+    dtype=dtype,
+    kernel_init=partitioning.with_axes(nn.initializers.lecun_normal(), ('heads', 'kv', 'embed')),
+    bias_init=partitioning.with_axes(nn.initializers.zeros_init(), ('embed',)),
+    name='out',
+  )
 
 
 def _attend(q, k, v, mask, weight_dropout: nn.Dropout, deterministic: bool) -> jax.Array:
@@ -177,7 +188,7 @@ class EncoderSelfAttention(nn.Module):
   def __call__(self, x: jax.Array, paddings: jax.Array) -> jax.Array:
     """Residual branch (pre-norm); `x` `[b, t, d]`, paddings `[b, t]` -> `[b, t, d]`."""
     dim = x.shape[-1]
-    y = nn.LayerNorm(dtype=self.dtype, name='norm')(x)
+    y = partitioning.layer_norm(dtype=self.dtype, name='norm')(x)
     positions = jnp.arange(x.shape[1])
     q, k, v = _fused_heads(y, dim, self.num_heads, self.dtype, ('query', 'key', 'value'))
     q, k = apply_rotary(q, positions), apply_rotary(k, positions)
@@ -278,8 +289,10 @@ class FeedForward(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """`[..., d]` -> `[..., d]`."""
-    y = nn.LayerNorm(dtype=self.dtype, name='norm')(x)
-    y = nn.swish(nn.Dense(self.hidden_dim, dtype=self.dtype, name='wi')(y))
+    y = partitioning.layer_norm(dtype=self.dtype, name='norm')(x)
+    y = nn.swish(
+      partitioning.dense(self.hidden_dim, ('embed', 'mlp'), dtype=self.dtype, name='wi')(y)
+    )
     y = nn.Dropout(self.dropout)(y, deterministic=self.deterministic)
-    y = nn.Dense(x.shape[-1], dtype=self.dtype, name='wo')(y)
+    y = partitioning.dense(x.shape[-1], ('mlp', 'embed'), dtype=self.dtype, name='wo')(y)
     return nn.Dropout(self.dropout)(y, deterministic=self.deterministic)

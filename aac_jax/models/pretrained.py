@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from aac_jax.models import partitioning
 from aac_jax.models.cnn14 import Cnn14Tagger
 from aac_jax.models.config import CaptionerConfig
 from aac_jax.models.conformer import ConformerBlock
@@ -47,7 +48,7 @@ class PretrainedEncoder(nn.Module):
     cfg = self.config
     self.tagger = make_tagger(cfg)
     if cfg.encoder_projection:
-      self.projection = nn.Dense(cfg.encoder_dim, dtype=cfg.dtype)
+      self.projection = partitioning.dense(cfg.encoder_dim, ('input', 'embed'), dtype=cfg.dtype)
       self.projection_dropout = nn.Dropout(cfg.projection_dropout)
     self.blocks = [ConformerBlock(cfg, name=f'block{i}') for i in range(cfg.encoder_layers)]
 

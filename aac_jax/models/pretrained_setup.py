@@ -13,6 +13,7 @@
 import re
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -124,7 +125,8 @@ def make_tagger_and_params(config: ml_collections.ConfigDict) -> tuple[Any, Any]
     return tagger, pretrained_store.load_converted(config.model.encoder_init)[0]
   mel = jnp.zeros((1, pretrained.MIN_INPUT_FRAMES, config.frontend.n_mels), jnp.float32)
   pads = jnp.zeros(mel.shape[:2], jnp.float32)
-  return tagger, jax.jit(tagger.init)(jax.random.key(int(config.seed)), mel, pads)['params']
+  init = jax.jit(tagger.init)(jax.random.key(int(config.seed)), mel, pads)
+  return tagger, nn.unbox(init['params'])
 
 
 def _paths(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
