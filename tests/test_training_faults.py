@@ -263,6 +263,27 @@ def test_run_log_on_a_disk_that_fills_warns_once_and_closes(small_tmpfs, caplog,
   assert 'Logging error' not in capfd.readouterr().err
 
 
+def test_full_disk_during_an_async_save_stops_with_one_line(toy, tmp_path, full_tmpfs):
+  config, cache = toy
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / 'checkpoints').symlink_to(full_tmpfs)
+  flags = [*_overrides(config), '--config.train.async_checkpointing=True']
+  flags += ['--config.train.eval_every=4', '--config.train.stop_at_step=8']
+  proc = _main(cache, workdir, flags)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  errors = re.findall(r'^E\d{4} .*', proc.stderr, re.MULTILINE)
+  assert len(errors) == 1, proc.stderr[-3000:]
+  assert errors[0].endswith(
+    f'Training stopped: cannot write checkpoint step 2 in {workdir / "checkpoints"}: '
+    'No space left on device'
+  )
+  # Orbax's threads log the failure with tracebacks; only the line above reaches the console.
+  assert proc.stderr.count('No space left on device') == 1, proc.stderr[-3000:]
+  assert sorted(p.name for p in full_tmpfs.iterdir()) == ['filler']  # No *.orbax-checkpoint-tmp.
+  assert not (workdir / 'predictions').exists()  # Stopped before evaluating at step 4.
+
+
 BAD_VALUES = {
   'dataset.max_audio_seconds': (0.0, 'dataset.max_audio_seconds=0.0: must be > 0'),
   'optim.lr': (float('nan'), 'optim.lr=nan: must be > 0'),

@@ -17,7 +17,10 @@ checkpoint, or its latest when it has no metrics) with a fresh optimizer;
 else a fresh initialisation.
 """
 
+import contextlib
 import os
+import shutil
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -28,9 +31,11 @@ from absl import logging
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from aac_jax import files
 from aac_jax.train.state import TrainState
 
 CHECKPOINT_DIR = 'checkpoints'
+_TMP_SUFFIX = '.orbax-checkpoint-tmp'  # Orbax's name for a step being written.
 
 
 def checkpoint_dir(workdir: str | os.PathLike) -> epath.Path:
@@ -61,7 +66,8 @@ def create_checkpoint_manager(
     read_only: open another run's checkpoints without changing them.
 
   Returns:
-    A manager that saves only when told (`save_checkpoint` forces it).
+    A manager that saves only when told (`save_checkpoint` forces it); a
+    failed save raises `files.RunFileError` once (see `RunCheckpointManager`).
   """
   mode = train_cfg.best_mode
   best_fn = _metric_fn(train_cfg.best_metric, mode) if train_cfg.best_metric else None
@@ -81,7 +87,7 @@ def create_checkpoint_manager(
     create=not read_only,
     cleanup_tmp_directories=not read_only,
   )
-  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+  return RunCheckpointManager(checkpoint_dir(workdir), options=options)
 
 
 def save_checkpoint(
@@ -103,6 +109,77 @@ def save_checkpoint(
   )
   clean = {k: float(v) for k, v in metrics.items()} if metrics else None
   manager.save(step, args=args, metrics=clean, force=True)
+
+
+def _os_reason(error: BaseException) -> str:
+  """The operating system's reason inside an orbax/tensorstore error chain, else its first line."""
+  seen = error
+  while seen is not None:
+    if isinstance(seen, OSError) and seen.strerror:
+      return seen.strerror
+    seen = seen.__cause__ or seen.__context__
+  text = str(error)
+  for reason in ('No space left on device', 'Permission denied', 'Disk quota exceeded'):
+    if reason in text:
+      return reason
+  return why_unreadable(error)
+
+
+class RunCheckpointManager(ocp.CheckpointManager):
+  """Orbax's manager, a failed asynchronous save made one line and cleaned up.
+
+  Orbax raises a background save's error (a full disk) with a traceback
+  from each of its threads at the next `save` or `wait_until_finished`, then
+  again at every later wait and at `close`, and leaves the step's
+  `*.orbax-checkpoint-tmp` folder. Here the first of those raises
+  `files.RunFileError` (`cannot write checkpoint step N in <dir>: <reason>`,
+  a stopping error: exit status 1), later waits are quiet, and `close`
+  removes the half-written folder.
+  """
+
+  _failed = False
+
+  def save(self, *args, **kwargs) -> bool:
+    try:
+      return super().save(*args, **kwargs)
+    except files.RunFileError:  # From `wait_until_finished` inside.
+      raise
+    except Exception as error:  # noqa: BLE001 - orbax/tensorstore raise many kinds.
+      raise self._write_error(error) from None
+
+  def wait_until_finished(self) -> None:
+    if self._failed:  # Raised once already; orbax would raise it again.
+      return
+    try:
+      super().wait_until_finished()
+    except Exception as error:  # noqa: BLE001 - orbax re-raises its threads' errors.
+      raise self._write_error(error) from None
+
+  def close(self) -> None:
+    if not self._failed:
+      super().close()
+      return
+    with contextlib.suppress(Exception):  # The failure was reported when it was raised.
+      super().close()
+    for thread in threading.enumerate():  # Writers of the failed save still running.
+      if type(thread).__module__.startswith('orbax.') and thread is not threading.current_thread():
+        with contextlib.suppress(Exception):  # Orbax's threads re-raise their error at join().
+          thread.join(timeout=60)
+    if jax.process_index() == 0:
+      for path in self._partial_steps():
+        shutil.rmtree(path, ignore_errors=True)
+
+  def _partial_steps(self) -> list[epath.Path]:
+    folder = epath.Path(self.directory)
+    return sorted(folder.glob(f'*{_TMP_SUFFIX}*')) if folder.exists() else []
+
+  def _write_error(self, error: BaseException) -> files.RunFileError:
+    self._failed = True
+    steps = [p.name.split('.', 1)[0] for p in self._partial_steps()]
+    which = f'step {", ".join(steps)}' if steps else 'a step'
+    return files.RunFileError(
+      f'cannot write checkpoint {which} in {self.directory}: {_os_reason(error)}'
+    )
 
 
 def abstract_state(state_fn: Callable[[], TrainState], sharding: jax.sharding.Sharding) -> Any:

@@ -33,16 +33,26 @@ def is_package_record(record: py_logging.LogRecord) -> bool:
 
 
 class _ConsoleFilter(py_logging.Filter):
-  """This package's records, and warnings or worse from anywhere.
+  """This package's records, and warnings or worse from anywhere but orbax.
 
-  (orbax warns at every save without validation metrics, which is normal
-  here, so its warnings stay in `train.log` only.)
+  Orbax warns at every save without validation metrics, which is normal
+  here, and a failed asynchronous save logs a traceback from each of its
+  threads; `aac_jax.train.checkpointing` says in one line what failed, so
+  orbax's records (and asyncio's from orbax's event loops) stay in
+  `train.log` only.
   """
 
   def filter(self, record: py_logging.LogRecord) -> bool:
-    if record.levelno >= py_logging.ERROR or is_package_record(record):
+    if is_package_record(record):
       return True
-    return record.levelno >= py_logging.WARNING and f'{os.sep}orbax{os.sep}' not in record.pathname
+    if _is_orbax_saving(record):
+      return False
+    return record.levelno >= py_logging.WARNING
+
+
+def _is_orbax_saving(record: py_logging.LogRecord) -> bool:
+  """Orbax's records, and asyncio's about its background saving threads."""
+  return f'{os.sep}orbax{os.sep}' in record.pathname or record.name == 'asyncio'
 
 
 _CONSOLE_FILTER = _ConsoleFilter()

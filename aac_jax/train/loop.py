@@ -208,6 +208,7 @@ def run_loop(
         if not saves:
           continue
         buffer.flush()  # Never evaluate or save after a NaN update.
+        io.manager.wait_until_finished()  # A failed save stops the run before evaluating.
         scores = io.evaluate(state.params, step) if evaluates else None
         _save(io, updater, step, state, scores)
         speed.restart(step)
@@ -216,6 +217,7 @@ def run_loop(
           checkpointing.log_saved(io.manager, step, 'preempted', watcher.signal_name)
           return LoopResult(state, step, 'preempted')
       buffer.flush()
+      io.manager.wait_until_finished()  # The last save's failure is the run's too.
   except NonFiniteLossError as error:
     raise NonFiniteLossError(f'{error}; stopping: {kept_checkpoint_text(io.manager)}') from None
   return LoopResult(state, end, 'finished' if end == cfg.num_steps else 'stopped')
