@@ -9,9 +9,12 @@ metric), else the latest, or the step asked for
 
 `AudioCaptioner` turns float waveforms at the model's sample rate into
 captions: it cuts long recordings into windows (default: the training clip
-length), pads every window to that fixed length and every batch to a fixed
-size (so one compiled program serves the whole run), and decodes with the
-run's `config.decode` settings, overridable per call.
+length), pads each batch to the shortest of a few fixed lengths that holds
+its longest clip (the window, its half, quarter and eighth, none under 2 s:
+a 2 s clip of a 30 s CoNeTTE run is encoded as 3.75 s, not 30 s) and to a
+fixed number of rows (so a handful of compiled programs serve the whole run;
+the real frames, hence the captions, do not depend on the padding), and
+decodes with the run's `config.decode` settings, overridable per call.
 """
 
 import dataclasses
@@ -278,6 +281,33 @@ def window_bounds(
   return bounds
 
 
+# Padded lengths below this are not used: the taggers' convolution stacks need
+# about 1.25 s of input (the ConvNeXt's stem and three stride-2 stages).
+MIN_BUCKET_SECONDS = 2.0
+
+
+def bucket_samples(num_samples: int, window: int, buckets: int = 4, shortest: int = 1) -> int:
+  """The padded length of a batch whose longest clip has `num_samples` samples.
+
+  Args:
+    num_samples: the longest clip (<= `window`).
+    window: the longest padded length (the caption window).
+    buckets: how many lengths there are: `ceil(window / 2**i)` for `i <
+      buckets` (1 = always `window`).
+    shortest: lengths below this are left out.
+
+  Returns:
+    The shortest of those lengths that holds `num_samples`.
+  """
+  if not 0 < num_samples <= window:
+    raise ValueError(f'clip of {num_samples} samples: need 1..{window} (the window)')
+  for i in range(buckets - 1, 0, -1):
+    length = -(-window // (1 << i))
+    if num_samples <= length and length >= shortest:
+      return length
+  return window
+
+
 def _batch_rows(count: int, batch_size: int) -> int:
   """Rows to compile for `count` clips: `batch_size`, or a power of two for a last partial batch."""
   if count >= batch_size:
@@ -296,6 +326,7 @@ class AudioCaptioner:
     repeat_ban_mask: np.ndarray | None = None,
     batch_size: int = 16,
     window_seconds: float | None = None,
+    length_buckets: int = 4,
     seed: int = 0,
   ):
     """Builds the jitted inference function (compiled on first use).
@@ -305,12 +336,16 @@ class AudioCaptioner:
       settings: decoding settings (see `make_settings`).
       repeat_ban_mask: bool `[vocab]` when `ban_repeated_content_words`.
       batch_size: clips per call of the compiled function.
-      window_seconds: fixed clip length every clip is padded to (default:
-        the model's training clip length).
+      window_seconds: the longest clip, and the longest padded length
+        (default: the model's training clip length).
+      length_buckets: padded lengths a batch may get (`bucket_samples`);
+        1 pads every clip to the window.
       seed: sampling seed (batch i uses `fold_in(key(seed), i)`).
     """
-    if batch_size < 1:
-      raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    if batch_size < 1 or length_buckets < 1:
+      raise ValueError(
+        f'batch_size and length_buckets must be >= 1: {batch_size}, {length_buckets}'
+      )
     self.loaded = loaded
     self.settings = settings
     self.batch_size = batch_size
@@ -321,6 +356,8 @@ class AudioCaptioner:
     self._mask = jnp.asarray(mask)
     self._key = jax.random.key(seed)
     self._calls = 0
+    self.length_buckets = length_buckets
+    self.shapes: list[tuple[int, int]] = []  # (rows, samples) of each model call so far.
 
     def run(params, waveform, paddings, rng, mask):
       return waveform_to_tokens(
@@ -337,25 +374,37 @@ class AudioCaptioner:
 
     Returns:
       int32 `[len(clips), max_len]`.
+
+    Clips are batched shortest first (so a batch's padded length,
+    `bucket_samples` of its longest clip, fits them all closely); rows come
+    back in the order given.
     """
-    outputs = []
-    for first in range(0, len(clips), self.batch_size):
-      chunk = clips[first : first + self.batch_size]
-      rows = _batch_rows(len(chunk), self.batch_size)
-      waveform = np.zeros((rows, self.window_samples), np.float32)
-      paddings = np.ones((rows, self.window_samples), np.float32)
-      for i, clip in enumerate(chunk):
-        if clip.shape[0] > self.window_samples:
-          raise ValueError(f'clip of {clip.shape[0]} samples > window {self.window_samples}')
-        waveform[i, : clip.shape[0]] = clip
-        paddings[i, : clip.shape[0]] = 0.0
-      rng = jax.random.fold_in(self._key, self._calls)
-      self._calls += 1
-      tokens = self._run(self.loaded.params, waveform, paddings, rng, self._mask)
-      outputs.append(np.asarray(tokens)[: len(chunk)])
-    if not outputs:
-      return np.zeros((0, self.settings.max_len), np.int32)
-    return np.concatenate(outputs, axis=0)
+    for clip in clips:
+      if not 0 < clip.shape[0] <= self.window_samples:
+        raise ValueError(f'clip of {clip.shape[0]} samples: need 1..{self.window_samples}')
+    order = sorted(range(len(clips)), key=lambda i: clips[i].shape[0])
+    tokens = np.zeros((len(clips), self.settings.max_len), np.int32)
+    for first in range(0, len(order), self.batch_size):
+      chunk = order[first : first + self.batch_size]
+      tokens[chunk] = self._caption_batch([clips[i] for i in chunk])
+    return tokens
+
+  def _caption_batch(self, chunk: Sequence[np.ndarray]) -> np.ndarray:
+    """Tokens `[len(chunk), max_len]` of at most `batch_size` clips, in one model call."""
+    rows = _batch_rows(len(chunk), self.batch_size)
+    longest = max(clip.shape[0] for clip in chunk)
+    shortest = int(MIN_BUCKET_SECONDS * self.loaded.sample_rate)
+    samples = bucket_samples(longest, self.window_samples, self.length_buckets, shortest)
+    waveform = np.zeros((rows, samples), np.float32)
+    paddings = np.ones((rows, samples), np.float32)
+    for i, clip in enumerate(chunk):
+      waveform[i, : clip.shape[0]] = clip
+      paddings[i, : clip.shape[0]] = 0.0
+    rng = jax.random.fold_in(self._key, self._calls)
+    self._calls += 1
+    self.shapes.append((rows, samples))
+    tokens = self._run(self.loaded.params, waveform, paddings, rng, self._mask)
+    return np.asarray(tokens)[: len(chunk)]
 
   def caption_clips(self, clips: Sequence[np.ndarray]) -> list[str]:
     """Captions for clips of at most `window_samples` samples each."""

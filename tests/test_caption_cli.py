@@ -15,6 +15,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import soundfile as sf
@@ -319,3 +320,95 @@ def test_fifo_device_and_newline_names_in_dcase_format(tiny_run, clips, tmp_path
   assert rows[0] == ['file_name', 'caption_predicted']
   assert [r[0] for r in rows[1:]] == ['two\nlines.wav', 'long_8k.wav']
   assert all(r[1] and set(r[1].split()) <= _words(tiny_run) for r in rows[1:])
+
+
+def test_bucket_samples_few_lengths_none_below_the_shortest():
+  window = 30 * 32000  # A CoNeTTE run's window at 32 kHz.
+  two_s = 2 * 32000
+  lengths = {n: inference.bucket_samples(n, window, 4, two_s) for n in range(1, window + 1, 9973)}
+  assert sorted(set(lengths.values())) == [window // 8, window // 4, window // 2, window]
+  assert all(n <= length for n, length in lengths.items())  # Every clip fits its bucket.
+  assert inference.bucket_samples(1 * 32000, window, 4, two_s) == window // 8  # 3.75 s, not 30.
+  assert inference.bucket_samples(window // 8 + 1, window, 4, two_s) == window // 4
+  assert inference.bucket_samples(window, window, 4, two_s) == window
+  assert inference.bucket_samples(5, 80, 4, shortest=20) == 20  # 10 is under the shortest.
+  assert inference.bucket_samples(1, window, 1) == window  # One bucket: the window.
+  with pytest.raises(ValueError, match='need 1'):
+    inference.bucket_samples(window + 1, window)
+
+
+def _random_model(seconds: float) -> inference.LoadedModel:
+  """An in-memory captioner: the runlocal demo model with random weights, `seconds` clips."""
+  from aac_jax import models
+  from aac_jax.data import tokenizer as tokenizer_lib
+  from configs import synthetic_demo
+
+  config = synthetic_demo.get_config('runlocal')
+  config.dataset.max_audio_seconds = seconds
+  config.frontend.feature_stats = 'fixed'
+  tokenizer = tokenizer_lib.Tokenizer(
+    tokenizer_lib.SPECIAL_TOKENS + tuple(f'w{i}' for i in range(40))
+  )
+  model = models.Captioner(
+    models.make_captioner_config(config.model, tokenizer.vocab_size, deterministic=True)
+  )
+  init = jax.jit(lambda key: models.init_params(model, key, num_mels=config.frontend.n_mels))
+  return inference.LoadedModel(config, model, init(jax.random.key(3)), tokenizer)
+
+
+def _real_frames_fn(loaded: inference.LoadedModel):
+  """`(clip, samples) -> [frames, dim]`: the encoder's real frames of `clip` padded to `samples`."""
+  from aac_jax.audio import frontend
+
+  @jax.jit
+  def encode(waveform, paddings):
+    features, feature_paddings = frontend.log_mel(
+      waveform, paddings, loaded.config.frontend, loaded.sample_rate
+    )
+    return loaded.model.apply(
+      {'params': loaded.params}, features, feature_paddings, method='encode'
+    )
+
+  def real_frames(clip: np.ndarray, samples: int) -> np.ndarray:
+    waveform = np.zeros((1, samples), np.float32)
+    paddings = np.ones((1, samples), np.float32)
+    waveform[0, : len(clip)], paddings[0, : len(clip)] = clip, 0.0
+    encoded, enc_paddings = encode(waveform, paddings)
+    return np.asarray(encoded[0])[np.asarray(enc_paddings[0]) < 0.5]
+
+  return real_frames
+
+
+def test_padded_length_grows_with_the_clip_and_captions_do_not_change():
+  """A short clip is encoded at a short bucket; its caption equals the window-padded one.
+
+  With a 4 s window the buckets are 2 and 4 s (1 s is under
+  `MIN_BUCKET_SECONDS`). A random model's greedy captions hardly depend on
+  the audio, so the encoder's real frames (all the decoder sees) are compared
+  too: the same at every padded length, different between clips.
+  """
+  loaded = _random_model(4.0)
+  settings, mask = inference.make_settings(loaded)
+  rate = loaded.sample_rate
+  rng = np.random.default_rng(0)
+  clips = [
+    _tone(rate, seconds, 1, freq)[:, 0]
+    + rng.normal(0, 0.05, int(rate * seconds)).astype(np.float32)
+    for seconds, freq in ((0.7, 300.0), (1.9, 2000.0), (3.3, 700.0), (3.9, 5000.0))
+  ]
+  captioner = inference.AudioCaptioner(
+    loaded, settings, repeat_ban_mask=mask, batch_size=2, length_buckets=1
+  )
+  expected = captioner.caption_tokens(clips)
+  assert captioner.shapes == [(2, 4 * rate)] * 2  # Every clip padded to the window.
+  # Bucketed: shortest first, the two short clips at 2 s, rows back in the order given.
+  captioner.length_buckets, captioner.shapes = 2, []
+  order = [3, 0, 2, 1]
+  np.testing.assert_array_equal(
+    captioner.caption_tokens([clips[i] for i in order]), expected[order]
+  )
+  assert captioner.shapes == [(2, 2 * rate), (2, 4 * rate)]
+  real_frames = _real_frames_fn(loaded)
+  short = real_frames(clips[0], 2 * rate)
+  np.testing.assert_allclose(short, real_frames(clips[0], 4 * rate), atol=2e-5)
+  assert np.abs(short - real_frames(clips[1][: len(clips[0])], 2 * rate)).max() > 1e-2
