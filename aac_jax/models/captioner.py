@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aac_jax.models import partitioning
 from aac_jax.models.conette_decoder import ConetteDecoder
 from aac_jax.models.config import CaptionerConfig
 from aac_jax.models.conformer import ConformerEncoder
@@ -161,6 +162,12 @@ def init_params(
   Returns:
     The `params` collection.
   """
+  init, inputs = _boxed_init(model, num_frames, num_mels, length)
+  return nn.unbox(jax.jit(init)(rng, *inputs)['params'])
+
+
+def _boxed_init(model: Captioner, num_frames: int, num_mels: int, length: int):
+  """`(init, inputs)`: `init(rng, *inputs)` gives the variables, axis names attached."""
   init_model = model.clone(config=model.config.replace(decode=False, deterministic=True))
   if model.config.pretrained:
     num_frames = max(num_frames, MIN_INPUT_FRAMES)
@@ -168,8 +175,19 @@ def init_params(
   paddings = jnp.zeros((1, num_frames), jnp.float32)
   tokens = jnp.zeros((1, length), jnp.int32)
   method = Captioner.with_keywords if model.config.keyword_head else Captioner.__call__
-  init = functools.partial(init_model.init, method=method)
-  return nn.unbox(jax.jit(init)(rng, features, paddings, tokens)['params'])
+  return functools.partial(init_model.init, method=method), (features, paddings, tokens)
+
+
+def param_axes(model: Captioner, num_mels: int = 64, length: int = 8) -> tuple[Any, Any]:
+  """`(logical_specs, shapes)` of the parameters `init_params` makes (nothing is computed).
+
+  Returns:
+    A tree of logical `PartitionSpec`s (`aac_jax.models.partitioning`) and
+    the same tree of `jax.ShapeDtypeStruct`s.
+  """
+  init, inputs = _boxed_init(model, 64, num_mels, length)
+  boxed = jax.eval_shape(init, jax.random.key(0), *inputs)['params']
+  return partitioning.logical_specs(boxed), nn.unbox(boxed)
 
 
 def count_params(params: Any) -> int:

@@ -76,7 +76,7 @@ class DepthwiseConv1D(nn.Module):
     """`[b, t, d]` -> `[b, t, d]`."""
     dim, length = x.shape[-1], x.shape[1]
     init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal', in_axis=0)
-    init = partitioning.with_axes(init, ('conv_window', 'mlp'))
+    init = partitioning.with_axes(init, ('conv_time', 'mlp'))
     kernel = self.param('kernel', init, (self.kernel_size, dim), jnp.float32)
     bias_init = partitioning.with_axes(nn.initializers.zeros, ('mlp',))
     bias = self.param('bias', bias_init, (dim,), jnp.float32)
