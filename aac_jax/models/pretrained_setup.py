@@ -118,7 +118,11 @@ def _resolve_embeddings(config: ml_collections.ConfigDict) -> None:
 def make_tagger_and_params(config: ml_collections.ConfigDict) -> tuple[Any, Any]:
   """The run's tagger alone and its parameters (`encoder_init`, else random), for extraction."""
   model_cfg = CaptionerConfig(
-    vocab_size=4, encoder=config.model.encoder, encoder_layers=0, deterministic=True
+    vocab_size=4,
+    encoder=config.model.encoder,
+    convnext_stem=config.model.convnext_stem,
+    encoder_layers=0,
+    deterministic=True,
   )
   tagger = pretrained.make_tagger(model_cfg)
   if config.model.encoder_init:
