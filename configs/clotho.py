@@ -3,7 +3,8 @@
   python -m aac_jax.main --config configs/clotho.py --workdir workdirs/clotho
 
 Variants (after ':'):
-  model=base|small  base: the reference size (docs/training.md); small: a quicker ablation.
+  model=base|small|large  base: the reference size (docs/training.md); small: a quicker
+    ablation; large: about 1 B parameters (memory planning, tools/bench_memory.py).
   runlocal          a smoke-run size for a laptop.
 """
 
@@ -15,6 +16,10 @@ from configs.config_args import parse_config_arg
 MODEL_SIZES = {
   'base': dict(encoder_dim=256, encoder_layers=6, encoder_ff_dim=1024, decoder_layers=3),
   'small': dict(encoder_dim=144, encoder_layers=4, encoder_ff_dim=576, decoder_layers=2),
+  # About 1.0 B parameters: for memory planning (tools/bench_memory.py compiles, never runs it).
+  'large': dict(
+    encoder_dim=1536, encoder_layers=12, encoder_ff_dim=6144, decoder_layers=10, heads=16
+  ),
 }
 
 
@@ -39,6 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.encoder_ff_dim = size['encoder_ff_dim']
   config.model.decoder_ff_dim = size['encoder_ff_dim']
   config.model.decoder_layers = size['decoder_layers']
+  config.model.encoder_heads = config.model.decoder_heads = size.get('heads', 4)
   config.train.batch_size = 64
   config.train.num_steps = 15000
   config.train.eval_every = 1000
