@@ -46,6 +46,7 @@ from absl import logging as absl_logging
 
 from aac_jax import decoding, inference
 from aac_jax.data import audio_io
+from aac_jax.train import logs
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1
@@ -403,9 +404,13 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _quiet_libraries(verbose: bool) -> None:
-  """Keeps orbax/absl INFO and WARNING lines off the user's terminal."""
+  """Keeps library INFO lines and orbax's warnings off the user's terminal.
+
+  Warnings of this package stay: a checkpoint that cannot be read, and why,
+  when an older one is used instead.
+  """
   if not verbose:
-    absl_logging.set_verbosity(absl_logging.ERROR)
+    logs.quiet_console(absl_logging.WARNING)
     logging.getLogger('jax').setLevel(logging.ERROR)
 
 

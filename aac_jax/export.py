@@ -36,6 +36,7 @@ from absl import logging as absl_logging
 
 from aac_jax import decoding, files, inference
 from aac_jax.data import tokenizer as tokenizer_lib
+from aac_jax.train import logs
 
 EXPORT_FILENAME = 'model.jax_export'
 METADATA_FILENAME = 'export.json'
@@ -244,7 +245,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   """Runs the export; returns the exit status (0 ok, 1 check failed, 2 usage error)."""
   args = make_parser().parse_args(argv)
-  absl_logging.set_verbosity(absl_logging.ERROR)
+  logs.quiet_console(absl_logging.WARNING)  # Shows why a checkpoint was skipped, if one was.
   try:
     loaded = inference.load_model(args.workdir, args.step)
     max_samples = None

@@ -6,12 +6,16 @@ greedy decode, for two batch sizes (the batch dimension is symbolic).
 """
 
 import json
+import pathlib
+import re
+import shutil
 import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
+import soundfile
 from test_caption_cli import TRAIN_SECONDS, subprocess_env, train_tiny_run
 
 from aac_jax import export, inference
@@ -19,6 +23,7 @@ from aac_jax import export, inference
 SAMPLE_RATE = 16000
 MAX_SAMPLES = int(TRAIN_SECONDS * SAMPLE_RATE)
 FAST = {'xla_backend_optimization_level': 0}
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Runs in a fresh interpreter: no aac_jax, no flax, only jax + numpy.
 CONSUMER = r"""
@@ -124,3 +129,39 @@ def test_export_cli_usage_error(tmp_path, capsys):
 def test_runs_here_maps_gpu_names():
   assert export.runs_here(['cpu']) and export.runs_here(['cuda', 'cpu'])
   assert not export.runs_here(['tpu'])
+
+
+def test_caption_and_export_say_why_they_use_an_older_checkpoint(tiny_run, tmp_path):
+  run = tmp_path / 'run'
+  shutil.copytree(tiny_run, run)
+  for path in (run / 'checkpoints' / '2' / 'state').rglob('*'):  # The best (validated) step.
+    if path.parent.name == 'd':  # Array data files, cut to half their size.
+      path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+  reason = re.escape(f'Checkpoint step 2 in {run / "checkpoints"} is unreadable, trying an older')
+  clip = tmp_path / 'tone.wav'
+  soundfile.write(clip, np.sin(np.arange(SAMPLE_RATE) * 0.05).astype(np.float32), SAMPLE_RATE)
+  caption = subprocess.run(
+    [sys.executable, 'tools/caption.py', '--workdir', str(run), '--format', 'json', str(clip)],
+    cwd=REPO,
+    env=subprocess_env(tiny_run.parent / 'jax_cache'),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert caption.returncode == 0, caption.stderr[-3000:]
+  assert re.search(rf'{reason} one: \w+', caption.stderr), caption.stderr[-3000:]
+  assert 'read_only' not in caption.stderr  # Orbax's warnings stay off the terminal,
+  assert 'Traceback' not in caption.stderr  # and its threads' noise.
+  assert json.loads(caption.stdout)['model']['step'] == 1
+  out = tmp_path / 'exported'
+  export_run = subprocess.run(
+    [sys.executable, 'tools/export.py', '--workdir', str(run), '--output', str(out), '--no-check'],
+    cwd=REPO,
+    env=subprocess_env(tiny_run.parent / 'jax_cache'),
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert export_run.returncode == 0, export_run.stderr[-3000:]
+  assert re.search(rf'{reason} one: \w+', export_run.stderr), export_run.stderr[-3000:]
+  assert 'step 1 (older)' in export_run.stdout

@@ -58,10 +58,40 @@ def _is_orbax_saving(record: py_logging.LogRecord) -> bool:
 _CONSOLE_FILTER = _ConsoleFilter()
 
 
-def quiet_console() -> None:
-  """Keeps library INFO lines off the console unless `--verbosity` was given."""
+def _drop_closed_loop_noise(unraisable) -> None:
+  """`sys.unraisablehook` without orbax's `Event loop is closed` tracebacks.
+
+  When an orbax save or restore fails (a full disk, a damaged checkpoint),
+  orbax closes the operation's event loop while tensorstore still completes
+  its other reads or writes; each completion then prints this traceback (67
+  for one damaged checkpoint). The failure itself is reported in one line.
+  """
+  error = unraisable.exc_value
+  if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
+    return
+  _drop_closed_loop_noise.previous(unraisable)
+
+
+_drop_closed_loop_noise.previous = sys.__unraisablehook__
+
+
+def quiet_console(level: int | None = None) -> None:
+  """Keeps library INFO lines off the console unless `--verbosity` was given.
+
+  Args:
+    level: also the lowest absl level shown (the tools, captioning and
+      export, give `absl.logging.WARNING`: this package's warnings, such as
+      a checkpoint skipped for an older one and why, still show).
+  """
   if flags.FLAGS.is_parsed() and flags.FLAGS['verbosity'].present:
     return
+  if sys.unraisablehook is not _drop_closed_loop_noise:
+    _drop_closed_loop_noise.previous = sys.unraisablehook
+    sys.unraisablehook = _drop_closed_loop_noise
+  if level is not None:  # A tool: no log file, and absl's handler may not be the one used.
+    logging.set_verbosity(level)
+    if _CONSOLE_FILTER not in logging.get_absl_logger().filters:
+      logging.get_absl_logger().addFilter(_CONSOLE_FILTER)
   handler = logging.get_absl_handler()
   if _CONSOLE_FILTER not in handler.filters:
     handler.addFilter(_CONSOLE_FILTER)
