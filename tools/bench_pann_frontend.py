@@ -6,7 +6,8 @@
 on backends that have it (accurate in quiet bins, see its docstring); the
 float32 arm is the path backends without float64 take (`FLOAT64_BACKENDS`
 emptied for that arm). Both arms are jitted once, then timed alternately in
-one run (median of `--repeats`); the line gives the ratio.
+one run (median of `--repeats`); the line gives the ratio, and the forward
+pass of the ConvNeXt-Tiny tagger on the same batch (random weights) for scale.
 """
 
 import argparse
@@ -21,6 +22,8 @@ import numpy as np
 
 from aac_jax.audio import pann_frontend
 from aac_jax.convert.convnext import FRONTEND
+from aac_jax.models import pretrained
+from aac_jax.models.config import CaptionerConfig
 
 
 def _compiled(waveform, paddings, float64: bool) -> Callable[[], None]:
@@ -32,6 +35,17 @@ def _compiled(waveform, paddings, float64: bool) -> Callable[[], None]:
   finally:
     pann_frontend.FLOAT64_BACKENDS = saved
   return lambda: compiled(waveform, paddings).block_until_ready()
+
+
+def _tagger_forward(waveform, paddings) -> Callable[[], None]:
+  """The ConvNeXt-Tiny forward on the front end's output (random weights), compiled."""
+  tagger = pretrained.make_tagger(
+    CaptionerConfig(vocab_size=4, encoder='convnext', encoder_layers=0, deterministic=True)
+  )
+  mel, mel_paddings = pann_frontend.pann_log_mel(waveform, paddings, FRONTEND)
+  params = jax.jit(tagger.init)(jax.random.key(0), mel[:1], mel_paddings[:1])
+  compiled = jax.jit(tagger.apply).lower(params, mel, mel_paddings).compile()
+  return lambda: jax.block_until_ready(compiled(params, mel, mel_paddings))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
   paddings = jnp.zeros((args.clips, samples), jnp.float32)
   arms = {'float32': _compiled(waveform, paddings, False)}
   arms['float64'] = _compiled(waveform, paddings, True)
+  arms['tagger'] = _tagger_forward(waveform, paddings)
   times = {name: [] for name in arms}
   for _ in range(args.repeats):
     for name, run in arms.items():
@@ -57,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
   print(
     f'{jax.default_backend()}, {args.clips} clips x {args.seconds:g} s: '
     f'float32 spectrum {f32 * 1e3:.1f} ms, float64 spectrum {f64 * 1e3:.1f} ms '
-    f'(float64 / float32 = {f64 / f32:.2f}x)'
+    f'(float64 / float32 = {f64 / f32:.2f}x); ConvNeXt-Tiny forward on them '
+    f'{statistics.median(times["tagger"]) * 1e3:.0f} ms'
   )
   return 0
 
