@@ -1,11 +1,12 @@
 """The DCASE 2024 baseline recipe (frozen ConvNeXt-Tiny + decoder) on AudioCaps v1.
 
   aac-build-dataset audiocaps --source_dir ~/data/audiocaps --sample_rate 32000
-  python -m aac_jax.main --config configs/audiocaps_convnext.py:encoder_init=pretrained/convnext \\
+  python -m aac_jax.main --config configs/audiocaps_convnext.py:encoder_init=pretrained/convnext_bl \\
       --workdir workdirs/audiocaps_convnext
 
-The baseline was published for Clotho only; this applies its model and
-optimizer (see configs/clotho_convnext.py for every value's source) to
+The baseline was published for Clotho only; this applies its model,
+decoding and optimizer (see configs/clotho_convnext.py for every value's
+source, the encoder file to convert and the known differences) to
 AudioCaps, whose own numbers are below.
 
 Variants (after ':'): encoder_init=DIR, freeze=all|none|N, embeddings=auto, runlocal.
