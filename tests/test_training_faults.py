@@ -15,12 +15,13 @@ import sys
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import toy_dataset
 from absl import logging as absl_logging
 from etils import epath
 
-from aac_jax import config_validation, files
+from aac_jax import config_validation, files, inference
 from aac_jax.train import checkpointing, logs, trainer
 from configs import base
 
@@ -170,6 +171,70 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(
   # Kept for inspection, out of the way of the new step-4 save.
   assert (workdir / 'checkpoints_unreadable' / '4').is_dir()
   assert _saved_steps(workdir) == [2, 4, 5]
+
+
+def _orbax_params(workdir, step, target):
+  """The parameters of `step` as orbax alone reads them (no checksums)."""
+  options = ocp.CheckpointManagerOptions(read_only=True)
+  with ocp.CheckpointManager(checkpointing.checkpoint_dir(workdir), options=options) as manager:
+    restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target)
+    item = ocp.args.PyTreeRestore(
+      item={'params': target}, restore_args={'params': restore_args}, partial_restore=True
+    )
+    return manager.restore(step, args=ocp.args.Composite(state=item)).state['params']
+
+
+def _flip_array_bytes(workdir, step, target, expected) -> str:
+  """Inverts 64 bytes of a data file of `step` where orbax then reads wrong values silently.
+
+  Tries offsets through the step's array data files until orbax restores
+  without an error and a parameter differs from `expected` (as the field
+  report found: one parameter at 8e37); returns which one.
+  """
+  step_dir = pathlib.Path(checkpointing.checkpoint_dir(workdir)) / str(step)
+  for path in sorted(p for p in (step_dir / 'state').rglob('*') if p.parent.name == 'd'):
+    original = path.read_bytes()
+    for at in range(len(original) // 17, len(original) - 64, len(original) // 17):
+      raw = bytearray(original)
+      raw[at : at + 64] = bytes(b ^ 0xFF for b in raw[at : at + 64])
+      path.write_bytes(bytes(raw))
+      try:
+        got = _orbax_params(workdir, step, target)
+      except Exception:  # noqa: BLE001 - orbax noticed this one; try another offset.
+        continue
+      diff = jax.tree_util.tree_flatten_with_path(
+        jax.tree.map(lambda a, b: bool((a != b).any()), got, expected)
+      )[0]
+      changed = [jax.tree_util.keystr(k) for k, v in diff if v]
+      if changed:
+        return changed[0]
+    path.write_bytes(original)
+  raise AssertionError('no flip that orbax reads silently')
+
+
+def test_flipped_bytes_in_a_checkpoint_are_refused_and_an_older_one_used(
+  toy, run_to_four, tmp_path, caplog
+):
+  config, _ = toy
+  workdir = tmp_path / 'run'
+  shutil.copytree(run_to_four, workdir)
+  loaded = inference.load_model(run_to_four, 4)
+  target = inference.abstract_params(loaded.model, int(config.frontend.n_mels))
+  changed = _flip_array_bytes(workdir, 4, target, loaded.params)
+  caplog.set_level(logging.INFO)
+  _, step, kind = checkpointing.restore_params(workdir, config.train, target)
+  assert (step, kind) == (2, 'older')  # Captioning, export, init_from and the test pass.
+  reason = r'ChecksumMismatchError: checkpoint step 4 params: \d+ of \d+ arrays differ'
+  assert re.search(
+    rf'Checkpoint step 4 in \S+ is unreadable, trying an older one: {reason}', caplog.text
+  )
+  assert changed in caplog.text or 'first: ' in caplog.text
+  config = config.copy_and_resolve_references()
+  config.train.stop_at_step = 5
+  result = trainer.train_and_evaluate(config, str(workdir))  # Resuming sets it aside.
+  assert (result.step, result.reason) == (5, 'stopped')
+  assert f'resumed from {checkpointing.checkpoint_dir(workdir)} at step 2' in caplog.text
+  assert (workdir / 'checkpoints_unreadable' / '4').is_dir()
 
 
 def test_no_readable_checkpoint_is_one_message_and_nothing_is_lost(toy, run_to_four, tmp_path):

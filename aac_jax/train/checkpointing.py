@@ -1,10 +1,13 @@
 """Orbax checkpoints holding the train state and the data position together.
 
 One `ocp.CheckpointManager` under `<workdir>/checkpoints` saves, per step,
-two items: `state` (the `TrainState`, `StandardSave`, asynchronously) and
+three items: `state` (the `TrainState`, `StandardSave`, asynchronously),
 `data_iter` (the train iterator's `get_state()`, one JSON file written by the
 primary process: for `aac_jax.data.global_order.GlobalBatches` the next
-global position, the same on every process). Restoring both gives the exact
+global position, the same on every process) and `checksums` (of every
+array of `state.params` and `state.opt_state`, checked at every restore: a
+checkpoint whose files changed on disk is unreadable, see
+`aac_jax.train.checksums`). Restoring both gives the exact
 batch sequence an uninterrupted run sees, on any number of processes.
 
 Kept on disk: the `train.keep_checkpoints` most recent steps plus the best
@@ -32,9 +35,11 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers as ocm
 
 from aac_jax import files
+from aac_jax.train import checksums
 from aac_jax.train.state import TrainState
 
 CHECKPOINT_DIR = 'checkpoints'
+CHECKSUMS_ITEM = 'checksums'  # Per-array checksums of `state` (`aac_jax.train.checksums`).
 _TMP_SUFFIX = '.orbax-checkpoint-tmp'  # Orbax's name for a step being written.
 
 
@@ -106,6 +111,12 @@ def save_checkpoint(
   args = ocp.args.Composite(
     state=ocp.args.StandardSave(state),
     data_iter=ocp.args.JsonSave(data_iter.get_state()),
+    checksums=ocp.args.JsonSave(
+      {
+        'params': checksums.fingerprint(state.params),
+        'opt_state': checksums.fingerprint(state.opt_state),
+      }
+    ),
   )
   clean = {k: float(v) for k, v in metrics.items()} if metrics else None
   manager.save(step, args=args, metrics=clean, force=True)
@@ -202,29 +213,42 @@ def restore_checkpoint(
   Returns:
     The restored `TrainState` on the shardings of `target`.
   """
+  items = {'state': ocp.args.StandardRestore(target), 'data_iter': ocp.args.JsonRestore()}
   restored = manager.restore(
-    step,
-    args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target), data_iter=ocp.args.JsonRestore()
-    ),
+    step, args=ocp.args.Composite(**items, **_checksum_args(manager, step))
   )
   if not isinstance(restored.data_iter, dict):
     raise ValueError(f'the data position of step {step} is not readable')
+  for part in ('params', 'opt_state'):
+    _verify(restored, part, getattr(restored.state, part), step)
   data_iter.set_state(restored.data_iter)
   return restored.state
+
+
+def _checksum_args(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """The checksums item to restore, where the step has one (older saves and conversions: not)."""
+  if (epath.Path(manager.directory) / str(step) / CHECKSUMS_ITEM).exists():
+    return {CHECKSUMS_ITEM: ocp.args.JsonRestore()}
+  return {}
+
+
+def _verify(restored: Any, part: str, tree: Any, step: int) -> None:
+  """Checks `tree` (`state.<part>`) against the checksums saved with it, if any."""
+  recorded = restored.get(CHECKSUMS_ITEM)
+  if recorded is not None:
+    checksums.verify(tree, recorded[part], f'checkpoint step {step} {part}')
 
 
 def _params_only(manager: ocp.CheckpointManager, step: int, target: Any) -> Any:
   """`state.params` of checkpoint `step`, placed on the shardings of `target`."""
   restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target)
-  restored = manager.restore(
-    step,
-    args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(
-        item={'params': target}, restore_args={'params': restore_args}, partial_restore=True
-      )
-    ),
+  state = ocp.args.PyTreeRestore(
+    item={'params': target}, restore_args={'params': restore_args}, partial_restore=True
   )
+  restored = manager.restore(
+    step, args=ocp.args.Composite(state=state, **_checksum_args(manager, step))
+  )
+  _verify(restored, 'params', restored.state['params'], step)
   return restored.state['params']
 
 
