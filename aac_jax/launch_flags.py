@@ -4,12 +4,15 @@
   --coordinator_address=H:P   process 0's address    (or $AAC_COORDINATOR_ADDRESS)
   --num_processes=N           processes in the run    (or $AAC_NUM_PROCESSES)
   --process_id=I              this process, 0 .. N-1  (or $AAC_PROCESS_ID)
+  --connect_timeout_s=S       wait for all processes to connect (default 300)
 
 Giving any of the last three starts the distributed runtime with them (and
 discovery for the others); a flag wins over its environment variable.
 Importing this module defines the flags; `initialize_from_flags()` is
 called first thing in `main`. Bad values (a process id out of range, a
-malformed address) are one line and exit status 2, before any connection.
+malformed address) are one line and exit status 2, before any connection;
+processes that do not all connect within --connect_timeout_s are one line
+naming the address, exit status 3.
 """
 
 import os
@@ -34,6 +37,11 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer('num_processes', None, f'Processes in the run (or ${ENV["num_processes"]}).')
 flags.DEFINE_integer('process_id', None, f'This process, 0 .. N-1 (or ${ENV["process_id"]}).')
+flags.DEFINE_float(
+  'connect_timeout_s',
+  multihost.DEFAULT_CONNECT_TIMEOUT_S,
+  'Seconds to wait for every process to connect at start-up (then exit status 3).',
+)
 
 
 def _value(name: str, convert):
@@ -70,7 +78,7 @@ def initialize_from_flags() -> int:
   try:
     start, kwargs = launch_values()
     if start:
-      multihost.initialize(**kwargs)
+      multihost.initialize(**kwargs, connect_timeout_s=flags.FLAGS.connect_timeout_s)
   except multihost.LaunchError as error:
     print(f'error: {error}', file=sys.stderr)
     return LAUNCH_ERROR_STATUS

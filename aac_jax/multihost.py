@@ -17,6 +17,8 @@ naming it, instead of a timeout.
 import itertools
 import os
 import re
+import sys
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -28,7 +30,21 @@ T = TypeVar('T')
 TIMEOUT_ENV = 'AAC_JAX_SYNC_TIMEOUT_S'
 DEFAULT_TIMEOUT_S = 1800.0  # Building the default synthetic dataset takes minutes.
 _DONE = 'done'
+DEFAULT_CONNECT_TIMEOUT_S = 300.0  # JAX's own default initialization timeout.
+CONNECT_ERROR_STATUS = 3  # Exit status when the processes could not connect.
 _counter = itertools.count()
+
+
+def _give_up(where: str, address: str, timeout_s: float) -> None:
+  """Ends the process with one line (JAX's connect blocks in C++, then aborts)."""
+  sys.stderr.write(
+    f'error: {where}: not every process connected to {address} within {timeout_s:.0f} s '
+    '(process 0 not started or not reachable at that address, or a process of the run not '
+    'started); start every process, check the address and port, or allow more time with '
+    '--connect_timeout_s\n'
+  )
+  sys.stderr.flush()
+  os._exit(CONNECT_ERROR_STATUS)
 
 
 class ProcessSyncError(RuntimeError):
@@ -120,15 +136,22 @@ def initialize(
   coordinator_address: str | None = None,
   num_processes: int | None = None,
   process_id: int | None = None,
+  connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
 ) -> None:
   """Starts JAX's distributed runtime, with discovery for what is not given.
 
   With no argument JAX discovers the cluster (TPU VMs, SLURM, Open MPI);
-  elsewhere give all three.
+  elsewhere give all three. Says at once what it waits for; when not every
+  process has connected within `connect_timeout_s` (process 0 not started,
+  a wrong address, a peer that never starts) the process prints one line
+  naming the address and exits with `CONNECT_ERROR_STATUS` (JAX itself
+  would abort minutes later with a C++ stack trace).
 
   Raises:
     LaunchError: a value is malformed or out of range (before any connection).
   """
+  if not connect_timeout_s > 0:
+    raise LaunchError(f'connect timeout {connect_timeout_s}: must be a number of seconds > 0')
   if coordinator_address is not None and not re.fullmatch(r'\S+:\d+', coordinator_address):
     raise LaunchError(
       f'coordinator address {coordinator_address!r}: use HOST:PORT of process 0, '
@@ -138,15 +161,33 @@ def initialize(
     raise LaunchError(f'number of processes {num_processes}: must be >= 1')
   if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
     raise LaunchError(f'process id {process_id}: must be in [0, {num_processes})')
+  given = [coordinator_address, num_processes, process_id]
+  where = f'process {process_id} of {num_processes}' if None not in given else 'this process'
+  address = coordinator_address or 'the discovered coordinator'
+  if None not in given or given == [None] * 3:  # Else JAX refuses the values at once.
+    logging.info(
+      '%s: connecting to %s, waiting up to %.0f s for all processes (--connect_timeout_s)',
+      where.capitalize(),
+      address,
+      connect_timeout_s,
+    )
+  watchdog = threading.Timer(connect_timeout_s, _give_up, (where, address, connect_timeout_s))
+  watchdog.daemon = True
+  watchdog.start()
   try:
     jax.distributed.initialize(
-      coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+      coordinator_address=coordinator_address,
+      num_processes=num_processes,
+      process_id=process_id,
+      initialization_timeout=int(connect_timeout_s) + 60,  # The watchdog speaks first.
     )
   except ValueError as error:  # Values missing where JAX cannot discover the cluster.
     raise LaunchError(
       f'{error} Give --coordinator_address, --num_processes and --process_id together, or '
       '--multihost where JAX discovers the cluster (TPU VMs, SLURM).'
     ) from None
+  finally:
+    watchdog.cancel()
   logging.info(
     'Process %d of %d, %d local of %d devices',
     jax.process_index(),

@@ -176,3 +176,22 @@ def test_process_id_without_the_other_values_says_what_to_give(tmp_path):
     'error: coordinator_address should be defined. Give --coordinator_address, --num_processes '
     'and --process_id together, or --multihost where JAX discovers the cluster (TPU VMs, SLURM).'
   ]
+
+
+@pytest.mark.parametrize('process_id', [0, 1], ids=['peer_never_starts', 'no_coordinator'])
+def test_processes_that_never_connect_are_one_line_and_exit_3(tmp_path, process_id):
+  command = [sys.executable, '-m', 'aac_jax.main', '--config=configs/synthetic_demo.py:runlocal']
+  command += [f'--workdir={tmp_path / "run"}', '--coordinator_address=127.0.0.1:29877']
+  command += ['--num_processes=2', f'--process_id={process_id}', '--connect_timeout_s=3']
+  done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert done.returncode == multihost.CONNECT_ERROR_STATUS, done.stderr[-3000:]
+  said = f'Process {process_id} of 2: connecting to 127.0.0.1:29877, waiting up to 3 s'
+  assert said in done.stderr  # At once, before the wait.
+  lines = [line for line in done.stderr.splitlines() if line.startswith('error: ')]
+  assert lines == [
+    f'error: process {process_id} of 2: not every process connected to 127.0.0.1:29877 within 3 '
+    's (process 0 not started or not reachable at that address, or a process of the run not '
+    'started); start every process, check the address and port, or allow more time with '
+    '--connect_timeout_s'
+  ], done.stderr[-3000:]
+  assert 'Check failure' not in done.stderr and not (tmp_path / 'run').exists()
