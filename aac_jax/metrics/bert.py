@@ -168,12 +168,15 @@ class ErrorChecker(nn.Module):
   config: BertConfig
   num_classes: int
 
-  @nn.compact
   def __call__(self, input_ids, attention_mask, token_type_ids) -> jax.Array:
     """Same inputs as `BertEncoder`; returns class probabilities [batch, classes]."""
+    return jax.nn.sigmoid(self.logits(input_ids, attention_mask, token_type_ids))
+
+  @nn.compact
+  def logits(self, input_ids, attention_mask, token_type_ids) -> jax.Array:
+    """Class logits [batch, classes] (training takes its loss from these)."""
     hidden = BertEncoder(self.config, name='encoder')(input_ids, attention_mask, token_type_ids)
-    logits = _dense(self.config, self.num_classes, 'classifier')(hidden[:, 0])
-    return jax.nn.sigmoid(logits)
+    return _dense(self.config, self.num_classes, 'classifier')(hidden[:, 0])
 
 
 # Hugging Face `BertLayer` sub-module -> our module name.
@@ -236,6 +239,51 @@ def params_from_hf(tensors: dict[str, np.ndarray], config: BertConfig, prefix: s
     raise ValueError(f'checkpoint has more than {config.num_layers} layers')
   _check_shapes(params, config)
   return params
+
+
+def params_to_hf(params: dict, config: BertConfig, prefix: str = '') -> dict[str, np.ndarray]:
+  """Hugging Face `BertModel` state dict of `BertEncoder` parameters (`params_from_hf` inverted).
+
+  Args:
+    params: the encoder's parameter tree.
+    config: its sizes.
+    prefix: prefix of the BERT keys, e.g. 'bert.' or 'encoder.'.
+
+  Returns:
+    name -> float32 numpy array, as saved in `model.safetensors`.
+  """
+  p = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
+  emb = f'{prefix}embeddings.'
+  tensors = {
+    f'{emb}{name}.weight': p[name]['embedding']
+    for name in ('word_embeddings', 'position_embeddings', 'token_type_embeddings')
+  }
+  tensors[f'{emb}LayerNorm.weight'] = p['embeddings_norm']['scale']
+  tensors[f'{emb}LayerNorm.bias'] = p['embeddings_norm']['bias']
+  for i in range(config.num_layers):
+    for theirs, ours in _LAYER_NAMES.items():
+      key, leaf = f'{prefix}encoder.layer.{i}.{theirs}', p[f'layer_{i}'][ours]
+      if ours.endswith('norm'):
+        tensors[f'{key}.weight'], tensors[f'{key}.bias'] = leaf['scale'], leaf['bias']
+      else:
+        tensors[f'{key}.weight'], tensors[f'{key}.bias'] = leaf['kernel'].T, leaf['bias']
+  return tensors
+
+
+def config_to_hf(config: BertConfig) -> dict:
+  """Hugging Face `config.json` fields of `config` (`BertConfig.from_hf` inverted)."""
+  return {
+    'model_type': 'bert',
+    'vocab_size': config.vocab_size,
+    'hidden_size': config.hidden_size,
+    'num_hidden_layers': config.num_layers,
+    'num_attention_heads': config.num_heads,
+    'intermediate_size': config.intermediate_size,
+    'max_position_embeddings': config.max_positions,
+    'type_vocab_size': config.type_vocab_size,
+    'layer_norm_eps': config.layer_norm_eps,
+    'hidden_act': config.hidden_act,
+  }
 
 
 def _check_shapes(params: dict, config: BertConfig) -> None:
