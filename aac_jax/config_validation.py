@@ -252,7 +252,23 @@ def problems(config: ml_collections.ConfigDict, stage: str, num_devices: int) ->
 
 
 def validate(config: ml_collections.ConfigDict, stage: str, num_devices: int) -> None:
-  """Raises `ConfigError` listing every bad value of `config` (see `problems`)."""
+  """Raises `ConfigError` listing every bad value of `config` (see `problems`).
+
+  With several processes, first checks that all were started with the same
+  resolved config (`multihost.config_differences`; every process calls
+  this, so all stop, each naming the fields it differs in).
+  """
+  import jax  # noqa: PLC0415 - the distributed runtime: entry points only.
+
+  from aac_jax import multihost  # noqa: PLC0415
+
+  differences = multihost.config_differences(config.to_json_best_effort(sort_keys=True))
+  if differences:
+    raise ConfigError(
+      f'process {jax.process_index()} was started with another config than the others: '
+      + '; '.join(differences)
+      + '. Start every process with the same flags.'
+    )
   lines = problems(config, stage, num_devices)
   if lines:
     raise ConfigError('bad config values:\n  ' + '\n  '.join(lines))

@@ -15,6 +15,7 @@ naming it, instead of a timeout.
 """
 
 import itertools
+import json
 import os
 import re
 import sys
@@ -130,6 +131,60 @@ def process_0_first(what: str, fn: Callable[[], T], timeout_s: float | None = No
   if status != _DONE:
     raise ProcessSyncError(f'process 0 could not {what}: {status}')
   return fn()
+
+
+def _flat(node: dict, prefix: str = '') -> dict[str, object]:
+  flat = {}
+  for key, value in node.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def config_differences(config_json: str, timeout_s: float | None = None) -> list[str]:
+  """How this process's resolved config differs from the others' (every process calls it).
+
+  Processes started with different flags would train together without a
+  word (process 0 batch 8, process 1 batch 16: 12 examples a step while the
+  checkpoint records 8). Each process publishes its config through the
+  distributed runtime; process 0 compares every other's with its own, the
+  others compare process 0's.
+
+  Args:
+    config_json: the resolved config as JSON (`config.to_json_best_effort()`).
+    timeout_s: how long to wait for the others (default `sync_timeout_s()`).
+
+  Returns:
+    One line per differing field (`field: here A, on process P B`); empty
+    when all agree or with one process.
+
+  Raises:
+    ProcessSyncError: another process did not publish its config in time.
+  """
+  if jax.process_count() == 1:
+    return []
+  timeout_s = sync_timeout_s() if timeout_s is None else timeout_s
+  client, me = _client(), jax.process_index()
+  tag = f'aac_jax/config/{next(_counter)}'
+  client.key_value_set(f'{tag}/{me}', config_json)
+  mine = _flat(json.loads(config_json))
+  lines = []
+  for other in range(1, jax.process_count()) if me == 0 else [0]:
+    try:
+      theirs = _flat(
+        json.loads(client.blocking_key_value_get(f'{tag}/{other}', int(timeout_s * 1000)))
+      )
+    except Exception as error:  # noqa: BLE001 - the runtime raises its own error kinds.
+      raise ProcessSyncError(
+        f'process {me} waited {timeout_s:.0f} s for the config of process {other} '
+        f'({_first_line(error)}); allow more time with {TIMEOUT_ENV}=SECONDS'
+      ) from None
+    for field in sorted(set(mine) | set(theirs)):
+      if mine.get(field) != theirs.get(field):
+        lines.append(f'{field}: {mine.get(field)!r} here, {theirs.get(field)!r} on process {other}')
+  return lines
 
 
 def initialize(

@@ -257,3 +257,43 @@ def test_process_0_failure_and_timeout_reach_the_other_process(jax_cache):
     in second
   ), second
   assert 'error: ProcessSyncError: process 1 waited 2 s for process 0 to build' in second, second
+
+
+_CONFIG_CHILD = """
+import sys
+import jax
+from aac_jax import config_validation, multihost
+from configs import synthetic_demo
+multihost.initialize(sys.argv[1], 2, int(sys.argv[2]))
+config = synthetic_demo.get_config('runlocal')
+config.train.batch_size = int(sys.argv[3])
+try:
+  config_validation.validate(config, 'train', jax.device_count())
+  print('valid', flush=True)
+except config_validation.ConfigError as error:
+  print(f'error: {error}', flush=True)
+"""
+
+
+def test_processes_started_with_different_configs_stop_before_training(jax_cache):
+  address = f'127.0.0.1:{multiprocess.free_port()}'
+  procs = [
+    subprocess.Popen(
+      [sys.executable, '-c', _CONFIG_CHILD, address, str(i), str(batch)],
+      cwd=multiprocess.REPO,  # Where `configs` imports from.
+      env=multiprocess.child_env(2, jax_cache),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i, batch in enumerate((8, 16))
+  ]
+  outputs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outputs
+  for me, (mine, theirs, other) in enumerate([(8, 16, 1), (16, 8, 0)]):
+    expected = (
+      f'error: process {me} was started with another config than the others: '
+      f'train.batch_size: {mine} here, {theirs} on process {other}. Start every process with '
+      'the same flags.'
+    )
+    assert expected in outputs[me], outputs[me]
