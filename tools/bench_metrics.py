@@ -1,7 +1,7 @@
 """Times aac_jax's metrics against pycocoevalcap 1.2, the SCST reward and FENSE.
 
   python tools/bench_metrics.py [--corpora ../shared/corpora] [--repeats 5]
-  python tools/bench_metrics.py --only fense [--fense_clips 1045]
+  python tools/bench_metrics.py --only fense [--fense_clips 14,150,1045]
 
 1. Scores the Clotho evaluation split (caption_1 of each clip against the
    other four) with pycocoevalcap (Java PTB tokenizer + Bleu(4), Rouge,
@@ -14,15 +14,18 @@
    references) on batches of 256 candidates with five references each,
    through its three entry points (text references, corpus clip indices,
    token ids), and prints captions/s.
-3. Times FENSE (SBERT-sim, error checker, penalty) on the Clotho
-   evaluation split (per clip: the caption_1 of the next clip as candidate,
-   the clip's five captions as references; 1,045 x 5) with aac_jax (JAX)
-   and with the PyTorch reference (sentence-transformers `encode` and the
+3. Times FENSE (SBERT-sim, error checker, penalty) on the first
+   --fense_clips clips of the Clotho evaluation split (per clip: the
+   caption_1 of the next clip as candidate, the clip's five captions as
+   references) with aac_jax (JAX, --fense_batch, the CLI default 128) and
+   with the PyTorch reference (sentence-transformers `encode` and the
    checker in torch, batches of 32 as aac-metrics), both warm (best of
-   --fense_repeats runs), models of
-   the real architectures with random weights (`tests/fense_reference.py`;
-   timings do not depend on the weights); prints both times, their ratio
-   and the largest FENSE difference.
+   --fense_repeats runs), models of the real architectures with random weights
+   (`tests/fense_reference.py`; timings do not depend on the weights);
+   prints a row per set size: both times, aac_jax's first (cold, compiling)
+   call, the ratios and the largest FENSE difference.
+
+Every part prints the load average (the machine may be shared).
 
 Needs pycocoevalcap (`pip install 'aac_jax[eval]'`) and Java for part 1,
 torch, transformers and sentence-transformers (the test extra) for part 3.
@@ -30,6 +33,7 @@ torch, transformers and sentence-transformers (the test extra) for part 3.
 
 import argparse
 import csv
+import os
 import pathlib
 import resource
 import time
@@ -95,7 +99,7 @@ def bench_parity(corpora: pathlib.Path, repeats: int) -> None:
   # Ours is cheap: more runs make its best time robust to a busy machine.
   our_repeats = max(repeats, 20)
   our_scores, our_time, our_cpu = best_time(lambda: ours(cands, refs), our_repeats)
-  print(f'Clotho evaluation: {len(cands)} clips, caption_1 vs caption_2..5')
+  print(f'Clotho evaluation: {len(cands)} clips, caption_1 vs caption_2..5 ({_load()})')
   print(f'{"metric":<9} {"pycocoevalcap":>14} {"aac_jax":>14}')
   for k in _KEYS:
     print(f'{k:<9} {ref_scores[k]:>14.10f} {our_scores[k]:>14.10f}')
@@ -152,7 +156,13 @@ def _rate(seconds: float, batch: int) -> str:
   return f'{seconds * 1e3:6.1f} ms, {batch / seconds:>9,.0f} captions/s'
 
 
-def bench_fense(corpora: pathlib.Path, num_clips: int, batch_size: int, repeats: int) -> None:
+def _load() -> str:
+  return 'load average ' + ', '.join(f'{x:.1f}' for x in os.getloadavg())
+
+
+def bench_fense(
+  corpora: pathlib.Path, clip_counts: list[int], batch_size: int, repeats: int
+) -> None:
   import sys
   import tempfile
 
@@ -161,33 +171,38 @@ def bench_fense(corpora: pathlib.Path, num_clips: int, batch_size: int, repeats:
 
   from aac_jax.metrics import fense
 
-  clips = load_clotho(corpora / 'clotho' / 'clotho_captions_evaluation.csv')[:num_clips]
-  cands = ptb_tokenizer.tokenize_captions(
-    [clips[(i + 1) % len(clips)][0] for i in range(len(clips))]
+  all_clips = load_clotho(corpora / 'clotho' / 'clotho_captions_evaluation.csv')
+  print(f'\nFENSE, Clotho evaluation, x 5 references ({_load()})')
+  print(
+    f'{"clips":>6} {"aac_jax s (CPU)":>16} {"cold s":>8} {"PyTorch s (CPU)":>16} '
+    f'{"wall":>6} {"CPU":>6} {"max diff":>9}'
   )
-  refs = ptb_tokenizer.tokenize_references(clips)
   with tempfile.TemporaryDirectory() as tmp:
     folders, reference, _ = ref.build_models(corpora, pathlib.Path(tmp))
     options = fense.FenseOptions(str(folders['sbert']), str(folders['echecker']), batch_size)
     start = time.perf_counter()
     scorer = fense.FenseScorer(options)
-    warm = min(len(cands), 128)  # Compiles the bucket shapes.
-    scorer.score(cands[:warm], refs[:warm])
-    setup = time.perf_counter() - start
-    ours, ours_time, ours_cpu = best_time(lambda: scorer.score(cands, refs)[0], repeats)
-    theirs, ref_time, ref_cpu = best_time(lambda: reference.score(cands, refs), repeats)
-  diff = np.abs(ours['fense'] - theirs['fense']).max()
+    load_time = time.perf_counter() - start
+    for num_clips in clip_counts:
+      clips = all_clips[:num_clips]
+      cands = ptb_tokenizer.tokenize_captions(
+        [clips[(i + 1) % len(clips)][0] for i in range(len(clips))]
+      )
+      refs = ptb_tokenizer.tokenize_references(clips)
+      _, cold, _ = best_time(lambda c=cands, r=refs: scorer.score(c, r), 1)  # Compiles.
+      ours, ours_time, ours_cpu = best_time(lambda c=cands, r=refs: scorer.score(c, r)[0], repeats)
+      theirs, ref_time, ref_cpu = best_time(lambda c=cands, r=refs: reference.score(c, r), repeats)
+      diff = np.abs(ours['fense'] - theirs['fense']).max()
+      print(
+        f'{len(cands):>6} {ours_time:>7.2f} ({ours_cpu:>6.2f}) {cold:>8.2f} '
+        f'{ref_time:>7.2f} ({ref_cpu:>6.2f}) {ref_time / ours_time:>5.2f}x '
+        f'{ref_cpu / ours_cpu:>5.2f}x {diff:>9.1e}',
+        flush=True,
+      )
   print(
-    f'\nFENSE, Clotho evaluation: {len(cands)} clips x 5 references ({len(cands) * 6} sentences)'
-  )
-  print(
-    f'  aac_jax (JAX, batch {batch_size}): {ours_time:.2f} s (CPU {ours_cpu:.2f} s) warm; '
-    f'loading, compiling and a {warm}-clip warm-up before: {setup:.2f} s'
-  )
-  print(f'  PyTorch reference (batch 32): {ref_time:.2f} s (CPU {ref_cpu:.2f} s)')
-  print(
-    f'  speed-up: {ref_time / ours_time:.2f}x wall, {ref_cpu / ours_cpu:.2f}x CPU; '
-    f'largest per-clip FENSE difference {diff:.2e}'
+    f'aac_jax batch {batch_size}, warm (cold: the first call on the set, compiling its new '
+    f'shapes; loading took {load_time:.1f} s); PyTorch reference batch 32 (as aac-metrics); '
+    f'best of {repeats} runs; ratios of the warm times; {_load()}'
   )
 
 
@@ -198,7 +213,9 @@ def main() -> None:
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--batch', type=int, default=256)
   parser.add_argument('--only', choices=('coco', 'reward', 'fense'), help='Run one part only.')
-  parser.add_argument('--fense_clips', type=int, default=1045, help='Clips for the FENSE part.')
+  parser.add_argument(
+    '--fense_clips', default='14,150,1045', help='Set sizes for the FENSE part (comma list).'
+  )
   parser.add_argument('--fense_batch', type=int, default=128, help='aac_jax FENSE batch size.')
   parser.add_argument(
     '--fense_repeats', type=int, default=1, help='Timed runs of each (best kept).'
@@ -209,7 +226,8 @@ def main() -> None:
   if args.only in (None, 'reward'):
     bench_reward(args.corpora, args.batch, max(args.repeats, 5))
   if args.only in (None, 'fense'):
-    bench_fense(args.corpora, args.fense_clips, args.fense_batch, args.fense_repeats)
+    clip_counts = [int(n) for n in args.fense_clips.split(',')]
+    bench_fense(args.corpora, clip_counts, args.fense_batch, args.fense_repeats)
 
 
 if __name__ == '__main__':
