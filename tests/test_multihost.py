@@ -211,6 +211,7 @@ from aac_jax import multihost
 from aac_jax.train import parallel
 multihost.initialize(sys.argv[1], 2, int(sys.argv[2]))
 me = jax.process_index()
+print('persistent cache:', jax.config.jax_enable_compilation_cache, flush=True)
 print('gathered:', parallel.all_processes(np.array([10.0 * me, 1.0])).tolist(), flush=True)
 print('mean:', parallel.mean_over_processes({'b': 2.0 * me, 'a': float(me)}), flush=True)
 
@@ -249,6 +250,7 @@ def test_process_0_failure_and_timeout_reach_the_other_process(jax_cache):
   assert [p.returncode for p in procs] == [0, 0], outputs
   first, second = outputs
   for output in outputs:  # Host metrics over both processes, the same on each.
+    assert 'persistent cache: False' in output, output  # No start-up skew from cache hits.
     assert 'gathered: [[0.0, 1.0], [10.0, 1.0]]' in output, output
     assert "mean: {'a': 0.5, 'b': 1.0}" in output, output
   assert 'error: ValueError: disk full' in first and 'result: late' in first
