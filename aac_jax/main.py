@@ -5,7 +5,8 @@
       --config.optim.lr=3e-4 --config.train.batch_size=64
 
 Rerunning with the same --workdir resumes from its latest checkpoint. On
-SIGTERM the run saves at the next step and exits 0. `aac-train` is the same
+SIGTERM or Ctrl-C (SIGINT) the run saves at the next step and exits 0 (a
+second Ctrl-C stops at once, without that save). `aac-train` is the same
 command as a console script. The console shows this package's log lines and
 every warning; `train.log` in the workdir keeps the libraries' lines too
 (`--verbosity=0` shows them on the console as well).

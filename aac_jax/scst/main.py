@@ -4,7 +4,7 @@
       --workdir workdirs/demo_scst
 
 Rerunning with the same --workdir resumes from its latest checkpoint; on
-SIGTERM the run saves at the next step and exits 0. Exit statuses and
+SIGTERM or Ctrl-C (SIGINT) the run saves at the next step and exits 0. Exit statuses and
 logging as for `python -m aac_jax.main`.
 """
 

@@ -1,11 +1,16 @@
-"""Noticing preemption (SIGTERM) and agreeing on the step to stop at.
+"""Noticing preemption (SIGTERM) or Ctrl-C (SIGINT) and agreeing on the step to stop at.
 
 TPU VMs (and most schedulers) announce preemption with SIGTERM some seconds
 before the kill. The trainer asks `PreemptionWatcher.should_stop(step)` at
 every step boundary; when it says yes the trainer saves a checkpoint at that
 step, logs it, and returns normally (exit status 0).
 
-With one process a SIGTERM handler sets a flag. With several processes all
+A Ctrl-C in a terminal sends SIGINT to every process of the foreground
+group (a sweep's runner and all its trainers): a single-process run treats
+it as a preemption too (saves at the next step, exits 0); a second SIGINT
+stops at once (KeyboardInterrupt), without that save.
+
+With one process a signal handler sets a flag. With several processes all
 of them must stop at the same step: JAX's preemption sync manager (started
 by `jax.distributed.initialize`, which installs its own SIGTERM notifier)
 picks a common step, so there no handler of ours is installed.
@@ -32,7 +37,7 @@ class PreemptionWatcher:
           save(step); break
   """
 
-  def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM,)):
+  def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)):
     self._signals = signals
     self._event = threading.Event()
     self._previous: dict[int, object] = {}
@@ -53,8 +58,11 @@ class PreemptionWatcher:
     del frame
     # Only set a flag: the handler runs between bytecodes of the main thread,
     # possibly inside JAX or orbax, so no real work may happen here.
-    self._received = signum
+    if self._received is None:  # The first one names the stop (Ctrl-C, then the runner's TERM).
+      self._received = signum
     self._event.set()
+    if signum == signal.SIGINT and signal.SIGINT in self._previous:
+      signal.signal(signal.SIGINT, signal.default_int_handler)  # A second Ctrl-C: stop now.
 
   def request_stop(self) -> None:
     """Marks a stop as if a signal had come (tests, manual stops)."""
