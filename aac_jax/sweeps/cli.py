@@ -2,7 +2,7 @@
 
   python tools/sweep.py run --config=configs/synthetic_demo.py --root=workdirs/ablation \\
       --seeds=2 --parallel=2 [--set=config.dataset.data_dir=DIR ...]
-  python tools/sweep.py report --root=workdirs/ablation [--baseline=POINT]
+  python tools/sweep.py report --root=workdirs/ablation [--baseline=POINT] [--metrics=a,b]
   python tools/sweep.py plot --root=workdirs/ablation [--metric=event_f1]
 
 run     trains every point of the config's `get_sweep` times --seeds in
@@ -10,14 +10,16 @@ run     trains every point of the config's `get_sweep` times --seeds in
         finished points and resumes the others. --print prints one command
         per point instead (--launcher=local for SLURM arrays, see
         launch/slurm_array.sh; --launcher=tpu_pod for launch/tpu_pod.sh).
-        Exit status 1 when a point failed (its log is named).
+        Exit status 1 when a point failed (its log is named). Ctrl-C
+        (SIGINT to the runner and its trainers) or SIGTERM to the runner:
+        every running point saves at its next step and stops, the runner
+        prints "rerun the same command to resume" and exits 130.
 report  writes <root>/report.md and <root>/report.csv (and prints the
         Markdown).
 plot    writes <root>/plots/*.png.
 `aac-sweep` is the same command as a console script.
 """
 
-import pathlib
 import sys
 
 from absl import app, flags
@@ -26,6 +28,8 @@ from aac_jax import config_path
 from aac_jax.sweeps import define, runner
 
 COMMANDS = ('run', 'report', 'plot')
+INTERRUPTED = 130  # Exit status of a run stopped by SIGINT or SIGTERM (128 + SIGINT).
+RERUN = 'rerun the same command to resume (finished points are skipped)'
 
 _CONFIG = flags.DEFINE_string('config', None, 'run: config file with get_sweep, [:variant].')
 _ROOT = flags.DEFINE_string('root', None, 'Folder holding one workdir per point.')
@@ -38,6 +42,9 @@ _PRINT = flags.DEFINE_bool('print', False, 'run: print one command per point, ru
 _LAUNCHER = flags.DEFINE_enum('launcher', 'local', runner.LAUNCHERS, 'run --print: command kind.')
 _BASELINE = flags.DEFINE_string('baseline', None, 'report: point to compare with (default: first).')
 _BOOTSTRAP = flags.DEFINE_integer('bootstrap', 1000, 'report: bootstrap resamples.')
+_METRICS = flags.DEFINE_list(
+  'metrics', None, 'report: metrics to show, e.g. cider_d,fense (default: all the runs logged).'
+)
 _METRIC = flags.DEFINE_string('metric', None, 'plot: metric (default: train.best_metric).')
 flags.mark_flag_as_required('root')
 
@@ -49,17 +56,28 @@ def _run() -> int:
     sweep = runner.make_sweep(
       _CONFIG.value, _ROOT.value, _SEEDS.value, [f'--{s}' for s in _SET.value]
     )
+    if not _PRINT.value and '://' in str(sweep.root):
+      raise ValueError(
+        f'--root={sweep.root}: runs without --print train on this machine and need a local '
+        '--root; print the commands (--print --launcher=tpu_pod) to train into a bucket'
+      )
+    define.check_recorded(sweep)  # First: a rerun with other flags stops here.
     configs = runner.check_points(sweep)
+    define.save(sweep)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  define.save(sweep)
   if _PRINT.value:
     runner.print_commands(sweep, _LAUNCHER.value)
     return 0
   groups = len(sweep.groups())
   print(f'[sweep] {groups} points x {_SEEDS.value} seeds in {sweep.root}', flush=True)
-  runner.prepare_datasets(configs)
-  outcomes = runner.run_local(sweep, _PARALLEL.value, echo=lambda s: print(s, flush=True))
+  try:
+    runner.prepare_datasets(configs)
+    outcomes = runner.run_local(sweep, _PARALLEL.value, echo=lambda s: print(s, flush=True))
+  except runner.Interrupted as e:
+    print(runner.summary(e.outcomes)[0])
+    print(f'[sweep] interrupted ({e.signal_name}): the running points saved and stopped; {RERUN}')
+    return INTERRUPTED
   text, ok = runner.summary(outcomes)
   print(text)
   return 0 if ok else 1
@@ -69,7 +87,7 @@ def _report() -> int:
   from aac_jax.sweeps import report
 
   try:
-    rep = report.build(define.load(_ROOT.value), _BASELINE.value, _BOOTSTRAP.value)
+    rep = report.build(define.load(_ROOT.value), _BASELINE.value, _BOOTSTRAP.value, _METRICS.value)
   except (ValueError, FileNotFoundError) as e:
     raise app.UsageError(str(e)) from e
   markdown = report.to_markdown(rep)
@@ -92,7 +110,7 @@ def _plot() -> int:
   if metric is None:
     configs = [results.read_config(sweep.workdir(p)) for p in sweep.points]
     metric = next((c.train.best_metric for c in configs if c is not None), 'cider_d')
-  for path in plots.plot_all(rep, metric, pathlib.Path(_ROOT.value) / 'plots'):
+  for path in plots.plot_all(rep, metric, sweep.root / 'plots'):
     print(f'Wrote {path}')
   return 0
 
@@ -100,7 +118,11 @@ def _plot() -> int:
 def main(argv: list[str]) -> int:
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f'give one command: {" | ".join(COMMANDS)} (got {argv[1:]})')
-  return {'run': _run, 'report': _report, 'plot': _plot}[argv[1]]()
+  try:
+    return {'run': _run, 'report': _report, 'plot': _plot}[argv[1]]()
+  except KeyboardInterrupt:  # Before any run started (run_local handles its own).
+    print('[sweep] interrupted' + (f'; {RERUN}' if argv[1] == 'run' else ''))
+    return INTERRUPTED
 
 
 def run() -> None:

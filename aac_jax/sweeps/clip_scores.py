@@ -16,11 +16,12 @@ bootstrap resample is one index draw and one sum.
 
 import dataclasses
 import json
-import pathlib
+import os
 from collections.abc import Callable, Sequence
 
 import ml_collections
 import numpy as np
+from etils import epath
 
 # Corpus score == mean of the per-clip scores (see aac_jax.metrics.evaluate).
 CLIP_MEAN_METRICS = ('rouge_l', 'cider_d', 'spice', 'spider')
@@ -46,9 +47,9 @@ def _mean_value(sums: np.ndarray, n: int) -> np.ndarray:
   return sums[..., 0] / n
 
 
-def read_predictions(path: pathlib.Path) -> list[dict]:
+def read_predictions(path: str | os.PathLike) -> list[dict]:
   """`[{id, prediction, references, scores}]` as the evaluator wrote them."""
-  return json.loads(pathlib.Path(path).read_text())
+  return json.loads(epath.Path(path).read_text())
 
 
 def caption_stats(rows: Sequence[dict]) -> dict[str, ClipStats]:

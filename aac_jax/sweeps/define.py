@@ -18,10 +18,13 @@ import dataclasses
 import importlib.util
 import itertools
 import json
+import os
 import pathlib
 import types
 from collections.abc import Sequence
 from typing import Any
+
+from etils import epath
 
 Override = dict[str, Any]
 
@@ -135,23 +138,28 @@ def load_sweep(config_path: str) -> list[Override]:
   return points
 
 
+class SweepMismatch(ValueError):
+  """The sweep root already records a sweep with other flags or points."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Sweep:
   """What `run` launched and `report`/`plot` read back (`<root>/sweep.json`).
 
   Attributes:
-    root: the folder holding one workdir per point.
+    root: the folder holding one workdir per point (local, or a bucket such
+      as `gs://b/sweeps/x`: an `epath.Path`, so the `//` stays).
     config: the config file argument (`path[:variant]`).
     extra_flags: flags given to every point (e.g. the data folder).
     points: the runs, in sweep order.
   """
 
-  root: pathlib.Path
+  root: epath.Path
   config: str
   extra_flags: tuple[str, ...]
   points: tuple[Point, ...]
 
-  def workdir(self, point: Point) -> pathlib.Path:
+  def workdir(self, point: Point) -> epath.Path:
     return self.root / point.name
 
   def swept_fields(self) -> list[str]:
@@ -170,26 +178,78 @@ class Sweep:
     return out
 
 
-def save(s: Sweep) -> None:
-  """Writes `<root>/sweep.json` (the same definition again on rerun)."""
-  s.root.mkdir(parents=True, exist_ok=True)
-  data = {
+def _as_json(s: Sweep) -> dict[str, Any]:
+  return {
     'config': s.config,
     'extra_flags': list(s.extra_flags),
     'points': [dataclasses.asdict(p) for p in s.points],
   }
+
+
+def differences(recorded: Sweep, new: Sweep) -> list[str]:
+  """How `new` would change what `recorded` trained (more points or seeds change nothing)."""
+  old, now = _as_json(recorded), _as_json(new)
+  out = []
+  if old['config'] != now['config']:
+    out.append(f'--config was {old["config"]}, now {now["config"]}')
+  if old['extra_flags'] != now['extra_flags']:
+    gone = [f for f in old['extra_flags'] if f not in now['extra_flags']]
+    added = [f for f in now['extra_flags'] if f not in old['extra_flags']]
+    out.append(f'--set flags: recorded only {gone or "-"}, given only {added or "-"}')
+  points = {p['name']: p for p in json.loads(json.dumps(now['points']))}
+  for p in old['points']:
+    if p['name'] not in points:
+      out.append(f'point {p["name"]} is not in the sweep any more')
+    elif points[p['name']] != p:
+      out.append(f'point {p["name"]} now sets {points[p["name"]]["overrides"]}')
+  return out
+
+
+def check_recorded(s: Sweep) -> Sweep | None:
+  """The sweep `<root>/sweep.json` records (None if none), when `s` keeps to it.
+
+  Raises:
+    SweepMismatch: the root records a sweep with other flags or points
+      (the message lists the differences).
+  """
+  path = s.root / SWEEP_FILE
+  if not path.exists():
+    return None
+  recorded = load(s.root)
+  changes = differences(recorded, s)
+  if changes:
+    raise SweepMismatch(
+      f'{path} records another sweep: {"; ".join(changes)}. Rerun with the recorded '
+      'flags to resume it, or give a new --root for the new sweep'
+    )
+  return recorded
+
+
+def save(s: Sweep) -> None:
+  """Writes `<root>/sweep.json`, unless it records this sweep already.
+
+  A sweep that only adds points or seeds to the recorded one replaces it.
+
+  Raises:
+    SweepMismatch: see `check_recorded`.
+  """
+  recorded = check_recorded(s)
+  if recorded is not None and len(recorded.points) == len(s.points):
+    return
+  path = s.root / SWEEP_FILE
+  s.root.mkdir(parents=True, exist_ok=True)
   tmp = s.root / f'.{SWEEP_FILE}.tmp'
-  tmp.write_text(json.dumps(data, indent=1))
-  tmp.replace(s.root / SWEEP_FILE)
+  tmp.write_text(json.dumps(_as_json(s), indent=1))
+  tmp.replace(path)
 
 
-def load(root: str | pathlib.Path) -> Sweep:
+def load(root: str | os.PathLike) -> Sweep:
   """Reads `<root>/sweep.json`.
 
   Raises:
     FileNotFoundError: no sweep was run or printed into `root`.
   """
-  root = pathlib.Path(root)
+  root = epath.Path(root)
   path = root / SWEEP_FILE
   if not path.is_file():
     raise FileNotFoundError(

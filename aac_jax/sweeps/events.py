@@ -11,10 +11,11 @@ A resumed run writes a new file and redoes the steps after its last
 checkpoint: per tag and step, the value written last wins.
 """
 
-import pathlib
+import os
 import struct
 from collections.abc import Iterator
 
+from etils import epath
 from tensorboardX.proto import event_pb2
 from tensorboardX.record_writer import masked_crc32c
 
@@ -24,7 +25,7 @@ EVENT_FILE_GLOB = 'events.out.tfevents.*'
 Scalars = dict[str, list[tuple[int, float]]]
 
 
-def read_records(path: pathlib.Path) -> Iterator[bytes]:
+def read_records(path: epath.Path) -> Iterator[bytes]:
   """The payloads of one record file, up to the first damaged record."""
   data = path.read_bytes()
   offset = 0
@@ -42,14 +43,14 @@ def read_records(path: pathlib.Path) -> Iterator[bytes]:
     offset = end
 
 
-def _file_order(path: pathlib.Path) -> tuple[int, str]:
+def _file_order(path: epath.Path) -> tuple[int, str]:
   """tensorboardX names files `events.out.tfevents.<unix time>.<host>...`."""
   parts = path.name.split('.')
   stamp = int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else 0
   return stamp, path.name
 
 
-def read_scalars(logdir: str | pathlib.Path) -> Scalars:
+def read_scalars(logdir: str | os.PathLike) -> Scalars:
   """Every scalar in the event files directly inside `logdir`.
 
   Args:
@@ -60,7 +61,7 @@ def read_scalars(logdir: str | pathlib.Path) -> Scalars:
     than once (a resumed run), the value from the newest file.
   """
   by_tag: dict[str, dict[int, float]] = {}
-  for path in sorted(pathlib.Path(logdir).glob(EVENT_FILE_GLOB), key=_file_order):
+  for path in sorted(epath.Path(logdir).glob(EVENT_FILE_GLOB), key=_file_order):
     for payload in read_records(path):
       event = event_pb2.Event.FromString(payload)
       if not event.HasField('summary'):

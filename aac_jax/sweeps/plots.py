@@ -1,20 +1,23 @@
 """Sweep plots (matplotlib, PNG).
 
 - Learning curves: train loss and one validation metric against the step,
-  one line per point (the mean over the seeds that logged each step), the
-  band between the lowest and highest seed shaded. Read from
-  the runs' TensorBoard event files (`events.read_scalars`).
+  one line per point (the mean over seeds), the band between the lowest and
+  highest seed shaded. Read from the runs' TensorBoard event files
+  (`events.read_scalars`). A resumed run logs at steps off the others'
+  cadence (the first step after its checkpoint): each seed's curve is
+  interpolated linearly onto every step any seed logged (within its own
+  first and last step), so the mean and band there still cover all seeds.
 - Metric against swept value: for each swept field, the final metric's
   mean over seeds against the field's value, one line per combination of
-  the other swept fields, mean +- std shaded.
+  the other swept fields, the band between the lowest and highest seed
+  shaded (as in the learning curves); integer ticks for integer fields.
 
 Each function returns the `Figure` (one `Line2D` per drawn line, so tests
 can count them); `save` writes it as PNG.
 """
 
 import json
-import math
-import pathlib
+import os
 from collections.abc import Sequence
 
 import matplotlib
@@ -22,24 +25,27 @@ import matplotlib
 matplotlib.use('Agg')  # No display; must precede pyplot.
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from etils import epath  # noqa: E402
 
 from aac_jax.sweeps import define, events, report, results  # noqa: E402
 
 
 def _seed_curves(sweep: define.Sweep, points: Sequence[define.Point], tag: str):
-  """`(steps [s], values [seeds, s])`, NaN where a seed did not log `tag` at a step.
+  """`(steps [s], values [seeds, s])`: every step a seed logged `tag` at.
 
-  (A run killed before its event file was flushed lacks its early steps.)
+  Each seed's values are interpolated between its own logged steps, NaN
+  outside them (a run killed before its event file was flushed lacks its
+  early steps).
   """
   curves = []
   for point in points:
-    values = dict(events.read_scalars(sweep.workdir(point)).get(tag, []))
+    values = events.read_scalars(sweep.workdir(point)).get(tag, [])
     if values:
-      curves.append(values)
+      curves.append(np.array(values, np.float64).T)  # [2, logged steps]
   if not curves:
     return None
-  steps = sorted(set().union(*curves))
-  return np.array(steps), np.array([[c.get(s, np.nan) for s in steps] for c in curves])
+  steps = np.unique(np.concatenate([c[0] for c in curves]))
+  return steps, np.stack([np.interp(steps, *c, left=np.nan, right=np.nan) for c in curves])
 
 
 def learning_curves(sweep: define.Sweep, metric: str, split: str = 'validation') -> plt.Figure:
@@ -88,20 +94,31 @@ def _x_positions(values: list) -> tuple[list[float], list[str] | None]:
   return [float(labels.index(json.dumps(v))) for v in values], labels
 
 
+def _seed_values(rep: report.Report, metric: str) -> dict[str, list[float]]:
+  """group -> `metric` of each finished seed."""
+  values: dict[str, list[float]] = {}
+  for r in rep.points:
+    if metric in r.metrics:
+      values.setdefault(r.point.group, []).append(r.metrics[metric])
+  return values
+
+
 def metric_vs_value(rep: report.Report, field: str, metric: str) -> plt.Figure:
   """`metric` (e.g. 'test/cider_d') against the values of swept `field`.
 
   Returns:
     A figure with one axis and one line per combination of the other swept
-    fields (points without a finished seed are left out).
+    fields (points without a finished seed are left out), the seeds' min..max
+    shaded.
   """
   swept = rep.sweep.swept_fields()
-  stats = rep.stats.get(metric, {})
+  seeds = _seed_values(rep, metric)
   lines: dict[str, list] = {}
   for group, points in rep.sweep.groups().items():
-    if group in stats and field in points[0].overrides:
+    if group in seeds and field in points[0].overrides:
       key = _other_fields(points[0], field, swept)
-      lines.setdefault(key, []).append((points[0].overrides[field], *stats[group]))
+      v = seeds[group]
+      lines.setdefault(key, []).append((points[0].overrides[field], np.mean(v), min(v), max(v)))
   fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
   all_values = [row[0] for rows in lines.values() for row in rows]
   x_all, labels = _x_positions(all_values) if all_values else ([], None)
@@ -109,31 +126,43 @@ def metric_vs_value(rep: report.Report, field: str, metric: str) -> plt.Figure:
   for key, rows in lines.items():
     rows.sort(key=lambda r: positions[json.dumps(r[0])])
     x = np.array([positions[json.dumps(r[0])] for r in rows])
-    mean = np.array([r[1] for r in rows])
-    std = np.array([0.0 if math.isnan(r[2]) else r[2] for r in rows])
+    mean, low, high = (np.array([r[i] for r in rows]) for i in (1, 2, 3))
     (line,) = ax.plot(x, mean, marker='o', label=key or metric)
-    ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-  if labels is not None:
-    ax.set_xticks(range(len(labels)), labels)
-  elif x_all and min(x_all) > 0 and max(x_all) / min(x_all) >= 10:
-    ax.set_xscale('log')
+    ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
+  _value_axis(ax, all_values, x_all, labels)
   ax.set_xlabel(field)
-  ax.set_ylabel(f'{metric} (mean ± std over seeds)')
+  ax.set_ylabel(f'{metric} (mean over seeds)')
+  ax.set_title(f'{metric} vs {field.rsplit(".", 1)[-1]}: band = min..max over seeds')
   ax.grid(alpha=0.3)
   if len(lines) > 1:
     ax.legend(fontsize='small')
   return fig
 
 
-def save(fig: plt.Figure, path: pathlib.Path) -> pathlib.Path:
-  """Writes `fig` as PNG and closes it."""
+def _value_axis(ax, values: list, x: list[float], labels: list[str] | None) -> None:
+  """Category labels; for integer fields a tick at each value; log scale over a decade."""
+  if labels is not None:
+    ax.set_xticks(range(len(labels)), labels)
+    return
+  if x and min(x) > 0 and max(x) / min(x) >= 10:
+    ax.set_xscale('log')
+  if values and all(isinstance(v, int) for v in values):
+    ticks = sorted(set(x))
+    ax.set_xticks(ticks, [str(int(t)) for t in ticks])
+    ax.minorticks_off()
+
+
+def save(fig: plt.Figure, path: str | os.PathLike) -> epath.Path:
+  """Writes `fig` as PNG (a local path or a bucket's) and closes it."""
+  path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, format='png', dpi=110)
+  with path.open('wb') as f:
+    fig.savefig(f, format='png', dpi=110)
   plt.close(fig)
   return path
 
 
-def plot_all(rep: report.Report, metric: str, out_dir: pathlib.Path) -> list[pathlib.Path]:
+def plot_all(rep: report.Report, metric: str, out_dir: str | os.PathLike) -> list[epath.Path]:
   """Learning curves plus one metric-vs-value plot per swept field and split."""
   sweep = rep.sweep
   configs = [results.read_config(sweep.workdir(p)) for p in sweep.points]

@@ -2,7 +2,9 @@
 
 For each split (test, validation) and metric: mean +- sample standard
 deviation (ddof=1) over the finished seeds of each point, the best point
-marked (every reported metric is better when higher), and the difference
+marked where the metric has a direction (`DIRECTION`: higher is better for
+the caption metrics, lower for the repeated n-gram rates and FER, none for
+the caption length or a metric not listed), and the difference
 of each point to a baseline point with a 95 % paired bootstrap interval
 over clips (`clip_scores.paired_bootstrap`: each resample of clips rescores
 every seed and averages over seeds, so the difference on all clips equals
@@ -24,6 +26,20 @@ from aac_jax.sweeps import clip_scores, define, results
 
 # (mean, std, number of finished seeds)
 Stat = tuple[float, float, int]
+
+_HIGHER = (
+  'bleu_1', 'bleu_2', 'bleu_3', 'bleu_4', 'meteor', 'rouge_l', 'cider_d', 'spice', 'spider',
+  'sbert_sim', 'fense', 'spider_fl', 'vocab', 'vocab_ratio', 'distinct_rate', 'novel_rate',
+  'event_precision', 'event_recall', 'event_f1', 'order_accuracy', 'count_accuracy',
+)  # fmt: skip
+_LOWER = (
+  'fer', 'fluency_error_prob', 'repeated_unigram_rate', 'repeated_bigram_rate',
+  'repeated_trigram_rate', 'loss',
+)  # fmt: skip
+# Metric -> 'higher' or 'lower' is better; absent (mean_length, unknown names): neither.
+DIRECTION = {**dict.fromkeys(_HIGHER, 'higher'), **dict.fromkeys(_LOWER, 'lower')}
+# Columns that repeat another: the fluency proxies' `vocab_size` is Vocab again.
+DUPLICATE_OF = {'vocab_size': 'vocab'}
 # (difference, 2.5th, 97.5th percentile)
 Interval = tuple[float, float, float]
 
@@ -87,13 +103,41 @@ def summarize(points: Sequence[PointResult]) -> dict[str, dict[str, Stat]]:
   }
 
 
+def direction(name: str) -> str | None:
+  """'higher', 'lower' or None (no better side) for `'<split>/<metric>'` or a metric name."""
+  return DIRECTION.get(name.rsplit('/', 1)[-1])
+
+
 def best_groups(stats: dict[str, dict[str, Stat]]) -> dict[str, set[str]]:
-  """The groups with the highest mean per metric (all of them on exact ties)."""
+  """The groups with the best mean per metric (all of them on exact ties; none without a
+  direction)."""
   best = {}
   for name, groups in stats.items():
-    top = max(mean for mean, _, _ in groups.values())
-    best[name] = {g for g, (mean, _, _) in groups.items() if mean == top}
+    sign = {'higher': 1.0, 'lower': -1.0}.get(direction(name))
+    if sign is None:
+      best[name] = set()
+      continue
+    top = max(sign * mean for mean, _, _ in groups.values())
+    best[name] = {g for g, (mean, _, _) in groups.items() if sign * mean == top}
   return best
+
+
+def select_metrics(
+  stats: dict[str, dict[str, Stat]], metrics: Sequence[str] | None
+) -> dict[str, dict[str, Stat]]:
+  """`stats` without duplicate columns, and only `metrics` (names without split) if given.
+
+  Raises:
+    ValueError: a name in `metrics` is not a metric of the runs.
+  """
+  names = {n.split('/', 1)[1] for n in stats}
+  dropped = {d for d, of in DUPLICATE_OF.items() if of in names}
+  if metrics:
+    unknown = sorted(set(metrics) - names)
+    if unknown:
+      raise ValueError(f'--metrics {unknown} not logged by the runs; they logged {sorted(names)}')
+    dropped |= names - set(metrics)
+  return {n: v for n, v in stats.items() if n.split('/', 1)[1] not in dropped}
 
 
 class ClipStatsReader:
@@ -156,24 +200,31 @@ def compare(
   return deltas, num_clips
 
 
-def build(sweep: define.Sweep, baseline: str | None = None, num_samples: int = 1000) -> Report:
+def build(
+  sweep: define.Sweep,
+  baseline: str | None = None,
+  num_samples: int = 1000,
+  metrics: Sequence[str] | None = None,
+) -> Report:
   """Reads the sweep's runs and computes the tables.
 
   Args:
     sweep: the sweep (see `define.load`).
     baseline: group name to compare against (default: the first point's).
     num_samples: bootstrap resamples (0: no differences to the baseline).
+    metrics: metric names to report (default: all the runs logged).
 
   Raises:
-    ValueError: `baseline` is not a group of the sweep.
+    ValueError: `baseline` is not a group of the sweep, or a metric was not logged.
   """
   groups = list(sweep.groups())
   baseline = baseline or groups[0]
   if baseline not in groups:
     raise ValueError(f'--baseline {baseline!r} is not a point of the sweep; points: {groups}')
   points = collect(sweep)
-  stats = summarize(points)
+  stats = select_metrics(summarize(points), metrics)
   deltas, num_clips = compare(sweep, points, baseline, num_samples) if num_samples > 0 else ({}, {})
+  deltas = {k: v for k, v in deltas.items() if k in stats}
   return Report(sweep, points, stats, best_groups(stats), baseline, deltas, num_clips)
 
 
@@ -206,20 +257,38 @@ def _delta_table(report: Report, split: str) -> list[str]:
     return []
   lines = [
     f'Difference to `{report.baseline}` with a 95 % paired bootstrap interval over '
-    f'{report.num_clips.get(split, 0)} clips:',
+    f'{report.num_clips.get(split, 0)} clips (seeds held fixed: see above):',
     '',
     f'| point | {" | ".join(names)} |',
     '|---|' + '---|' * len(names),
   ]
+  degenerate = False
   for group in report.sweep.groups():
     if group == report.baseline:
       continue
     cells = []
     for name in names:
       d = report.deltas[f'{split}/{name}'].get(group)
-      cells.append('' if d is None else f'{d[0]:+.4f} [{d[1]:+.4f}, {d[2]:+.4f}]')
+      degenerate |= d is not None and d[1] == d[2]
+      cells.append('' if d is None else _delta_cell(*d))
     lines.append(f'| {group} | {" | ".join(cells)} |')
+  if degenerate:
+    note = (
+      f'{DEGENERATE}: every resample gives the same difference (the per-clip scores differ '
+      'by the same amount on every clip, usually 0: identical predictions); such an '
+      'interval says nothing about the sampling of clips.'
+    )
+    lines += ['', note]
   return lines
+
+
+DEGENERATE = 'degenerate'  # Marks an interval of zero width.
+
+
+def _delta_cell(delta: float, low: float, high: float) -> str:
+  if low == high:
+    return f'{delta:+.4f} ({DEGENERATE})'
+  return f'{delta:+.4f} [{low:+.4f}, {high:+.4f}]'
 
 
 def _unfinished(report: Report) -> list[str]:
@@ -241,7 +310,12 @@ def to_markdown(report: Report) -> str:
     f'# Sweep `{report.sweep.root}`',
     '',
     f'Config `{report.sweep.config}`, {len(report.sweep.groups())} points x {seeds} seeds. '
-    'Mean ± std over finished seeds (sample std; – for one seed); best point per metric in bold.',
+    'Mean ± std over finished seeds (sample std; – for one seed); best point per metric in '
+    'bold (higher is better, lower for FER and the repeated n-gram rates; no bold for the '
+    'caption length). The intervals of the differences resample clips with the seeds held '
+    'fixed: each resample rescores the same runs on the drawn clips, so they show how much '
+    'the difference depends on the evaluation clips, not on the seed (for that, compare the '
+    '± std of the seeds).',
   ]
   for split in splits(report.stats):
     out += ['', f'## {split}', '', *_split_table(report, split)]
@@ -252,7 +326,7 @@ def to_markdown(report: Report) -> str:
 
 
 CSV_COLUMNS = (
-  'split', 'metric', 'point', 'overrides', 'seeds', 'mean', 'std', 'best',
+  'split', 'metric', 'point', 'overrides', 'seeds', 'mean', 'std', 'better', 'best',
   'baseline', 'delta', 'ci_low', 'ci_high',
 )  # fmt: skip
 
@@ -269,6 +343,7 @@ def to_csv(report: Report) -> str:
       d = report.deltas.get(name, {}).get(group, ('', '', ''))
       overrides = json.dumps(groups[group][0].overrides, sort_keys=True)
       best = group in report.best[name]
-      row = [split, metric, group, overrides, n, mean, std, best, report.baseline, *d]
+      better = direction(name) or ''
+      row = [split, metric, group, overrides, n, mean, std, better, best, report.baseline, *d]
       writer.writerow(row)
   return buffer.getvalue()

@@ -9,8 +9,9 @@ States:
   finished     the last step is saved (and tested, with `eval.test_at_end`)
   running      a live process on this machine is training it
   failed       its process exited with an error (the log says why)
-  interrupted  its process stopped early without an error (killed runner,
-               SIGTERM) or it is not running any more: rerun to resume
+  interrupted  its process stopped early without an error (SIGINT or SIGTERM:
+               it saved at the next step and exited, or died before
+               training started; or its runner was killed): rerun to resume
   incomplete   started elsewhere (no status file) and not finished: running
                there, or interrupted
   pending      not started
@@ -19,11 +20,12 @@ States:
 import dataclasses
 import json
 import os
-import pathlib
+import signal
 import socket
 from typing import Any
 
 import ml_collections
+from etils import epath
 
 from aac_jax.sweeps import events
 from aac_jax.train.checkpointing import CHECKPOINT_DIR
@@ -31,6 +33,9 @@ from aac_jax.train.checkpointing import CHECKPOINT_DIR
 STATUS_FILE = 'sweep_status.json'
 RUN_LOG = 'sweep_run.log'  # stdout and stderr of every process runner started.
 PREDICTIONS_DIR = 'predictions'  # Where aac_jax.train.evaluation writes them.
+# Exit statuses of a trainer stopped by SIGINT or SIGTERM before its loop
+# (where it would have saved and exited 0): an interruption, not a failure.
+_INTERRUPT_CODES = (-signal.SIGINT, -signal.SIGTERM)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +57,7 @@ class PointState:
   log: str = ''
 
 
-def read_config(workdir: pathlib.Path) -> ml_collections.ConfigDict | None:
+def read_config(workdir: epath.Path) -> ml_collections.ConfigDict | None:
   """The run's resolved `config.json`, or None before the run wrote it."""
   path = workdir / 'config.json'
   if not path.is_file():
@@ -60,7 +65,7 @@ def read_config(workdir: pathlib.Path) -> ml_collections.ConfigDict | None:
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def saved_steps(workdir: pathlib.Path) -> list[int]:
+def saved_steps(workdir: epath.Path) -> list[int]:
   """Steps with a finished checkpoint (orbax renames temporary folders when done)."""
   path = workdir / CHECKPOINT_DIR
   if not path.is_dir():
@@ -68,22 +73,22 @@ def saved_steps(workdir: pathlib.Path) -> list[int]:
   return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())
 
 
-def prediction_file(workdir: pathlib.Path, split: str, step: int) -> pathlib.Path:
+def prediction_file(workdir: epath.Path, split: str, step: int) -> epath.Path:
   return workdir / PREDICTIONS_DIR / f'{split}_step{step}.json'
 
 
-def _tested(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> bool:
+def _tested(workdir: epath.Path, config: ml_collections.ConfigDict) -> bool:
   return any((workdir / PREDICTIONS_DIR).glob(f'{config.dataset.test_split}_step*.json'))
 
 
-def is_finished(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> bool:
+def is_finished(workdir: epath.Path, config: ml_collections.ConfigDict) -> bool:
   """The last step is saved and, with `eval.test_at_end`, the test split was scored."""
   if int(config.train.num_steps) not in saved_steps(workdir):
     return False
   return not config.eval.test_at_end or _tested(workdir, config)
 
 
-def write_status(workdir: pathlib.Path, **fields: Any) -> None:
+def write_status(workdir: epath.Path, **fields: Any) -> None:
   """Replaces `<workdir>/sweep_status.json` (atomically) with `fields`."""
   workdir.mkdir(parents=True, exist_ok=True)
   tmp = workdir / f'.{STATUS_FILE}.{os.getpid()}.tmp'
@@ -91,7 +96,7 @@ def write_status(workdir: pathlib.Path, **fields: Any) -> None:
   tmp.replace(workdir / STATUS_FILE)
 
 
-def read_status(workdir: pathlib.Path) -> dict[str, Any]:
+def read_status(workdir: epath.Path) -> dict[str, Any]:
   path = workdir / STATUS_FILE
   return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -109,9 +114,9 @@ def _alive(status: dict[str, Any]) -> bool:
   return True
 
 
-def point_state(workdir: pathlib.Path) -> PointState:
+def point_state(workdir: epath.Path) -> PointState:
   """Judges one point from its workdir (see the module docstring)."""
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   status, config = read_status(workdir), read_config(workdir)
   steps = saved_steps(workdir)
   step = steps[-1] if steps else None
@@ -121,10 +126,13 @@ def point_state(workdir: pathlib.Path) -> PointState:
     return PointState('finished', step, num_steps)
   if status.get('state') == 'running' and _alive(status):
     return PointState('running', step, num_steps, f'pid {status["pid"]}', log)
-  if status.get('state') == 'exited' and status.get('returncode'):
-    return PointState('failed', step, num_steps, f'exit status {status["returncode"]}', log)
+  code = status.get('returncode')
+  stopped = status.get('interrupted') or code in _INTERRUPT_CODES
+  if status.get('state') == 'exited' and code and not stopped:
+    return PointState('failed', step, num_steps, f'exit status {code}', log)
   if status:
-    return PointState('interrupted', step, num_steps, 'stopped before the end', log)
+    saved = 'nothing saved' if step is None else f'saved step {step}'
+    return PointState('interrupted', step, num_steps, f'stopped before the end, {saved}', log)
   if config is not None:
     return PointState('incomplete', step, num_steps, 'started elsewhere, not finished', log)
   return PointState('pending')
@@ -139,7 +147,7 @@ def _step_of_best(scalars: events.Scalars, config: ml_collections.ConfigDict) ->
   return max(values, key=lambda sv: (sign * sv[1], -sv[0]))[0]
 
 
-def final_metrics(workdir: pathlib.Path) -> tuple[int | None, dict[str, float]]:
+def final_metrics(workdir: epath.Path) -> tuple[int | None, dict[str, float]]:
   """The scores of the checkpoint a finished run was tested with.
 
   That is the step of its test scalars (the best validation checkpoint);
@@ -147,7 +155,7 @@ def final_metrics(workdir: pathlib.Path) -> tuple[int | None, dict[str, float]]:
   `train.best_metric`. Returns `(step, {'<split>/<metric>': value})` with
   the validation and test scalars of that step (train scalars left out).
   """
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   config = read_config(workdir)
   if config is None:
     return None, {}

@@ -11,6 +11,7 @@ checkpoint). A point that fails is reported with its log and the others go
 on.
 """
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -23,12 +24,14 @@ from collections.abc import Callable, Sequence
 
 import ml_collections
 from absl import flags as absl_flags
+from etils import epath
 from ml_collections import config_flags
 
 from aac_jax import config_path
 from aac_jax.sweeps import define, results
 
 LAUNCHERS = ('local', 'tpu_pod')
+RESUME_HINT = '  rerun the same command to resume them (finished points are skipped)'
 
 
 def resolve_config(config_arg: str, flags: Sequence[str]) -> ml_collections.ConfigDict:
@@ -169,11 +172,17 @@ class _Running:
     )
     results.write_status(self.workdir, state='running', pid=self.process.pid, log=str(self.log))
 
-  def finish(self) -> Outcome:
-    """Records the exit status; call once `process.poll()` is not None."""
+  def finish(self, interrupted: bool = False) -> Outcome:
+    """Records the exit status; call once `process.poll()` is not None.
+
+    Args:
+      interrupted: the runner stopped it (SIGINT or SIGTERM).
+    """
     self._log_file.close()
     code = self.process.returncode
-    results.write_status(self.workdir, state='exited', returncode=code, log=str(self.log))
+    results.write_status(
+      self.workdir, state='exited', returncode=code, log=str(self.log), interrupted=interrupted
+    )
     state = results.point_state(self.workdir)
     return Outcome(self.point, state.state, state.detail, str(self.log))
 
@@ -190,10 +199,43 @@ def _to_start(sweep: define.Sweep, echo) -> tuple[list[define.Point], list[Outco
   return todo, skipped
 
 
+class Interrupted(Exception):
+  """The runner got SIGINT (Ctrl-C) or SIGTERM; its trainers were stopped with a save."""
+
+  def __init__(self, signal_name: str, outcomes: list['Outcome']):
+    super().__init__(signal_name)
+    self.signal_name = signal_name
+    self.outcomes = outcomes
+
+
+class _SignalsToException:
+  """SIGTERM raises KeyboardInterrupt like SIGINT does, while in the block."""
+
+  def __init__(self):
+    self.received = 'SIGINT'
+    self._previous = None
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signal.Signals(signum).name
+    raise KeyboardInterrupt
+
+  def __enter__(self):
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def __exit__(self, *exc_info):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
 def run_local(
   sweep: define.Sweep, parallel: int, *, echo: Callable[[str], None] = print, poll_s: float = 0.5
 ) -> list[Outcome]:
   """Trains the unfinished points, `parallel` processes at a time.
+
+  On SIGINT (Ctrl-C, which the trainers get too) or SIGTERM to the runner,
+  every running trainer is sent SIGTERM, saves at its next step and exits
+  (a preemption); then `Interrupted` is raised with every outcome.
 
   Returns:
     One `Outcome` per point, in the order they ended (skipped ones first).
@@ -202,25 +244,38 @@ def run_local(
     raise ValueError(f'--parallel must be >= 1, got {parallel}')
   todo, outcomes = _to_start(sweep, echo)
   active: list[_Running] = []
+  with _SignalsToException() as signals:
+    try:
+      while todo or active:
+        while todo and len(active) < parallel:
+          run = _Running(sweep, todo.pop(0))
+          echo(f'[sweep] {run.point.name}: started (pid {run.process.pid}, log {run.log})')
+          active.append(run)
+        time.sleep(poll_s)
+        for run in [r for r in active if r.process.poll() is not None]:
+          active.remove(run)
+          outcomes.append(run.finish())
+          echo(_describe(outcomes[-1]))
+    except KeyboardInterrupt:
+      echo(f'[sweep] {signals.received}: stopping {len(active)} runs (each saves first)')
+      outcomes += _stop(active)
+      raise Interrupted(signals.received, outcomes) from None
+  return outcomes
+
+
+def _stop(active: Sequence[_Running]) -> list[Outcome]:
+  """SIGTERMs the runs (a preemption: they save at the next step) and waits for them."""
+  for sig in (signal.SIGINT, signal.SIGTERM):  # A second interrupt must not cut the waiting.
+    signal.signal(sig, signal.SIG_IGN)
   try:
-    while todo or active:
-      while todo and len(active) < parallel:
-        run = _Running(sweep, todo.pop(0))
-        echo(f'[sweep] {run.point.name}: started (pid {run.process.pid}, log {run.log})')
-        active.append(run)
-      time.sleep(poll_s)
-      for run in [r for r in active if r.process.poll() is not None]:
-        active.remove(run)
-        outcomes.append(run.finish())
-        echo(_describe(outcomes[-1]))
-  except KeyboardInterrupt:
-    for run in active:  # The trainer saves at the next step on SIGTERM.
-      run.process.send_signal(signal.SIGTERM)
+    for run in active:
+      with contextlib.suppress(ProcessLookupError):
+        run.process.send_signal(signal.SIGTERM)
     for run in active:
       run.process.wait()
-      outcomes.append(run.finish())
-    raise
-  return outcomes
+    return [run.finish(interrupted=True) for run in active]
+  finally:  # (SIGTERM's handler comes back when `_SignalsToException` exits.)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _describe(outcome: Outcome) -> str:
@@ -237,16 +292,16 @@ def summary(outcomes: Sequence[Outcome]) -> tuple[str, bool]:
   lines = [f'[sweep] {len(outcomes) - len(bad)} of {len(outcomes)} points finished or running']
   lines += [f'  {o.point.name}: {o.state} ({o.detail}); log: {o.log}' for o in bad]
   if bad:
-    lines.append('  rerun the same command to resume them (finished points are skipped)')
+    lines.append(RESUME_HINT)
   return '\n'.join(lines), not bad
 
 
 def make_sweep(
-  config_arg: str, root: str | pathlib.Path, seeds: int, extra_flags: Sequence[str]
+  config_arg: str, root: str | os.PathLike, seeds: int, extra_flags: Sequence[str]
 ) -> define.Sweep:
   """The sweep of `config_arg`'s `get_sweep` times `seeds`, rooted at `root`."""
   for flag in extra_flags:
     if not flag.startswith('--config.'):
       raise ValueError(f'extra flag {flag!r} must look like --config.FIELD=VALUE')
   points = define.expand(define.load_sweep(config_arg), seeds)
-  return define.Sweep(pathlib.Path(root), config_arg, tuple(extra_flags), tuple(points))
+  return define.Sweep(epath.Path(root), config_arg, tuple(extra_flags), tuple(points))
