@@ -108,8 +108,9 @@ def test_bin_folder_converts_to_the_same_weights(run):
   _, _, paths = run
   tmp = paths['sbert'].parent
   ref.save_sbert(paths['vocab'], tmp / 'sbert_bin', safetensors=False)
-  with pytest.raises(fense_models.ModelUnavailable, match='pytorch_model.bin'):
+  with pytest.raises(fense_models.ModelUnavailable, match='pytorch_model.bin') as refused:
     fense_models.load_sentence_embedder(tmp / 'sbert_bin')
+  assert f'convert_checkpoint.py fense --sbert {tmp / "sbert_bin"}' in str(refused.value)
   convert_checkpoint.main(
     ['fense', '--sbert', str(tmp / 'sbert_bin'), '--output', str(tmp / 'sbert_conv')]
   )

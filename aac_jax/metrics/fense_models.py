@@ -104,12 +104,18 @@ def load_wordpiece(folder: pathlib.Path, max_length: int, hint: str):
   return tokenizer
 
 
-def load_safetensors(folder: pathlib.Path, hint: str) -> dict[str, np.ndarray]:
-  """The folder's `model.safetensors` as numpy arrays (no torch)."""
+def load_safetensors(
+  folder: pathlib.Path, hint: str, convert_command: str = ''
+) -> dict[str, np.ndarray]:
+  """The folder's `model.safetensors` as numpy arrays (no torch).
+
+  `convert_command` is named when the folder holds PyTorch weights instead.
+  """
   path = folder / 'model.safetensors'
   if not path.is_file():
     found = [p.name for p in folder.glob('*.bin')] + [p.name for p in folder.glob('*.ckpt')]
-    extra = f' (found {found}: convert it first)' if found else ''
+    how = f' with `{convert_command}`' if convert_command else ''
+    extra = f' (found {found}: convert it first{how})' if found else ''
     raise ModelUnavailable(f'{path} is missing{extra}: {hint}')
   try:
     from safetensors.numpy import load_file
@@ -271,7 +277,8 @@ def load_sentence_embedder(
 def _sentence_embedder(folder: pathlib.Path, batch_size: int, precision: str) -> BertRunner:
   _check_sbert_modules(folder, SBERT_HINT)
   config = bert.BertConfig.from_hf(_read_json(folder / 'config.json', SBERT_HINT), precision)
-  tensors = load_safetensors(folder, SBERT_HINT)
+  convert = f'python tools/convert_checkpoint.py fense --sbert {folder} --output {folder}'
+  tensors = load_safetensors(folder, SBERT_HINT, convert)
   prefix = 'bert.' if 'bert.embeddings.word_embeddings.weight' in tensors else ''
   params = {'encoder': bert.params_from_hf(tensors, config, prefix)}
   max_length = _sbert_max_length(folder, config, SBERT_HINT)
