@@ -21,6 +21,24 @@ def jax_cache(tmp_path_factory):
   jax.config.update('jax_compilation_cache_dir', previous)
 
 
+@pytest.fixture(autouse=True)
+def absl_logging_restored():
+  """Undoes what a command's `main()` run in-process did to absl logging.
+
+  The captioning and export commands lower absl's verbosity and filter its
+  logger for their console (`aac_jax.train.logs.quiet_console`); in their own
+  process that is what a user wants, but it must not silence the INFO
+  records (`train.log`) of the tests that run after them.
+  """
+  from absl import logging as absl_logging
+
+  logger = absl_logging.get_absl_logger()
+  verbosity, filters = absl_logging.get_verbosity(), list(logger.filters)
+  yield
+  absl_logging.set_verbosity(verbosity)
+  logger.filters[:] = filters
+
+
 def pytest_configure(config):
   config.addinivalue_line(
     'markers',

@@ -41,11 +41,15 @@ from aac_jax.models import partitioning  # noqa: E402
 from aac_jax.train import state  # noqa: E402
 from configs import clotho, synthetic_demo  # noqa: E402
 
-_CONFIGS = flags.DEFINE_list('configs', ['demo', 'base', 'large'], 'Configs: demo, base, large.')
-_MESHES = flags.DEFINE_list(
-  'meshes', ['8x1x1', '2x4x1', '1x8x1', '2x2x2', '1x4x2'], 'Meshes as DATAxFSDPxTENSOR.'
-)
-_VOCAB = flags.DEFINE_integer('vocab_size', 0, 'Vocabulary (0 = 262 for demo, else 4096).')
+
+def define_flags() -> None:
+  """The command's flags (defined when it runs, so importing it defines none)."""
+  flags.DEFINE_list('configs', ['demo', 'base', 'large'], 'Configs: demo, base, large.')
+  flags.DEFINE_list(
+    'meshes', ['8x1x1', '2x4x1', '1x8x1', '2x2x2', '1x4x2'], 'Meshes as DATAxFSDPxTENSOR.'
+  )
+  flags.DEFINE_integer('vocab_size', 0, 'Vocabulary (0 = 262 for demo, else 4096).')
+
 
 DEMO_VOCAB = 262  # The synthetic demo's vocabulary (tools/bench_train.py).
 DEFAULT_VOCAB = 4096  # Divisible by any tensor axis up to 4096.
@@ -133,7 +137,7 @@ def format_row(name: str, mesh_shape, r: dict) -> str:
 
 def main(argv):
   del argv
-  meshes = [parse_mesh(m) for m in _MESHES.value]
+  meshes = [parse_mesh(m) for m in flags.FLAGS.meshes]
   print(
     f'{jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()}), '
     f'jax {jax.__version__}; parameters + AdamW state (float32), compiled, not run'
@@ -144,13 +148,14 @@ def main(argv):
     '| compile s |'
   )
   print('|---|---|---|---|---|---|---|---|---|')
-  for name in _CONFIGS.value:
+  for name in flags.FLAGS.configs:
     for shape in meshes:
       if math.prod(shape) > jax.device_count():
         raise app.UsageError(f'mesh {shape} needs {math.prod(shape)} devices')
-      vocab = _VOCAB.value or default_vocab(name)
+      vocab = flags.FLAGS.vocab_size or default_vocab(name)
       print(format_row(name, shape, measure(name, shape, vocab)), flush=True)
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main, flags_parser=config_path.parse_flags)
