@@ -24,6 +24,7 @@ import contextlib
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -177,8 +178,15 @@ class RunCheckpointManager(ocp.CheckpointManager):
         with contextlib.suppress(Exception):  # Orbax's threads re-raise their error at join().
           thread.join(timeout=60)
     if jax.process_index() == 0:
-      for path in self._partial_steps():
-        shutil.rmtree(path, ignore_errors=True)
+      # Writer threads orbax does not name as its own may still add files for a
+      # moment (seen under load): remove until nothing partial is left.
+      for _ in range(20):
+        partial = self._partial_steps()
+        if not partial:
+          break
+        for path in partial:
+          shutil.rmtree(path, ignore_errors=True)
+        time.sleep(0.25)
 
   def _partial_steps(self) -> list[epath.Path]:
     folder = epath.Path(self.directory)
