@@ -12,6 +12,10 @@ from `init_from`): process 0 runs `fn`, which writes them (atomically, see
 store, then run `fn` themselves, which now only reads what process 0 wrote.
 A failure on process 0 reaches the others at once, as a `ProcessSyncError`
 naming it, instead of a timeout.
+
+`wait_for_all(what)` holds every process until the last one arrives (same
+timeout), before a run's first cross-process execution: XLA's first
+collective would give up on a peer more than 30 s late.
 """
 
 import itertools
@@ -131,6 +135,42 @@ def process_0_first(what: str, fn: Callable[[], T], timeout_s: float | None = No
   if status != _DONE:
     raise ProcessSyncError(f'process 0 could not {what}: {status}')
   return fn()
+
+
+def wait_for_all(what: str, timeout_s: float | None = None) -> None:
+  """Waits until every process has reached this call, through the key-value store.
+
+  XLA's first collective between processes (gloo on CPU) gives up after a
+  fixed 30 s when a peer is late to it (a process held up by a loaded
+  machine, a slower compile, a stopped job): call this right before a run's
+  first cross-process execution so that processes meet here instead, under
+  the `sync_timeout_s()` rule. Every process must call it, in the same
+  order as this module's other calls.
+
+  Args:
+    what: what the processes are about to do, for messages ('start training').
+    timeout_s: how long to wait for the last process (default `sync_timeout_s()`).
+
+  Raises:
+    ProcessSyncError: not every process arrived in time (the late ones named).
+  """
+  if jax.process_count() == 1:
+    return
+  timeout_s = sync_timeout_s() if timeout_s is None else timeout_s
+  client, me = _client(), jax.process_index()
+  tag = f'aac_jax/wait_for_all/{next(_counter)}/{re.sub(r"[^a-z0-9]+", "_", what.lower())}'
+  client.key_value_set(f'{tag}/{me}', _DONE)
+  logging.info('Waiting up to %.0f s for every process to %s', timeout_s, what)
+  try:
+    client.wait_at_barrier(tag, int(timeout_s * 1000))
+  except Exception as error:  # noqa: BLE001 - the runtime raises its own error kinds.
+    arrived = {key.rsplit('/', 1)[-1] for key, _ in client.key_value_dir_get(tag)}
+    late = [str(p) for p in range(jax.process_count()) if str(p) not in arrived]
+    who = f'process {", ".join(late)} did not arrive' if late else _first_line(error)
+    raise ProcessSyncError(
+      f'process {me} waited {timeout_s:.0f} s for every process to {what} ({who}); look at '
+      f"the late process's log, or allow more time with {TIMEOUT_ENV}=SECONDS"
+    ) from None
 
 
 def _flat(node: dict, prefix: str = '') -> dict[str, object]:

@@ -244,6 +244,9 @@ def run_stage(exp: Experiment, stage: Stage) -> StageResult:
   config = exp.config
   write_config(config, exp.workdir)
   train_iter = stage.make_train_iter()
+  # The manager's first sync is the run's first cross-process execution: a peer
+  # more than 30 s late to it stops XLA's collectives, so processes meet here.
+  multihost.wait_for_all(f'start {stage.name}')
   manager = checkpointing.create_checkpoint_manager(exp.workdir, config.train)
   writer = create_default_writer(str(exp.workdir))
   evaluator = evaluation.Evaluator(exp, writer, stage.training_captions)
