@@ -19,6 +19,8 @@ INSTALL_REQUIRES = [
   'tqdm>=4.66',
   # Converted pretrained encoders (tools/convert_checkpoint.py) are read with it.
   'safetensors>=0.4',
+  # MACS.yaml (aac_jax/data/macs.py, yaml.safe_load); orbax needs it too.
+  'pyyaml>=6',
 ]
 
 EXTRAS_REQUIRE = {

@@ -1,4 +1,4 @@
-"""Builds Clotho, AudioCaps or a custom folder as TFDS; same as `aac-build-dataset`.
+"""Builds Clotho, AudioCaps, WavCaps, MACS or a custom folder as TFDS (`aac-build-dataset`).
 
   python tools/build_dataset.py clotho --source_dir ~/data/clotho
   python tools/build_dataset.py bench --clips 1000

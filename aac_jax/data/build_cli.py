@@ -1,10 +1,13 @@
-"""`aac-build-dataset`: builds Clotho, AudioCaps or your own folder as TFDS.
+"""`aac-build-dataset`: builds Clotho, AudioCaps, WavCaps, MACS or your own folder as TFDS.
 
   aac-build-dataset clotho --source_dir ~/data/clotho
   aac-build-dataset audiocaps --source_dir ~/data/audiocaps \\
       [--audio_pattern '{split}/{youtube_id}.wav' ...]
   aac-build-dataset custom --source_dir ~/data/birds [--manifest m.jsonl] \\
       [--config_name birds]
+  aac-build-dataset wavcaps --source_dir ~/data/wavcaps \\
+      [--exclude ~/data/wavcaps/json_files/blacklist/blacklist_exclude_all_ac.json]
+  aac-build-dataset macs --source_dir ~/data/macs
   aac-build-dataset bench [--clips 1000] [--seconds 2]
 
 Common flags: `--data_dir` (TFDS data_dir, default ~/tensorflow_datasets),
@@ -35,12 +38,14 @@ import soundfile as sf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from aac_jax.data import audio_io, audiocaps, build_report, clotho, custom_folder
+from aac_jax.data import audio_io, audiocaps, build_report, clotho, custom_folder, macs, wavcaps
 
 BUILDERS = {
   'clotho': clotho.ClothoAac,
   'audiocaps': audiocaps.AudiocapsAac,
   'custom': custom_folder.CustomAac,
+  'wavcaps': wavcaps.WavcapsAac,
+  'macs': macs.MacsAac,
 }
 
 
@@ -90,6 +95,12 @@ def make_parser() -> argparse.ArgumentParser:
     f'default: {" ".join(audiocaps.DEFAULT_AUDIO_PATTERNS)}).',
   )
   commands.choices['custom'].add_argument('--manifest', default='', help='Manifest file.')
+  commands.choices['wavcaps'].add_argument(
+    '--exclude',
+    default='',
+    help='Overlap list to leave out (WavCaps blacklist JSON, e.g. '
+    'json_files/blacklist/blacklist_exclude_all_ac.json).',
+  )
   bench = commands.add_parser('bench', help='time a build of a split of short clips')
   _add_common_flags(bench)
   bench.add_argument('--clips', type=int, default=1000)
@@ -115,7 +126,8 @@ def make_builder(
     sample_rate: stored rate in Hz.
     options: strictness, workers, progress, report path.
     config_name: builder config name ('' = '<rate>hz').
-    **builder_kwargs: `audio_patterns` (audiocaps) or `manifest` (custom).
+    **builder_kwargs: `audio_patterns` (audiocaps), `manifest` (custom) or
+      `exclude` (wavcaps).
   """
   cls = BUILDERS[dataset]
   return cls(
@@ -210,6 +222,8 @@ def run(argv: list[str] | None = None) -> int:
     extra['audio_patterns'] = args.audio_pattern
   if args.dataset == 'custom':
     extra['manifest'] = args.manifest
+  if args.dataset == 'wavcaps':
+    extra['exclude'] = args.exclude
   builder = None
   try:
     options = build_report.BuildOptions(

@@ -263,6 +263,21 @@ def keep_captions(report: SplitReport, clip_id: str, raw: Sequence[str | None]) 
   return kept
 
 
+def name_problem(name: str) -> str:
+  """Why a listed file name is malformed ('' when it is fine).
+
+  A bare name is fine; so is one leading out of the folder (`../x.wav`,
+  `/abs/x.wav`): `audio_io.FileFinder` refuses it as `outside_source_dir`,
+  unread. Any other name with a folder in it is malformed.
+  """
+  if not name.strip():
+    return 'no file name'
+  leads_out = name.startswith(('/', '\\')) or '..' in name.replace('\\', '/').split('/')
+  if ('/' in name or '\\' in name) and not leads_out:
+    return f'file name {name!r} is a path'
+  return ''
+
+
 def plan_clip(
   report: SplitReport,
   clip_id: str,

@@ -163,11 +163,8 @@ class ClothoAac(build_report.ReportingBuilder):
     refuses it as `outside_source_dir`.
     """
     bad = build_report.BAD_ROW
-    if not name.strip():
-      return bad, 'no file_name'
-    leads_out = name.startswith(('/', '\\')) or '..' in name.replace('\\', '/').split('/')
-    if ('/' in name or '\\' in name) and not leads_out:
-      return bad, f'file_name {name!r} is a path'
+    if problem := build_report.name_problem(name):
+      return bad, problem
     if None in row:
       return bad, f'{len(row[None])} fields more than the header (unquoted comma?)'
     needed = [f'caption_{i}' for i in range(1, NUM_CAPTIONS + 1)] if captioned else []

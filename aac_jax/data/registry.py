@@ -19,12 +19,16 @@ BUILDER_MODULES = {
   'clotho_aac': 'aac_jax.data.clotho',
   'audiocaps_aac': 'aac_jax.data.audiocaps',
   'custom_aac': 'aac_jax.data.custom_folder',
+  'wavcaps_aac': 'aac_jax.data.wavcaps',
+  'macs_aac': 'aac_jax.data.macs',
 }
 
 _BUILD_COMMANDS = {
   'clotho_aac': 'python tools/build_dataset.py clotho --source_dir YOUR_CLOTHO_DIR',
   'audiocaps_aac': 'python tools/build_dataset.py audiocaps --source_dir YOUR_AUDIOCAPS_DIR',
   'custom_aac': 'python tools/build_dataset.py custom --source_dir YOUR_DIR --config_name NAME',
+  'wavcaps_aac': 'python tools/build_dataset.py wavcaps --source_dir YOUR_WAVCAPS_DIR',
+  'macs_aac': 'python tools/build_dataset.py macs --source_dir YOUR_MACS_DIR',
 }
 
 
