@@ -69,6 +69,10 @@ KINDS = {
   'dense': Kind(
     ('weight', 'bias'), _dense_shape, lambda t: {'kernel': t['weight'].T, 'bias': t['bias']}
   ),
+  'dense_nobias': Kind(('weight',), _dense_shape, lambda t: {'kernel': t['weight'].T}),
+  'rmsnorm': Kind(
+    ('weight',), lambda suffix, leaves: leaves['scale'], lambda t: {'scale': t['weight']}
+  ),
   'layernorm': Kind(
     ('weight', 'bias'),
     lambda suffix, leaves: leaves['scale' if suffix == 'weight' else 'bias'],

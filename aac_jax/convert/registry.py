@@ -23,10 +23,12 @@ _MODULES = {
   'cnn14': 'aac_jax.convert.cnn14',
   'conette': 'aac_jax.convert.conette',
   'fense': 'aac_jax.convert.fense',
+  'llm': 'aac_jax.convert.llm',
+  'clap': 'aac_jax.convert.clap',
 }
 RUN_CONVERTERS = ('conette',)
 # Converters with their own flags: the module has `add_arguments(parser)` and `run(args)`.
-CLI_CONVERTERS = ('fense',)
+CLI_CONVERTERS = ('fense', 'llm', 'clap')
 
 
 def names() -> list[str]:

@@ -15,7 +15,7 @@ from jax import lax
 from aac_jax.models import partitioning
 
 # Large but finite, so that a fully masked row gives a uniform (not NaN) softmax.
-_MASK_VALUE = -1e9
+MASK_VALUE = -1e9
 
 
 def sinusoidal_table(length: int, dim: int) -> np.ndarray:
@@ -60,21 +60,28 @@ def step_positions(module: nn.Module, length: int, decode: bool) -> jax.Array:
   return start + jnp.arange(length)
 
 
-def apply_rotary(x: jax.Array, positions: jax.Array) -> jax.Array:
-  """Rotary position embedding (RoFormer) over the last axis.
+def apply_rotary(
+  x: jax.Array, positions: jax.Array, inv_freq: jax.Array | None = None
+) -> jax.Array:
+  """Rotary position embedding (RoFormer) over the last axis (halves rotated).
 
   Args:
     x: `[batch, time, heads, head_dim]` queries or keys (head_dim even).
-    positions: `[time]` integer positions.
+    positions: `[time]` or `[batch, time]` integer positions.
+    inv_freq: `[head_dim // 2]` float32 frequencies; default base 10000
+      (`aac_jax.models.llm.rope_inv_freq` gives a checkpoint's).
 
   Returns:
     `x` rotated by position-dependent angles, same shape and dtype.
   """
   half = x.shape[-1] // 2
-  inv_freq = 1.0 / (10000.0 ** (jnp.arange(half, dtype=jnp.float32) / half))
-  angles = positions.astype(jnp.float32)[:, None] * inv_freq[None, :]  # [time, half]
-  sin = jnp.sin(angles)[None, :, None, :]
-  cos = jnp.cos(angles)[None, :, None, :]
+  if inv_freq is None:
+    inv_freq = 1.0 / (10000.0 ** (jnp.arange(half, dtype=jnp.float32) / half))
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [(batch,) time, half]
+  if angles.ndim == 2:
+    angles = angles[None]
+  sin = jnp.sin(angles)[:, :, None, :]
+  cos = jnp.cos(angles)[:, :, None, :]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return rotated.astype(x.dtype)
@@ -169,7 +176,7 @@ def _attend(q, k, v, mask, weight_dropout: nn.Dropout, deterministic: bool) -> j
   """
   scale = q.shape[-1] ** -0.5
   logits = jnp.einsum('bqhd,bkhd->bhqk', q * jnp.asarray(scale, q.dtype), k)
-  logits = jnp.where(mask, logits.astype(jnp.float32), _MASK_VALUE)
+  logits = jnp.where(mask, logits.astype(jnp.float32), MASK_VALUE)
   weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
   weights = weight_dropout(weights, deterministic=deterministic)
   return jnp.einsum('bhqk,bkhd->bqhd', weights, v)
