@@ -33,6 +33,9 @@ def get_dataset_config() -> ml_collections.ConfigDict:
   # '' = off, 'auto' = <dataset>_<builder config>_<encoder>, or a name. Needs a frozen encoder.
   c.embeddings = ''
   c.embeddings_dir = ''  # Set by the run from `embeddings` (never by hand).
+  # Train on several datasets at once: ((dataset, split, weight, task), ...);
+  # () = `name`/`train_split` alone. See aac_jax/data/mixture.py.
+  c.mixture = ()
   return c
 
 

@@ -28,7 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from aac_jax.data import clips, embeddings, global_order, sources
+from aac_jax.data import clips, embeddings, global_order, mixture, sources
 from aac_jax.data.batching import finish, per_process_batch_size
 from aac_jax.data.sources import EvalSplit
 from aac_jax.data.tokenizer import Tokenizer
@@ -104,6 +104,49 @@ class _TrainExample(grain.transforms.RandomMap):
     return self.tokenizer.encode_targets(caption, self.max_tokens)
 
 
+@dataclasses.dataclass(frozen=True)
+class _MixtureExample(grain.transforms.RandomMap):
+  """A mixture's `(entry, record index)` -> training example.
+
+  With task ids (any entry names a task) the example also holds
+  `task_tokens`, its entry's first decoder token (-1 = BOS).
+  """
+
+  sources: tuple[Any, ...]
+  example: _TrainExample
+  task_ids: tuple[int, ...] | None
+
+  def random_map(self, position: tuple[int, int], rng: np.random.Generator) -> dict:
+    entry, index = position
+    out = self.example.random_map(self.sources[entry][index], rng)
+    if self.task_ids is not None:
+      out['task_tokens'] = np.int32(self.task_ids[entry])
+    return out
+
+
+def mixture_stream(
+  cfg: ml_collections.ConfigDict, example: _TrainExample, tokens: list[str]
+) -> grain.MapDataset:
+  """The infinite global stream of a mixture: element `g` the example at position `g`.
+
+  The order is `mixture.positions` (each entry shuffled with its own seed,
+  mixed by weight); crops and references are drawn with randomness keyed
+  by `g`, as for one dataset.
+
+  Args:
+    cfg: `config.dataset` with a non-empty `mixture`.
+    example: the record -> example transform.
+    tokens: the vocabulary (holding the task tokens the entries name).
+  """
+  entries = mixture.parse(cfg)
+  if cfg.embeddings_dir:
+    raise mixture.MixtureError('dataset.mixture reads audio: it cannot be used with embeddings')
+  task_ids = tuple(mixture.task_ids(entries, tokens)) if mixture.tasks(entries) else None
+  opened = tuple(sources.open_source(mixture.entry_config(cfg, e), e.split) for e in entries)
+  order = mixture.positions([len(s) for s in opened], mixture.weights(entries), train_seed(cfg))
+  return order.seed(train_seed(cfg)).random_map(_MixtureExample(opened, example, task_ids))
+
+
 def captions_per_clip(cfg: ml_collections.ConfigDict) -> int:
   """`cfg.captions_per_clip`, checked."""
   value = int(cfg.captions_per_clip)
@@ -115,6 +158,15 @@ def captions_per_clip(cfg: ml_collections.ConfigDict) -> int:
 def train_seed(cfg: ml_collections.ConfigDict, stream: int = 0) -> int:
   """The seed of a training order: `cfg.seed` and the stage (0 cross-entropy, 1 SCST)."""
   return int(np.random.SeedSequence([int(cfg.seed), stream]).generate_state(1)[0])
+
+
+def _train_example(cfg: ml_collections.ConfigDict, tokenizer: Tokenizer) -> _TrainExample:
+  return _TrainExample(
+    tokenizer=tokenizer,
+    max_samples=clips.seconds_to_samples(cfg.max_audio_seconds, cfg.sample_rate),
+    max_tokens=int(cfg.max_caption_tokens),
+    captions_per_clip=captions_per_clip(cfg),
+  )
 
 
 def make_train_iterator(
@@ -142,22 +194,25 @@ def make_train_iterator(
     `R = captions_per_clip > 1` (R references, all-PAD rows where a clip has
     fewer), with `b = global_batch_size / process_count`. With
     `cfg.embeddings_dir` (set by `aac_jax.models.pretrained_setup`): `frames`
-    float32 `[b, max_frames, dim]` and `frame_paddings` instead of audio. Its
+    float32 `[b, max_frames, dim]` and `frame_paddings` instead of audio.
+    With `cfg.mixture` (`aac_jax.data.mixture`): the entries' examples in
+    their weights' proportions, plus `task_tokens` int32 `[b]` (the first
+    decoder token of each example, -1 = BOS) when an entry names a task. Its
     state (one global position) restores on any process count.
   """
   index, count = _process_index_and_count(process_index, process_count)
   per_process_batch_size(global_batch_size, count)  # Fails early on a bad split.
+  if cfg.mixture:
+    examples = mixture_stream(cfg, _train_example(cfg, tokenizer), tokenizer.tokens)
+    return global_order.GlobalBatches(
+      examples, global_batch_size, index, count, int(cfg.num_workers)
+    )
   if cfg.embeddings_dir:  # Stored tagger frames instead of audio.
     source, max_frames = embeddings.train_source(cfg)
     transform = embeddings.TrainFramesExample(tokenizer, max_frames, int(cfg.max_caption_tokens))
   else:
     source = sources.open_source(cfg, cfg.train_split)
-    transform = _TrainExample(
-      tokenizer=tokenizer,
-      max_samples=clips.seconds_to_samples(cfg.max_audio_seconds, cfg.sample_rate),
-      max_tokens=int(cfg.max_caption_tokens),
-      captions_per_clip=captions_per_clip(cfg),
-    )
+    transform = _train_example(cfg, tokenizer)
   examples = grain.MapDataset.source(source).seed(train_seed(cfg)).shuffle().repeat()
   return global_order.GlobalBatches(
     examples.random_map(transform), global_batch_size, index, count, int(cfg.num_workers)

@@ -48,12 +48,17 @@ class Tokenizer:
     self._ids = {token: i for i, token in enumerate(tokens)}
 
   @classmethod
-  def build(cls, captions: Iterable[str], min_count: int = 1) -> 'Tokenizer':
+  def build(
+    cls, captions: Iterable[str], min_count: int = 1, extra_tokens: Sequence[str] = ()
+  ) -> 'Tokenizer':
     """Builds the vocabulary of `captions`.
 
     Args:
       captions: raw caption strings (normalised here).
       min_count: words seen fewer times become `<unk>` when encoding.
+      extra_tokens: tokens appended after the words (a mixture's task
+        tokens `<bos_{task}>`, as CoNeTTE places them); never produced by
+        `encode`, since captions are normalised first.
 
     Returns:
       A tokenizer whose words are ordered by decreasing count, ties broken
@@ -63,7 +68,7 @@ class Tokenizer:
     for caption in captions:
       counts.update(text.caption_words(caption))
     words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
-    return cls(SPECIAL_TOKENS + tuple(words))
+    return cls(SPECIAL_TOKENS + tuple(words) + tuple(extra_tokens))
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> 'Tokenizer':
@@ -122,6 +127,24 @@ class Tokenizer:
     targets = np.full((max_tokens,), PAD_ID, dtype=np.int32)
     targets[: len(ids)] = ids
     return targets
+
+
+def with_task_tokens(decoder_inputs, task_tokens):
+  """Puts each example's task token at position 0 (CoNeTTE's `<bos_{task}>`).
+
+  Args:
+    decoder_inputs: `[b, ..., length]` from `shift_right` (BOS first).
+    task_tokens: `[b]` int ids; -1 keeps BOS.
+
+  Returns:
+    `[b, ..., length]` int32 jax array.
+  """
+  decoder_inputs = jnp.asarray(decoder_inputs, dtype=jnp.int32)
+  tokens = jnp.asarray(task_tokens, dtype=jnp.int32).reshape(
+    (-1,) + (1,) * (decoder_inputs.ndim - 1)
+  )
+  first = jnp.where(tokens >= 0, tokens, decoder_inputs[..., :1])
+  return decoder_inputs.at[..., :1].set(first)
 
 
 def shift_right(targets):

@@ -1,0 +1,178 @@
+"""Weighted dataset mixtures with a task token per source (CoNeTTE style).
+
+`config.dataset.mixture` lists `(dataset, split, weight, task)` entries, e.g.
+
+  (('wavcaps_aac', 'train', 0.6, 'wavcaps'),
+   ('audiocaps_aac', 'train', 0.2, 'audiocaps'),
+   ('clotho_aac', 'development', 0.15, 'clotho'),
+   ('macs_aac', 'train', 0.05, 'macs'))
+
+`dataset` is a TFDS name, optionally with its builder config
+(`custom_aac/birds`); every entry shares `config.dataset`'s `data_dir` and
+`sample_rate`. Training reads the entries through Grain's weighted mixing
+(`grain.MapDataset.mix`: global position `g` maps to one entry and an index
+in its own shuffled, repeated stream, by arithmetic), so the mixture keeps
+the single dataset's guarantees: one global order for every topology, and
+resume from one number (`aac_jax.data.global_order`). A task `t` is the
+vocabulary token `<bos_t>` (CoNeTTE's name), fed to the decoder at position
+0 instead of BOS for that source's examples (batch key `task_tokens`); ''
+= plain BOS. Evaluation opens each entry's own splits (`entry_config`).
+"""
+
+import dataclasses
+import re
+import sys
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import grain
+import ml_collections
+import numpy as np
+
+_TASK_NAME = re.compile(r'[a-z0-9_]+')
+
+
+class MixtureError(ValueError):
+  """`config.dataset.mixture` is malformed (the message names the entry and the fix)."""
+
+
+class Entry(NamedTuple):
+  """One source of a mixture."""
+
+  dataset: str
+  split: str
+  weight: float
+  task: str
+
+
+def task_token(task: str) -> str:
+  """The vocabulary token of a task (`'clotho'` -> `'<bos_clotho>'`)."""
+  return f'<bos_{task}>'
+
+
+def _parse_entry(index: int, raw) -> Entry:
+  form = "(dataset, split, weight, task), e.g. ('clotho_aac', 'development', 0.5, 'clotho')"
+  if not isinstance(raw, (tuple, list)) or len(raw) != 4:
+    raise MixtureError(f'dataset.mixture[{index}] = {raw!r}: each entry is {form}')
+  dataset, split, weight, task = raw
+  if not (isinstance(dataset, str) and dataset.strip('/') and isinstance(split, str) and split):
+    raise MixtureError(f'dataset.mixture[{index}]: dataset and split must be names ({form})')
+  if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+    raise MixtureError(f'dataset.mixture[{index}]: weight {weight!r} must be a number > 0')
+  if not isinstance(task, str) or (task and not _TASK_NAME.fullmatch(task)):
+    raise MixtureError(
+      f'dataset.mixture[{index}]: task {task!r} must be lower-case letters, digits and _ '
+      "('' = no task token)"
+    )
+  return Entry(dataset, split, float(weight), task)
+
+
+def parse(cfg: ml_collections.ConfigDict) -> list[Entry]:
+  """The entries of `cfg.mixture` (empty: no mixture), checked.
+
+  Raises:
+    MixtureError: a malformed entry, or one (dataset, split) listed twice.
+  """
+  entries = [_parse_entry(i, raw) for i, raw in enumerate(cfg.mixture or ())]
+  seen = {}
+  for i, entry in enumerate(entries):
+    key = (entry.dataset, entry.split)
+    if key in seen:
+      raise MixtureError(f'dataset.mixture[{i}] repeats entry {seen[key]} ({key}): merge them')
+    seen[key] = i
+  return entries
+
+
+def weights(entries: list[Entry]) -> list[float]:
+  """The entries' weights normalised to sum to 1."""
+  total = sum(entry.weight for entry in entries)
+  return [entry.weight / total for entry in entries]
+
+
+def tasks(entries: list[Entry]) -> list[str]:
+  """The distinct non-empty tasks, in entry order."""
+  return list(dict.fromkeys(entry.task for entry in entries if entry.task))
+
+
+def entry_config(cfg: ml_collections.ConfigDict, entry: Entry) -> ml_collections.ConfigDict:
+  """`cfg` (`config.dataset`) reading `entry`'s dataset, its train split `entry.split`."""
+  name, _, builder_config = entry.dataset.partition('/')
+  out = cfg.copy_and_resolve_references()
+  with out.unlocked():
+    out.name, out.builder_config, out.train_split, out.mixture = (
+      name,
+      builder_config,
+      entry.split,
+      (),
+    )
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tag(grain.transforms.Map):
+  """`k` -> `(entry, k)`: the k-th element an entry gives the mixture."""
+
+  entry: int
+
+  def map(self, k: int) -> tuple[int, int]:
+    return self.entry, int(k)
+
+
+@dataclasses.dataclass(frozen=True)
+class _InEntryOrder(grain.transforms.Map):
+  """`(entry, k)` -> `(entry, record index)`: the k-th record of the entry's own order."""
+
+  orders: tuple[grain.MapDataset, ...]
+
+  def map(self, selected: tuple[int, int]) -> tuple[int, int]:
+    entry, k = selected
+    return entry, int(self.orders[entry][k])
+
+
+def selection(entry_weights: Sequence[float]) -> grain.MapDataset:
+  """Which entry gives each global position: element `g` is `(entry, k)`.
+
+  `grain.MapDataset.mix` interleaves the entries in proportion to their
+  weights by arithmetic on `g` (no state, no randomness): element `g` is
+  the k-th element entry `entry` contributes.
+  """
+  parents = [grain.MapDataset.range(sys.maxsize).map(_Tag(i)) for i in range(len(entry_weights))]
+  return grain.MapDataset.mix(parents, list(entry_weights))
+
+
+def positions(
+  lengths: Sequence[int], entry_weights: Sequence[float], seed: int
+) -> grain.MapDataset:
+  """The mixture's infinite order: element `g` is `(entry, record index)`.
+
+  Entry `i`'s records are shuffled with a seed of its own (from `seed` and
+  `i`), a new order per pass, and repeated; `selection` picks the entry of
+  each position, so any process finds element `g` alone, without reading
+  records.
+
+  Args:
+    lengths: records per entry.
+    entry_weights: the entries' weights (`weights`).
+    seed: the run's train order seed.
+  """
+  orders = []
+  for i, length in enumerate(lengths):
+    entry_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
+    orders.append(grain.MapDataset.range(length).seed(entry_seed).shuffle().repeat())
+  return selection(entry_weights).map(_InEntryOrder(tuple(orders)))
+
+
+def task_ids(entries: list[Entry], tokens: list[str]) -> list[int]:
+  """Each entry's first decoder token id: its task token, or -1 for plain BOS.
+
+  Raises:
+    MixtureError: a task token is not in the vocabulary.
+  """
+  ids = {token: i for i, token in enumerate(tokens)}
+  missing = [task_token(t) for t in tasks(entries) if task_token(t) not in ids]
+  if missing:
+    raise MixtureError(
+      f'the vocabulary lacks the task tokens {missing}: build it with the mixture '
+      '(Tokenizer.build(captions, min_count, extra_tokens=[...]))'
+    )
+  return [ids[task_token(e.task)] if e.task else -1 for e in entries]

@@ -1,0 +1,186 @@
+"""Weighted dataset mixtures: proportions, one global order, resume, task tokens.
+
+The three splits of one toy dataset stand in for three datasets (a mixture
+entry is a (dataset, split) pair); each entry has its own task token.
+"""
+
+import jax
+import numpy as np
+import pytest
+import toy_dataset
+from test_model import fast_jit, random_params, tiny_config
+
+from aac_jax.data import mixture, pipeline, sources, tokenizer
+from aac_jax.data.tokenizer import BOS_ID, Tokenizer
+from aac_jax.models import Captioner
+from configs import base
+
+SPLITS = {'train': 13, 'validation': 7, 'test': 5}
+WEIGHTS = {'train': 0.5, 'validation': 0.3, 'test': 0.2}
+TASKS = {'train': 'wavcaps', 'validation': 'audiocaps', 'test': ''}
+
+
+@pytest.fixture(scope='module')
+def cfg(tmp_path_factory):
+  data_dir = tmp_path_factory.mktemp('data')
+  toy_dataset.build_toy_dataset(str(data_dir), splits=SPLITS, min_seconds=0.02, max_seconds=0.05)
+  c = base.get_dataset_config()
+  c.name, c.data_dir, c.build_if_missing = toy_dataset.NAME, str(data_dir), False
+  c.max_audio_seconds = 0.01
+  c.max_caption_tokens = 6
+  c.mixture = tuple((f'{toy_dataset.NAME}/plain', s, WEIGHTS[s], TASKS[s]) for s in SPLITS)
+  return c
+
+
+@pytest.fixture(scope='module')
+def vocab(cfg):
+  captions = [c for s in SPLITS for c in sources.load_split_captions(cfg, s)]
+  tasks = mixture.tasks(mixture.parse(cfg))
+  return Tokenizer.build(captions, extra_tokens=[mixture.task_token(t) for t in tasks])
+
+
+def _task_ids(vocab):
+  return {s: vocab.tokens.index(f'<bos_{t}>') if t else -1 for s, t in TASKS.items()}
+
+
+def _global_batches(cfg, vocab, global_batch, process_count, steps, state=None):
+  """`steps` global batches read by `process_count` processes, slices side by side."""
+  iterators = [
+    pipeline.make_train_iterator(cfg, vocab, global_batch, p, process_count)
+    for p in range(process_count)
+  ]
+  for it in iterators:
+    if state is not None:
+      it.set_state(state)
+  parts = [[next(it) for _ in range(steps)] for it in iterators]
+  return [
+    {k: np.concatenate([b[k] for b in step]) for k in step[0]} for step in zip(*parts, strict=True)
+  ]
+
+
+def _assert_same(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b, strict=True):
+    assert x.keys() == y.keys()
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key], err_msg=key)
+
+
+def test_proportions_over_10000_examples_match_weights(cfg):
+  """The entry of each of 10,000 global positions (what `mixture.positions` follows)."""
+  order = mixture.selection(list(WEIGHTS.values()))
+  entries = np.array([order[g][0] for g in range(10_000)])
+  for i, split in enumerate(SPLITS):
+    observed = np.mean(entries == i)
+    assert abs(observed - WEIGHTS[split]) <= 0.02, (split, observed)
+
+
+def test_positions_follow_the_selection_and_shuffle_each_entry(cfg):
+  lengths, weights = list(SPLITS.values()), list(WEIGHTS.values())
+  chosen = mixture.selection(weights)
+  order = mixture.positions(lengths, weights, seed=7)
+  drawn = {i: [] for i in range(len(lengths))}
+  for g in range(100):
+    entry, index = order[g]
+    assert entry == chosen[g][0] and 0 <= index < lengths[entry]
+    drawn[entry].append(index)
+  for entry, indices in drawn.items():  # Each pass over an entry: all its records, shuffled.
+    n = lengths[entry]
+    assert sorted(indices[:n]) == list(range(n)) and indices[:n] != list(range(n))
+
+
+def test_pipeline_reads_entries_in_proportion(cfg, vocab):
+  batches = _global_batches(cfg, vocab, 50, 1, 4)
+  tokens = np.concatenate([b['task_tokens'] for b in batches])
+  for split, task_id in _task_ids(vocab).items():
+    assert abs(np.mean(tokens == task_id) - WEIGHTS[split]) <= 0.02, split
+
+
+def test_examples_come_from_their_entry_and_every_clip_is_visited(cfg, vocab):
+  """Each example's audio is a clip of the split its task token names."""
+  clips = {s: [r['audio'] for r in sources.open_source(cfg, s)] for s in SPLITS}
+  ids = _task_ids(vocab)
+  seen = {s: set() for s in SPLITS}
+  for batch in _global_batches(cfg, vocab, 10, 1, 10):
+    for row in range(10):
+      split = next(s for s, i in ids.items() if i == batch['task_tokens'][row])
+      real = batch['audio'][row][batch['audio_paddings'][row] == 0]
+      samples = np.round(real * 32768.0).astype(np.int16)
+      matches = [
+        i
+        for i, clip in enumerate(clips[split])
+        if any(
+          np.array_equal(clip[j : j + len(samples)], samples)
+          for j in range(len(clip) - len(samples) + 1)
+        )
+      ]
+      assert matches, f'a {split} example matches no {split} clip'
+      seen[split].add(matches[0])
+  # 100 examples: every clip of every entry at least once (weights x 100 > clips).
+  assert {s: len(v) for s, v in seen.items()} == SPLITS
+
+
+def test_one_global_order_for_1x4_and_2x2(cfg, vocab):
+  one = _global_batches(cfg, vocab, 4, 1, 12)
+  two = _global_batches(cfg, vocab, 4, 2, 12)
+  four = _global_batches(cfg, vocab, 4, 4, 12)
+  _assert_same(two, one)
+  _assert_same(four, one)
+
+
+def test_resumed_run_sees_the_same_next_batch(cfg, vocab):
+  straight = _global_batches(cfg, vocab, 4, 1, 9)
+  two = [pipeline.make_train_iterator(cfg, vocab, 4, p, 2) for p in range(2)]
+  for it in two:
+    for _ in range(5):
+      next(it)
+  state = two[0].get_state()
+  assert state == two[1].get_state() == {'next_position': 20, 'global_batch_size': 4}
+  for process_count in (1, 4):
+    _assert_same(_global_batches(cfg, vocab, 4, process_count, 4, state=state), straight[5:])
+
+
+def test_task_tokens_reach_the_decoder(cfg, vocab):
+  """The decoder's first input is each example's task token, and its output depends on it."""
+  batch = _global_batches(cfg, vocab, 8, 1, 1)[0]
+  inputs = tokenizer.with_task_tokens(tokenizer.shift_right(batch['targets']), batch['task_tokens'])
+  expected = np.where(batch['task_tokens'] >= 0, batch['task_tokens'], BOS_ID)
+  np.testing.assert_array_equal(np.asarray(inputs[:, 0]), expected)
+  np.testing.assert_array_equal(np.asarray(inputs[:, 1:]), batch['targets'][:, :-1])
+  model = Captioner(tiny_config(vocab_size=vocab.vocab_size))
+  params = random_params(model, seed=0)
+  encoded = jax.random.normal(jax.random.key(0), (8, 4, 16))  # [b, s, encoder_dim]
+
+  @fast_jit
+  def logits(decoder_inputs):
+    return model.apply(
+      {'params': params}, encoded, np.zeros((8, 4)), decoder_inputs, method=model.decode
+    )
+
+  with_tasks = logits(inputs)
+  plain = logits(tokenizer.shift_right(batch['targets']))
+  differs = np.abs(np.asarray(with_tasks - plain)).max(axis=(1, 2)) > 1e-6
+  np.testing.assert_array_equal(differs, batch['task_tokens'] >= 0)
+
+
+@pytest.mark.parametrize(
+  'mixture_value, message',
+  [
+    ((('toy_aac', 'train', 1.0),), 'each entry is'),
+    ((('toy_aac', 'train', 0.0, 'x'),), 'must be a number > 0'),
+    ((('toy_aac', 'train', 1.0, 'Bad Task'),), 'lower-case'),
+    ((('toy_aac', 'train', 1.0, 'a'), ('toy_aac', 'train', 2.0, 'b')), 'repeats entry 0'),
+  ],
+)
+def test_malformed_mixture_is_one_line(cfg, mixture_value, message):
+  bad = cfg.copy_and_resolve_references()
+  bad.mixture = mixture_value
+  with pytest.raises(mixture.MixtureError, match=message) as error:
+    mixture.parse(bad)
+  assert '\n' not in str(error.value)
+
+
+def test_vocabulary_without_task_tokens_names_the_fix(cfg):
+  plain = Tokenizer.build(sources.load_split_captions(cfg, 'train'))
+  with pytest.raises(mixture.MixtureError, match=r"lacks the task tokens \['<bos_wavcaps>'"):
+    pipeline.make_train_iterator(cfg, plain, 4, 0, 1)
