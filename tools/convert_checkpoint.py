@@ -6,12 +6,14 @@
   python tools/convert_checkpoint.py fense --echecker echecker_clotho_audiocaps_base.ckpt \\
       --bert_dir bert-base-uncased --output $AAC_FENSE_DIR/echecker_clotho_audiocaps_base
   python tools/convert_checkpoint.py fense --sbert paraphrase-TinyBERT-L6-v2 --output DIR
+  python tools/convert_checkpoint.py clap --input clap-htsat-unfused --output CLAP_DIR
 
 `convnext`/`cnn14` write an encoder folder (`model.encoder_init`); `conette`
 reads the downloaded Hugging Face folder (config.json and pytorch_model.bin
 or model.safetensors) and writes a run folder that `aac-caption --workdir
 RUN_DIR` and `--config.train.init_from=RUN_DIR` use; `fense` writes the
-FENSE model folders (`aac_jax.metrics.fense_models`). Converters live in
+FENSE model folders (`aac_jax.metrics.fense_models`); `clap` a CLAP folder
+(`aac_jax.models.clap.embedder`, docs/clap.md). Converters live in
 `aac_jax/convert/` (`registry`). Needs torch (`pip install "aac_jax[convert]"`);
 training reads the output without it.
 

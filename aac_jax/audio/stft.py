@@ -16,11 +16,22 @@ import numpy as np
 
 @functools.lru_cache(maxsize=16)
 def mel_matrix(
-  sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None
+  sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float | None, htk: bool = False
 ) -> np.ndarray:
-  """Returns the `[n_fft // 2 + 1, n_mels]` float32 Slaney mel filter bank."""
+  """Returns the `[n_fft // 2 + 1, n_mels]` float32 mel filter bank.
+
+  Slaney scale and area normalisation (librosa's default), or with `htk` the
+  HTK scale without normalisation (torchaudio's default, CLAP's fusion models).
+  """
   filters = librosa.filters.mel(
-    sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, dtype=np.float32
+    sr=sample_rate,
+    n_fft=n_fft,
+    n_mels=n_mels,
+    fmin=fmin,
+    fmax=fmax,
+    htk=htk,
+    norm=None if htk else 'slaney',
+    dtype=np.float32,
   )
   filters = filters.T.copy()
   filters.setflags(write=False)

@@ -121,19 +121,30 @@ class BertEncoder(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, token_type_ids: jax.Array):
+  def __call__(
+    self,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    token_type_ids: jax.Array,
+    position_ids: jax.Array | None = None,
+  ):
     """Encodes word-piece ids.
 
     Args:
       input_ids: int32 [batch, length].
       attention_mask: [batch, length], 1 for real tokens, 0 for padding.
       token_type_ids: int32 [batch, length].
+      position_ids: int32 [batch, length]; None: 0, 1, 2, ... (BERT). RoBERTa
+        counts from `pad_token_id + 1` (`models.clap.model`).
 
     Returns:
       float32 [batch, length, hidden].
     """
     c = self.config
-    positions = jnp.arange(input_ids.shape[1])[None, :]
+    if position_ids is None:
+      positions = jnp.arange(input_ids.shape[1])[None, :]
+    else:
+      positions = position_ids
     x = (
       nn.Embed(c.vocab_size, c.hidden_size, name='word_embeddings')(input_ids)
       + nn.Embed(c.max_positions, c.hidden_size, name='position_embeddings')(positions)

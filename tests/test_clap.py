@@ -1,0 +1,206 @@
+"""CLAP in JAX against `transformers.ClapModel` (random tiny weights, both layouts).
+
+A tiny `ClapModel` is saved by transformers with a byte-level BPE tokenizer
+trained on real Clotho captions, converted by `tools/convert_checkpoint.py
+clap`, and loaded by `aac_jax.models.clap.embedder`; embeddings and logits
+must match transformers' (its own feature extractor and tokenizer) within
+1e-4 on synthetic-scene audio of several lengths in one padded batch.
+"""
+
+import csv
+import functools
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from tests import corpora
+
+torch = pytest.importorskip('torch')
+transformers = pytest.importorskip('transformers')
+
+sys.path.insert(0, 'tools')
+import convert_checkpoint  # noqa: E402
+
+SR = 16_000
+SPECIALS = ['<s>', '<pad>', '</s>', '<unk>', '<mask>']
+
+
+def _captions(n: int) -> list[str]:
+  path = corpora.corpora_dir() / 'clotho' / 'clotho_captions_development.csv'
+  with open(path, newline='', encoding='utf-8') as f:
+    rows = list(csv.DictReader(f))
+  return [r['caption_1'] for r in rows[:n]]
+
+
+def _clips(lengths: list[int]) -> list[np.ndarray]:
+  """Rendered synthetic scenes (tones, noises, events), cut to `lengths` samples."""
+  from aac_jax.data.synthetic import scenes
+
+  rng = np.random.default_rng(3)
+  out = []
+  for n in lengths:
+    wave = scenes.render_scene(scenes.sample_scene(rng), rng, SR).astype(np.float32) / 32768.0
+    out.append(np.resize(wave, n))
+  return out
+
+
+def _tokenizer(folder, captions):
+  from tokenizers import ByteLevelBPETokenizer
+
+  bpe = ByteLevelBPETokenizer()
+  bpe.train_from_iterator(captions, vocab_size=320, special_tokens=SPECIALS, show_progress=False)
+  bpe.save_model(str(folder))
+  tok = transformers.RobertaTokenizerFast(
+    vocab=str(folder / 'vocab.json'),
+    merges=str(folder / 'merges.txt'),
+    model_max_length=40,
+  )
+  tok.save_pretrained(str(folder))
+  return tok
+
+
+def _hf_folder(folder, fusion: bool, vocab_size: int):
+  torch.manual_seed(1 + fusion)
+  config = transformers.ClapConfig(
+    text_config=dict(
+      vocab_size=vocab_size,
+      hidden_size=32,
+      num_hidden_layers=2,
+      num_attention_heads=2,
+      intermediate_size=64,
+      max_position_embeddings=42,
+      layer_norm_eps=1e-5,
+    ),
+    audio_config=dict(
+      num_mel_bins=16,
+      spec_size=64,
+      patch_size=4,
+      patch_stride=[4, 4],
+      window_size=4,
+      depths=[2, 2, 2],
+      num_attention_heads=[2, 2, 4],
+      patch_embeds_hidden_size=16,
+      hidden_size=64,
+      enable_fusion=fusion,
+      fusion_type='aff_2d' if fusion else None,
+    ),
+    projection_dim=24,
+  )
+  model = transformers.ClapModel(config).eval()
+  with torch.no_grad():  # Non-trivial biases, position tables, BatchNorm statistics.
+    for name, p in model.named_parameters():
+      if 'relative_position_bias_table' in name or name.endswith('bias'):
+        p.normal_(0, 0.1)
+    for name, b in model.named_buffers():
+      if name.endswith('running_mean'):
+        b.normal_(0, 0.5)
+      elif name.endswith('running_var'):
+        b.uniform_(0.5, 2.0)
+    model.logit_scale_a.fill_(2.0)
+    model.logit_scale_t.fill_(2.5)
+  model.save_pretrained(str(folder))
+  extractor = transformers.ClapFeatureExtractor(
+    feature_size=16,
+    sampling_rate=SR,
+    hop_length=160,
+    max_length_s=1,
+    fft_window_size=400,
+    frequency_min=50,
+    frequency_max=8000,
+    truncation='fusion' if fusion else 'rand_trunc',
+  )
+  extractor.save_pretrained(str(folder))
+  return model, extractor
+
+
+@pytest.fixture(scope='module', params=[False, True], ids=['unfused', 'fused'])
+def clap(request, tmp_path_factory):
+  """(transformers model, extractor, tokenizer, our embedder, captions, fusion)."""
+  fusion = request.param
+  hf = tmp_path_factory.mktemp('hf')
+  captions = _captions(200)
+  tok = _tokenizer(hf, captions)
+  model, extractor = _hf_folder(hf, fusion, len(tok))
+  out = tmp_path_factory.mktemp('clap')
+  assert convert_checkpoint.main(['clap', '--input', str(hf), '--output', str(out)]) == 0
+  from aac_jax.models.clap import embedder
+
+  return model, extractor, tok, embedder.load(out, batch_size=8), captions, fusion
+
+
+def test_tokenizer_ids_match_transformers(clap):
+  _, _, tok, ours, captions, _ = clap
+  texts = [*captions[:50], 'A dog barks, then a car passes by!  Twice.']
+  want = tok(texts, truncation=True)['input_ids']
+  got = [e.ids for e in ours.text_runner.tokenizer.encode_batch(texts)]
+  assert got == want
+  assert max(len(ids) for ids in want) == 40  # Truncation reached.
+
+
+def test_embeddings_and_logits_match_transformers(clap):
+  model, extractor, tok, ours, captions, fusion = clap
+  # Several lengths in one padded batch; unfused also cuts a longer clip at its start.
+  lengths = [SR, 7_000, 12_345, 2_500] + ([] if fusion else [23_000])
+  clips = _clips(lengths)
+  texts = captions[100:106]
+  feats = extractor([c[:SR] for c in clips], sampling_rate=SR, return_tensors='pt')
+  encoded = tok(texts, padding=True, truncation=True, return_tensors='pt')
+  with torch.no_grad():
+    ref = model(
+      input_ids=encoded['input_ids'],
+      attention_mask=encoded['attention_mask'],
+      input_features=feats['input_features'],
+      is_longer=torch.zeros(len(clips), 1, dtype=torch.bool),
+    )
+  audio, text = ours.audio(clips), ours.text(texts)
+  np.testing.assert_allclose(audio, ref.audio_embeds.numpy(), atol=1e-4)
+  np.testing.assert_allclose(text, ref.text_embeds.numpy(), atol=1e-4)
+  logits = ours.logit_scale * audio @ text.T
+  np.testing.assert_allclose(logits, ref.logits_per_audio.numpy(), atol=1e-4)
+  assert np.abs(logits).max() > 0.05  # Not a degenerate all-zero comparison.
+
+
+def test_fusion_of_a_long_clip_matches_transformers(clap):
+  """`is_longer` clips take the fusion branch (4 crops; here all 4 the same padded clip)."""
+  model, extractor, _, ours, _, fusion = clap
+  if not fusion:
+    pytest.skip('unfused layout has no fusion branch')
+  import jax
+  import jax.numpy as jnp
+
+  from aac_jax.models.clap import frontend
+  from aac_jax.models.clap import model as clap_model
+
+  clips = _clips([SR, 9_000])
+  feats = extractor(clips, sampling_rate=SR, return_tensors='pt')
+  is_longer = torch.tensor([[True], [False]])
+  with torch.no_grad():
+    want = model.get_audio_features(feats['input_features'], is_longer=is_longer).pooler_output
+  wave = np.zeros((2, SR), np.float32)
+  for i, c in enumerate(clips):
+    wave[i, : len(c)] = c
+  mel = frontend.log_mel(jnp.asarray(wave), jnp.asarray([SR, 9_000]), ours.settings)
+  embed = functools.partial(clap_model.Clap(ours.config).apply, method='audio_embeds')
+  embed = jax.jit(embed)
+  got = embed(ours.variables, mel, jnp.asarray([True, False]))
+  np.testing.assert_allclose(np.asarray(got), want.numpy(), atol=1e-4)
+  plain = embed(ours.variables, mel, jnp.asarray([False, False]))
+  np.testing.assert_allclose(np.asarray(plain)[1], want.numpy()[1], atol=1e-4)
+  assert np.abs(plain[0] - got[0]).max() > 1e-3  # The fusion branch changed clip 0.
+
+
+def test_converter_refuses_a_folder_that_does_not_fit_its_config(clap, tmp_path, capsys):
+  _, _, _, ours, _, fusion = clap
+  hf = tmp_path / 'hf'
+  model, _ = _hf_folder(hf, fusion, ours.config.text.vocab_size)
+  config = json.loads((hf / 'config.json').read_text())
+  config['audio_config']['depths'] = [2, 2, 1]
+  (hf / 'config.json').write_text(json.dumps(config))
+  (hf / 'tokenizer.json').write_text('{}')
+  with pytest.raises(SystemExit) as exit_info:
+    convert_checkpoint.main(['clap', '--input', str(hf), '--output', str(tmp_path / 'out')])
+  message = str(exit_info.value)
+  assert message.startswith('convert_checkpoint clap: error:')
+  assert 'layers.2.blocks.1' in message, message
