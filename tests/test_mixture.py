@@ -184,3 +184,19 @@ def test_vocabulary_without_task_tokens_names_the_fix(cfg):
   plain = Tokenizer.build(sources.load_split_captions(cfg, 'train'))
   with pytest.raises(mixture.MixtureError, match=r"lacks the task tokens \['<bos_wavcaps>'"):
     pipeline.make_train_iterator(cfg, plain, 4, 0, 1)
+
+
+def test_run_vocabulary_holds_every_entry_and_the_task_tokens(cfg, vocab, tmp_path):
+  built = tokenizer.load_or_build(cfg, None, str(tmp_path))
+  assert built.tokens == vocab.tokens
+  assert built.tokens[-2:] == ['<bos_wavcaps>', '<bos_audiocaps>']
+  assert Tokenizer.load(tmp_path / tokenizer.VOCAB_FILENAME).tokens == built.tokens
+  batch = _global_batches(cfg, built, 8, 1, 1)[0]
+  inputs = np.asarray(tokenizer.decoder_inputs(batch))
+  np.testing.assert_array_equal(
+    inputs[:, 0], np.where(batch['task_tokens'] >= 0, batch['task_tokens'], BOS_ID)
+  )
+  del batch['task_tokens']
+  np.testing.assert_array_equal(
+    tokenizer.decoder_inputs(batch), tokenizer.shift_right(batch['targets'])
+  )

@@ -17,7 +17,7 @@ from absl import logging
 from etils import epath
 
 from aac_jax import files
-from aac_jax.data import sources, text
+from aac_jax.data import mixture, sources, text
 
 PAD_ID = 0
 BOS_ID = 1
@@ -147,6 +147,18 @@ def with_task_tokens(decoder_inputs, task_tokens):
   return decoder_inputs.at[..., :1].set(first)
 
 
+def decoder_inputs(batch) -> jnp.ndarray:
+  """Teacher-forcing decoder inputs of a train batch, `[b, L]` or `[b, R, L]`.
+
+  `shift_right(batch['targets'])`, with each example's task token first
+  where the batch holds `task_tokens` (a mixture, `aac_jax.data.mixture`).
+  """
+  inputs = shift_right(batch['targets'])
+  if 'task_tokens' in batch:
+    inputs = with_task_tokens(inputs, batch['task_tokens'])
+  return inputs
+
+
 def shift_right(targets):
   """Makes decoder inputs: BOS in front, the last position dropped.
 
@@ -165,12 +177,25 @@ def _vocab_cache_path(source, split: str, min_count: int) -> epath.Path:
   return epath.Path(sources.source_dir(source)) / f'vocab_{split}_min{min_count}.txt'
 
 
+def _mixture_vocabulary(cfg: ml_collections.ConfigDict) -> Tokenizer:
+  """The words of every mixture entry's captions, then the entries' task tokens."""
+  entries = mixture.parse(cfg)
+  captions = []
+  for entry in entries:
+    source = sources.open_source(mixture.entry_config(cfg, entry), entry.split)
+    captions += [c for _, caps in sources.scan_ids_and_captions(source) for c in caps]
+  extra = [mixture.task_token(task) for task in mixture.tasks(entries)]
+  return Tokenizer.build(captions, cfg.vocab_min_count, extra_tokens=extra)
+
+
 def load_or_build(cfg: ml_collections.ConfigDict, source, workdir: str | None = None) -> Tokenizer:
   """Returns the run's tokenizer, building the vocabulary once per dataset.
 
   Look-up order: `workdir/vocab.txt` (a resumed run keeps its ids), then the
   copy saved beside the dataset's files, then a fresh build from the
-  captions of `source` with `cfg.vocab_min_count`. The result is saved
+  captions of `source` with `cfg.vocab_min_count`. With `cfg.mixture` the
+  words of every entry's split, then the entries' task tokens, saved in
+  `workdir` only. The result is saved
   beside the data (best effort: the data folder may be read-only) and in
   `workdir`.
 
@@ -185,6 +210,11 @@ def load_or_build(cfg: ml_collections.ConfigDict, source, workdir: str | None = 
   run_path = epath.Path(workdir) / VOCAB_FILENAME if workdir else None
   if run_path is not None and run_path.exists():
     return Tokenizer.load(run_path)
+  if cfg.mixture:
+    tokenizer = _mixture_vocabulary(cfg)
+    if run_path is not None:
+      tokenizer.save(run_path)
+    return tokenizer
   data_path = _vocab_cache_path(source, cfg.train_split, cfg.vocab_min_count)
   if data_path.exists():
     tokenizer = Tokenizer.load(data_path)

@@ -135,7 +135,7 @@ def _micro_loss(
     batch, model, augment_rng, frontend_cfg, sample_rate, augment=True
   )
   method = frames_method or method
-  inputs = (features, paddings, tokenizer.shift_right(targets))
+  inputs = (features, paddings, tokenizer.decoder_inputs(batch))
   outputs = model.apply({'params': params}, *inputs, rngs={'dropout': dropout_rng}, method=method)
   logits = outputs[0] if keyword_loss_weight else outputs
   loss_sum, _ = token_loss_sum(logits, targets, label_smoothing)
