@@ -14,8 +14,10 @@ import json
 import pathlib
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import multiprocess
 import numpy as np
@@ -201,6 +203,60 @@ def test_scst_runs_two_steps_on_two_processes(reference, tmp_path, jax_cache):
     assert sorted(multiprocess.scalars(tmp_path, tag)) == [1, 2], tag
   saved = sorted(int(p.name) for p in checkpointing.checkpoint_dir(tmp_path).iterdir())
   assert saved[-1] == 2
+
+
+def test_process_stopped_past_gloos_30_s_at_start_up_still_trains(reference, tmp_path, jax_cache):
+  # XLA's first collective (gloo) gives up on a peer more than a fixed 30 s late; the
+  # processes meet in the key-value store first, under AAC_JAX_SYNC_TIMEOUT_S.
+  overrides, _, _ = reference
+  flags = _flags(overrides, tmp_path, **{'train.stop_at_step': 1, 'train.checkpoint_every': 1})
+  run = multiprocess.start_run('aac_jax.main', flags, 2, 2, jax_cache)
+  run.wait_for(1, r'Waiting up to \d+ s for process 0 to prepare', timeout=TIMEOUT)
+  run.signal(1, signal.SIGSTOP)
+  try:
+    run.wait_for(0, r'Waiting up to \d+ s for every process to start Training', timeout=TIMEOUT)
+    time.sleep(35)  # Process 0 waits past gloo's 30 s.
+  finally:
+    run.signal(1, signal.SIGCONT)
+  assert run.wait(TIMEOUT) == [0, 0], run.output()
+  assert sorted(multiprocess.losses(tmp_path)) == [1]
+
+
+_WAIT_CHILD = """
+import sys, time
+import jax
+from aac_jax import multihost
+multihost.initialize(sys.argv[1], 2, int(sys.argv[2]))
+if jax.process_index() == 1:
+  time.sleep(6)
+try:
+  multihost.wait_for_all('start training', timeout_s=2)
+  print('all arrived', flush=True)
+except multihost.ProcessSyncError as error:
+  print(f'error: {error}', flush=True)
+"""
+
+
+def test_process_later_than_the_sync_timeout_is_named(jax_cache):
+  address = f'127.0.0.1:{multiprocess.free_port()}'
+  procs = [
+    subprocess.Popen(
+      [sys.executable, '-c', _WAIT_CHILD, address, str(i)],
+      env=multiprocess.child_env(1, jax_cache),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  outputs = [p.communicate(timeout=TIMEOUT)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outputs
+  expected = (
+    'error: process 0 waited 2 s for every process to start training (process 1 did not '
+    "arrive); look at the late process's log, or allow more time with AAC_JAX_SYNC_TIMEOUT_S="
+  )
+  assert expected in outputs[0], outputs[0]
+  assert 'error: process 1 waited 2 s' in outputs[1], outputs[1]  # The barrier failed: no hang.
 
 
 _SYNC_CHILD = """
