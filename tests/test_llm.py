@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 
+import flax.linen
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -289,3 +290,41 @@ def test_shape_mismatch_names_the_tensor(sharded_dir, tmp_path):
   (tmp_path / 'config.json').write_text(json.dumps(config))
   with pytest.raises(ConversionError, match=r"'model\.layers\.0\.mlp\.\w+_proj\.weight' has shape"):
     convert_llm.convert_folder(str(tmp_path), str(tmp_path / 'out'))
+
+
+def test_lora_forward_equals_merged_forward():
+  cfg = llm.LlmConfig(
+    vocab_size=VOCAB,
+    attention_bias=True,
+    lora_rank=3,
+    lora_alpha=8.0,
+    lora_targets=llm.LORA_TARGETS,
+  )
+  model = llm.LanguageModel(cfg)
+  tokens = jnp.asarray(_tokens(4, (2, 7)), jnp.int32)
+  params = flax.linen.unbox(model.init(jax.random.key(0), tokens)['params'])
+  params = jax.tree_util.tree_map_with_path(  # Trained adapters: lora_b no longer zero.
+    lambda path, x: (
+      0.1 * jax.random.normal(jax.random.key(len(str(path))), x.shape)
+      if path[-1].key == 'lora_b'
+      else x
+    ),
+    params,
+  )
+  adapted = model.apply({'params': params}, tokens)
+  base = llm.LanguageModel(cfg.replace(lora_rank=0)).apply(
+    {'params': params_without_lora(params)}, tokens
+  )
+  merged = llm.merge_lora(params, cfg)
+  assert not any(
+    'lora' in jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(merged)[0]
+  )
+  plain = llm.LanguageModel(cfg.replace(lora_rank=0)).apply({'params': merged}, tokens)
+  np.testing.assert_allclose(plain, adapted, atol=1e-5)
+  assert np.abs(np.asarray(base - adapted)).max() > 1e-3  # The adapters did change the output.
+
+
+def params_without_lora(params):
+  if not isinstance(params, dict):
+    return params
+  return {k: params_without_lora(v) for k, v in params.items() if k not in ('lora_a', 'lora_b')}

@@ -14,6 +14,7 @@ from aac_jax.models.config import CaptionerConfig
 from aac_jax.models.conformer import ConformerEncoder
 from aac_jax.models.decoder import TransformerDecoder
 from aac_jax.models.keyword_head import KeywordHead
+from aac_jax.models.llm_bridge import LlmDecoder
 from aac_jax.models.mixup import Mix, mix_frames, sample_mix
 from aac_jax.models.pretrained import MIN_INPUT_FRAMES, PretrainedEncoder
 
@@ -35,8 +36,20 @@ class Captioner(nn.Module):
       self.encoder = PretrainedEncoder(self.config)
     else:
       self.encoder = ConformerEncoder(self.config)
-    decoder_cls = ConetteDecoder if self.config.decoder_style == 'conette' else TransformerDecoder
-    self.decoder = decoder_cls(self.config)
+    cfg = self.config
+    if cfg.decoder_style == 'llm':
+      self.decoder = LlmDecoder(
+        cfg.llm,
+        cfg.llm_prompt_ids,
+        cfg.llm_frame_stack,
+        cfg.llm_projector,
+        cfg.llm_projector_dim,
+        cfg.decode,
+        cfg.deterministic,
+      )
+    else:
+      decoder_cls = ConetteDecoder if cfg.decoder_style == 'conette' else TransformerDecoder
+      self.decoder = decoder_cls(cfg)
     if self.config.keyword_head:
       self.keyword_head = KeywordHead(self.config.vocab_size, self.config.dtype)
 

@@ -15,8 +15,10 @@ ENCODERS = ('conformer', 'convnext', 'cnn14')
 PRETRAINED_STAGES = {'convnext': 4, 'cnn14': 6}  # What `encoder_freeze = N` counts.
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # 'aac_jax': pre-norm layers, tied output embedding (models/decoder.py);
-# 'conette': CoNeTTE's AACTransformerDecoder (models/conette_decoder.py).
-DECODER_STYLES = ('aac_jax', 'conette')
+# 'conette': CoNeTTE's AACTransformerDecoder (models/conette_decoder.py);
+# 'llm': a Llama / Qwen2 language model behind an audio projector (models/llm_bridge.py).
+DECODER_STYLES = ('aac_jax', 'conette', 'llm')
+LLM_TRAIN = ('full', 'lora')
 CONVNEXT_STEMS = ('audioset', 'conette')  # See `aac_jax.models.convnext.STEMS`.
 
 
@@ -45,9 +47,10 @@ class CaptionerConfig:
       'conette' (CoNeTTE's post-norm decoder with GELU and an untied
       classifier; see `aac_jax.models.conette_decoder`). CoNeTTE's frame
       projection is `encoder_projection` with `encoder_dim = decoder_dim`.
-    task_token_id: 'conette' only: the token the decoder reads at position 0
-      whatever it is given there (CoNeTTE's dataset-conditioning token, e.g.
-      the id of `<bos_clotho>`); -1 keeps the given token (BOS).
+    task_token_id: the token the decoder reads at position 0 whatever it is
+      given there ('aac_jax' and 'conette' styles: CoNeTTE's dataset-conditioning
+      token, e.g. the id of `<bos_clotho>`, or a mixture's task token); -1
+      keeps the given token (BOS).
     compute_dtype: 'float32' or 'bfloat16'; parameters always stay float32.
     keyword_head: adds the auxiliary clip-level keyword head (`KeywordHead`,
       trained with `optim.keyword_loss_weight`; unused at inference).
@@ -66,6 +69,16 @@ class CaptionerConfig:
     encoder_drop_path: ConvNeXt stochastic depth (training, unfrozen stages).
     mixup_alpha: mixup of encoder frames and decoder input embeddings in
       training (Beta(alpha, alpha), lambda >= 0.5; 0 = off).
+    llm: 'llm' only: the language model's `aac_jax.models.llm.LlmConfig`
+      (built from `model.llm` by `make_captioner_config`).
+    llm_prompt_ids: the prompt's token ids, between audio and caption.
+    llm_frame_stack: encoder frames concatenated per audio embedding.
+    llm_projector: 'linear' or 'mlp' (`aac_jax.models.llm_bridge.Projector`).
+    llm_projector_dim: hidden width of the 'mlp' projector.
+    llm_train: 'full' (every language-model weight trains) or 'lora' (its
+      base weights frozen; adapters, projector and encoder train).
+    llm_init: converted language-model folder loaded when a run starts
+      from scratch ('' = random weights).
     deterministic: disables dropout (evaluation, decoding).
     decode: the decoder works one step at a time with a KV cache held in the
       Linen `cache` collection.
@@ -98,6 +111,13 @@ class CaptionerConfig:
   convnext_stem: str = 'audioset'
   encoder_drop_path: float = 0.0
   mixup_alpha: float = 0.0
+  llm: Any = None
+  llm_prompt_ids: tuple[int, ...] = ()
+  llm_frame_stack: int = 1
+  llm_projector: str = 'mlp'
+  llm_projector_dim: int = 2048
+  llm_train: str = 'full'
+  llm_init: str = ''
   deterministic: bool = False
   decode: bool = False
 
@@ -108,10 +128,18 @@ class CaptionerConfig:
       raise ValueError(f'convnext_stem must be one of {CONVNEXT_STEMS}, got {self.convnext_stem!r}')
     if self.decoder_style not in DECODER_STYLES:
       raise ValueError(f'decoder_style must be one of {DECODER_STYLES}, got {self.decoder_style!r}')
-    if self.task_token_id >= 0 and self.decoder_style != 'conette':
-      raise ValueError("task_token_id needs decoder_style='conette'")
+    if self.task_token_id >= 0 and self.decoder_style not in ('aac_jax', 'conette'):
+      raise ValueError("task_token_id needs decoder_style 'aac_jax' or 'conette'")
     if self.task_token_id >= self.vocab_size:
       raise ValueError(f'task_token_id {self.task_token_id} >= vocab_size {self.vocab_size}')
+    if (self.decoder_style == 'llm') != (self.llm is not None):
+      raise ValueError("decoder_style='llm' and an llm config go together")
+    if self.llm_train not in LLM_TRAIN:
+      raise ValueError(f'model.llm.train must be one of {LLM_TRAIN}, got {self.llm_train!r}')
+    if self.llm is not None and self.llm.vocab_size != self.vocab_size:
+      raise ValueError(
+        f'the language model has {self.llm.vocab_size} token ids, the run {self.vocab_size}'
+      )
     if self.encoder not in ENCODERS:
       raise ValueError(f'model.encoder must be one of {ENCODERS}, got {self.encoder!r}')
     if self.pretrained and self.encoder_layers and not self.encoder_projection:
@@ -185,6 +213,10 @@ def make_captioner_config(
     A `CaptionerConfig` in training mode unless `changes` say otherwise.
   """
   fields = {f.name for f in dataclasses.fields(CaptionerConfig) if f.name not in ('vocab_size',)}
-  values = {name: model_cfg[name] for name in fields if name in model_cfg}
+  values = {name: model_cfg[name] for name in fields if name in model_cfg and name != 'llm'}
+  if 'decoder_style' in model_cfg and model_cfg.decoder_style == 'llm':
+    from aac_jax.models import llm_bridge  # Only llm runs read a converted folder's settings.
+
+    values.update(llm_bridge.captioner_fields(model_cfg.llm, vocab_size, model_cfg.compute_dtype))
   values.update(changes)
   return CaptionerConfig(vocab_size=vocab_size, **values)

@@ -6,6 +6,8 @@
   another sample rate is refused before any work starts.
 - `load_encoder_init(params, model_cfg)`: puts the converted tagger params
   into a freshly initialised params tree (checked leaf by leaf).
+- `load_llm_init(params, model_cfg)`: puts a converted language model
+  (`model.llm.init`) into `params['decoder']['llm']`.
 - `freeze_optimizer(tx, model_cfg)`: frozen parameters get zero updates
   (no weight decay either), so they stay bit-identical.
 """
@@ -21,7 +23,7 @@ import optax
 
 from aac_jax.audio.pann_frontend import PannFrontendSettings
 from aac_jax.data import embeddings
-from aac_jax.models import pretrained, pretrained_store
+from aac_jax.models import llm_bridge, pretrained, pretrained_store
 from aac_jax.models.config import CaptionerConfig
 
 # Published front-end settings per encoder (what `tools/convert_checkpoint.py` writes).
@@ -171,6 +173,30 @@ def load_encoder_init(params: Any, model_cfg: CaptionerConfig) -> Any:
   return dict(params, encoder=encoder)
 
 
+def load_llm_init(params: Any, model_cfg: CaptionerConfig) -> Any:
+  """Returns `params` with `params['decoder']['llm']` from `model_cfg.llm_init` (checked by leaf).
+
+  LoRA adapters (absent from the folder) keep their fresh values.
+  """
+  converted, _ = pretrained_store.load_converted(model_cfg.llm_init)
+  source = _paths(converted)
+
+  def pick(path, leaf):
+    keys = tuple(k.key for k in path)
+    if keys[-1] in ('lora_a', 'lora_b'):
+      return leaf
+    if keys not in source or tuple(source[keys].shape) != tuple(leaf.shape):
+      found = None if keys not in source else tuple(source[keys].shape)
+      raise ValueError(
+        f'{model_cfg.llm_init}: language-model parameter {"/".join(keys)} has shape {found}, '
+        f'the model needs {tuple(leaf.shape)}'
+      )
+    return jnp.asarray(source[keys], leaf.dtype)
+
+  llm = jax.tree_util.tree_map_with_path(pick, params['decoder']['llm'])
+  return dict(params, decoder=dict(params['decoder'], llm=llm))
+
+
 def _stage_of(name: str) -> int:
   """Stage index of a top-level tagger module name (-1: after all stages, e.g. heads)."""
   if name in ('bn0', 'stem', 'stem_norm'):
@@ -185,7 +211,7 @@ def _stage_of(name: str) -> int:
 
 
 def frozen_mask(params: Any, model_cfg: CaptionerConfig) -> Any:
-  """Bool tree like `params`: True for frozen leaves."""
+  """Bool tree like `params`: True for frozen leaves (tagger stages, a LoRA run's base LM)."""
   count = model_cfg.frozen_stages
 
   def frozen(path, _leaf):
@@ -195,14 +221,17 @@ def frozen_mask(params: Any, model_cfg: CaptionerConfig) -> Any:
     stage = _stage_of(keys[2])
     return 0 <= stage < count
 
-  return jax.tree_util.tree_map_with_path(frozen, params)
+  tagger = jax.tree_util.tree_map_with_path(frozen, params)
+  return jax.tree.map(
+    lambda a, b: a or b, tagger, llm_bridge.frozen_mask(params, model_cfg.llm_train)
+  )
 
 
 def freeze_optimizer(
   tx: optax.GradientTransformation, model_cfg: CaptionerConfig
 ) -> optax.GradientTransformation:
   """`tx` for trainable leaves, zero updates for frozen ones (none frozen: `tx` itself)."""
-  if model_cfg.frozen_stages == 0:
+  if model_cfg.frozen_stages == 0 and model_cfg.llm_train != 'lora':
     return tx
 
   def labels(params):

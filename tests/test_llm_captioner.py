@@ -1,0 +1,198 @@
+"""The captioner with a language-model decoder (`decoder_style='llm'`): bridge, decoding, freezing."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from aac_jax import decoding
+from aac_jax.models import (
+  Captioner,
+  init_params,
+  llm_bridge,
+  make_captioner_config,
+  pretrained_setup,
+)
+
+MELS = 8
+VOCAB = 24
+fast_jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimization_level': 0})
+
+
+def llm_model_config(**llm_changes) -> ml_collections.ConfigDict:
+  """A tiny `config.model` with a Qwen2-shaped decoder (biases, GQA, tied embeddings)."""
+  llm = ml_collections.ConfigDict(
+    dict(
+      init='',
+      prompt='describe the sound',
+      prompt_ids=[5, 6, 7],
+      frame_stack=2,
+      projector='mlp',
+      projector_dim=16,
+      train='full',
+      lora_rank=0,
+      lora_alpha=32.0,
+      lora_dropout=0.0,
+      lora_targets=['q', 'v'],
+      hidden_size=16,
+      num_layers=2,
+      num_heads=4,
+      num_kv_heads=2,
+      head_dim=4,
+      intermediate_size=24,
+      rope_theta=10000.0,
+      attention_bias=True,
+      tie_embeddings=True,
+    )
+  )
+  llm.update(llm_changes)
+  return ml_collections.ConfigDict(
+    dict(
+      decoder_style='llm',
+      subsampling=4,
+      encoder_dim=16,
+      encoder_layers=1,
+      encoder_heads=2,
+      encoder_ff_dim=32,
+      conv_kernel_size=5,
+      dropout=0.0,
+      attention_dropout=0.0,
+      max_decode_len=10,
+      compute_dtype='float32',
+      llm=llm,
+    )
+  )
+
+
+def make_model(**llm_changes):
+  return Captioner(make_captioner_config(llm_model_config(**llm_changes), VOCAB))
+
+
+def random_params(model, seed):
+  """Random values in the init's shapes (biases and adapters non-zero, so that they count)."""
+  shapes = jax.eval_shape(lambda: init_params(model, jax.random.key(0), num_mels=MELS))
+  leaves, tree = jax.tree.flatten_with_path(shapes)
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    scale = 1.0 if path[-1].key == 'scale' else 0.0
+    return jnp.asarray(scale + 0.3 * rng.normal(size=leaf.shape), jnp.float32)
+
+  return jax.tree.unflatten(tree, [draw(path, leaf) for path, leaf in leaves])
+
+
+def _inputs(seed=0, lengths=(40, 26)):
+  rng = np.random.default_rng(seed)
+  frames = max(lengths)
+  feats = jnp.asarray(rng.normal(size=(len(lengths), frames, MELS)), jnp.float32)
+  pads = jnp.asarray(np.arange(frames)[None] >= np.array(lengths)[:, None], jnp.float32)
+  return feats, pads
+
+
+def test_padding_in_a_batch_gives_the_clip_alone_logits():
+  model = make_model()
+  params = random_params(model, 0)
+  feats, pads = _inputs()
+  tokens = jnp.asarray(np.random.default_rng(1).integers(4, VOCAB, size=(2, 6)), jnp.int32)
+  apply = fast_jit(model.apply)
+  batch = apply({'params': params}, feats, pads, tokens)
+  alone = apply({'params': params}, feats[1:, :26], pads[1:, :26], tokens[1:])
+  assert batch.shape == (2, 6, VOCAB)
+  np.testing.assert_allclose(batch[1:], alone, atol=1e-5)
+  # The prompt and audio reach the caption logits.
+  other = model.clone(config=model.config.replace(llm_prompt_ids=(5, 6, 8)))
+  assert not np.allclose(fast_jit(other.apply)({'params': params}, feats, pads, tokens), batch)
+
+
+def test_several_references_equal_repeated_clips():
+  model = make_model()
+  params = random_params(model, 1)
+  feats, pads = _inputs(2)
+  tokens = jnp.asarray(np.random.default_rng(3).integers(4, VOCAB, size=(2, 3, 5)), jnp.int32)
+  apply = fast_jit(model.apply)
+  refs = apply({'params': params}, feats, pads, tokens)
+  flat = apply(
+    {'params': params}, jnp.repeat(feats, 3, 0), jnp.repeat(pads, 3, 0), tokens.reshape(6, 5)
+  )
+  np.testing.assert_allclose(refs.reshape(6, 5, VOCAB), flat, atol=1e-5)
+
+
+@pytest.mark.parametrize('method', ['greedy', 'beam', 'sample'])
+def test_cached_decoding_equals_uncached(method):
+  model = make_model()
+  params = random_params(model, 4)
+  feats, pads = _inputs(5)
+  settings = decoding.make_decode_settings(
+    None, method=method, max_len=8, beam_size=3, ban_repeated_content_words=True
+  )
+  ban = decoding.make_repeat_ban_mask(VOCAB, [4, 5])
+
+  def run(cached):
+    fn = functools.partial(
+      decoding.generate, model, settings=settings, cached=cached, repeat_ban_mask=ban
+    )
+    return fast_jit(fn)(params, feats, pads, rng=jax.random.key(0))
+
+  cached, uncached = run(True), run(False)
+  np.testing.assert_array_equal(cached.tokens, uncached.tokens)
+  assert cached.tokens.shape == (2, 8)
+
+
+def test_lora_run_trains_adapters_and_projector_only():
+  model = make_model(
+    train='lora', lora_rank=2, lora_targets=['q', 'k', 'v', 'o', 'gate', 'up', 'down']
+  )
+  params = random_params(model, 6)
+  feats, pads = _inputs(7)
+  targets = jnp.asarray(np.random.default_rng(8).integers(4, VOCAB, size=(2, 6)), jnp.int32)
+  inputs = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)), constant_values=1)
+  tx = pretrained_setup.freeze_optimizer(optax.adamw(1e-2, weight_decay=0.1), model.config)
+
+  def loss_fn(p):
+    logits = model.apply({'params': p}, feats, pads, inputs)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+  @fast_jit
+  def train(p):
+    state = tx.init(p)
+    for _ in range(3):
+      grads = jax.grad(loss_fn)(p)
+      updates, state = tx.update(grads, state, p)
+      p = optax.apply_updates(p, updates)
+    return p
+
+  trained = train(params)
+  frozen = llm_bridge.frozen_mask(params, 'lora')
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  after = jax.tree.leaves(trained)
+  kinds = {'frozen': 0, 'lora': 0, 'projector': 0}
+  for (path, before), new, is_frozen in zip(flat, after, jax.tree.leaves(frozen), strict=True):
+    keys = [k.key for k in path]
+    if is_frozen:
+      assert keys[:2] == ['decoder', 'llm'], keys
+      np.testing.assert_array_equal(np.asarray(new), np.asarray(before), err_msg=str(keys))
+      kinds['frozen'] += 1
+    elif keys[-1] in ('lora_a', 'lora_b') or 'projector' in keys:
+      assert not np.array_equal(np.asarray(new), np.asarray(before)), keys
+      kinds['lora' if keys[-1].startswith('lora') else 'projector'] += 1
+  assert kinds['frozen'] > 10 and kinds['lora'] == 2 * 7 * 2 and kinds['projector'] == 4, kinds
+
+
+def test_every_parameter_names_its_axes():
+  from aac_jax.models import param_axes, partitioning
+
+  model = make_model(train='lora', lora_rank=2)
+  logical, shapes = param_axes(model, num_mels=MELS)
+  boxed = jax.eval_shape(
+    lambda: model.init(
+      jax.random.key(0), jnp.zeros((1, 64, MELS)), jnp.zeros((1, 64)), jnp.zeros((1, 4), jnp.int32)
+    )
+  )
+  assert partitioning.missing_axes(boxed['params']) == []
+  assert logical['decoder']['llm']['layers_0']['self_attn']['q_proj'][
+    'kernel'
+  ] == jax.sharding.PartitionSpec('embed', 'heads')
