@@ -11,6 +11,7 @@ import csv
 import functools
 import json
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -117,7 +118,7 @@ def _hf_folder(folder, fusion: bool, vocab_size: int):
 
 @pytest.fixture(scope='module', params=[False, True], ids=['unfused', 'fused'])
 def clap(request, tmp_path_factory):
-  """(transformers model, extractor, tokenizer, our embedder, captions, fusion)."""
+  """transformers model, extractor, tokenizer; our converted folder and embedder; captions."""
   fusion = request.param
   hf = tmp_path_factory.mktemp('hf')
   captions = _captions(200)
@@ -125,13 +126,18 @@ def clap(request, tmp_path_factory):
   model, extractor = _hf_folder(hf, fusion, len(tok))
   out = tmp_path_factory.mktemp('clap')
   assert convert_checkpoint.main(['clap', '--input', str(hf), '--output', str(out)]) == 0
-  from aac_jax.models.clap import embedder
+  from aac_jax.metrics import clap_score
 
-  return model, extractor, tok, embedder.load(out, batch_size=8), captions, fusion
+  ours = clap_score.shared_embedder(str(out), 16)  # The one `aac-evaluate --clap_dir` uses.
+  return types.SimpleNamespace(
+    model=model, extractor=extractor, tok=tok, ours=ours, captions=captions, fusion=fusion, dir=out
+  )
 
 
 def test_tokenizer_ids_match_transformers(clap):
-  _, _, tok, ours, captions, _ = clap
+  tok = clap.tok
+  ours = clap.ours
+  captions = clap.captions
   texts = [*captions[:50], 'A dog barks, then a car passes by!  Twice.']
   want = tok(texts, truncation=True)['input_ids']
   got = [e.ids for e in ours.text_runner.tokenizer.encode_batch(texts)]
@@ -140,7 +146,12 @@ def test_tokenizer_ids_match_transformers(clap):
 
 
 def test_embeddings_and_logits_match_transformers(clap):
-  model, extractor, tok, ours, captions, fusion = clap
+  model = clap.model
+  extractor = clap.extractor
+  tok = clap.tok
+  ours = clap.ours
+  captions = clap.captions
+  fusion = clap.fusion
   # Several lengths in one padded batch; unfused also cuts a longer clip at its start.
   lengths = [SR, 7_000, 12_345, 2_500] + ([] if fusion else [23_000])
   clips = _clips(lengths)
@@ -164,7 +175,10 @@ def test_embeddings_and_logits_match_transformers(clap):
 
 def test_fusion_of_a_long_clip_matches_transformers(clap):
   """`is_longer` clips take the fusion branch (4 crops; here all 4 the same padded clip)."""
-  model, extractor, _, ours, _, fusion = clap
+  model = clap.model
+  extractor = clap.extractor
+  ours = clap.ours
+  fusion = clap.fusion
   if not fusion:
     pytest.skip('unfused layout has no fusion branch')
   import jax
@@ -192,7 +206,8 @@ def test_fusion_of_a_long_clip_matches_transformers(clap):
 
 
 def test_converter_refuses_a_folder_that_does_not_fit_its_config(clap, tmp_path, capsys):
-  _, _, _, ours, _, fusion = clap
+  ours = clap.ours
+  fusion = clap.fusion
   hf = tmp_path / 'hf'
   model, _ = _hf_folder(hf, fusion, ours.config.text.vocab_size)
   config = json.loads((hf / 'config.json').read_text())
@@ -204,3 +219,98 @@ def test_converter_refuses_a_folder_that_does_not_fit_its_config(clap, tmp_path,
   message = str(exit_info.value)
   assert message.startswith('convert_checkpoint clap: error:')
   assert 'layers.2.blocks.1' in message, message
+
+
+def _write_eval_files(tmp_path, clips, captions):
+  """Clotho-style references and predictions, and one WAV per clip (16-bit)."""
+  import soundfile as sf
+
+  audio = tmp_path / 'audio'
+  audio.mkdir()
+  ids = [f'clip_{i}.wav' for i in range(len(clips))]
+  for name, clip in zip(ids, clips, strict=True):
+    sf.write(audio / name, clip, SR, subtype='PCM_16')
+  with open(tmp_path / 'refs.csv', 'w', newline='') as f:
+    w = csv.writer(f)
+    w.writerow(['file_name'] + [f'caption_{k}' for k in range(1, 6)])
+    for i, name in enumerate(ids):
+      w.writerow([name, *captions[5 * i : 5 * i + 5]])
+  with open(tmp_path / 'preds.csv', 'w', newline='') as f:
+    w = csv.writer(f)
+    w.writerow(['file_name', 'caption_predicted'])
+    for i, name in enumerate(ids):
+      w.writerow([name, captions[100 + i]])
+  return ids, audio
+
+
+def test_evaluate_prints_clap_sim_equal_to_transformers(clap, tmp_path, capsys):
+  model = clap.model
+  extractor = clap.extractor
+  tok = clap.tok
+  captions = clap.captions
+  fusion = clap.fusion
+  if fusion:
+    pytest.skip('one layout is enough for the command')
+  from aac_jax.metrics import evaluate_cli
+
+  clips = _clips([SR, 9_000, 14_000, 5_000])
+  ids, audio = _write_eval_files(tmp_path, clips, captions)
+  clap_dir = str(clap.dir)
+  report = evaluate_cli.main([
+    '--predictions', str(tmp_path / 'preds.csv'), '--references', str(tmp_path / 'refs.csv'),
+    '--clap_dir', clap_dir, '--clap_audio_dir', str(audio), '--bootstrap', '200',
+  ])  # fmt: skip
+  out = capsys.readouterr().out
+  line = next(x for x in out.splitlines() if x.startswith('clap_sim '))
+  assert '[' in line and 'n/a' not in line  # Score and interval printed.
+  # transformers on the same (16-bit) audio and captions.
+  quantized = [np.round(c * 32768).clip(-32768, 32767) / 32768 for c in clips]
+  feats = extractor(quantized, sampling_rate=SR, return_tensors='pt')
+  preds = [captions[100 + i] for i in range(len(clips))]
+  refs = [captions[5 * i : 5 * i + 5] for i in range(len(clips))]
+  with torch.no_grad():
+    a = model.get_audio_features(**feats).pooler_output.numpy()
+    t = model.get_text_features(
+      **tok(preds, padding=True, truncation=True, return_tensors='pt')
+    ).pooler_output
+    r = model.get_text_features(
+      **tok(sum(refs, []), padding=True, truncation=True, return_tensors='pt')
+    )
+  t, r = t.numpy(), r.pooler_output.numpy().reshape(len(clips), 5, -1)
+  want_audio = np.einsum('nd,nd->n', t, a)
+  want_refs = np.einsum('nd,nkd->nk', t, r).mean(1)
+  assert report['corpus']['clap_sim'] == pytest.approx(want_audio.mean(), abs=1e-4)
+  assert report['corpus']['clap_sim_refs'] == pytest.approx(want_refs.mean(), abs=1e-4)
+  low, high = report['intervals_95']['clap_sim']
+  assert want_audio.min() - 1e-4 <= low <= high <= want_audio.max() + 1e-4
+
+
+def test_evaluate_without_clap_dir_says_why(clap, tmp_path, capsys):
+  captions = clap.captions
+  fusion = clap.fusion
+  if fusion:
+    pytest.skip('one layout is enough for the command')
+  from aac_jax.metrics import evaluate_cli
+
+  _, audio = _write_eval_files(tmp_path, _clips([4_000, 4_000]), captions)
+  report = evaluate_cli.main(
+    ['--predictions', str(tmp_path / 'preds.csv'), '--references', str(tmp_path / 'refs.csv')]
+  )
+  assert 'clap_sim' not in report['corpus']
+  assert 'no --clap_dir' in report['unavailable']['clap_sim']
+  assert 'clap_sim     ' in capsys.readouterr().out
+  (audio / 'clip_1.wav').unlink()  # A clip without audio: one line before any scoring.
+  argv = ['--predictions', str(tmp_path / 'preds.csv'), '--references', str(tmp_path / 'refs.csv')]
+  argv += ['--clap_dir', str(clap.dir), '--clap_audio_dir', str(audio)]
+  with pytest.raises(ValueError, match=r'1 of 2 clips have no audio file .*clip_1.wav'):
+    evaluate_cli.main(argv)
+
+
+def test_best_metric_clap_sim_is_refused_before_training():
+  from aac_jax.metrics import eval_config
+  from configs import base
+
+  config = base.get_base_config()
+  config.train.best_metric = 'clap_sim'
+  with pytest.raises(ValueError, match='clap_sim is computed by aac-evaluate --clap_dir only'):
+    eval_config.check_metrics_config(config)

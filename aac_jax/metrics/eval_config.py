@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from aac_jax.metrics import evaluate
+from aac_jax.metrics import clap_score, evaluate
 from aac_jax.metrics import fense as fense_lib
 
 _FENSE_METRICS = ('sbert_sim', 'fer', 'fense', 'spider_fl')
@@ -69,6 +69,8 @@ def check_metrics_config(config: ml_collections.ConfigDict) -> None:
   best = config.train.best_metric
   if best not in evaluate.METRICS:
     return  # No metric, or one computed beside the caption metrics (diagnostics, fluency).
+  if best in clap_score.NAMES:
+    raise ValueError(f'train.best_metric={best} is computed by aac-evaluate --clap_dir only')
   eval_cfg = config.eval
   if best == 'meteor' and not eval_cfg.meteor:
     raise ValueError('train.best_metric=meteor needs --config.eval.meteor=True')

@@ -3,8 +3,9 @@
 `compute_caption_metrics` PTB-tokenizes predictions and references (the
 Python tokenizer of `ptb_tokenizer.py`, no Java), then computes BLEU-1..4,
 ROUGE-L, CIDEr-D and Vocab in numpy; METEOR (official jar, Java),
-SPICE/SPIDEr (official jar plus user-supplied CoreNLP) and SBERT-sim, FER,
-FENSE, SPIDEr-FL (the FENSE models in JAX, `fense.py`) on request; and
+SPICE/SPIDEr (official jar plus user-supplied CoreNLP), SBERT-sim, FER,
+FENSE, SPIDEr-FL (the FENSE models in JAX, `fense.py`) and CLAP similarity
+(`clap_score.py`) on request; and
 bootstrap confidence intervals of every corpus score. As aac-metrics'
 `evaluate(preprocess=True)` (its DCASE 2023/2024 evaluation), every metric,
 FENSE included, sees the PTB-tokenized captions. A metric that cannot be
@@ -18,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from aac_jax.metrics import bleu, bootstrap, cider, ngrams, ptb_tokenizer, rouge
+from aac_jax.metrics import bleu, bootstrap, cider, clap_score, ngrams, ptb_tokenizer, rouge
 from aac_jax.metrics import fense as fense_lib
 from aac_jax.metrics import meteor as meteor_lib
 from aac_jax.metrics import spice as spice_lib
@@ -38,6 +39,8 @@ METRICS = (
   'fer',
   'fense',
   'spider_fl',
+  'clap_sim',
+  'clap_sim_refs',
   'vocab',
   'vocab_ratio',
 )
@@ -86,6 +89,7 @@ def compute_caption_metrics(
   fense_options: fense_lib.FenseOptions | None = None,
   bootstrap_samples: int = 0,
   bootstrap_seed: int = 0,
+  clap: clap_score.ClapOptions | None = None,
 ) -> CaptionMetrics:
   """Scores predictions against references as pycocoevalcap 1.2 does.
 
@@ -106,6 +110,8 @@ def compute_caption_metrics(
     fense_options: the FENSE model folders (default: `$AAC_FENSE_DIR`).
     bootstrap_samples: resamples for the 95 % intervals (0 = none).
     bootstrap_seed: seed of the resampling.
+    clap: CLAP folder and audio files for `clap_sim` / `clap_sim_refs`
+      (`clap_score.py`; raw captions, not PTB-tokenized); None: not requested.
 
   Returns:
     The `CaptionMetrics`.
@@ -124,6 +130,7 @@ def compute_caption_metrics(
   _add_meteor(meteor, cands, refs, java, corpus, per_clip, unavailable)
   _add_spice(spice, cands, refs, spice_jars, java, corpus, per_clip, unavailable)
   _add_fense(fense, fense_options, cands, refs, corpus, per_clip, unavailable)
+  _add_clap(clap, predictions, references, corpus, per_clip, unavailable)
   _add_vocab(vocab_data, corpus)
   intervals = {}
   if bootstrap_samples > 0:
@@ -222,6 +229,16 @@ def _add_fense(wanted, options, cands, refs, corpus, per_clip, unavailable) -> N
   else:
     per_clip['spider_fl'] = fense_lib.penalize(per_clip['spider'], scores['fer'])
     corpus['spider_fl'] = float(per_clip['spider_fl'].mean()) if len(cands) else 0.0
+
+
+def _add_clap(options, predictions, references, corpus, per_clip, unavailable) -> None:
+  if options is None:
+    unavailable.update({k: 'not requested (no --clap_dir)' for k in clap_score.NAMES})
+    return
+  scores, missing = clap_score.clap_scores(predictions, references, options)
+  per_clip.update(scores)
+  unavailable.update(missing)
+  corpus.update({k: float(v.mean()) if len(v) else 0.0 for k, v in scores.items()})
 
 
 def _add_vocab(data: vocab_lib.VocabData | None, corpus) -> None:

@@ -23,7 +23,9 @@ corpus scores, the reasons for missing metrics, input warnings, with
 scores, then prints a table. `--dcase2024` computes and prints the DCASE
 2024 set (METEOR, CIDEr-D, SPICE, SPIDEr, SPIDEr-FL, SBERT-sim, FER, FENSE,
 Vocab); `--submission` writes the challenge's `file_name,caption_predicted`
-CSV.
+CSV. `--clap_dir DIR` adds `clap_sim_refs` (CLAP cosine of prediction and
+references) and, with `--clap_audio_dir`, `clap_sim` (of prediction and
+audio); see docs/clap.md.
 
 Files are read as UTF-8 (a byte-order mark, as Excel writes, is fine);
 lines that are not UTF-8 are read as ISO-8859-1 with a warning naming the
@@ -45,7 +47,7 @@ from collections.abc import Sequence
 
 from aac_jax import files
 from aac_jax.data import text_files
-from aac_jax.metrics import evaluate, fense, fense_models, submission
+from aac_jax.metrics import clap_score, evaluate, fense, fense_models, submission
 
 ID_COLUMNS = ('id', 'file_name', 'youtube_id', 'audiocap_id')
 CAPTION_COLUMNS = ('prediction', 'caption_predicted', 'caption', 'text')
@@ -246,6 +248,13 @@ def make_parser() -> argparse.ArgumentParser:
     '--fense_batch_size', type=int, default=128, help='Sentences per forward pass.'
   )
   parser.add_argument(
+    '--clap_dir', help='CLAP folder (convert_checkpoint.py clap): clap_sim, clap_sim_refs.'
+  )
+  parser.add_argument(
+    '--clap_audio_dir', help='With --clap_dir: audio files named by clip id (for clap_sim).'
+  )
+  parser.add_argument('--clap_batch_size', type=int, default=16, help='Clips per CLAP pass.')
+  parser.add_argument(
     '--dcase2024', action='store_true', help='METEOR, SPICE, FENSE; print the DCASE 2024 set.'
   )
   parser.add_argument(
@@ -289,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     fense_options=_fense_options(args),
     bootstrap_samples=args.bootstrap,
     bootstrap_seed=args.bootstrap_seed,
+    clap=_clap_options(args, ids),
   )
   report = {'num_clips': len(ids), 'corpus': result.corpus, 'unavailable': result.unavailable}
   report['warnings'] = warnings
@@ -314,6 +324,40 @@ def _fense_options(args: argparse.Namespace) -> fense.FenseOptions:
   sbert = args.sbert_dir or (str(base / fense_models.SBERT_NAME) if base else '')
   echecker = args.echecker_dir or (str(base / fense_models.ECHECKER_NAME) if base else '')
   return fense.FenseOptions(sbert, echecker, args.fense_batch_size)
+
+
+def clip_audio_paths(folder: str, ids: Sequence[str]) -> tuple[str, ...]:
+  """The audio file of each clip id in `folder`: `ID` itself, else `ID.<audio extension>`.
+
+  Raises:
+    ValueError: clips without a file (count and the first ids), before any scoring.
+  """
+  from aac_jax.data import audio_io
+
+  base = pathlib.Path(folder).expanduser()
+  if not base.is_dir():
+    raise ValueError(f'--clap_audio_dir {base} is not a folder')
+  by_stem = {}
+  for path in audio_io.audio_files(base):
+    by_stem.setdefault(path.stem, path)
+  paths, missing = [], []
+  for clip in ids:
+    path = base / clip if (base / clip).is_file() else by_stem.get(clip)
+    (paths if path else missing).append(str(path or clip))
+  if missing:
+    raise ValueError(
+      f'{len(missing)} of {len(ids)} clips have no audio file in {base} (e.g. {missing[:3]})'
+    )
+  return tuple(paths)
+
+
+def _clap_options(args: argparse.Namespace, ids: Sequence[str]) -> clap_score.ClapOptions | None:
+  if not args.clap_dir:
+    if args.clap_audio_dir:
+      raise ValueError('--clap_audio_dir needs --clap_dir (the CLAP model folder)')
+    return None
+  audio = clip_audio_paths(args.clap_audio_dir, ids) if args.clap_audio_dir else ()
+  return clap_score.ClapOptions(args.clap_dir, audio, args.clap_batch_size)
 
 
 def run() -> None:
