@@ -14,7 +14,7 @@ import ml_collections
 
 from aac_jax.data import registry
 from aac_jax.decoding import settings as decode_settings
-from aac_jax.metrics import eval_config
+from aac_jax.metrics import eval_config, fense_models
 
 STAGES = ('train', 'scst')
 FEATURE_STATS_MODES = ('measure', 'fixed')
@@ -22,6 +22,7 @@ BEST_MODES = ('max', 'min')
 SCST_BASELINES = ('greedy', 'mean_others')
 SCST_REWARDS = ('cider_d', 'spider', 'mix')
 SCST_NORMALIZERS = ('samples', 'tokens')
+SCST_FLUENCY = ('off', 'hard', 'soft')
 
 
 class ConfigError(ValueError):
@@ -221,12 +222,36 @@ def _scst(c: ml_collections.ConfigDict, p: _Problems) -> None:
   p.check(_finite(s.temperature), 'scst.temperature', s.temperature, 'must be finite')
   p.check(_finite(s.top_p) and 0 < s.top_p <= 1, 'scst.top_p', s.top_p, 'must be in (0, 1]')
   p.non_negative(s, 'scst', 'top_k')
+  _scst_fluency(s, p)
   p.check(
     bool(c.train.init_from),
     'train.init_from',
     c.train.init_from,
     'SCST starts from a cross-entropy run: set --config.train.init_from=CE_WORKDIR',
   )
+
+
+def _scst_fluency(s: ml_collections.ConfigDict, p: _Problems) -> None:
+  p.one_of(s, 'scst', 'fluency', SCST_FLUENCY)
+  for name in ('fluency_threshold', 'fluency_penalty'):
+    value = s[name]
+    p.check(_finite(value) and 0 <= value <= 1, f'scst.{name}', value, 'must be in [0, 1]')
+  if s.fluency in ('hard', 'soft'):
+    try:
+      folder = fense_models.resolve_model_dir(
+        s.fluency_dir or None, fense_models.ECHECKER_NAME, fense_models.CONVERT_HINT
+      )
+      missing = [n for n in ('echecker.json', 'config.json') if not (folder / n).is_file()]
+      if missing:
+        raise fense_models.ModelUnavailable(f'{folder} has no {" or ".join(missing)}')
+    except fense_models.ModelUnavailable as error:
+      p.check(
+        False,
+        'scst.fluency_dir',
+        s.fluency_dir,
+        f'{error}; train a detector with python tools/train_fluency.py --output DIR, or '
+        'convert FENSE\'s with python tools/convert_checkpoint.py fense',
+      )
 
 
 _SECTION_CHECKS: tuple[Callable, ...] = (_dataset, _frontend, _model, _optim)

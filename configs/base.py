@@ -218,6 +218,12 @@ def get_scst_config() -> ml_collections.ConfigDict:
   c.pipeline = True  # Sample batch t + 1 while the host scores batch t.
   c.eval_initial = True  # Score the init_from parameters on the test split first.
   c.spice_jars = ''  # CoreNLP 3.6.0 folder for a SPICE reward ('' = $AAC_SPICE_CORENLP_DIR).
+  # Fluency term: reward x (1 - fluency_penalty x error), error from a FENSE-style
+  # error detector: 'hard' P(error) > fluency_threshold (SPIDEr-FL), 'soft' P(error).
+  c.fluency = 'off'  # 'off', 'hard' or 'soft'.
+  c.fluency_dir = ''  # Detector folder ('' = $AAC_FENSE_DIR/echecker_clotho_audiocaps_base).
+  c.fluency_threshold = 0.9  # SPIDEr-FL's.
+  c.fluency_penalty = 0.9  # SPIDEr-FL's.
   return c
 
 

@@ -12,6 +12,11 @@ Variants (after ':'):
   runlocal       the smoke-test size of `synthetic_demo.py:runlocal`.
   data=NAME      synthetic builder config (must match the CE run).
   baseline=NAME  'mean_others' (default) or 'greedy'.
+  fluency=MODE   reward x (1 - 0.9 x fluency error): 'hard' (SPIDEr-FL's
+                 P(error) > 0.9), 'soft' (P(error)) or 'off' (default), with
+                 the detector in fluency_dir (default workdirs/demo_fluency,
+                 trained by python tools/train_fluency.py --config
+                 configs/synthetic_demo.py --output workdirs/demo_fluency).
 
 Data, front end and model are the CE config's (the parameters must fit);
 optimizer, steps and everything under `scst` are this stage's own.
@@ -26,7 +31,14 @@ from configs.config_args import parse_config_arg
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = parse_config_arg(
     arg,
-    {'runlocal': False, 'data': 'default', 'init_from': 'workdirs/demo', 'baseline': 'mean_others'},
+    {
+      'runlocal': False,
+      'data': 'default',
+      'init_from': 'workdirs/demo',
+      'baseline': 'mean_others',
+      'fluency': 'off',
+      'fluency_dir': 'workdirs/demo_fluency',
+    },
   )
   ce_arg = f'data={args["data"]}' + (',runlocal' if args['runlocal'] else '')
   config = synthetic_demo.get_config(ce_arg)
@@ -44,6 +56,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.scst.pipeline = True  # Sample batch t + 1 while the host scores batch t.
   config.scst.eval_initial = True  # Score the CE parameters on the test split first.
   config.scst.spice_jars = ''  # CoreNLP 3.6.0 folder for SPICE ('' = $AAC_SPICE_CORENLP_DIR).
+  config.scst.fluency = args['fluency']  # 'off', 'hard' or 'soft' (see the module docstring).
+  if args['fluency'] != 'off':
+    config.scst.fluency_dir = args['fluency_dir']
 
   # Dropout would make the updated policy differ from the sampled one.
   config.model.dropout = 0.0

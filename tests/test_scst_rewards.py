@@ -11,12 +11,12 @@ from the definition by hand:
 - no shared word: 0.
 """
 
+import dataclasses
 import math
 
 import jax
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
 from aac_jax.data import tokenizer as tokenizer_lib
 from aac_jax.data.sources import EvalSplit
@@ -107,21 +107,97 @@ def test_normalisation_uses_the_global_batch_across_devices():
   rng = np.random.default_rng(0)
   rewards_ = rng.normal(size=(16, 3)).astype(np.float32) * np.arange(1, 17)[:, None]
   baselines = rewards.baseline_rewards(rewards_, 'mean_others')
+  # Split over 8 devices, the statistics are still those of all 48 samples.
   mesh = parallel.create_mesh()
-  fn = jax.jit(
-    jax.shard_map(
-      lambda r, b: steps.compute_advantages(r, b, True, parallel.AXIS),
-      mesh=mesh,
-      in_specs=(P(parallel.AXIS), P(parallel.AXIS)),
-      out_specs=P(parallel.AXIS),
-    )
-  )
+  fn = jax.jit(lambda r, b: steps.compute_advantages(r, b, True))
+  split = parallel.shard_batch({'r': rewards_, 'b': baselines}, mesh)
+  assert len(split['r'].sharding.device_set) == 8
   np.testing.assert_allclose(
-    fn(rewards_, baselines),
-    steps.compute_advantages(rewards_, baselines, True),
+    fn(split['r'], split['b']),
+    (rewards_ - baselines - np.mean(rewards_ - baselines)) / np.std(rewards_ - baselines),
     rtol=1e-5,
     atol=1e-6,
   )
+
+
+def _hand_set_checker(probs: dict[str, float]):
+  """A detector whose P(error) (last of 6 outputs) is set by hand per caption."""
+
+  def checker(captions):
+    return np.array([[0.5] * 5 + [probs[c]] for c in captions])
+
+  return checker
+
+
+def test_fluency_term_multiplies_the_reward_by_the_formula():
+  probs = {'a b': 0.95, 'A': 0.3, 'c d': 0.92, 'x y': 0.89}
+  captions, clips = list(probs), np.array([0, 0, 1, 0])
+  cider = np.array([5.0, A_VS_AB, 3.125, 0.0])
+  p = np.array(list(probs.values()))
+  for mode, error in (('hard', p > 0.9), ('soft', p)):
+    term = rewards.FluencyTerm(_hand_set_checker(probs), mode)
+    reward_fn = rewards.CaptionReward(REFERENCES, {'cider_d': 1.0}, fluency=term)
+    np.testing.assert_allclose(reward_fn(captions, clips), cider * (1 - 0.9 * error), rtol=1e-6)
+    np.testing.assert_array_equal(reward_fn.metric_scores(captions, clips)['fluency_error'], error)
+  half = rewards.FluencyTerm(_hand_set_checker(probs), 'hard', threshold=0.5, penalty=0.5)
+  np.testing.assert_allclose(half.error(captions), [1, 0, 1, 1])
+  reward_fn = rewards.CaptionReward(REFERENCES, {'cider_d': 1.0}, fluency=half)
+  np.testing.assert_allclose(reward_fn(captions, clips), cider * [0.5, 1, 0.5, 0.5], rtol=1e-6)
+
+
+def test_fluency_term_reads_a_saved_detector_folder_and_applies_the_formula(tmp_path):
+  from aac_jax.metrics import fluency_training as ft
+  from configs import base
+
+  captions = ['a b', 'a', 'c d', 'c e', 'a b a b', 'x y z', 'c d and c d']
+  tokenizer = ft.write_wordpiece(captions, tmp_path, 200)
+  size = ft.DetectorSize(
+    vocab_size=200, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32
+  )
+  module = ft.make_detector(size, tokenizer.get_vocab_size())
+  inputs = ft.encode(tokenizer, captions)
+  params = jax.jit(module.init)(jax.random.key(1), *(a[:1] for a in inputs))['params']
+  ft.save_detector(tmp_path, module, params, {'source': 'test'})
+  cfg = base.get_scst_config()
+  cfg.fluency_dir, cfg.fluency = str(tmp_path), 'hard'
+  term = rewards.fluency_term(cfg)  # Read through the FENSE loader.
+  # Its P(error) equals the in-memory detector's (test_fluency_detector.py checks it).
+  p = np.asarray(term.checker(captions), np.float64)[:, -1]
+  term = dataclasses.replace(term, threshold=float(np.sort(p)[3:5].mean()))
+  assert 0 < (p > term.threshold).sum() < len(p)  # Both sides of the threshold.
+  clips = np.array([0, 0, 1, 1, 0, 1, 1])
+  cider = rewards.CaptionReward(REFERENCES, {'cider_d': 1.0})(captions, clips)
+  for mode, error in (('hard', p > term.threshold), ('soft', p)):
+    fluency = dataclasses.replace(term, mode=mode)  # The same compiled detector.
+    reward_fn = rewards.CaptionReward(REFERENCES, {'cider_d': 1.0}, fluency=fluency)
+    np.testing.assert_allclose(reward_fn(captions, clips), cider * (1 - 0.9 * error), atol=1e-6)
+  cfg.fluency = 'off'
+  assert rewards.fluency_term(cfg) is None
+
+
+def test_fluency_settings_are_checked_before_any_work(tmp_path, monkeypatch):
+  from aac_jax import config_validation
+  from configs import synthetic_demo_scst
+
+  monkeypatch.delenv('AAC_FENSE_DIR', raising=False)
+  config = synthetic_demo_scst.get_config('runlocal')
+  config.scst.fluency, config.scst.fluency_threshold, config.scst.fluency_penalty = 'on', 1.5, -1
+  lines = config_validation.problems(config, 'scst', 8)
+  assert any(line.startswith("scst.fluency='on': must be one of") for line in lines), lines
+  assert 'scst.fluency_threshold=1.5: must be in [0, 1]' in lines, lines
+  assert 'scst.fluency_penalty=-1.0: must be in [0, 1]' in lines, lines
+  config.scst.fluency, config.scst.fluency_threshold, config.scst.fluency_penalty = 'soft', 0.9, 0.9
+  config.scst.fluency_dir = str(tmp_path / 'nowhere')
+  (line,) = config_validation.problems(config, 'scst', 8)
+  assert line.startswith(f"scst.fluency_dir='{tmp_path / 'nowhere'}': ") and (
+    'python tools/train_fluency.py --output DIR' in line
+  ), line
+  config.scst.fluency_dir = str(tmp_path)  # A folder, but no detector in it.
+  (line,) = config_validation.problems(config, 'scst', 8)
+  assert 'has no echecker.json or config.json' in line, line
+  for name in ('echecker.json', 'config.json'):
+    (tmp_path / name).write_text('{}')
+  assert config_validation.problems(config, 'scst', 8) == []
 
 
 def test_bad_baselines_and_rewards_are_refused():

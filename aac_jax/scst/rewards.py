@@ -11,6 +11,14 @@ references of its clip:
 - `mix`: `sum_m weight_m * metric_m` over `config.scst.reward_weights`
   (`cider_d`, `spice`).
 
+Any of them can be multiplied by a fluency term (`config.scst.fluency`,
+`FluencyTerm`): reward x (1 - 0.9 x error), the error being a FENSE-style
+error detector's P(error) ('soft') or P(error) > 0.9 ('hard', as SPIDEr-FL
+and FENSE penalise), the detector read from FENSE's checker folder: the
+published one converted by `tools/convert_checkpoint.py fense`, or one
+trained by `tools/train_fluency.py`. It runs jitted on the device, batched
+over the step's captions (word pieces on the host).
+
 Baselines (`baseline_rewards`): the reward of the greedy caption of the same
 clip, or the mean reward of the other K - 1 samples of the clip. The
 advantage itself (reward - baseline, optionally standardised) is formed on
@@ -18,7 +26,7 @@ the device, over the global batch (`aac_jax.scst.steps.compute_advantages`).
 """
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import ml_collections
 import numpy as np
@@ -26,12 +34,14 @@ import numpy as np
 from aac_jax.data import text
 from aac_jax.data.sources import EvalSplit
 from aac_jax.data.tokenizer import Tokenizer
+from aac_jax.metrics import fense, fense_models
 from aac_jax.metrics import reward as reward_lib
 from aac_jax.metrics import spice as spice_lib
 
 BASELINES = ('greedy', 'mean_others')
 REWARDS = ('cider_d', 'spider', 'mix')
 METRICS = ('cider_d', 'spice')
+FLUENCY_MODES = ('off', 'hard', 'soft')
 
 
 def baseline_rewards(
@@ -88,12 +98,54 @@ def reward_weights(scst_cfg: ml_collections.ConfigDict) -> dict[str, float]:
   raise ValueError(f'scst.reward must be one of {REWARDS}, got {kind!r}')
 
 
+@dataclasses.dataclass(frozen=True)
+class FluencyTerm:
+  """The reward's fluency factor, `1 - penalty x error` per caption.
+
+  Attributes:
+    checker: captions -> P(class) float `[n, classes]`, the last class
+      "any error" (`fense_models.load_error_checker`).
+    mode: 'hard': error = P(error) > threshold (SPIDEr-FL); 'soft': error =
+      P(error).
+    threshold: the 'hard' decision threshold.
+    penalty: the share of the reward a disfluent caption loses.
+  """
+
+  checker: Callable[[Sequence[str]], np.ndarray]
+  mode: str
+  threshold: float = fense.ERROR_THRESHOLD
+  penalty: float = fense.PENALTY
+
+  def error(self, captions: Sequence[str]) -> np.ndarray:
+    """The error of each caption: float64 `[n]` in [0, 1]."""
+    probs = np.asarray(self.checker(list(captions)), np.float64)[:, -1]
+    return (probs > self.threshold).astype(np.float64) if self.mode == 'hard' else probs
+
+
+def fluency_term(scst_cfg: ml_collections.ConfigDict) -> FluencyTerm | None:
+  """The `FluencyTerm` of `config.scst` (None when `fluency='off'`).
+
+  Raises:
+    fense_models.ModelUnavailable: no usable detector folder (the message
+      says how to train or convert one).
+  """
+  if scst_cfg.fluency == 'off':
+    return None
+  if scst_cfg.fluency not in FLUENCY_MODES:
+    raise ValueError(f'scst.fluency must be one of {FLUENCY_MODES}, got {scst_cfg.fluency!r}')
+  checker = fense_models.load_error_checker(scst_cfg.fluency_dir or None)
+  return FluencyTerm(
+    checker, scst_cfg.fluency, float(scst_cfg.fluency_threshold), float(scst_cfg.fluency_penalty)
+  )
+
+
 class CaptionReward:
   """Scores captions of training clips against all their references.
 
   `reward(captions, clip_index)` returns one float per caption: the
   weighted metrics of `reward_weights`, each caption scored against the
-  references of train clip `clip_index[i]`.
+  references of train clip `clip_index[i]`, times the fluency factor when
+  there is a `FluencyTerm`.
   """
 
   def __init__(
@@ -101,6 +153,7 @@ class CaptionReward:
     references: EvalSplit,
     weights: Mapping[str, float],
     spice_jars: str | None = None,
+    fluency: FluencyTerm | None = None,
   ):
     """Precomputes the CIDEr-D document frequencies of the references.
 
@@ -109,6 +162,7 @@ class CaptionReward:
       weights: metric -> weight (see `reward_weights`).
       spice_jars: folder with the CoreNLP 3.6.0 jars (SPICE only; default
         `$AAC_SPICE_CORENLP_DIR`).
+      fluency: the fluency factor (None: none).
 
     Raises:
       SpiceUnavailable: SPICE is weighted but cannot run here.
@@ -116,6 +170,7 @@ class CaptionReward:
     self._references = references.references
     self._weights = dict(weights)
     self._spice_jars = spice_jars or None
+    self._fluency = fluency
     self._cider = reward_lib.CiderDReward(self._references)
     if 'spice' in self._weights:
       # Fail now, with the reason, rather than at the first step.
@@ -127,13 +182,19 @@ class CaptionReward:
     return len(self._references)
 
   def metric_scores(self, captions: Sequence[str], clip_index: np.ndarray) -> dict[str, np.ndarray]:
-    """Each weighted metric per caption: `{metric: float64 [n]}`."""
+    """Each weighted metric per caption, and 'fluency_error' with a fluency term.
+
+    Returns:
+      `{name: float64 [n]}`.
+    """
     refs = [self._references[int(i)] for i in np.asarray(clip_index).reshape(-1)]
     scores = {'cider_d': self._cider.score(list(captions), refs)}
     if 'spice' in self._weights:
       norm_refs = [[text.normalize_caption(r) for r in rs] for rs in refs]
       _, spice = spice_lib.spice_scores(list(captions), norm_refs, self._spice_jars)
       scores['spice'] = np.nan_to_num(spice, nan=0.0)
+    if self._fluency is not None:
+      scores['fluency_error'] = self._fluency.error(captions)
     return scores
 
   def __call__(self, captions: Sequence[str], clip_index: np.ndarray) -> np.ndarray:
@@ -147,7 +208,10 @@ class CaptionReward:
       float64 `[n]`.
     """
     scores = self.metric_scores(captions, clip_index)
-    return sum(w * scores[m] for m, w in self._weights.items())
+    reward = sum(w * scores[m] for m, w in self._weights.items())
+    if self._fluency is None:
+      return reward
+    return fense.penalize(reward, scores['fluency_error'], self._fluency.penalty)
 
 
 def decode_captions(tokenizer: Tokenizer, tokens: np.ndarray) -> list[str]:

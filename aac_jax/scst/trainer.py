@@ -153,7 +153,12 @@ def create_scst_run(config: ml_collections.ConfigDict, workdir: str) -> ScstRun:
   exp = trainer.start_experiment(config, workdir)
   references = scst_data.read_train_references(config.dataset)
   weights = rewards_lib.reward_weights(config.scst)
-  reward_fn = rewards_lib.CaptionReward(references, weights, config.scst.spice_jars or None)
+  reward_fn = rewards_lib.CaptionReward(
+    references,
+    weights,
+    config.scst.spice_jars or None,
+    fluency=rewards_lib.fluency_term(config.scst),
+  )
   sample_settings, greedy_settings = make_sample_settings(config)
   sample_rate = int(config.dataset.sample_rate)
   sample_fn = scst_steps.make_sample_step(
