@@ -196,3 +196,26 @@ def test_every_parameter_names_its_axes():
   assert logical['decoder']['llm']['layers_0']['self_attn']['q_proj'][
     'kernel'
   ] == jax.sharding.PartitionSpec('embed', 'heads')
+
+
+@pytest.mark.parametrize('arg', [None, 'runlocal', 'synthetic'])
+def test_clotho_llm_configs_validate_and_build(arg):
+  from aac_jax import config_validation
+  from configs import clotho_llm
+
+  config = clotho_llm.get_config(arg)
+  config_validation.validate(config, 'train', 8)
+  config.model.llm.prompt_ids = [4, 5]
+  cfg = make_captioner_config(config.model, 300)
+  assert cfg.decoder_style == 'llm' and cfg.llm_prompt_ids == (4, 5)
+  assert (cfg.llm_train, cfg.llm.lora_rank) == (('lora', 8) if arg is None else ('full', 0))
+
+
+def test_resolve_prompt_uses_the_run_tokenizer():
+  from aac_jax.data.tokenizer import Tokenizer
+  from configs import clotho_llm
+
+  config = clotho_llm.get_config('runlocal')
+  tokenizer = Tokenizer.build(['describe the sound of a dog'], min_count=1)
+  llm_bridge.resolve_prompt(config, tokenizer)
+  assert config.model.llm.prompt_ids == tokenizer.encode('describe the sound')

@@ -209,3 +209,16 @@ def captioner_fields(llm_cfg: Any, vocab_size: int, compute_dtype: str = 'float3
     'llm_train': llm_cfg.train,
     'llm_init': llm_cfg.init,
   }
+
+
+def resolve_prompt(config: Any, tokenizer: Any) -> None:
+  """Sets `config.model.llm.prompt_ids` from `config.model.llm.prompt` with the run's tokenizer.
+
+  Every process calls it after the vocabulary exists (`prepare.prepare_run`),
+  so the saved `config.json` holds the ids that inference reads back.
+  Nothing happens for other decoders or when the ids are already set.
+  """
+  model = config.model
+  if model.decoder_style != 'llm' or list(model.llm.prompt_ids) or not model.llm.prompt:
+    return
+  model.llm.prompt_ids = list(tokenizer.encode(model.llm.prompt))

@@ -36,7 +36,7 @@ from etils import epath
 from aac_jax import files, multihost
 from aac_jax.data import feature_stats, sources
 from aac_jax.data import tokenizer as tokenizer_lib
-from aac_jax.models import pretrained_setup
+from aac_jax.models import llm_bridge, pretrained_setup
 
 RUN_FILES_FILENAME = 'run_files.json'
 
@@ -192,7 +192,9 @@ def prepare_run(config: ml_collections.ConfigDict, workdir: str | epath.Path) ->
     run_files.apply_to(config)
     return run_files
 
-  return multihost.process_0_first('prepare the dataset and first-run files', prepare_or_read)
+  run_files = multihost.process_0_first('prepare the dataset and first-run files', prepare_or_read)
+  llm_bridge.resolve_prompt(config, run_files.load_tokenizer())  # Ids of the run's vocabulary.
+  return run_files
 
 
 def prepare_dataset(dataset_cfg: ml_collections.ConfigDict) -> str:

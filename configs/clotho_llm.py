@@ -1,0 +1,114 @@
+"""Clotho with a language-model decoder: the SLAM-AAC recipe (docs/llm_decoder.md).
+
+  python -m aac_jax.main --config configs/clotho_llm.py --workdir workdirs/clotho_llm \\
+      --config.model.llm.init=CONVERTED_LLM_DIR
+
+Audio encoder frames -> 5 frames concatenated -> SLAM-AAC's two-layer
+projector -> "USER: <audio> Describe the audio you hear.\\n ASSISTANT:" ->
+a Llama / Qwen2 decoder with LoRA on q and v (base frozen). The decoder is
+any folder written by `tools/convert_checkpoint.py llm` (Vicuna-7B as
+SLAM-AAC, Qwen2.5-0.5B/1.5B/7B, ...) or, with `model.llm.init=''`, a
+random decoder of the sizes in `model.llm`.
+
+Sources: X-LANCE/SLAM-LLM `examples/slam_aac/scripts/finetune_clotho.sh`
+(FT), `examples/slam_aac/aac_config.py` (AC), `conf/prompt.yaml` (PY) and
+the dataset's `prompt_template` (`"USER: {}\\n ASSISTANT:"`, DS).
+
+Variants (after ':'):
+  runlocal    the synthetic benchmark's tiny data and a tiny random
+              Qwen2-shaped decoder, a handful of steps: runs with no
+              download and no converted folder.
+  synthetic   the synthetic benchmark (default data) with a small random
+              Qwen2-shaped decoder trained in full (the issue-24 check).
+"""
+
+import ml_collections
+
+from configs import base, synthetic_demo
+from configs.config_args import parse_config_arg
+
+
+def llm_defaults() -> ml_collections.ConfigDict:
+  """The `model.llm` block (see `aac_jax.models.llm_bridge.captioner_fields`)."""
+  c = ml_collections.ConfigDict()
+  c.init = ''  # Converted folder (tools/convert_checkpoint.py llm); '' = random weights.
+  # DS + PY: SLAM-LLM's template around dataset_config.prompt.
+  c.prompt = 'USER: Describe the audio you hear.\n ASSISTANT:'
+  c.prompt_ids = []  # Resolved from `prompt` with the run's tokenizer when a run starts.
+  c.frame_stack = 5  # FT: encoder_projector_ds_rate=5.
+  c.projector = 'mlp'  # FT: encoder_projector=linear, which is Linear(k*d, 2048), ReLU, Linear.
+  c.projector_dim = 2048  # SLAM-LLM EncoderProjectorConcat's hidden width.
+  c.train = 'lora'  # FT: use_peft=true, freeze_llm=false with peft (only adapters train).
+  c.lora_rank = 8  # AC PeftConfig.r.
+  c.lora_alpha = 32.0  # AC PeftConfig.lora_alpha.
+  c.lora_dropout = 0.05  # AC PeftConfig.lora_dropout.
+  c.lora_targets = ['q', 'v']  # AC PeftConfig.target_modules = [q_proj, v_proj].
+  # A random decoder's sizes (ignored with `init`): Qwen2-shaped (q/k/v biases, tied).
+  c.hidden_size = 256
+  c.num_layers = 4
+  c.num_heads = 4
+  c.num_kv_heads = 2
+  c.head_dim = 64
+  c.intermediate_size = 704
+  c.rope_theta = 1000000.0  # Qwen2.5's.
+  c.attention_bias = True
+  c.tie_embeddings = True
+  return c
+
+
+def add_llm(config: ml_collections.ConfigDict) -> None:
+  """Switches `config.model` to the language-model decoder with `llm_defaults()`."""
+  with config.unlocked():
+    config.model.llm = llm_defaults()
+  config.model.decoder_style = 'llm'
+  config.model.dropout = 0.0  # The decoder's dropout is LoRA's; the encoder is frozen.
+  config.model.attention_dropout = 0.0
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = parse_config_arg(arg, {'runlocal': False, 'synthetic': False})
+  if args['runlocal'] or args['synthetic']:
+    return _synthetic(args['runlocal'])
+  config = base.get_base_config()
+  config.dataset.name = 'clotho_aac'
+  config.dataset.build_if_missing = False  # Built from the user's files: tools/build_dataset.py.
+  config.dataset.train_split = 'development'
+  config.dataset.validation_split = 'validation'
+  config.dataset.test_split = 'evaluation'
+  config.dataset.max_audio_seconds = 30.0
+  config.dataset.max_caption_tokens = 30  # Clotho captions have 8-20 words (max_decode_len 32).
+  # SLAM-AAC's encoder is EAT-base (768-d frames, frozen: FT freeze_encoder=true); aac_jax
+  # has the ConvNeXt tagger with 768-d frames, frozen the same way.
+  config.model.encoder = 'convnext'
+  config.model.encoder_layers = 0
+  config.model.encoder_freeze = 'all'
+  add_llm(config)
+  config.frontend.spec_augment = True  # FT: specaug=true.
+  config.optim.lr = 8e-6  # FT: lr=8e-6 (fine-tuning from SLAM-AAC's pre-trained model).
+  config.optim.warmup_steps = 1000  # FT: warmup_steps=1000.
+  config.optim.weight_decay = 0.0  # AC TrainConfig.weight_decay.
+  config.train.batch_size = 8  # FT: btz=4 on one GPU; 8 splits over an 8-device mesh.
+  config.train.num_steps = 100000  # FT: total_steps=100000.
+  config.train.eval_every = 500  # FT: validation_interval=500.
+  config.eval.meteor = True
+  config.decode.method = 'beam'  # SLAM-AAC decodes with beam search (beam sizes 2-8).
+  config.decode.beam_size = 4
+  return config
+
+
+def _synthetic(runlocal: bool) -> ml_collections.ConfigDict:
+  """The synthetic benchmark with a random Qwen2-shaped decoder trained in full."""
+  config = synthetic_demo.get_config('runlocal' if runlocal else None)
+  add_llm(config)
+  llm = config.model.llm
+  llm.train = 'full'
+  llm.lora_rank = 0
+  llm.prompt = 'describe the sound'
+  llm.frame_stack = 2  # 125 encoder frames of 80 ms -> 62 audio embeddings.
+  llm.projector_dim = 192
+  llm.hidden_size, llm.num_layers, llm.intermediate_size = 96, 2, 256
+  llm.num_heads, llm.num_kv_heads, llm.head_dim = 4, 2, 24
+  if runlocal:
+    llm.hidden_size, llm.num_layers, llm.intermediate_size = 32, 1, 64
+    llm.head_dim, llm.projector_dim = 8, 32
+  return config
