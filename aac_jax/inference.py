@@ -164,10 +164,13 @@ def task_names(loaded: LoadedModel) -> list[str]:
 
 
 def with_task(loaded: LoadedModel, task: str) -> LoadedModel:
-  """The same model conditioned on another task token (CoNeTTE's dataset styles).
+  """The same model conditioned on another task token (`--task`).
+
+  CoNeTTE's dataset styles, or the sources of a run trained on a mixture
+  (`config.dataset.mixture`): its vocabulary ends with their `<bos_{task}>`.
 
   Args:
-    loaded: a model with `decoder_style='conette'`.
+    loaded: a model with `decoder_style` 'aac_jax' or 'conette'.
     task: e.g. 'clotho' or 'audiocaps' (see `task_names`).
 
   Raises:
@@ -175,7 +178,7 @@ def with_task(loaded: LoadedModel, task: str) -> LoadedModel:
   """
   token = f'<bos_{task}>'
   tokens = loaded.tokenizer.tokens
-  if loaded.model.config.decoder_style != 'conette' or token not in tokens:
+  if loaded.model.config.decoder_style not in ('aac_jax', 'conette') or token not in tokens:
     raise ValueError(f'task {task!r}: this model knows the tasks {task_names(loaded) or "(none)"}')
   config = loaded.model.config.replace(task_token_id=tokens.index(token))
   return dataclasses.replace(loaded, model=loaded.model.clone(config=config))

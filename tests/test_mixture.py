@@ -200,3 +200,35 @@ def test_run_vocabulary_holds_every_entry_and_the_task_tokens(cfg, vocab, tmp_pa
   np.testing.assert_array_equal(
     tokenizer.decoder_inputs(batch), tokenizer.shift_right(batch['targets'])
   )
+
+
+def test_task_selects_the_first_decoder_token_at_inference(vocab):
+  """`--task` (`inference.with_task`) on a mixture-trained ('aac_jax' decoder) model."""
+  from aac_jax import inference  # noqa: PLC0415 (the inference floor, for this test only)
+
+  model = Captioner(tiny_config(vocab_size=vocab.vocab_size, deterministic=True))
+  params = random_params(model, seed=1)
+  config = base.get_base_config()
+  config.decode.max_len = 8
+  loaded = inference.LoadedModel(config, model, params, vocab, '', -1, 'in-memory')
+  assert inference.task_names(loaded) == ['wavcaps', 'audiocaps']
+  task_id = vocab.tokens.index('<bos_audiocaps>')
+  tasked = inference.with_task(loaded, 'audiocaps')
+  assert tasked.model.config.task_token_id == task_id
+  assert inference.make_settings(tasked)[0].bos_id == task_id
+  assert inference.make_settings(loaded)[0].bos_id == BOS_ID
+  with pytest.raises(ValueError, match=r"knows the tasks \['wavcaps', 'audiocaps'\]"):
+    inference.with_task(loaded, 'clotho')
+  # Teacher forcing: the tasked decoder reads its task token at position 0 whatever it is given.
+  encoded = jax.random.normal(jax.random.key(2), (3, 4, 16))
+  bos_first = np.array([[BOS_ID, 5, 6, 7]] * 3, np.int32)
+  task_first = bos_first.copy()
+  task_first[:, 0] = task_id
+
+  def logits(m, decoder_inputs):
+    return m.apply({'params': params}, encoded, np.zeros((3, 4)), decoder_inputs, method=m.decode)
+
+  np.testing.assert_allclose(
+    logits(tasked.model, bos_first), logits(model, task_first), rtol=1e-6, atol=1e-6
+  )
+  assert not np.allclose(logits(model, bos_first), logits(model, task_first))

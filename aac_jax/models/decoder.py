@@ -88,10 +88,13 @@ class TransformerDecoder(nn.Module):
       name='embed',
     )
     table = jnp.asarray(layers.sinusoidal_table(cfg.max_decode_len, cfg.decoder_dim))
+    positions = layers.step_positions(self, length, cfg.decode)  # [length]
+    if cfg.task_token_id >= 0:  # A task-conditioned model (dataset mixtures).
+      decoder_inputs = jnp.where(positions[None] == 0, cfg.task_token_id, decoder_inputs)
     x = embed(decoder_inputs) * jnp.asarray(cfg.decoder_dim**0.5, cfg.dtype)
     if mix is not None:
       x = mixup.mix_values(x, mix)
-    x = x + table[layers.step_positions(self, length, cfg.decode)][None].astype(cfg.dtype)
+    x = x + table[positions][None].astype(cfg.dtype)
     x = nn.Dropout(cfg.dropout)(x, deterministic=cfg.deterministic)
     for i in range(cfg.decoder_layers):
       x = DecoderLayer(cfg, name=f'layer{i}')(x, encoded, enc_paddings)
