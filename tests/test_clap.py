@@ -314,3 +314,30 @@ def test_best_metric_clap_sim_is_refused_before_training():
   config.train.best_metric = 'clap_sim'
   with pytest.raises(ValueError, match='clap_sim is computed by aac-evaluate --clap_dir only'):
     eval_config.check_metrics_config(config)
+
+
+def test_retrieval_command_equals_brute_force_ranking_of_transformers(clap, tmp_path, capsys):
+  if clap.fusion:
+    pytest.skip('one layout is enough for the command')
+  import retrieval as retrieval_tool
+
+  clips = _clips([SR, 9_000, 14_000, 5_000, 11_000, 3_000])
+  ids, audio = _write_eval_files(tmp_path, clips, clap.captions)
+  argv = ['--clap_dir', str(clap.dir), '--references', str(tmp_path / 'refs.csv')]
+  report = retrieval_tool.main([*argv, '--audio_dir', str(audio)])
+  assert report['queries'] == 5 * len(clips)
+  assert 'R@1 ' in capsys.readouterr().out
+  quantized = [np.round(c * 32768).clip(-32768, 32767) / 32768 for c in clips]
+  with torch.no_grad():
+    feats = clap.extractor(quantized, sampling_rate=SR, return_tensors='pt')
+    a = clap.model.get_audio_features(**feats).pooler_output.numpy()
+    refs = clap.captions[: 5 * len(clips)]
+    encoded = clap.tok(refs, padding=True, truncation=True, return_tensors='pt')
+    t = clap.model.get_text_features(**encoded).pooler_output.numpy()
+  ranks = [list(np.argsort(-(a @ t[q]), kind='stable')).index(q // 5) + 1 for q in range(len(t))]
+  for k in (1, 5):
+    assert report['scores'][f'R@{k}'] == pytest.approx(np.mean(np.array(ranks) <= k))
+  assert report['scores']['mAP@10'] == pytest.approx(np.mean(1 / np.array(ranks)))
+  (audio / ids[2]).unlink()
+  with pytest.raises(SystemExit, match='retrieval: error: 1 of 6 clips have no audio file'):
+    retrieval_tool.main([*argv, '--audio_dir', str(audio)])
