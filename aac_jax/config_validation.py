@@ -23,6 +23,7 @@ SCST_BASELINES = ('greedy', 'mean_others')
 SCST_REWARDS = ('cider_d', 'spider', 'mix')
 SCST_NORMALIZERS = ('samples', 'tokens')
 SCST_FLUENCY = ('off', 'hard', 'soft')
+SCST_FLUENCY = ('off', 'hard', 'soft')
 
 
 class ConfigError(ValueError):
@@ -54,12 +55,13 @@ class _Problems:
     value = cfg[name]
     self.check(_finite(value) and float(value) >= 0, f'{section}.{name}', value, 'must be >= 0')
 
-  def splits_over_devices(self, cfg, section: str, num_devices: int) -> None:
+  def splits_over_devices(self, cfg, section: str, num_shards: int) -> None:
     self.check(
-      cfg.batch_size % num_devices == 0,
+      cfg.batch_size % num_shards == 0,
       f'{section}.batch_size',
       cfg.batch_size,
-      f'must be divisible by the {num_devices} devices; use a multiple of {num_devices}',
+      f'must be divisible by the {num_shards} batch shards (mesh data x fsdp); '
+      f'use a multiple of {num_shards}',
     )
 
   def one_of(self, cfg, section: str, name: str, allowed) -> None:
@@ -160,17 +162,17 @@ def _optim(c: ml_collections.ConfigDict, p: _Problems) -> None:
   )
 
 
-def _train(c: ml_collections.ConfigDict, p: _Problems, num_devices: int) -> None:
+def _train(c: ml_collections.ConfigDict, p: _Problems, num_shards: int) -> None:
   t = c.train
   p.positive(t, 'train', 'batch_size')
   p.positive(t, 'train', 'num_steps')
-  p.splits_over_devices(t, 'train', num_devices)
-  per_device = t.batch_size // max(num_devices, 1)
+  p.splits_over_devices(t, 'train', num_shards)
+  per_shard = t.batch_size // max(num_shards, 1)
   p.check(
-    per_device % max(c.optim.grad_accum_steps, 1) == 0,
+    per_shard % max(c.optim.grad_accum_steps, 1) == 0,
     'optim.grad_accum_steps',
     c.optim.grad_accum_steps,
-    f'must divide the per-device batch ({per_device})',
+    f'must divide the batch of each of the {num_shards} batch shards ({per_shard})',
   )
   for name in ('log_every', 'eval_every', 'checkpoint_every', 'num_sample_captions'):
     p.non_negative(t, 'train', name)
@@ -200,10 +202,10 @@ def _decode(d: ml_collections.ConfigDict, section: str, c, p: _Problems) -> None
   p.check(_finite(d.temperature), f'{section}.temperature', d.temperature, 'must be finite')
 
 
-def _eval(c: ml_collections.ConfigDict, p: _Problems, num_devices: int) -> None:
+def _eval(c: ml_collections.ConfigDict, p: _Problems, num_shards: int) -> None:
   e = c.eval
   p.positive(e, 'eval', 'batch_size')
-  p.splits_over_devices(e, 'eval', num_devices)
+  p.splits_over_devices(e, 'eval', num_shards)
   _decode(e.decode, 'eval.decode', c, p)
 
 
@@ -257,15 +259,103 @@ def _scst_fluency(s: ml_collections.ConfigDict, p: _Problems) -> None:
 _SECTION_CHECKS: tuple[Callable, ...] = (_dataset, _frontend, _model, _optim)
 
 
-def problems(config: ml_collections.ConfigDict, stage: str, num_devices: int) -> list[str]:
-  """Every problem of `config` for `stage` ('train' or 'scst'), one line each."""
+MESH_AXES = ('data', 'fsdp', 'tensor')
+# Model sizes the tensor axis splits (heads and hidden widths of the built-in
+# encoder and decoder); every other split dimension, the vocabulary
+# included, is checked on the parameters (`parallel.tensor_split_problems`).
+_TENSOR_SPLIT_FIELDS = ('encoder_heads', 'encoder_ff_dim', 'decoder_heads', 'decoder_ff_dim')
+
+
+def _mesh(c: ml_collections.ConfigDict, p: _Problems, num_devices: int, local_devices: int) -> int:
+  """Checks `config.mesh`; returns the number of batch shards (data x fsdp), 1 if unusable."""
+  m = c.mesh
+  sizes = {}
+  for name in MESH_AXES:
+    value = m[name]
+    ok = isinstance(value, int) and (value >= 1 or value == -1)
+    p.check(ok, f'mesh.{name}', value, 'must be a size >= 1, or -1 for the devices left')
+    sizes[name] = value if ok else 1
+  free = [n for n, v in sizes.items() if v == -1]
+  p.check(len(free) <= 1, 'mesh', dict(sizes), 'at most one axis may be -1')
+  fixed = math.prod(v for v in sizes.values() if v != -1)
+  if len(free) == 1 and num_devices % fixed == 0:
+    sizes[free[0]] = num_devices // fixed
+  covered = math.prod(sizes.values()) == num_devices and -1 not in sizes.values()
+  p.check(
+    covered or len(free) > 1,
+    'mesh',
+    dict(m.items()) if 'rules' not in m else {n: m[n] for n in MESH_AXES},
+    f'data x fsdp x tensor must equal the {num_devices} devices; e.g. '
+    f'--config.mesh.data=-1 with fsdp x tensor dividing {num_devices}',
+  )
+  tensor = sizes['tensor']
+  p.check(
+    local_devices % tensor == 0,
+    'mesh.tensor',
+    m.tensor,
+    f'must divide the {local_devices} devices of one process (tensor parallelism stays '
+    'within a host); use fsdp across hosts',
+  )
+  _mesh_rules(m, p)
+  model = c.model
+  for field in _TENSOR_SPLIT_FIELDS:
+    size = model.get(field)
+    if isinstance(size, int) and size > 0:
+      p.check(
+        size % tensor == 0,
+        f'model.{field}',
+        size,
+        f'must be divisible by mesh.tensor={tensor}; change one of them',
+      )
+  return sizes['data'] * sizes['fsdp'] if covered else 1
+
+
+def _mesh_rules(m: ml_collections.ConfigDict, p: _Problems) -> None:
+  from aac_jax.models import partitioning  # noqa: PLC0415 - models import jax.
+
+  try:
+    pairs = [(name, target) for name, target in m.rules]
+  except (TypeError, ValueError):
+    p.check(False, 'mesh.rules', m.rules, 'must be (logical axis, mesh axis) pairs')
+    return
+  for name, target in pairs:
+    p.check(
+      name in partitioning.LOGICAL_AXES,
+      'mesh.rules',
+      name,
+      f'unknown logical axis; use one of {list(partitioning.LOGICAL_AXES)}',
+    )
+    targets = target if isinstance(target, list | tuple) else [target]
+    p.check(
+      all(t is None or t in MESH_AXES for t in targets),
+      f'mesh.rules[{name!r}]',
+      target,
+      f'must name mesh axes among {list(MESH_AXES)} (or None)',
+    )
+
+
+def problems(
+  config: ml_collections.ConfigDict,
+  stage: str,
+  num_devices: int,
+  local_devices: int | None = None,
+) -> list[str]:
+  """Every problem of `config` for `stage` ('train' or 'scst'), one line each.
+
+  Args:
+    config: the whole config.
+    stage: 'train' or 'scst'.
+    num_devices: devices of all processes.
+    local_devices: devices of this process (default: all of them).
+  """
   if stage not in STAGES:
     raise ValueError(f'stage must be one of {STAGES}, got {stage!r}')
   p = _Problems()
   for check in _SECTION_CHECKS:
     check(config, p)
-  _train(config, p, num_devices)
-  _eval(config, p, num_devices)
+  num_shards = _mesh(config, p, num_devices, local_devices or num_devices)
+  _train(config, p, num_shards)
+  _eval(config, p, num_shards)
   _decode(config.decode, 'decode', config, p)
   if stage == 'scst':
     _scst(config, p)
@@ -294,6 +384,6 @@ def validate(config: ml_collections.ConfigDict, stage: str, num_devices: int) ->
       + '; '.join(differences)
       + '. Start every process with the same flags.'
     )
-  lines = problems(config, stage, num_devices)
+  lines = problems(config, stage, num_devices, jax.local_device_count())
   if lines:
     raise ConfigError('bad config values:\n  ' + '\n  '.join(lines))

@@ -7,6 +7,8 @@ overridden on the command line: `--config.optim.lr=3e-4`.
 
 import ml_collections
 
+from aac_jax.models import partitioning
+
 
 def get_dataset_config() -> ml_collections.ConfigDict:
   """Where the data lives and how examples are cut and batched."""
@@ -200,6 +202,11 @@ def get_decode_config() -> ml_collections.ConfigDict:
   c.temperature = 1.0
   c.top_k = 0  # 0 = off.
   c.top_p = 1.0  # 1.0 = off.
+  # 'clap': pick among the beam's (or beam_size samples') candidates by decoder
+  # score + rerank_weight x CLAP audio-text cosine (docs/clap.md).
+  c.rerank = 'none'
+  c.rerank_weight = 1.0
+  c.rerank_clap_dir = ''  # CLAP folder (tools/convert_checkpoint.py clap).
   return c
 
 
@@ -230,6 +237,24 @@ def get_scst_config() -> ml_collections.ConfigDict:
 # --- Pretrained AudioSet encoders (issue 11) ---------------------------------
 # One block so that it merges into the locked schema in one piece: fields of
 # `model`, `frontend` and `dataset` used when `model.encoder` is a tagger.
+def get_mesh_config() -> ml_collections.ConfigDict:
+  """How the devices are arranged and what each parameter is split over.
+
+  `data x fsdp x tensor` must equal the device count (all processes); -1
+  takes the devices the others leave. The batch is split over data and
+  fsdp; `rules` map each parameter's logical axes (`aac_jax.models.
+  partitioning`) to mesh axes: with fsdp > 1 parameters and optimizer state
+  are split over it (gathered per layer), with tensor > 1 attention heads,
+  feed-forward widths and the vocabulary. docs/parallelism.md: choosing axes.
+  """
+  c = ml_collections.ConfigDict()
+  c.data = -1
+  c.fsdp = 1
+  c.tensor = 1  # Must divide every split dimension (heads, widths, vocabulary).
+  c.rules = partitioning.DEFAULT_RULES  # (logical axis, mesh axis | tuple | None) pairs.
+  return c
+
+
 def get_base_config() -> ml_collections.ConfigDict:
   """Returns the full default configuration."""
   config = ml_collections.ConfigDict()
@@ -242,6 +267,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.eval = get_eval_config()
   config.decode = get_decode_config()
   config.scst = get_scst_config()
+  config.mesh = get_mesh_config()
   # The schema is complete: a misspelt field in an experiment config or on
   # the command line is an error, not a silently ignored new field.
   config.lock()

@@ -11,7 +11,8 @@ from jax.sharding import Mesh
 
 from aac_jax import decoding
 from aac_jax.decoding import DecodeSettings, make_decode_settings
-from aac_jax.models import Captioner, CaptionerConfig, init_params
+from aac_jax.models import Captioner, CaptionerConfig, init_params, param_axes
+from aac_jax.train import parallel
 from configs import base
 
 PAD, BOS, EOS = 0, 1, 2
@@ -332,8 +333,30 @@ def test_sharded_decoding_equals_single_device(tiny):
   settings = SETTINGS.replace(method='sample', top_k=5)
   single = decode_all(model, params, feats, pads, [SETTINGS, settings])
   for method_settings, expected in zip((SETTINGS, settings), single, strict=True):
-    fn = decoding.make_sharded_generate_fn(model, method_settings, mesh, compiler_options=FAST)
+    fn = decoding.make_sharded_generate_fn(
+      model, method_settings, mesh, batch_axes='data', compiler_options=FAST
+    )
     sharded = fn(params, feats, pads, jax.random.key(7))
     assert len(sharded.tokens.sharding.device_set) == 8
     np.testing.assert_array_equal(sharded.tokens, expected.tokens)
     np.testing.assert_allclose(sharded.log_probs, expected.log_probs, atol=1e-5)
+
+
+@pytest.mark.parametrize('method', ['greedy', 'beam'])
+def test_decoding_with_sharded_parameters_equals_unsharded(tiny, method):
+  # data 2 x fsdp 2 x tensor 2: parameters split by the logical-axis rules.
+  model, params, feats, pads = tiny
+  mesh_cfg = base.get_mesh_config()
+  mesh_cfg.update(data=2, fsdp=2, tensor=2)
+  mesh = parallel.create_mesh(mesh_cfg)
+  logical, shapes = param_axes(model, num_mels=MELS)
+  sharded_params = jax.device_put(
+    params, parallel.param_shardings(logical, shapes, mesh, parallel.mesh_rules(mesh_cfg))
+  )
+  assert any(not x.sharding.is_fully_replicated for x in jax.tree.leaves(sharded_params))
+  settings = SETTINGS.replace(method=method)
+  (expected,) = decode_all(model, params, feats, pads, [settings])
+  fn = decoding.make_sharded_generate_fn(model, settings, mesh, compiler_options=FAST)
+  out = fn(sharded_params, feats, pads, jax.random.key(7))
+  np.testing.assert_array_equal(out.tokens, expected.tokens)
+  np.testing.assert_allclose(out.log_probs, expected.log_probs, atol=1e-5)

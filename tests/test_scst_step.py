@@ -16,11 +16,11 @@ import pytest
 from aac_jax import decoding, models
 from aac_jax.data import tokenizer
 from aac_jax.scst import rewards, steps
-from aac_jax.train import parallel, state
+from aac_jax.train import parallel, state, trainer
 from aac_jax.train import steps as train_steps
 from configs import base
 
-VOCAB = 19
+VOCAB = 20  # Divisible by a tensor axis of 2.
 CLIPS = 16
 K = 3
 LENGTH = 8
@@ -83,13 +83,23 @@ def _capture_gradients() -> optax.GradientTransformation:
   )
 
 
+def _mesh(mesh_shape):
+  """`(config, mesh)` of `(data, fsdp, tensor)` over the first devices."""
+  config = _setup()[0].copy_and_resolve_references()
+  config.mesh.update(dict(zip(('data', 'fsdp', 'tensor'), mesh_shape, strict=True)))
+  devices = jax.devices()[: int(np.prod(mesh_shape))]
+  return config, parallel.create_mesh(config.mesh, devices)
+
+
 @functools.cache
-def _update_fn(num_devices: int, normalize: bool, normalizer: str):
-  """The jitted update with a gradient-capturing optimizer (built once per case)."""
-  config, model, _ = _setup()
-  mesh = parallel.create_mesh(jax.devices()[:num_devices])
+def _update_fn(mesh_shape: tuple, normalize: bool, normalizer: str):
+  """`(mesh, state sharding, jitted update)` with a gradient-capturing optimizer."""
+  _, model, _ = _setup()
+  config, mesh = _mesh(mesh_shape)
+  sharding = trainer.state_sharding_for(config, model, _capture_gradients(), mesh)
   fn = steps.make_update_step(
     mesh,
+    sharding,
     donate=False,
     model=model,
     tx=_capture_gradients(),
@@ -99,15 +109,15 @@ def _update_fn(num_devices: int, normalize: bool, normalizer: str):
     normalize_advantage=normalize,
     normalizer=normalizer,
   )
-  return mesh, fn
+  return mesh, sharding, fn
 
 
-def _gradient(num_devices, normalize, normalizer, rollout, params=None):
-  """(gradient, metrics) of one update step on the first `num_devices` devices."""
-  mesh, fn = _update_fn(num_devices, normalize, normalizer)
+def _gradient(num_devices, normalize, normalizer, rollout, params=None, mesh_shape=None):
+  """(gradient, metrics) of one update step on the first `num_devices` devices (or a mesh)."""
+  mesh, sharding, fn = _update_fn(mesh_shape or (num_devices, 1, 1), normalize, normalizer)
   params = _setup()[2] if params is None else params
   train_state = state.create_train_state(params, _capture_gradients())
-  train_state = jax.device_put(train_state, parallel.replicated(mesh))
+  train_state = jax.device_put(train_state, sharding)
   batch = parallel.shard_batch(_audio(), mesh)
   new_state, metrics = fn(
     train_state, batch, parallel.shard_batch(rollout, mesh), jax.random.key(0)
@@ -153,16 +163,28 @@ def test_update_on_eight_devices_equals_one_device():
   assert metrics8['advantage_std'] == pytest.approx(1.0, abs=1e-4)
 
 
+@pytest.mark.parametrize(
+  'mesh_shape', [(2, 4, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2)], ids=lambda s: 'x'.join(map(str, s))
+)
+def test_update_on_every_mesh_equals_one_device(mesh_shape):
+  rollout = _rollout()
+  grads, metrics = _gradient(8, True, 'tokens', rollout, mesh_shape=mesh_shape)
+  grads1, metrics1 = _gradient(1, True, 'tokens', rollout)
+  _assert_trees_close(grads, grads1)
+  for key in metrics1:
+    np.testing.assert_allclose(metrics[key], metrics1[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
 def test_tokens_per_device_are_uneven():
   # Token-weighted normalisation is only tested if devices differ in tokens.
   mask = _rollout()['samples'] != tokenizer.PAD_ID
   assert len(set(mask.reshape(8, -1).sum(axis=1).tolist())) == 8
 
 
-def _sample(devices, params):
+def _sample(devices, params, mesh_shape=None):
   config, model, _ = _setup()
   settings = decoding.make_decode_settings(config.decode, method='sample', max_len=LENGTH)
-  mesh = parallel.create_mesh(devices)
+  mesh = _mesh(mesh_shape)[1] if mesh_shape else parallel.create_mesh(None, devices)
   fn = steps.make_sample_step(
     mesh,
     K,
@@ -194,6 +216,17 @@ def test_samples_end_with_eos_and_match_teacher_forcing():
   # The sampler's log p (EOS included) is what the update differentiates.
   recomputed = _seq_log_probs(_setup()[2], samples)
   np.testing.assert_allclose(out8['sample_log_probs'], recomputed, rtol=1e-4, atol=1e-4)
+
+
+def test_samples_on_a_sharded_mesh_equal_eight_data_devices():
+  # Keys are drawn for the global batch: the mesh changes no sample.
+  sharded = _sample(jax.devices(), _setup()[2], mesh_shape=(1, 4, 2))
+  expected = _samples8()
+  np.testing.assert_array_equal(sharded['samples'], expected['samples'])
+  np.testing.assert_array_equal(sharded['greedy'], expected['greedy'])
+  np.testing.assert_allclose(
+    sharded['sample_log_probs'], expected['sample_log_probs'], rtol=1e-4, atol=1e-4
+  )
 
 
 def test_update_raises_log_prob_of_the_high_reward_sample():

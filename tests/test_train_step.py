@@ -17,10 +17,10 @@ import pytest
 from aac_jax import models
 from aac_jax.data import tokenizer
 from aac_jax.models import keyword_head
-from aac_jax.train import parallel, state, steps
+from aac_jax.train import parallel, state, steps, trainer
 from configs import base
 
-VOCAB = 23
+VOCAB = 24  # Divisible by a tensor axis of 2.
 BATCH = 16
 SAMPLES = 2400  # 0.15 s at 16 kHz: 16 frames.
 LENGTH = 8
@@ -110,13 +110,24 @@ def _reference_result():
   return parallel.to_host(_reference(params, _batch()))
 
 
-def _one_step_gradient(devices, batch, grad_accum_steps=1, setup=None, keyword_loss_weight=0.0):
-  """Returns (gradient, metrics) of one train step on `devices`."""
+def _one_step_gradient(
+  devices, batch, grad_accum_steps=1, setup=None, keyword_loss_weight=0.0, mesh_shape=None
+):
+  """Returns (gradient, metrics, state) of one train step on `devices`.
+
+  `mesh_shape` `(data, fsdp, tensor)` lays the devices out as
+  `config.mesh` would (default: all on data).
+  """
   config, model, params = (setup or _setup)()
-  mesh = parallel.create_mesh(devices)
+  if mesh_shape:
+    config = config.copy_and_resolve_references()
+    config.mesh.update(dict(zip(('data', 'fsdp', 'tensor'), mesh_shape, strict=True)))
+  mesh = parallel.create_mesh(config.mesh if mesh_shape else None, devices)
   tx = _capture_gradients()
+  sharding = trainer.state_sharding_for(config, model, tx, mesh)
   step = steps.make_train_step(
     mesh,
+    sharding,
     donate=False,
     model=model,
     tx=tx,
@@ -127,9 +138,9 @@ def _one_step_gradient(devices, batch, grad_accum_steps=1, setup=None, keyword_l
     grad_accum_steps=grad_accum_steps,
     keyword_loss_weight=keyword_loss_weight,
   )
-  train_state = jax.device_put(state.create_train_state(params, tx), parallel.replicated(mesh))
+  train_state = jax.device_put(state.create_train_state(params, tx), sharding)
   new_state, metrics = step(train_state, parallel.shard_batch(batch, mesh), jax.random.key(0))
-  return parallel.to_host(new_state.opt_state), parallel.to_host(metrics)
+  return parallel.to_host(new_state.opt_state), parallel.to_host(metrics), new_state
 
 
 def _assert_trees_close(a, b, rtol=1e-5):
@@ -151,11 +162,33 @@ def test_eight_devices_match_single_device_gradient():
   assert jax.device_count() == 8
   batch = _batch()
   loss, grads, _ = _reference_result()
-  grads8, metrics8 = _one_step_gradient(jax.devices(), batch)
+  grads8, metrics8, _ = _one_step_gradient(jax.devices(), batch)
   _assert_trees_close(grads8, grads)
   np.testing.assert_allclose(metrics8['loss'], loss, rtol=1e-5)
   assert metrics8['tokens'] == np.sum(batch['targets'] != tokenizer.PAD_ID)
   np.testing.assert_allclose(metrics8['grad_norm'], optax.tree.norm(grads), rtol=1e-5)
+
+
+MESHES = [(8, 1, 1), (2, 4, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2)]
+
+
+@pytest.mark.parametrize('mesh_shape', MESHES, ids=lambda s: 'x'.join(map(str, s)))
+def test_every_mesh_matches_single_device_gradient(mesh_shape):
+  batch = _batch()
+  loss, grads, _ = _reference_result()
+  grads_mesh, metrics, new_state = _one_step_gradient(jax.devices(), batch, mesh_shape=mesh_shape)
+  _assert_trees_close(grads_mesh, grads)
+  np.testing.assert_allclose(metrics['loss'], loss, rtol=1e-5)
+  np.testing.assert_allclose(metrics['grad_norm'], optax.tree.norm(grads), rtol=1e-5)
+  # Each parameter (and its optimizer copy) lives where the rules say.
+  config, model, _ = _setup()
+  mesh = new_state.params['decoder']['embed']['embedding'].sharding.mesh
+  logical, shapes = models.param_axes(model, num_mels=16, length=LENGTH)
+  expected = parallel.param_shardings(logical, shapes, mesh, parallel.mesh_rules(None))
+  for got, want in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected), strict=True):
+    assert got.sharding.is_equivalent_to(want, got.ndim), (got.sharding, want)
+  split = [x for x in jax.tree.leaves(new_state.params) if not x.sharding.is_fully_replicated]
+  assert bool(split) == (mesh_shape[0] != 8)
 
 
 def test_batch_has_uneven_tokens_per_device():
@@ -170,7 +203,7 @@ def test_batch_has_uneven_tokens_per_device():
 def test_gradient_accumulation_equals_full_batch():
   # 8 devices x 2 rows, 2 micro-batches of 1 row each.
   loss, grads, _ = _reference_result()
-  grads_accum, metrics_accum = _one_step_gradient(jax.devices(), _batch(), grad_accum_steps=2)
+  grads_accum, metrics_accum, _ = _one_step_gradient(jax.devices(), _batch(), grad_accum_steps=2)
   _assert_trees_close(grads_accum, grads)
   np.testing.assert_allclose(metrics_accum['loss'], loss, rtol=1e-5)
 
@@ -210,7 +243,7 @@ def test_keyword_loss_eight_devices_match_single_device(grad_accum_steps):
   _, _, params = _setup_keywords()
   batch = _batch(seed=5)
   grads, kw_loss = parallel.to_host(_keyword_reference(params, batch))
-  grads8, metrics8 = _one_step_gradient(
+  grads8, metrics8, _ = _one_step_gradient(
     jax.devices(), batch, grad_accum_steps, _setup_keywords, KEYWORD_WEIGHT
   )
   _assert_trees_close(grads8, grads)
@@ -231,7 +264,7 @@ def test_several_references_per_clip_equal_repeated_clips():
     'targets': multi['targets'].reshape(2 * BATCH, LENGTH),
   }
   loss, grads, _ = parallel.to_host(_reference(params, repeated))
-  grads8, metrics8 = _one_step_gradient(jax.devices(), multi)
+  grads8, metrics8, _ = _one_step_gradient(jax.devices(), multi)
   _assert_trees_close(grads8, grads)
   np.testing.assert_allclose(metrics8['loss'], loss, rtol=1e-5)
   assert metrics8['tokens'] == np.sum(multi['targets'] != tokenizer.PAD_ID)

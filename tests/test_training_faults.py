@@ -82,7 +82,7 @@ def _own_loss(config, workdir, step) -> float:
 
   params = inference.load_model(workdir, step).params
   exp = trainer.start_experiment(config, str(workdir))
-  params = jax.device_put(params, parallel.replicated(exp.mesh))
+  params = jax.device_put(params, exp.state_sharding.params)
   batch = next(pipeline.make_train_iterator(config.dataset, exp.tokenizer, config.train.batch_size))
   batch = parallel.shard_batch(batch, exp.mesh)
   return float(exp.own_loss(params, {k: batch[k] for k in ('audio', 'audio_paddings', 'targets')}))

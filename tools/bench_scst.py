@@ -10,14 +10,18 @@ clips, and times:
 - whole steps pipelined (`pipeline=True`: batch t + 1 is sampled while the
   host scores batch t), as `run_scst` runs them.
 
-The reward share is host reward time / step time. Parameters are the
+With `scst.fluency` on (the reward's fluency term), the same measurements
+run first without the term, then with it, and the step-time ratio is
+printed. The reward share is host reward time / step time. Parameters are the
 `init_from` run's (best checkpoint) when given, else a fresh initialisation
 (an untrained model samples long captions: the slowest case for the reward).
 
   python tools/bench_scst.py --config=configs/synthetic_demo_scst.py:init_from=workdirs/demo
   python tools/bench_scst.py --config=configs/synthetic_demo_scst.py:data=small --steps=5
+  python tools/bench_scst.py --config=configs/synthetic_demo_scst.py:init_from=workdirs/demo,fluency=soft
 """
 
+import dataclasses
 import pathlib
 import sys
 import tempfile
@@ -32,8 +36,9 @@ sys.path.insert(0, str(_REPO))
 
 from aac_jax import config_path, models  # noqa: E402
 from aac_jax.scst import data as scst_data  # noqa: E402
+from aac_jax.scst import rewards as rewards_lib  # noqa: E402
 from aac_jax.scst import trainer as scst_trainer  # noqa: E402
-from aac_jax.train import checkpointing, parallel  # noqa: E402
+from aac_jax.train import checkpointing  # noqa: E402
 from aac_jax.train import state as state_lib  # noqa: E402
 
 config_flags.DEFINE_config_file('config', None, 'SCST config (configs/*_scst.py[:variant]).')
@@ -45,7 +50,7 @@ flags.mark_flags_as_required(['config'])
 def initial_state(run: scst_trainer.ScstRun) -> state_lib.TrainState:
   """The init_from run's parameters (best checkpoint), else a fresh state."""
   exp = run.exp
-  replicated = parallel.replicated(exp.mesh)
+  shardings = exp.state_sharding
   config = run.config
   length = min(config.dataset.max_caption_tokens, config.model.max_decode_len)
 
@@ -55,10 +60,10 @@ def initial_state(run: scst_trainer.ScstRun) -> state_lib.TrainState:
     )
     return state_lib.create_train_state(params, exp.tx)
 
-  state = jax.jit(fresh, out_shardings=replicated)()
+  state = jax.jit(fresh, out_shardings=shardings)()
   source = run.config.train.init_from
   if source and not _FRESH.value:
-    target = checkpointing.abstract_state(fresh, replicated).params
+    target = checkpointing.abstract_state(fresh, shardings).params
     params, step, _ = checkpointing.restore_params(source, run.config.train, target)
     print(f'parameters of {source} step {step}')
     state = state.replace(params=params)
@@ -106,6 +111,24 @@ def time_loop(run, state, train_iter, steps: int, pipeline: bool):
   return (time.perf_counter() - start) / steps, state
 
 
+def plain_reward_run(run: scst_trainer.ScstRun) -> scst_trainer.ScstRun:
+  """The same run with the reward's fluency term left out (for the side-by-side timing)."""
+  config = run.config
+  reward_fn = rewards_lib.CaptionReward(
+    run.references, rewards_lib.reward_weights(config.scst), config.scst.spice_jars or None
+  )
+  return dataclasses.replace(run, reward_fn=reward_fn)
+
+
+def time_run(run, state, train_iter, steps: int):
+  """Parts, sequential and pipelined step times of one run: `(row, the state after)`."""
+  parts, state = time_parts(run, state, train_iter, steps)
+  print({k: round(v * 1e3, 1) for k, v in parts.items()}, 'ms')
+  sequential, state = time_loop(run, state, train_iter, steps, pipeline=False)
+  pipelined, state = time_loop(run, state, train_iter, steps, pipeline=True)
+  return {**parts, 'sequential_s': sequential, 'pipelined_s': pipelined}, state
+
+
 def main(argv):
   del argv
   config = flags.FLAGS.config
@@ -121,22 +144,36 @@ def main(argv):
     k, b = config.scst.num_samples, config.train.batch_size
     print(
       f'batch {b} clips x {k} samples, baseline {config.scst.baseline}, reward {config.scst.reward}'
+      f', fluency {config.scst.fluency}'
     )
-    # The update donates the state: each measurement continues from the last.
-    parts, state = time_parts(run, state, train_iter, _STEPS.value)
-    print({k: round(v * 1e3, 1) for k, v in parts.items()}, 'ms')
-    sequential, state = time_loop(run, state, train_iter, _STEPS.value, pipeline=False)
-    pipelined, state = time_loop(run, state, train_iter, _STEPS.value, pipeline=True)
+    # With a fluency term, the same run without it first (same batches' kind, same
+    # compiled steps): the fluency term's cost side by side.
+    runs = {'reward': run}
+    if config.scst.fluency != 'off':
+      runs = {config.scst.reward: plain_reward_run(run), f'x fluency ({config.scst.fluency})': run}
+    rows = {}
+    for name, one in runs.items():
+      # The update donates the state: each measurement continues from the last.
+      rows[name], state = time_run(one, state, train_iter, _STEPS.value)
   print(
-    '| sample (ms) | host reward (ms) | update (ms) | step, sequential (ms) | step, pipelined (ms) '
-    '| reward share, sequential | reward share, pipelined |'
+    '| reward | sample (ms) | host reward (ms) | update (ms) | step, sequential (ms) '
+    '| step, pipelined (ms) | reward share, sequential | reward share, pipelined |'
   )
-  print('|---|---|---|---|---|---|---|')
-  print(
-    f'| {parts["sample_s"] * 1e3:.1f} | {parts["reward_s"] * 1e3:.1f} | {parts["update_s"] * 1e3:.1f} '
-    f'| {sequential * 1e3:.1f} | {pipelined * 1e3:.1f} | {parts["reward_s"] / sequential:.1%} '
-    f'| {parts["reward_s"] / pipelined:.1%} |'
-  )
+  print('|---|---|---|---|---|---|---|---|')
+  for name, r in rows.items():
+    print(
+      f'| {name} | {r["sample_s"] * 1e3:.1f} | {r["reward_s"] * 1e3:.1f} '
+      f'| {r["update_s"] * 1e3:.1f} | {r["sequential_s"] * 1e3:.1f} '
+      f'| {r["pipelined_s"] * 1e3:.1f} | {r["reward_s"] / r["sequential_s"]:.1%} '
+      f'| {r["reward_s"] / r["pipelined_s"]:.1%} |'
+    )
+  if len(rows) == 2:
+    plain, fluent = rows.values()
+    print(
+      'fluency term: step time x'
+      f' {fluent["sequential_s"] / plain["sequential_s"]:.3f} sequential,'
+      f' x {fluent["pipelined_s"] / plain["pipelined_s"]:.3f} pipelined'
+    )
 
 
 if __name__ == '__main__':

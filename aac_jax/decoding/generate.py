@@ -1,9 +1,9 @@
 """From audio features to captions: encode once, then decode by `settings.method`.
 
 `generate` is a pure traceable function (call it inside your own `jax.jit`);
-`make_generate_fn` jits it for one device; `make_sharded_generate_fn` maps
-it data-parallel over a 1-D mesh with `jax.jit(jax.shard_map(...))`
-(parameters replicated, batch split on the leading axis).
+`make_generate_fn` jits it for one device; `make_sharded_generate_fn` jits
+it over a device mesh (the batch split on its leading axis, parameters laid
+out however they come: copied or sharded).
 """
 
 import functools
@@ -13,7 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from aac_jax.decoding import steps
@@ -172,53 +172,50 @@ def make_sharded_generate_fn(
   model: nn.Module,
   settings: DecodeSettings,
   mesh: Mesh,
-  axis_name: str = 'data',
+  batch_axes: str | tuple[str, ...] = ('data', 'fsdp'),
   compiler_options: dict[str, Any] | None = None,
   frontend: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]] | None = None,
 ) -> GenerateFn:
-  """Data-parallel `generate` over a 1-D mesh (pmap semantics, current API).
+  """`generate` jitted over a mesh, in the global view.
 
-  Parameters are replicated (`P()`), the batch is split over `axis_name`
-  (`P(axis_name)`); the batch must divide by the mesh size. Per-row sampling
-  keys are drawn before the split, so results equal single-device
-  `generate` with the same `rng`. Evaluation decodes through this function.
+  The batch is split over `batch_axes` (it must divide by their size);
+  parameters keep the shardings they come with (replicated, or split by
+  the logical-axis rules), and XLA gathers them where the computation needs.
+  Per-row sampling keys are drawn for the whole batch, so results equal
+  single-device `generate` with the same `rng`. Evaluation decodes through
+  this function.
 
   Args:
     model: a `Captioner`.
     settings: decoding settings.
-    mesh: e.g. `Mesh(jax.devices(), ('data',))`.
-    axis_name: the mesh axis carrying the batch.
+    mesh: a mesh with the `batch_axes` among its axes.
+    batch_axes: the mesh axes carrying the batch.
     compiler_options: XLA options for `jax.jit`.
     frontend: `frontend(audio [b, n], audio_paddings [b, n]) -> (features,
-      feature_paddings)`, run inside the map on each device's share; the
+      feature_paddings)`, run first inside the jitted function; the
       returned function then takes audio instead of features.
 
   Returns:
     `fn(params, features, feature_paddings, rng=None, repeat_ban_mask=None)
-    -> DecodeOutput`, outputs sharded on the batch axis.
+    -> DecodeOutput`, outputs split on the batch axis.
   """
+  batch = NamedSharding(mesh, P(batch_axes))
 
-  def local(params, features, feature_paddings, rngs, repeat_ban_mask):
+  def pin(x):
+    return jax.lax.with_sharding_constraint(x, batch)
+
+  @functools.partial(jax.jit, out_shardings=batch, compiler_options=compiler_options)
+  def run(params, features, feature_paddings, rng, repeat_ban_mask):
+    features, feature_paddings = pin(features), pin(feature_paddings)
     if frontend is not None:
       features, feature_paddings = frontend(features, feature_paddings)
+    rngs = pin(jax.random.split(rng, features.shape[0]))
     encoded, enc_paddings = steps.eval_model(model).apply(
       {'params': params}, features, feature_paddings, method='encode'
     )
     return decode_encoded(
       model, params, encoded, enc_paddings, settings, rngs=rngs, repeat_ban_mask=repeat_ban_mask
     )
-
-  batch = P(axis_name)
-  # No collectives run inside; check_vma=False lets the search loops start
-  # from device-invariant zeros (cache buffers, token buffers) and carry
-  # per-device values without pcast-ing every initial carry.
-  in_specs = (P(), batch, batch, batch, P())
-  sharded = jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=batch, check_vma=False)
-
-  @functools.partial(jax.jit, compiler_options=compiler_options)
-  def run(params, features, feature_paddings, rng, repeat_ban_mask):
-    rngs = jax.random.split(rng, features.shape[0])
-    return sharded(params, features, feature_paddings, rngs, repeat_ban_mask)
 
   def fn(params, features, feature_paddings, rng=None, repeat_ban_mask=None):
     rng, repeat_ban_mask = _defaults(model, rng, repeat_ban_mask)

@@ -1,4 +1,4 @@
-"""The two device halves of an SCST step, written as pmap bodies over `'data'`.
+"""The two device halves of an SCST step, in the global view (as `aac_jax.train.steps`).
 
 An SCST step is split around the host-side reward:
 
@@ -12,12 +12,11 @@ An SCST step is split around the host-side reward:
    `loss = -sum(advantage * log p(sample)) / normaliser` through the
    optimizer.
 
-Gradients and `shard_map` (as in `aac_jax.train.steps`): parameters are
-replicated (`P()`), so the gradient of a per-device loss with respect to them
-comes out already summed over devices. The per-device loss is therefore this
-device's sum divided by the GLOBAL normaliser (sample or token count of the
-whole batch, a `psum`), and there is no `pmean` of the gradients.
-`tests/test_scst_step.py` compares 8 devices with one.
+Both read whole arrays (the global batch, every parameter) and are jitted
+with the mesh's shardings (`aac_jax.train.parallel`); the loss is divided
+by the sample or token count of the global batch on every mesh.
+`tests/test_scst_step.py` and `tests/test_sharded_steps.py` compare meshes
+with one device.
 
 Log-probabilities are those of the untempered model; the tokens' mask holds
 every real token of a sample, its EOS included (left out, the model learns
@@ -34,13 +33,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from jax.sharding import Mesh
-from jax.sharding import PartitionSpec as P
 
 from aac_jax import decoding
 from aac_jax.data import tokenizer
 from aac_jax.train import parallel
 from aac_jax.train import steps as train_steps
-from aac_jax.train.parallel import AXIS
 from aac_jax.train.state import TrainState
 
 Batch = Mapping[str, jax.Array]
@@ -59,10 +56,10 @@ def sample_step(
   frontend_cfg: ml_collections.ConfigDict,
   sample_rate: int,
 ) -> dict[str, jax.Array]:
-  """K sampled captions per clip (and the greedy one), for one device's clips.
+  """K sampled captions per clip (and the greedy one).
 
   Args:
-    params: replicated model parameters.
+    params: model parameters.
     batch: `audio`, `audio_paddings` float32 `[b, samples]`.
     rngs: `[b, K]` PRNG keys, one per sample (K = samples per clip).
     repeat_ban_mask: bool `[vocab]` (used with `ban_repeated_content_words`).
@@ -104,33 +101,29 @@ def sample_step(
 
 
 def make_sample_step(mesh: Mesh, num_samples: int, **static: Any):
-  """Maps `sample_step` over the data mesh and jits it.
+  """Jits `sample_step` with the mesh's batch sharding.
 
-  The per-sample keys are drawn from `fold_in(rng, step)` for the GLOBAL
-  batch before it is split, so the samples do not depend on the device
-  count (with `jax_threefry_partitionable`).
+  The per-sample keys are drawn from `fold_in(rng, step)` for the global
+  batch, so the samples do not depend on the mesh (with
+  `jax_threefry_partitionable`).
 
   Args:
-    mesh: 1-D mesh with axis `'data'`.
+    mesh: the `('data', 'fsdp', 'tensor')` mesh.
     num_samples: K, samples per clip.
     **static: the keyword arguments of `sample_step`.
 
   Returns:
     `fn(params, batch, rng, step, repeat_ban_mask) -> dict` (see
-    `sample_step`), outputs sharded `P('data')`.
+    `sample_step`), outputs split over the batch axes.
   """
   body = functools.partial(sample_step, **static)
-  # No collective runs inside; the search loops start from device-invariant
-  # buffers (as in aac_jax.decoding.make_sharded_generate_fn).
-  mapped = jax.shard_map(
-    body, mesh=mesh, in_specs=(P(), P(AXIS), P(AXIS), P()), out_specs=P(AXIS), check_vma=False
-  )
 
-  @jax.jit
+  @functools.partial(jax.jit, out_shardings=parallel.batch_sharding(mesh))
   def run(params, batch, rng, step, repeat_ban_mask):
-    audio = {k: batch[k] for k in ('audio', 'audio_paddings')}
+    audio = parallel.constrain_batch({k: batch[k] for k in ('audio', 'audio_paddings')}, mesh)
     rngs = jax.random.split(jax.random.fold_in(rng, step), (audio['audio'].shape[0], num_samples))
-    return mapped(params, audio, rngs, repeat_ban_mask)
+    rngs = parallel.constrain_batch(rngs, mesh)
+    return body(params, audio, rngs, repeat_ban_mask)
 
   return run
 
@@ -139,18 +132,15 @@ def compute_advantages(
   rewards: jax.Array,
   baselines: jax.Array,
   normalize: bool,
-  axis_name: str | None = None,
   eps: float = 1e-6,
 ) -> jax.Array:
-  """Reward minus baseline, optionally standardised over the global batch.
+  """Reward minus baseline, optionally standardised over the batch.
 
   Args:
-    rewards: `[b, K]` reward per sample.
+    rewards: `[b, K]` reward per sample (the global batch).
     baselines: `[b, K]` baseline per sample.
     normalize: subtract the mean and divide by the standard deviation
-      (population, over every sample of the global batch).
-    axis_name: the data axis inside `shard_map` (statistics are then over
-      all devices), or None outside it.
+      (population, over every sample of the batch).
     eps: added to the standard deviation.
 
   Returns:
@@ -159,13 +149,8 @@ def compute_advantages(
   adv = (rewards - baselines).astype(jnp.float32)
   if not normalize:
     return adv
-
-  def total(x):
-    return jax.lax.psum(x, axis_name) if axis_name else x
-
-  count = adv.size * (jax.lax.axis_size(axis_name) if axis_name else 1)
-  mean = total(jnp.sum(adv)) / count
-  var = total(jnp.sum(jnp.square(adv - mean))) / count
+  mean = jnp.mean(adv)
+  var = jnp.mean(jnp.square(adv - mean))
   return (adv - mean) / (jnp.sqrt(var) + eps)
 
 
@@ -211,7 +196,7 @@ def sample_token_log_probs(
 def _policy_loss(
   params, batch, samples, advantages, normalizer, rng, *, model, frontend_cfg, sample_rate
 ):
-  """This device's share of the global loss; aux: its sum and `[b, K]` log p."""
+  """The batch's loss over `normalizer`; aux: its sum and `[b, K]` log p."""
   features, paddings = train_steps.compute_features(batch, None, frontend_cfg, sample_rate)
   token_log_probs = sample_token_log_probs(model, params, features, paddings, samples, rng)
   mask = (samples != tokenizer.PAD_ID).astype(jnp.float32)
@@ -220,10 +205,9 @@ def _policy_loss(
   return loss_sum / normalizer, (loss_sum, seq_log_probs)
 
 
-def _global_stats(values: jax.Array, count: jax.Array) -> dict[str, jax.Array]:
-  mean = jax.lax.psum(jnp.sum(values), AXIS) / count
-  var = jax.lax.psum(jnp.sum(jnp.square(values - mean)), AXIS) / count
-  return {'mean': mean, 'std': jnp.sqrt(var)}
+def _stats(values: jax.Array) -> dict[str, jax.Array]:
+  mean = jnp.mean(values)
+  return {'mean': mean, 'std': jnp.sqrt(jnp.mean(jnp.square(values - mean)))}
 
 
 def scst_update_step(
@@ -240,14 +224,14 @@ def scst_update_step(
   normalize_advantage: bool,
   normalizer: str = 'samples',
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One policy-gradient update, as seen by one device (a pmap body over `'data'`).
+  """One policy-gradient update on the global batch.
 
   Args:
-    state: replicated train state.
-    batch: this device's clips: `audio`, `audio_paddings` `[b, samples]`.
+    state: the train state.
+    batch: the clips: `audio`, `audio_paddings` `[b, samples]`.
     rollout: `samples` int32 `[b, K, L]`, `rewards` and `baselines`
       float32 `[b, K]`.
-    rng: base key (replicated); step and device index are folded in.
+    rng: base key; the step is folded in.
     model: the training-mode `Captioner`.
     tx: the optimizer.
     schedule: learning-rate schedule (for the `lr` metric).
@@ -259,17 +243,17 @@ def scst_update_step(
       (b * K) or of real 'tokens' (EOS included).
 
   Returns:
-    `(new_state, metrics)`, replicated float32 scalars: `loss`,
+    `(new_state, metrics)`, float32 scalars: `loss`,
     `grad_norm`, `lr` and those of `_rollout_metrics`.
   """
   if normalizer not in NORMALIZERS:
     raise ValueError(f'normalizer must be one of {NORMALIZERS}, got {normalizer!r}')
-  rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(AXIS))
+  rng = jax.random.fold_in(rng, state.step)
   samples, rewards = rollout['samples'], rollout['rewards']
-  advantages = compute_advantages(rewards, rollout['baselines'], normalize_advantage, AXIS)
-  num_samples = jnp.float32(rewards.size * jax.lax.axis_size(AXIS))
+  advantages = compute_advantages(rewards, rollout['baselines'], normalize_advantage)
+  num_samples = jnp.float32(rewards.size)
   mask = (samples != tokenizer.PAD_ID).astype(jnp.float32)
-  num_tokens = jax.lax.psum(jnp.sum(mask), AXIS)
+  num_tokens = jnp.sum(mask)
   denominator = num_samples if normalizer == 'samples' else jnp.maximum(num_tokens, 1.0)
   loss_fn = functools.partial(
     _policy_loss, model=model, frontend_cfg=frontend_cfg, sample_rate=sample_rate
@@ -278,7 +262,7 @@ def scst_update_step(
     state.params, batch, samples, advantages, denominator, rng
   )
   metrics = {
-    'loss': jax.lax.psum(loss_sum, AXIS) / denominator,
+    'loss': loss_sum / denominator,
     'grad_norm': optax.tree.norm(grads),
     'lr': jnp.asarray(schedule(state.step), jnp.float32),
     **_rollout_metrics(rollout, advantages, seq_log_probs, num_samples, num_tokens),
@@ -287,7 +271,7 @@ def scst_update_step(
 
 
 def _rollout_metrics(rollout, advantages, seq_log_probs, num_samples, num_tokens) -> dict:
-  """Global statistics of an update's rollout.
+  """Statistics of an update's rollout (the global batch).
 
   Returns:
     `reward_mean`, `reward_std`, `baseline_mean`, `advantage_mean`,
@@ -296,35 +280,37 @@ def _rollout_metrics(rollout, advantages, seq_log_probs, num_samples, num_tokens
     tokens per sample, EOS included).
   """
   rewards = rollout['rewards']
-  reward_stats = _global_stats(rewards, num_samples)
-  adv_stats = _global_stats(advantages, num_samples)
+  reward_stats = _stats(rewards)
+  adv_stats = _stats(advantages)
   return {
     'reward_mean': reward_stats['mean'],
     'reward_std': reward_stats['std'],
-    'baseline_mean': jax.lax.psum(jnp.sum(rollout['baselines']), AXIS) / num_samples,
+    'baseline_mean': jnp.sum(rollout['baselines']) / num_samples,
     'advantage_mean': adv_stats['mean'],
     'advantage_std': adv_stats['std'],
-    'advantage_min': jax.lax.pmin(jnp.min(advantages), AXIS),
-    'advantage_max': jax.lax.pmax(jnp.max(advantages), AXIS),
-    'advantage_positive': jax.lax.psum(jnp.sum(advantages > 0), AXIS) / num_samples,
-    'sample_log_prob': jax.lax.psum(jnp.sum(seq_log_probs), AXIS) / num_samples,
+    'advantage_min': jnp.min(advantages),
+    'advantage_max': jnp.max(advantages),
+    'advantage_positive': jnp.sum(advantages > 0) / num_samples,
+    'sample_log_prob': jnp.sum(seq_log_probs) / num_samples,
     'sample_tokens': num_tokens / num_samples,
   }
 
 
-def make_update_step(mesh: Mesh, *, donate: bool = True, **static: Any):
-  """Maps `scst_update_step` over the data mesh and jits it.
+def make_update_step(mesh: Mesh, state_sharding: Any, *, donate: bool = True, **static: Any):
+  """Jits `scst_update_step` with the mesh's shardings.
 
   Args:
-    mesh: 1-D mesh with axis `'data'`.
+    mesh: the `('data', 'fsdp', 'tensor')` mesh.
+    state_sharding: the `TrainState` of shardings (`parallel.state_shardings`).
     donate: donate the input state buffers (the caller must not reuse them).
     **static: the keyword arguments of `scst_update_step` after `rng`.
 
   Returns:
     `step(state, batch, rollout, rng) -> (state, metrics)`; `batch` and
-    `rollout` sharded `P('data')`, state replicated.
+    `rollout` split over the batch axes.
   """
-  step = parallel.jit_update_step(functools.partial(scst_update_step, **static), mesh, 2, donate)
+  body = functools.partial(scst_update_step, **static)
+  step = parallel.jit_update_step(body, mesh, state_sharding, 2, donate)
 
   def run(state, batch, rollout, rng):
     audio = {k: batch[k] for k in ('audio', 'audio_paddings')}

@@ -172,6 +172,7 @@ def create_scst_run(config: ml_collections.ConfigDict, workdir: str) -> ScstRun:
   )
   update_fn = scst_steps.make_update_step(
     exp.mesh,
+    exp.state_sharding,
     model=exp.train_model,
     tx=exp.tx,
     schedule=exp.schedule,
@@ -187,11 +188,17 @@ def create_scst_run(config: ml_collections.ConfigDict, workdir: str) -> ScstRun:
 
 
 def local_rows(x: jax.Array) -> np.ndarray:
-  """This process's rows of a `P('data')` array, in its local batch order."""
+  """This process's rows of a batch-split array, in its local batch order.
+
+  Devices on the `tensor` axis hold copies of the same rows; each block of
+  rows is taken once.
+  """
   if jax.process_count() == 1:
     return np.asarray(jax.device_get(x))
-  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-  return np.concatenate([np.asarray(s.data) for s in shards])
+  blocks = {}
+  for shard in x.addressable_shards:
+    blocks.setdefault(shard.index[0].start or 0, shard)
+  return np.concatenate([np.asarray(blocks[start].data) for start in sorted(blocks)])
 
 
 @dataclasses.dataclass

@@ -201,10 +201,21 @@ class RunCheckpointManager(ocp.CheckpointManager):
     )
 
 
-def abstract_state(state_fn: Callable[[], TrainState], sharding: jax.sharding.Sharding) -> Any:
-  """Shapes, dtypes and shardings of the state `state_fn` would build."""
+def abstract_state(state_fn: Callable[[], TrainState], shardings: Any) -> Any:
+  """Shapes, dtypes and shardings of the state `state_fn` would build.
+
+  Args:
+    state_fn: builds the state (only traced).
+    shardings: one sharding for every leaf, or the same tree of shardings.
+  """
   shapes = jax.eval_shape(state_fn)
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+  if isinstance(shardings, jax.sharding.Sharding):
+    shardings = jax.tree.map(lambda _: shardings, shapes)
+  return jax.tree.map(
+    lambda s, sharding: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+    shapes,
+    shardings,
+  )
 
 
 def restore_checkpoint(
@@ -405,8 +416,8 @@ def restore_or_initialize(
   Args:
     manager: this run's manager.
     train_cfg: `config.train` (`init_from`).
-    init_state: builds a fresh replicated state.
-    from_params: builds a replicated state (fresh optimizer) from params.
+    init_state: builds a fresh state on the target shardings.
+    from_params: builds a state (fresh optimizer) on the target shardings from params.
     target: abstract `TrainState` (see `abstract_state`).
     data_iter: the train iterator, moved to the saved position.
 

@@ -1,17 +1,14 @@
-"""Pure per-device steps and their data-parallel mapping.
+"""The cross-entropy train step and the own-loss check, in the global view.
 
-`train_step` is written as a pmap body: it sees one device's share of the
-global batch and talks to the other devices through collectives over the
-axis `'data'`. `make_train_step` maps it with `jax.jit(jax.shard_map(...))`.
-
-Gradients and `shard_map`: parameters come in replicated (`P()`), so inside
-the map they are device-invariant, and the gradient of a per-device loss
-with respect to them comes out already *summed* over devices (the transpose
-of the implicit broadcast is a `psum`). So the per-device loss here is this
-device's summed token loss divided by the token count of the GLOBAL batch,
-its gradient is the exact gradient of the global token-weighted mean, and
-there is no `pmean` of the gradients (one would scale them by the device
-count). `tests/test_train_step.py` compares with one device.
+Every function here reads whole arrays: the global batch and every
+parameter. `make_train_step` jits `train_step` with the shardings of the
+mesh (`aac_jax.train.parallel`): the batch split over `('data', 'fsdp')`,
+parameters and optimizer state as the logical-axis rules say; XLA inserts
+the gathers and reductions. The loss is the token-weighted mean over the
+global batch, on every mesh. Random streams (SpecAugment, dropout) are
+drawn for the global batch, so with `jax_threefry_partitionable` (JAX's
+default) they do not depend on the mesh either. `tests/test_train_step.py`
+and `tests/test_sharded_steps.py` compare meshes with one device.
 """
 
 import functools
@@ -24,14 +21,12 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from jax.sharding import Mesh
-from jax.sharding import PartitionSpec as P
 
 from aac_jax import decoding
 from aac_jax.audio import frontend
 from aac_jax.data import tokenizer
 from aac_jax.models import keyword_head
 from aac_jax.train import parallel
-from aac_jax.train.parallel import AXIS
 from aac_jax.train.state import TrainState
 
 Batch = Mapping[str, jax.Array]
@@ -122,11 +117,11 @@ def _micro_loss(
   label_smoothing: float,
   keyword_loss_weight: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """This device's share of the global mean loss, and its unnormalised sums.
+  """A micro-batch's share of the whole batch's mean loss, and its unnormalised sums.
 
-  `normalizers` hold global (all-device) counts: `tokens`, and `keywords`
-  when the keyword loss is on; dividing local sums by them (no pmean
-  afterwards) makes the summed gradients those of the global mean.
+  `normalizers` hold the counts of the whole batch: `tokens`, and
+  `keywords` when the keyword loss is on; dividing each micro-batch's sums
+  by them makes the summed micro-batch gradients those of the whole batch.
   """
   augment_rng, dropout_rng = jax.random.split(rng)
   targets = batch['targets']
@@ -148,12 +143,17 @@ def _micro_loss(
 
 
 def _split_micro_batches(batch: Batch, num_micro: int) -> Batch:
-  """`[b, ...]` leaves to `[num_micro, b // num_micro, ...]`."""
+  """`[b, ...]` leaves to `[num_micro, b // num_micro, ...]`, micro-batch `i` = rows `i::num_micro`.
+
+  Strided, so that every device keeps its own rows: a device holding a
+  contiguous block of the batch holds `1 / num_micro` of it in each
+  micro-batch, and no row moves between devices.
+  """
 
   def split(x):
     if x.shape[0] % num_micro:
-      raise ValueError(f'per-device batch {x.shape[0]} not divisible by {num_micro} micro-batches')
-    return x.reshape(num_micro, x.shape[0] // num_micro, *x.shape[1:])
+      raise ValueError(f'batch {x.shape[0]} not divisible by {num_micro} micro-batches')
+    return jnp.swapaxes(x.reshape(x.shape[0] // num_micro, num_micro, *x.shape[1:]), 0, 1)
 
   return jax.tree.map(split, dict(batch))
 
@@ -166,7 +166,7 @@ def _gradients(
   num_micro: int,
   **loss_kw,
 ) -> tuple[Any, dict[str, jax.Array]]:
-  """Global-batch gradient and this device's loss sums, over `num_micro` micro-batches.
+  """Whole-batch gradient and loss sums, over `num_micro` micro-batches.
 
   Each micro-batch's loss is divided by the global counts of the whole
   batch, so summing micro-batch gradients gives exactly the full-batch one.
@@ -186,22 +186,20 @@ def _gradients(
   return grads, jax.tree.map(jnp.sum, sums)
 
 
-def _global_normalizers(batch: Batch, model: nn.Module, keyword_loss_weight: float):
-  """`(batch, normalizers, global token count)`: all-device counts the losses divide by.
+def _normalizers(batch: Batch, model: nn.Module, keyword_loss_weight: float):
+  """`(batch, normalizers, token count)`: the whole batch's counts the losses divide by.
 
   With the keyword loss, `batch` gains `keywords` (its targets) and the
-  normalizers its global count.
+  normalizers their count.
   """
-  local_tokens = jnp.sum((batch['targets'] != tokenizer.PAD_ID).astype(jnp.float32))
-  global_tokens = jax.lax.psum(local_tokens, AXIS)
+  tokens = jnp.sum((batch['targets'] != tokenizer.PAD_ID).astype(jnp.float32))
   # A batch of only padding would divide by zero; its gradient is zero anyway.
-  normalizers = {'tokens': jnp.maximum(global_tokens, 1.0)}
+  normalizers = {'tokens': jnp.maximum(tokens, 1.0)}
   if keyword_loss_weight:
     batch = dict(batch)
     batch['keywords'] = keyword_head.keyword_targets(batch['targets'], model.config.vocab_size)
-    global_keywords = jax.lax.psum(jnp.sum(batch['keywords']), AXIS)
-    normalizers['keywords'] = jnp.maximum(global_keywords, 1.0)
-  return batch, normalizers, global_tokens
+    normalizers['keywords'] = jnp.maximum(jnp.sum(batch['keywords']), 1.0)
+  return batch, normalizers, tokens
 
 
 def train_step(
@@ -218,44 +216,44 @@ def train_step(
   grad_accum_steps: int = 1,
   keyword_loss_weight: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer update, as seen by one device (a pmap body over `'data'`).
+  """One optimizer update on the global batch.
 
   Args:
-    state: replicated train state.
-    batch: this device's examples: `audio`, `audio_paddings` float32
+    state: the train state.
+    batch: the global batch: `audio`, `audio_paddings` float32
       `[b, samples]`, `targets` int32 `[b, max_caption_tokens]`.
-    rng: the run's base key (replicated); the step number, the device index
-      and the micro-batch index are folded in here.
+    rng: the run's base key; the step number and the micro-batch index are
+      folded in here.
     model: the training-mode `Captioner` (dropout on).
     tx: the optimizer.
     schedule: learning-rate schedule (for the `lr` metric).
     frontend_cfg: `config.frontend`.
     sample_rate: `config.dataset.sample_rate`.
     label_smoothing: `config.optim.label_smoothing`.
-    grad_accum_steps: micro-batches per update (divides `b`).
+    grad_accum_steps: micro-batches per update (divides `b` / batch shards).
     keyword_loss_weight: `config.optim.keyword_loss_weight`; > 0 needs a
       model with `keyword_head` and adds its loss (per caption word).
 
   Returns:
-    `(new_state, metrics)`; metrics are replicated float32 scalars: `loss`
+    `(new_state, metrics)`; metrics are float32 scalars: `loss`
     (token-weighted mean over the global batch), `grad_norm` (before
     clipping), `lr` (used for this update) and `tokens` (real target tokens
     in the global batch); with the keyword loss also `keyword_loss` (binary
     cross-entropy per caption word of the global batch).
   """
-  rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(AXIS))
-  batch, normalizers, global_tokens = _global_normalizers(batch, model, keyword_loss_weight)
+  rng = jax.random.fold_in(rng, state.step)
+  batch, normalizers, tokens = _normalizers(batch, model, keyword_loss_weight)
   loss_kw = {'model': model, 'frontend_cfg': frontend_cfg, 'sample_rate': sample_rate}
   loss_kw.update(label_smoothing=label_smoothing, keyword_loss_weight=keyword_loss_weight)
   grads, sums = _gradients(state.params, batch, rng, normalizers, grad_accum_steps, **loss_kw)
   metrics = {
-    'loss': jax.lax.psum(sums['loss'], AXIS) / normalizers['tokens'],
+    'loss': sums['loss'] / normalizers['tokens'],
     'grad_norm': optax.tree.norm(grads),
     'lr': jnp.asarray(schedule(state.step), jnp.float32),
-    'tokens': global_tokens,
+    'tokens': tokens,
   }
   if keyword_loss_weight:
-    metrics['keyword_loss'] = jax.lax.psum(sums['keyword_loss'], AXIS) / normalizers['keywords']
+    metrics['keyword_loss'] = sums['keyword_loss'] / normalizers['keywords']
   return state.apply_gradients(tx, grads), metrics
 
 
@@ -270,11 +268,10 @@ def own_loss(
   """Mean token cross-entropy of `params` on a batch, without dropout or SpecAugment.
 
   What the trainer checks before saving a checkpoint: the loss of the very
-  parameters being saved (a pmap body over `'data'`; the result is the
-  global mean, replicated).
+  parameters being saved (the mean over the global batch).
 
   Args:
-    params: replicated parameters.
+    params: the parameters.
     batch: `audio`, `audio_paddings` `[b, samples]` (or stored `frames`,
       `frame_paddings`) and `targets` `[b, L]` or `[b, R, L]` (SCST passes
       its sampled captions).
@@ -289,27 +286,31 @@ def own_loss(
     {'params': params}, features, paddings, tokenizer.shift_right(targets), method=method
   )
   loss_sum, tokens = token_loss_sum(logits, targets, 0.0)
-  total = jax.lax.psum(tokens, AXIS)
-  return jax.lax.psum(loss_sum, AXIS) / jnp.maximum(total, 1.0)
+  return loss_sum / jnp.maximum(tokens, 1.0)
 
 
-def make_own_loss_fn(mesh: Mesh, **static: Any):
-  """`own_loss` mapped over the data mesh and jitted: `fn(params, batch) -> scalar`."""
-  body = functools.partial(own_loss, **static)
-  mapped = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(), check_vma=False)
-  return jax.jit(mapped)
+def make_own_loss_fn(mesh: Mesh, params_sharding: Any, **static: Any):
+  """`own_loss` jitted with the mesh's shardings: `fn(params, batch) -> scalar`."""
+  rep, batch = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  return jax.jit(
+    functools.partial(own_loss, **static),
+    in_shardings=(params_sharding, batch),
+    out_shardings=rep,
+  )
 
 
-def make_train_step(mesh: Mesh, *, donate: bool = True, **static: Any):
-  """Maps `train_step` over the data mesh and jits it.
+def make_train_step(mesh: Mesh, state_sharding: Any, *, donate: bool = True, **static: Any):
+  """Jits `train_step` with the mesh's shardings.
 
   Args:
-    mesh: 1-D mesh with axis `'data'`.
+    mesh: the `('data', 'fsdp', 'tensor')` mesh.
+    state_sharding: the `TrainState` of shardings (`parallel.state_shardings`).
     donate: donate the input state buffers (the caller must not reuse them).
     **static: the keyword arguments of `train_step` after `rng`.
 
   Returns:
-    `step(state, batch, rng) -> (state, metrics)` taking a replicated state,
-    a global batch sharded `P('data')` and a key.
+    `step(state, batch, rng) -> (state, metrics)` taking a state laid out by
+    `state_sharding`, a global batch split over `('data', 'fsdp')` and a key.
   """
-  return parallel.jit_update_step(functools.partial(train_step, **static), mesh, 1, donate)
+  step = functools.partial(train_step, **static)
+  return parallel.jit_update_step(step, mesh, state_sharding, 1, donate)

@@ -48,6 +48,9 @@ class Experiment:
   """What one run is made of (built once from the config).
 
   Attributes:
+    mesh: the `('data', 'fsdp', 'tensor')` mesh of `config.mesh`.
+    state_sharding: the `TrainState` of shardings: parameters by the
+      logical-axis rules, the optimizer state mirroring them.
     own_loss: jitted `own_loss(params, batch) -> scalar` (see
       `aac_jax.train.loop`), checked before every save.
   """
@@ -61,6 +64,7 @@ class Experiment:
   tx: object
   schedule: object
   own_loss: Callable
+  state_sharding: Any = None
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: epath.Path) -> None:
@@ -87,10 +91,12 @@ def create_experiment(config: ml_collections.ConfigDict, run_files: prepare.RunF
   model_cfg = models.make_captioner_config(config.model, tokenizer.vocab_size)
   tx, schedule = state_lib.create_optimizer(config.optim, config.train.num_steps)
   tx = pretrained_setup.freeze_optimizer(tx, model_cfg)
-  mesh = parallel.create_mesh()
+  mesh = parallel.create_mesh(config.mesh)
   eval_model = models.Captioner(model_cfg.replace(deterministic=True))
+  state_sharding = state_sharding_for(config, models.Captioner(model_cfg), tx, mesh)
   own_loss = steps.make_own_loss_fn(
     mesh,
+    state_sharding.params,
     model=eval_model,
     frontend_cfg=config.frontend,
     sample_rate=int(config.dataset.sample_rate),
@@ -105,7 +111,26 @@ def create_experiment(config: ml_collections.ConfigDict, run_files: prepare.RunF
     tx=tx,
     schedule=schedule,
     own_loss=own_loss,
+    state_sharding=state_sharding,
   )
+
+
+def _param_shapes(config: ml_collections.ConfigDict, model: models.Captioner):
+  """`(logical specs, shapes)` of the model's parameters (nothing is computed)."""
+  length = min(config.dataset.max_caption_tokens, config.model.max_decode_len)
+  return models.param_axes(model, num_mels=config.frontend.n_mels, length=length)
+
+
+def state_sharding_for(config, model, tx, mesh) -> state_lib.TrainState:
+  """The `TrainState` of shardings of `model` trained by `tx` on `mesh`."""
+  logical, shapes = _param_shapes(config, model)
+  rules = parallel.mesh_rules(config.mesh)
+  problems = parallel.tensor_split_problems(logical, shapes, mesh, rules)
+  if problems:
+    raise config_validation.ConfigError('bad config values:\n  ' + '\n  '.join(problems))
+  params = parallel.param_shardings(logical, shapes, mesh, rules)
+  shapes = jax.eval_shape(lambda p: state_lib.create_train_state(p, tx), shapes)
+  return parallel.state_shardings(shapes, params, mesh)
 
 
 def start_experiment(config: ml_collections.ConfigDict, workdir: str) -> Experiment:
@@ -131,8 +156,14 @@ def _init_params_fn(exp: Experiment):
 def restore_state(
   exp: Experiment, manager: ocp.CheckpointManager, train_iter
 ) -> state_lib.TrainState:
-  """Own checkpoint, else `init_from` params, else fresh (see `checkpointing`)."""
-  replicated = parallel.replicated(exp.mesh)
+  """Own checkpoint, else `init_from` params, else fresh (see `checkpointing`).
+
+  Every path creates or reads the state straight onto `exp.state_sharding`:
+  fresh parameters and optimizer state are initialised inside `jit` with
+  those output shardings, and a checkpoint is restored onto them (whatever
+  mesh or process count wrote it).
+  """
+  shardings = exp.state_sharding
   init_params = _init_params_fn(exp)
   rng = jax.random.key(exp.config.seed)
 
@@ -140,21 +171,21 @@ def restore_state(
     return state_lib.create_train_state(init_params(rng), exp.tx)
 
   def from_params(params):
-    return jax.jit(lambda p: state_lib.create_train_state(p, exp.tx), out_shardings=replicated)(
-      params
-    )
+    create = jax.jit(lambda p: state_lib.create_train_state(p, exp.tx), out_shardings=shardings)
+    return create(params)
 
-  init_state = jax.jit(fresh, out_shardings=replicated)
-  if exp.train_model.config.encoder_init:  # Converted tagger weights, loaded outside jit.
+  init_state = jax.jit(fresh, out_shardings=shardings)
+  model_cfg = exp.train_model.config
+  if model_cfg.encoder_init or model_cfg.llm_init:  # Converted weights, loaded outside jit.
     init_state = lambda: from_params(  # noqa: E731
-      pretrained_setup.load_encoder_init(jax.jit(init_params)(rng), exp.train_model.config)
+      pretrained_setup.load_converted_init(jax.jit(init_params)(rng), model_cfg)
     )
   state, how = checkpointing.restore_or_initialize(
     manager,
     exp.config.train,
     init_state=init_state,
     from_params=from_params,
-    target=checkpointing.abstract_state(fresh, replicated),
+    target=checkpointing.abstract_state(fresh, shardings),
     data_iter=train_iter,
   )
   logging.info('Train state: %s (%d parameters)', how, models.count_params(state.params))
@@ -171,6 +202,7 @@ class CrossEntropyUpdater:
     self._batch: dict = {}
     self._step = steps.make_train_step(
       exp.mesh,
+      exp.state_sharding,
       model=exp.train_model,
       tx=exp.tx,
       schedule=exp.schedule,
