@@ -328,3 +328,28 @@ def params_without_lora(params):
   if not isinstance(params, dict):
     return params
   return {k: params_without_lora(v) for k, v in params.items() if k not in ('lora_a', 'lora_b')}
+
+
+def test_make_random_llm_folder_loads_in_transformers_and_converts(tmp_path):
+  sys.path.insert(0, os.path.join(REPO, 'tools'))
+  import make_random_llm
+
+  from aac_jax.data.tokenizer import Tokenizer
+
+  captions = ['a dog barks twice', 'rain falls on a metal roof', 'a bell rings']
+  vocab = Tokenizer.build(captions, min_count=1)
+  vocab.save(str(tmp_path / 'vocab.txt'))
+  hf_dir, out = tmp_path / 'hf', tmp_path / 'converted'
+  assert (
+    make_random_llm.main(['--output', str(hf_dir), '--vocab', str(tmp_path / 'vocab.txt')]) == 0
+  )
+  model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+  assert type(model).__name__ == 'Qwen2ForCausalLM'
+  convert_llm.convert_folder(str(hf_dir), str(out))
+  params, cfg = convert_llm.load_llm(str(out))
+  tokens = np.random.default_rng(5).integers(0, vocab.vocab_size, size=(2, 6))
+  ours = llm.LanguageModel(cfg).apply({'params': params}, jnp.asarray(tokens, jnp.int32))
+  np.testing.assert_allclose(np.asarray(ours), _hf_logits(model, tokens), atol=1e-5)
+  words = LlmTokenizer.load(str(out))
+  for caption in captions + ['a cat meows']:  # Unknown words: <unk> in both.
+    assert words.encode(caption) == vocab.encode(caption)

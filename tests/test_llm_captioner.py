@@ -219,3 +219,30 @@ def test_resolve_prompt_uses_the_run_tokenizer():
   tokenizer = Tokenizer.build(['describe the sound of a dog'], min_count=1)
   llm_bridge.resolve_prompt(config, tokenizer)
   assert config.model.llm.prompt_ids == tokenizer.encode('describe the sound')
+
+
+def test_llm_init_loads_a_converted_folder_into_the_captioner(tmp_path):
+  import sys
+
+  sys.path.insert(0, 'tools')
+  import make_random_llm
+
+  from aac_jax.convert import llm as convert_llm
+
+  hf_dir, out = str(tmp_path / 'hf'), str(tmp_path / 'converted')
+  make_random_llm.main(
+    ['--output', hf_dir, '--vocab_size', str(VOCAB), '--hidden_size', '16', '--num_heads', '4']
+  )
+  convert_llm.convert_folder(hf_dir, out)
+  model = make_model(init=out, train='lora', lora_rank=2)
+  assert model.config.llm.hidden_size == 16 and model.config.llm.rope_theta == 1e6
+  params = init_params(model, jax.random.key(0), num_mels=MELS)
+  loaded = pretrained_setup.load_converted_init(params, model.config)
+  source, _ = convert_llm.load_llm(out)
+  got = loaded['decoder']['llm']['layers_1']['self_attn']['q_proj']
+  np.testing.assert_array_equal(got['bias'], source['layers_1']['self_attn']['q_proj']['bias'])
+  np.testing.assert_array_equal(
+    got['lora_a'], params['decoder']['llm']['layers_1']['self_attn']['q_proj']['lora_a']
+  )
+  with pytest.raises(ValueError, match='token ids'):
+    Captioner(make_captioner_config(llm_model_config(init=out), VOCAB + 1))

@@ -7,7 +7,8 @@
 - `load_encoder_init(params, model_cfg)`: puts the converted tagger params
   into a freshly initialised params tree (checked leaf by leaf).
 - `load_llm_init(params, model_cfg)`: puts a converted language model
-  (`model.llm.init`) into `params['decoder']['llm']`.
+  (`model.llm.init`) into `params['decoder']['llm']`; `load_converted_init`
+  does both where set (a run's fresh start).
 - `freeze_optimizer(tx, model_cfg)`: frozen parameters get zero updates
   (no weight decay either), so they stay bit-identical.
 """
@@ -171,6 +172,15 @@ def load_encoder_init(params: Any, model_cfg: CaptionerConfig) -> Any:
   )
   encoder = dict(params['encoder'], tagger=loaded)
   return dict(params, encoder=encoder)
+
+
+def load_converted_init(params: Any, model_cfg: CaptionerConfig) -> Any:
+  """`params` with the converted tagger (`encoder_init`) and language model (`llm_init`) set."""
+  if model_cfg.encoder_init:
+    params = load_encoder_init(params, model_cfg)
+  if model_cfg.llm_init:
+    params = load_llm_init(params, model_cfg)
+  return params
 
 
 def load_llm_init(params: Any, model_cfg: CaptionerConfig) -> Any:
