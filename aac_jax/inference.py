@@ -30,6 +30,7 @@ import numpy as np
 
 from aac_jax import decoding, models
 from aac_jax.audio import frontend
+from aac_jax.data import mixture
 from aac_jax.data import tokenizer as tokenizer_lib
 from aac_jax.train import checkpointing, prepare
 
@@ -153,7 +154,10 @@ def load_model(path: str | pathlib.Path, step: int | None = None) -> LoadedModel
       f'checkpoint step {step} of {workdir} does not fit the model built from its '
       f'config.json (trained with another version of aac_jax?): {error}'
     ) from error
-  return LoadedModel(config, model, params, tokenizer, str(workdir), step, kind)
+  loaded = LoadedModel(config, model, params, tokenizer, str(workdir), step, kind)
+  # A mixture run speaks in the style of the dataset it was evaluated on unless --task says.
+  task = mixture.eval_task(config.dataset) if 'mixture' in config.dataset else ''
+  return with_task(loaded, task) if task else loaded
 
 
 def task_names(loaded: LoadedModel) -> list[str]:

@@ -232,3 +232,38 @@ def test_task_selects_the_first_decoder_token_at_inference(vocab):
     logits(tasked.model, bos_first), logits(model, task_first), rtol=1e-6, atol=1e-6
   )
   assert not np.allclose(logits(model, bos_first), logits(model, task_first))
+
+
+def test_evaluated_dataset_decodes_with_its_task_token(cfg, vocab):
+  from aac_jax.train import evaluation  # noqa: PLC0415 (the train floor, for this test only)
+
+  model = Captioner(tiny_config(vocab_size=vocab.vocab_size, deterministic=True))
+  evaluated = cfg.copy_and_resolve_references()
+  evaluated.mixture = (
+    ('other_aac', 'train', 1.0, 'wavcaps'),
+    (cfg.name, 'train', 1.0, 'audiocaps'),
+  )
+  assert mixture.eval_task(evaluated) == 'audiocaps'
+  tokens = vocab.tokens
+  tasked, overrides = evaluation._with_eval_task(model, evaluated, tokens)  # noqa: SLF001
+  assert tasked.config.task_token_id == overrides['bos_id'] == tokens.index('<bos_audiocaps>')
+  evaluated.mixture = (('other_aac', 'train', 1.0, 'wavcaps'), (cfg.name, 'train', 1.0, ''))
+  assert evaluation._with_eval_task(model, evaluated, tokens) == (model, {})  # noqa: SLF001
+
+
+@pytest.mark.parametrize('arg', [None, 'runlocal', 'stage=finetune,init_from=x'])
+def test_pretrain_wavcaps_config(arg):
+  from configs import pretrain_wavcaps  # noqa: PLC0415
+
+  config = pretrain_wavcaps.get_config(arg)
+  entries = mixture.parse(config.dataset)
+  assert mixture.eval_task(config.dataset) in {e.task for e in entries}
+  assert config.train.batch_size % 8 == 0
+  if arg is None:
+    assert [e.dataset for e in entries] == [
+      'wavcaps_aac',
+      'audiocaps_aac',
+      'clotho_aac',
+      'macs_aac',
+    ]
+    assert abs(sum(mixture.weights(entries)) - 1) < 1e-9

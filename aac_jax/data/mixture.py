@@ -94,6 +94,18 @@ def tasks(entries: list[Entry]) -> list[str]:
   return list(dict.fromkeys(entry.task for entry in entries if entry.task))
 
 
+def eval_task(cfg: ml_collections.ConfigDict) -> str:
+  """The task of the dataset a run evaluates (`cfg.name`), '' where none names it.
+
+  A mixture run's validation and test splits are `cfg.name`'s; they are
+  decoded with the task token of the entry reading that dataset.
+  """
+  for entry in parse(cfg):
+    if entry.dataset.partition('/')[0] == cfg.name and entry.task:
+      return entry.task
+  return ''
+
+
 def entry_config(cfg: ml_collections.ConfigDict, entry: Entry) -> ml_collections.ConfigDict:
   """`cfg` (`config.dataset`) reading `entry`'s dataset, its train split `entry.split`."""
   name, _, builder_config = entry.dataset.partition('/')

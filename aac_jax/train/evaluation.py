@@ -21,7 +21,7 @@ from absl import logging
 from etils import epath
 
 from aac_jax import decoding, files, metrics
-from aac_jax.data import pipeline, sources
+from aac_jax.data import mixture, pipeline, sources
 from aac_jax.metrics import eval_config
 from aac_jax.train import checkpointing, parallel, steps
 from aac_jax.train.metric_writers import MetricWriter
@@ -135,8 +135,10 @@ class Evaluator:
     self._workdir, self._writer = epath.Path(exp.workdir), writer
     self._training_captions = training_captions
     self._splits: dict[str, tuple[pipeline.EvalSplit, Any, list[str] | None]] = {}
-    model = exp.eval_model
-    settings = decoding.model_decode_settings(config.eval.decode, model.config.max_decode_len)
+    model, overrides = _with_eval_task(exp.eval_model, config.dataset, exp.tokenizer.tokens)
+    settings = decoding.model_decode_settings(
+      config.eval.decode, model.config.max_decode_len, **overrides
+    )
     features = functools.partial(
       _features, frontend_cfg=config.frontend, sample_rate=int(config.dataset.sample_rate)
     )
@@ -209,6 +211,20 @@ class Evaluator:
     self._writer.flush()
     logging.info('Evaluated %s at step %d on %d clips', name, step, len(split))
     return scores
+
+
+def _with_eval_task(model, dataset_cfg: ml_collections.ConfigDict, tokens: list[str]):
+  """`(model, decode overrides)` decoding the evaluated dataset with its task token.
+
+  A mixture run (`dataset.mixture`) evaluates `dataset.name`'s splits with
+  the task token of the entry reading that dataset (`mixture.eval_task`);
+  other runs decode from BOS as trained.
+  """
+  task = mixture.eval_task(dataset_cfg)
+  if not task:
+    return model, {}
+  task_id = tokens.index(mixture.task_token(task))
+  return model.clone(config=model.config.replace(task_token_id=task_id)), {'bos_id': task_id}
 
 
 def _features(audio, audio_paddings, *, frontend_cfg, sample_rate):
