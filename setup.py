@@ -32,6 +32,8 @@ EXTRAS_REQUIRE = {
   'fense': ['tokenizers>=0.15', 'safetensors>=0.4'],
   # tools/convert_checkpoint.py: reads the published PyTorch checkpoints, never at run time.
   'convert': ['torch>=2.1', 'safetensors>=0.4'],
+  # aac-serve (tools/serve.py): the HTTP server and its metrics.
+  'serve': ['fastapi>=0.110', 'uvicorn>=0.29', 'prometheus_client>=0.17'],
   # torch (CPU wheel) and torchlibrosa run the upstream reference models of the
   # parity tests; tools/test.sh adds conette and torchoutil with --no-deps.
   'test': [
@@ -48,6 +50,10 @@ EXTRAS_REQUIRE = {
     'sentence-transformers>=3.0',
     'tokenizers>=0.15',
     'safetensors>=0.4',
+    # tests/test_serve.py starts the real server.
+    'fastapi>=0.110',
+    'uvicorn>=0.29',
+    'prometheus_client>=0.17',
   ],
 }
 
@@ -67,6 +73,7 @@ setuptools.setup(
       'aac-evaluate=aac_jax.metrics.evaluate_cli:run',
       'aac-build-dataset=aac_jax.data.build_cli:run',
       'aac-export=aac_jax.export:run',
+      'aac-serve=aac_jax.serving.server:run',
       'aac-scst=aac_jax.scst.main:run',
       'aac-sweep=aac_jax.sweeps.cli:run',
     ],

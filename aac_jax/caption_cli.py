@@ -62,7 +62,7 @@ OUTPUT_FORMATS = ('text', 'csv', 'json', 'dcase')
 DCASE_COLUMNS = ('file_name', 'caption_predicted')
 
 # Decoding flags: name -> (type, help). Unset flags keep the run's config.decode.
-_DECODE_FLAGS = {
+DECODE_FLAGS = {
   'method': (str, "'greedy', 'beam' or 'sample'"),
   'beam_size': (int, 'beams per clip (beam)'),
   'length_penalty': (float, 'alpha in ((5 + len) / 6) ** alpha (beam)'),
@@ -103,13 +103,14 @@ def make_parser() -> argparse.ArgumentParser:
     epilog='Exit status: 0 all captioned, 1 some files failed, 2 usage error.',
   )
   parser.add_argument('inputs', nargs='+', help='audio files and/or folders (searched recursively)')
-  _add_model_flags(parser.add_argument_group('model'))
+  add_model_flags(parser.add_argument_group('model'))
   _add_io_flags(parser.add_argument_group('input and output'))
-  _add_decode_flags(parser.add_argument_group('decoding (default: the run config.decode)'))
+  add_decode_flags(parser.add_argument_group('decoding (default: the run config.decode)'))
   return parser
 
 
-def _add_model_flags(group: argparse._ArgumentGroup) -> None:
+def add_model_flags(group: argparse._ArgumentGroup) -> None:
+  """--workdir, --step, --task, --batch_size, --verbose (shared with `aac-serve`)."""
   group.add_argument(
     '--workdir',
     '--run',
@@ -133,6 +134,12 @@ def _add_io_flags(group: argparse._ArgumentGroup) -> None:
     choices=OUTPUT_FORMATS,
     help='default: from --output, else text; dcase: file_name,caption_predicted CSV',
   )
+  group.add_argument('--num_workers', type=int, default=2, help='threads decoding audio files')
+  add_window_flags(group)
+
+
+def add_window_flags(group: argparse._ArgumentGroup) -> None:
+  """--window, --hop, --min_seconds, --refuse_below (shared with `aac-serve`)."""
   group.add_argument('--window', type=float, help='seconds per window (default: training clips)')
   group.add_argument('--hop', type=float, help='seconds between window starts (default: --window)')
   group.add_argument(
@@ -147,11 +154,11 @@ def _add_io_flags(group: argparse._ArgumentGroup) -> None:
     default=0.01,
     help='files with less audio than this (seconds) are refused as too_short',
   )
-  group.add_argument('--num_workers', type=int, default=2, help='threads decoding audio files')
 
 
-def _add_decode_flags(group: argparse._ArgumentGroup) -> None:
-  for name, (kind, text) in _DECODE_FLAGS.items():
+def add_decode_flags(group: argparse._ArgumentGroup) -> None:
+  """The decoding flags (shared with `aac-serve`); unset ones keep the run's `config.decode`."""
+  for name, (kind, text) in DECODE_FLAGS.items():
     choices = decoding.METHODS if name == 'method' else None
     group.add_argument(f'--{name}', type=kind, choices=choices, help=text)
   group.add_argument(
@@ -212,21 +219,65 @@ def read_files(
   decoder = audio_io.ClipDecoder(sample_rate, num_workers, progress=False)
   try:
     for path, decoded in decoder.decode([(f, f) for f in files]):
-      reason, detail = decoded.reason, decoded.detail
-      if reason == audio_io.UNREADABLE and os.path.isfile(path) and os.path.getsize(path) == 0:
-        reason, detail = EMPTY_FILE, 'the file is 0 bytes'
-      if not reason and decoded.audio.shape[0] < refuse_below * sample_rate:
-        seconds = decoded.audio.shape[0] / sample_rate
-        reason, detail = (
-          TOO_SHORT,
-          f'{seconds:.4f} s of audio, less than --refuse_below {refuse_below:g} s',
-        )
-      if reason:
-        yield path, None, FileResult(path, error=reason, detail=detail)
-      else:
-        yield path, decoded.audio.astype(np.float32) / 32768.0, None
+      audio, failure = check_decoded(path, decoded, sample_rate, refuse_below)
+      yield path, audio, failure
   finally:
     decoder.close()
+
+
+def check_decoded(
+  path: str, decoded: audio_io.Decoded, sample_rate: int, refuse_below: float
+) -> tuple[np.ndarray | None, FileResult | None]:
+  """Turns one decoded file into float audio, or the reason it is refused.
+
+  Adds the command's own reasons to `audio_io`'s: `EMPTY_FILE` for a 0-byte
+  file, `TOO_SHORT` below `refuse_below` seconds.
+
+  Args:
+    path: the file that was decoded.
+    decoded: `audio_io.decode_file`'s result for it.
+    sample_rate: the model's rate in Hz.
+    refuse_below: files with fewer seconds of audio fail as `TOO_SHORT`.
+
+  Returns:
+    `(audio, None)` with float32 `[samples]` in [-1, 1], or `(None, failure)`.
+  """
+  reason, detail = decoded.reason, decoded.detail
+  if reason == audio_io.UNREADABLE and os.path.isfile(path) and os.path.getsize(path) == 0:
+    reason, detail = EMPTY_FILE, 'the file is 0 bytes'
+  if not reason and decoded.audio.shape[0] < refuse_below * sample_rate:
+    seconds = decoded.audio.shape[0] / sample_rate
+    reason, detail = (
+      TOO_SHORT,
+      f'{seconds:.4f} s of audio, less than --refuse_below {refuse_below:g} s',
+    )
+  if reason:
+    return None, FileResult(path, error=reason, detail=detail)
+  return decoded.audio.astype(np.float32) / 32768.0, None
+
+
+def cut_windows(
+  audio: np.ndarray, window: int, hop: int, min_samples: int
+) -> list[tuple[int, int, np.ndarray]]:
+  """The windows a recording is captioned in.
+
+  Args:
+    audio: float32 `[samples]`.
+    window: window length in samples.
+    hop: distance between window starts in samples.
+    min_samples: shorter audio is padded with silence to this length (at
+      most one window); shorter window tails are left out.
+
+  Returns:
+    `[(start, end, clip), ...]`: `start`/`end` in samples of the real audio
+    (the padding is not counted), `clip` float32 `[<= window]`.
+  """
+  real = audio.shape[0]
+  min_samples = min(min_samples, window)
+  if real < min_samples:  # Silence the model sees as audio: enough frames to encode.
+    audio = np.pad(audio, (0, min_samples - real))
+  bounds = inference.window_bounds(audio.shape[0], window, hop, min_samples)
+  return [(start, min(end, real), audio[start:end]) for start, end in bounds]
 
 
 def format_timestamp(seconds: float) -> str:
@@ -282,7 +333,7 @@ class CaptionStream:
     """
     self._captioner = captioner
     self._hop = hop_samples
-    self._min = min(min_samples, captioner.window_samples)
+    self._min = min_samples
     self._rate = captioner.loaded.sample_rate
     self._files: list[FileResult] = []  # Waiting to be emitted, in input order.
     self._todo: dict[int, int] = {}  # id(file) -> windows not captioned yet.
@@ -292,17 +343,12 @@ class CaptionStream:
     """Adds a file (audio None: a failure) and yields the files now complete."""
     self._files.append(result)
     if audio is not None:
-      real = audio.shape[0]
-      result.duration = real / self._rate
-      if real < self._min:  # Silence the model sees as audio: enough frames to encode.
-        audio = np.pad(audio, (0, self._min - real))
-      bounds = inference.window_bounds(
-        audio.shape[0], self._captioner.window_samples, self._hop, self._min
-      )
-      self._todo[id(result)] = len(bounds)
-      for start, end in bounds:
-        result.segments.append((start / self._rate, min(end, real) / self._rate, ''))
-        self._queue.append((result, len(result.segments) - 1, audio[start:end]))
+      result.duration = audio.shape[0] / self._rate
+      windows = cut_windows(audio, self._captioner.window_samples, self._hop, self._min)
+      self._todo[id(result)] = len(windows)
+      for start, end, clip in windows:
+        result.segments.append((start / self._rate, end / self._rate, ''))
+        self._queue.append((result, len(result.segments) - 1, clip))
     while len(self._queue) >= self._captioner.batch_size:
       self._run(self._captioner.batch_size)
     yield from self._ready()
@@ -392,7 +438,8 @@ def _output_format(args: argparse.Namespace) -> str:
   return suffix[1:] if args.output else 'text'
 
 
-def _check_args(args: argparse.Namespace) -> None:
+def check_args(args: argparse.Namespace) -> None:
+  """Raises ValueError for window, length and batch flags out of range."""
   if not 0 < args.refuse_below <= args.min_seconds:
     raise ValueError('need 0 < --refuse_below <= --min_seconds')
   if args.window is not None and args.window <= 0:
@@ -403,7 +450,7 @@ def _check_args(args: argparse.Namespace) -> None:
     raise ValueError('--batch_size must be >= 1')
 
 
-def _quiet_libraries(verbose: bool) -> None:
+def quiet_libraries(verbose: bool) -> None:
   """Keeps library INFO lines and orbax's warnings off the user's terminal.
 
   Warnings of this package stay: a checkpoint that cannot be read, and why,
@@ -419,7 +466,7 @@ def build_captioner(args: argparse.Namespace):
   loaded = inference.load_model(args.workdir, args.step)
   if args.task:
     loaded = inference.with_task(loaded, args.task)
-  overrides = {name: getattr(args, name) for name in _DECODE_FLAGS}
+  overrides = {name: getattr(args, name) for name in DECODE_FLAGS}
   overrides['ban_repeated_content_words'] = args.ban_repeated_content_words
   settings, mask = inference.make_settings(loaded, **overrides)
   captioner = inference.AudioCaptioner(
@@ -445,11 +492,16 @@ def model_info(captioner) -> dict:
   }
 
 
+def hop_and_min_samples(args: argparse.Namespace, window: int, rate: int) -> tuple[int, int]:
+  """`(hop, min_samples)` of `--hop` (default: the window) and `--min_seconds`, in samples."""
+  hop = window if args.hop is None else max(1, int(round(args.hop * rate)))
+  return hop, max(1, int(round(args.min_seconds * rate)))
+
+
 def caption_files(args: argparse.Namespace, captioner, files, failures) -> list[FileResult]:
   """Captions every file, printing as it goes in text mode; returns all results."""
   rate = captioner.loaded.sample_rate
-  hop = captioner.window_samples if args.hop is None else max(1, int(round(args.hop * rate)))
-  stream = CaptionStream(captioner, hop, max(1, int(round(args.min_seconds * rate))))
+  stream = CaptionStream(captioner, *hop_and_min_samples(args, captioner.window_samples, rate))
   text = _output_format(args) == 'text'
   results = []
 
@@ -495,7 +547,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = make_parser()
   args = parser.parse_args(argv)  # Exits with 2 on bad flags.
   try:
-    _check_args(args)
+    check_args(args)
     _output_format(args)
   except ValueError as error:
     parser.print_usage(sys.stderr)
@@ -515,7 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       report_failure(failure)
     print('aac-caption: error: no audio files to caption', file=sys.stderr)
     return EXIT_USAGE
-  _quiet_libraries(args.verbose)
+  quiet_libraries(args.verbose)
   # Imported here: loading orbax/flax takes seconds, `--help` and usage errors should not.
   try:
     captioner = build_captioner(args)

@@ -315,7 +315,7 @@ def bucket_samples(num_samples: int, window: int, buckets: int = 4, shortest: in
   return window
 
 
-def _batch_rows(count: int, batch_size: int) -> int:
+def batch_rows(count: int, batch_size: int) -> int:
   """Rows to compile for `count` clips: `batch_size`, or a power of two for a last partial batch."""
   if count >= batch_size:
     return batch_size
@@ -398,7 +398,7 @@ class AudioCaptioner:
 
   def _caption_batch(self, chunk: Sequence[np.ndarray]) -> np.ndarray:
     """Tokens `[len(chunk), max_len]` of at most `batch_size` clips, in one model call."""
-    rows = _batch_rows(len(chunk), self.batch_size)
+    rows = batch_rows(len(chunk), self.batch_size)
     longest = max(clip.shape[0] for clip in chunk)
     shortest = int(MIN_BUCKET_SECONDS * self.loaded.sample_rate)
     samples = bucket_samples(longest, self.window_samples, self.length_buckets, shortest)

@@ -20,7 +20,7 @@ LAYERS = (
   ('train',),
   ('inference',),
   ('convert', 'export', 'caption_cli', 'scst', 'sweeps'),
-  ('demo', 'main'),
+  ('demo', 'main', 'serving'),
 )
 FLOOR = {name: floor for floor, names in enumerate(LAYERS) for name in names}
 

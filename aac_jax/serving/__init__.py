@@ -1,0 +1,1 @@
+"""HTTP serving of a trained captioner (`aac-serve`): batcher, model wrapper, server."""

@@ -1,0 +1,188 @@
+"""Throughput and latency of `aac-serve` under concurrent clients, beside offline captioning.
+
+  python tools/bench_serve.py --workdir workdirs/demo/ce
+  python tools/bench_serve.py --workdir RUN --clips 32 --concurrency 1,4,16 --requests 64
+
+Writes `--clips` different audio files (noise bursts and tones, 1 s up to
+the window), starts the server on a loopback port (`--port 0`), and for
+each concurrency sends `--requests` requests from that many client threads
+(each level stops after `--level_seconds` too), then stops the server with
+SIGTERM. Prints requests/s, p50/p95/p99 latency and the mean batch size
+(from `/metrics`) per level, and the clips/s of offline batched captioning
+of the same decoded files with the same model and batch size (the
+`aac-caption` path, timed after a first pass compiled it), with each
+level's ratio to concurrency 1. Nothing leaves the machine.
+"""
+
+import argparse
+import concurrent.futures
+import json
+import os
+import pathlib
+import signal
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+import soundfile as sf
+
+from aac_jax import caption_cli, export, inference
+from aac_jax.serving import client
+from aac_jax.serving import model as model_lib
+from aac_jax.serving import server as server_lib
+
+
+def make_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--workdir', required=True, help='run folder or export folder')
+  parser.add_argument('--clips', type=int, default=64, help='different audio files')
+  parser.add_argument('--concurrency', default='1,4,16,64', help='client threads per level')
+  parser.add_argument('--requests', type=int, default=128, help='requests per level')
+  parser.add_argument('--level_seconds', type=float, default=120, help='time limit per level')
+  parser.add_argument('--batch_size', type=int, default=16, help='server and offline batch')
+  parser.add_argument('--max_wait_ms', type=float, default=20, help="the server's batching wait")
+  parser.add_argument('--seed', type=int, default=0)
+  return parser
+
+
+def write_clips(folder: pathlib.Path, count: int, window_s: float, seed: int) -> list[bytes]:
+  """`count` 16 kHz WAV files of 1 s to the window: noise bursts plus a tone."""
+  rng = np.random.default_rng(seed)
+  rate, out = 16000, []
+  for i in range(count):
+    n = int(rng.uniform(1.0, window_s) * rate)
+    t = np.arange(n) / rate
+    x = 0.2 * np.sin(2 * np.pi * rng.uniform(200, 2000) * t) * (rng.random() < 0.7)
+    x = x + rng.uniform(0.01, 0.3) * rng.standard_normal(n) * (np.sin(t * rng.uniform(1, 8)) > 0)
+    path = folder / f'clip{i:03d}.wav'
+    sf.write(path, x.astype(np.float32), rate, subtype='PCM_16')
+    out.append(path.read_bytes())
+  return out
+
+
+def run_level(url: str, bodies: list[bytes], concurrency: int, count: int, limit_s: float):
+  """Sends `count` requests from `concurrency` threads; returns `(latencies, statuses, wall)`."""
+  lock, latencies, statuses = threading.Lock(), [], []
+  next_index = iter(range(count))
+  deadline = time.monotonic() + limit_s
+
+  def worker() -> None:
+    while time.monotonic() < deadline:
+      with lock:
+        i = next(next_index, None)
+      if i is None:
+        return
+      start = time.monotonic()
+      status = client.post_caption(url, bodies[i % len(bodies)], timeout=limit_s)[0]
+      with lock:
+        latencies.append(time.monotonic() - start)
+        statuses.append(status)
+
+  start = time.monotonic()
+  with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+    for future in [pool.submit(worker) for _ in range(concurrency)]:
+      future.result()
+  return np.array(latencies), statuses, time.monotonic() - start
+
+
+def bench_server(args, bodies: list[bytes], folder: pathlib.Path) -> list[dict]:
+  """One row per concurrency level."""
+  flags = ['--workdir', args.workdir, '--port', '0', '--batch_size', str(args.batch_size)]
+  flags += ['--max_wait_ms', str(args.max_wait_ms), '--max_queue', '100000']
+  proc, url = client.start_server(flags, folder / 'serve.log')
+  rows = []
+  try:
+    for level in [int(c) for c in args.concurrency.split(',')]:
+      batches = client.metric(url, 'aac_serve_batch_size_count')
+      windows = client.metric(url, 'aac_serve_batch_size_sum')
+      lat, statuses, wall = run_level(url, bodies, level, args.requests, args.level_seconds)
+      ok = statuses.count(200)
+      batches = client.metric(url, 'aac_serve_batch_size_count') - batches
+      windows = client.metric(url, 'aac_serve_batch_size_sum') - windows
+      p50, p95, p99 = np.percentile(lat, [50, 95, 99]) * 1000 if lat.size else (0, 0, 0)
+      rows.append(
+        dict(
+          level=level,
+          sent=len(statuses),
+          ok=ok,
+          rate=ok / wall,
+          p50=p50,
+          p95=p95,
+          p99=p99,
+          batch=windows / max(batches, 1),
+        )
+      )
+      print(f'  concurrency {level}: {ok}/{len(statuses)} ok in {wall:.1f} s', file=sys.stderr)
+  finally:
+    os.killpg(proc.pid, signal.SIGTERM)
+    status = proc.wait(timeout=300)
+    print(f'  server exited with {status} after SIGTERM', file=sys.stderr)
+  return rows
+
+
+def bench_offline(args, folder: pathlib.Path) -> float:
+  """Clips/s of captioning the decoded files in length-sorted batches (after a compiling pass)."""
+  ns = server_lib.make_parser().parse_args(
+    ['--workdir', args.workdir, '--batch_size', str(args.batch_size)]
+  )
+  model = model_lib.load(ns)
+  files = sorted(str(p) for p in folder.glob('clip*.wav'))
+  clips = [a for _, a, _ in caption_cli.read_files(files, model.sample_rate, 0.01, 2)]
+  clips = sorted((c[: model.window_samples] for c in clips), key=len)
+
+  def caption_all() -> None:
+    for first in range(0, len(clips), model.batch_size):
+      model.caption_clips(clips[first : first + model.batch_size])
+
+  caption_all()
+  start = time.monotonic()
+  caption_all()
+  return len(clips) / (time.monotonic() - start)
+
+
+def print_table(rows: list[dict], offline: float, args) -> None:
+  base = rows[0]['rate'] or 1.0
+  print(f'\nbench_serve: {args.workdir}, batch {args.batch_size}, wait {args.max_wait_ms:g} ms')
+  print(
+    '| mode | concurrency | ok / sent | req/s | vs c=1 | p50 ms | p95 ms | p99 ms | mean batch |'
+  )
+  print('|---|---|---|---|---|---|---|---|---|')
+  for r in rows:
+    print(
+      f'| server | {r["level"]} | {r["ok"]}/{r["sent"]} | {r["rate"]:.2f} | '
+      f'{r["rate"] / base:.1f}x | {r["p50"]:.0f} | {r["p95"]:.0f} | {r["p99"]:.0f} | '
+      f'{r["batch"]:.1f} |'
+    )
+  print(
+    f'| offline batched | - | {args.clips} clips | {offline:.2f} | {offline / base:.1f}x '
+    '| - | - | - | '
+    f'{args.batch_size} |'
+  )
+
+
+def window_seconds(workdir: str) -> float:
+  """The model's window: the export's length, or the run's training clip length."""
+  if model_lib.is_export(workdir):
+    path = pathlib.Path(workdir) / export.METADATA_FILENAME
+    return float(json.loads(path.read_text())['max_seconds'])
+  return float(
+    inference.load_run_config(inference.resolve_run(workdir)[0]).dataset.max_audio_seconds
+  )
+
+
+def main(argv=None) -> int:
+  args = make_parser().parse_args(argv)
+  caption_cli.quiet_libraries(verbose=False)
+  with tempfile.TemporaryDirectory(prefix='bench-serve-') as tmp:
+    folder = pathlib.Path(tmp)
+    bodies = write_clips(folder, args.clips, window_seconds(args.workdir), args.seed)
+    rows = bench_server(args, bodies, folder)
+    offline = bench_offline(args, folder)
+  print_table(rows, offline, args)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
