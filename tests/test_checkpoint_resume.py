@@ -5,6 +5,7 @@ dataset with real orbax files; no mocks. A persistent compilation cache
 shared by the runs of the session keeps repeated compiles cheap.
 """
 
+import dataclasses
 import json
 import pathlib
 import re
@@ -133,3 +134,56 @@ def test_keeps_latest_n_plus_best(tmp_path):
   assert manager.best_step() == 2
   assert sorted(manager.all_steps()) == [2, 7, 8]
   manager.close()
+
+
+def _train_losses(workdir: pathlib.Path) -> dict[int, float]:
+  """`{step: train/loss}` from a run's train.log (the last line of each step)."""
+  found = re.findall(r'\[(\d+)\] .*?train/loss=([0-9.eE+-]+)', (workdir / 'train.log').read_text())
+  return {int(step): float(loss) for step, loss in found}
+
+
+def _with_mesh(config, data, fsdp, tensor=1):
+  config = config.copy_and_resolve_references()
+  config.mesh.update(data=data, fsdp=fsdp, tensor=tensor)
+  return config
+
+
+def _restore_on(config, workdir, single_device=False):
+  """The newest checkpoint of `workdir` read onto `config.mesh` (or one device)."""
+  exp = trainer.start_experiment(config, str(workdir))
+  if single_device:
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    exp = dataclasses.replace(exp, state_sharding=jax.tree.map(lambda _: one, exp.state_sharding))
+  manager = checkpointing.create_checkpoint_manager(workdir, config.train)
+  train_iter = pipeline.make_train_iterator(config.dataset, exp.tokenizer, config.train.batch_size)
+  state = trainer.restore_state(exp, manager, train_iter)
+  manager.close()
+  for leaf, want in zip(
+    jax.tree.leaves(state.params), jax.tree.leaves(exp.state_sharding.params), strict=True
+  ):
+    assert leaf.sharding.is_equivalent_to(want, leaf.ndim)
+  return state
+
+
+def test_checkpoint_of_a_sharded_run_restores_on_other_meshes(straight_run, toy_config, tmp_path):
+  straight_dir, _ = straight_run
+  first = _run(_with_mesh(toy_config, 2, 4), tmp_path, 2)
+  assert not first.state.params['decoder']['embed']['embedding'].sharding.is_fully_replicated
+  # Saved on data 2 x fsdp 4; read onto (1, 8, 1), (8, 1, 1) and one device:
+  # bit-identical parameters and optimizer state each time.
+  restored = [
+    _restore_on(_with_mesh(toy_config, 1, 8), tmp_path),
+    _restore_on(toy_config, tmp_path),
+    _restore_on(toy_config, tmp_path, single_device=True),
+  ]
+  for state in restored:
+    assert int(state.step) == 2
+    _assert_trees_equal(state.params, first.state.params)
+    _assert_trees_equal(state.opt_state, first.state.opt_state)
+  # Resumed on 8 x 1 x 1: the losses of the straight 8 x 1 x 1 run (the
+  # reduction order differs between meshes, so equal to float rounding).
+  resumed = _run(toy_config, tmp_path, 4)
+  assert resumed.step == 4
+  straight_losses, losses = _train_losses(straight_dir), _train_losses(tmp_path)
+  for step in (1, 2, 3, 4):
+    np.testing.assert_allclose(losses[step], straight_losses[step], rtol=1e-4, err_msg=step)
