@@ -252,7 +252,7 @@ def _scst_fluency(s: ml_collections.ConfigDict, p: _Problems) -> None:
         'scst.fluency_dir',
         s.fluency_dir,
         f'{error}; train a detector with python tools/train_fluency.py --output DIR, or '
-        'convert FENSE\'s with python tools/convert_checkpoint.py fense',
+        "convert FENSE's with python tools/convert_checkpoint.py fense",
       )
 
 
@@ -267,7 +267,7 @@ _TENSOR_SPLIT_FIELDS = ('encoder_heads', 'encoder_ff_dim', 'decoder_heads', 'dec
 
 
 def _mesh(c: ml_collections.ConfigDict, p: _Problems, num_devices: int, local_devices: int) -> int:
-  """Checks `config.mesh`; returns the number of batch shards (data x fsdp), 1 if unusable."""
+  """Checks `config.mesh`; returns the batch shards (data x fsdp; all devices if unusable)."""
   m = c.mesh
   sizes = {}
   for name in MESH_AXES:
@@ -281,13 +281,16 @@ def _mesh(c: ml_collections.ConfigDict, p: _Problems, num_devices: int, local_de
   if len(free) == 1 and num_devices % fixed == 0:
     sizes[free[0]] = num_devices // fixed
   covered = math.prod(sizes.values()) == num_devices and -1 not in sizes.values()
-  p.check(
-    covered or len(free) > 1,
-    'mesh',
-    dict(m.items()) if 'rules' not in m else {n: m[n] for n in MESH_AXES},
-    f'data x fsdp x tensor must equal the {num_devices} devices; e.g. '
-    f'--config.mesh.data=-1 with fsdp x tensor dividing {num_devices}',
-  )
+  if not covered and len(free) <= 1:
+    named = [n for n in MESH_AXES if m[n] not in (1, -1)] or list(MESH_AXES)
+    shape = ' x '.join(str(m[n]) for n in MESH_AXES)
+    p.check(
+      False,
+      ', '.join(f'mesh.{n}' for n in named),
+      m[named[0]] if len(named) == 1 else [m[n] for n in named],
+      f'data x fsdp x tensor = {shape} cannot cover the {num_devices} devices; use sizes '
+      f'whose product is {num_devices} (one of them -1 takes the devices the others leave)',
+    )
   tensor = sizes['tensor']
   p.check(
     local_devices % tensor == 0,
@@ -307,7 +310,7 @@ def _mesh(c: ml_collections.ConfigDict, p: _Problems, num_devices: int, local_de
         size,
         f'must be divisible by mesh.tensor={tensor}; change one of them',
       )
-  return sizes['data'] * sizes['fsdp'] if covered else 1
+  return sizes['data'] * sizes['fsdp'] if covered else num_devices
 
 
 def _mesh_rules(m: ml_collections.ConfigDict, p: _Problems) -> None:

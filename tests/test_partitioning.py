@@ -4,6 +4,7 @@ import functools
 
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -11,8 +12,9 @@ from flax import traverse_util
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from aac_jax import models
+from aac_jax import config_validation, models
 from aac_jax.models import partitioning
+from aac_jax.train import parallel
 from configs import base
 
 VOCAB = 24  # Divisible by the tensor axis (2).
@@ -124,3 +126,53 @@ def test_parameters_and_adamw_moments_are_created_sharded():
 
 def _flat(tree) -> dict:
   return {'/'.join(k): v for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def _mesh_problems(**changes):
+  config = base.get_base_config()
+  for field, value in changes.items():
+    section, name = field.split('__')
+    config[section][name] = value
+  return config_validation.problems(config, 'train', 8, local_devices=4)
+
+
+def test_mesh_sizes_and_rules_are_checked_one_line_each():
+  assert _mesh_problems(mesh__data=2, mesh__fsdp=4) == []
+  assert _mesh_problems(mesh__data=-1, mesh__fsdp=2, mesh__tensor=2) == []
+  (line,) = _mesh_problems(mesh__data=-1, mesh__fsdp=-1)
+  assert line.startswith('mesh=') and 'at most one axis may be -1' in line
+  (line,) = _mesh_problems(mesh__data=2, mesh__fsdp=2)
+  assert line.startswith('mesh.data, mesh.fsdp=[2, 2]: data x fsdp x tensor = 2 x 2 x 1 cannot')
+  (line,) = _mesh_problems(mesh__fsdp=0)
+  assert line.startswith('mesh.fsdp=0: must be a size >= 1, or -1')
+  # Tensor parallelism stays within a process (4 devices here), and splits heads.
+  lines = _mesh_problems(mesh__data=1, mesh__tensor=8)
+  assert any(x.startswith('mesh.tensor=8: must divide the 4 devices of one process') for x in lines)
+  lines = _mesh_problems(mesh__data=2, mesh__tensor=4, model__decoder_heads=2)
+  assert lines == ['model.decoder_heads=2: must be divisible by mesh.tensor=4; change one of them']
+  (line,) = _mesh_problems(mesh__rules=(('embedd', 'fsdp'),))
+  assert line.startswith("mesh.rules='embedd': unknown logical axis")
+  (line,) = _mesh_problems(mesh__rules=(('embed', 'fsdpp'),))
+  assert line.startswith("mesh.rules['embed']='fsdpp': must name mesh axes")
+  # Batches split over data x fsdp only: 2 x 1 x 4 takes a batch of 6.
+  assert _mesh_problems(mesh__data=2, mesh__tensor=4, train__batch_size=6) == []
+  assert _mesh_problems(mesh__data=2, mesh__tensor=4, train__batch_size=7) == [
+    'train.batch_size=7: must be divisible by the 2 batch shards (mesh data x fsdp); '
+    'use a multiple of 2'
+  ]
+
+
+def test_a_vocabulary_the_tensor_axis_does_not_divide_is_refused():
+  config = base.get_base_config()
+  config.frontend.n_mels = 16
+  model = models.Captioner(models.make_captioner_config(config.model, 23))
+  logical, shapes = models.param_axes(model, num_mels=16)
+  mesh = parallel.create_mesh(ml_collections.ConfigDict({'data': 2, 'fsdp': 2, 'tensor': 2}))
+  lines = parallel.tensor_split_problems(logical, shapes, mesh, parallel.mesh_rules(None))
+  assert lines == [
+    "mesh.tensor=2: does not divide the 'vocab' dimension (23) of the model; use a tensor "
+    "size dividing 23, or map 'vocab' to None in mesh.rules"
+  ]
+  model = models.Captioner(models.make_captioner_config(config.model, 24))
+  logical, shapes = models.param_axes(model, num_mels=16)
+  assert parallel.tensor_split_problems(logical, shapes, mesh, parallel.mesh_rules(None)) == []

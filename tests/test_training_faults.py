@@ -353,7 +353,8 @@ def test_full_disk_during_an_async_save_stops_with_one_line(toy, tmp_path, full_
 BAD_VALUES = {
   'dataset.max_audio_seconds': (0.0, 'dataset.max_audio_seconds=0.0: must be > 0'),
   'optim.lr': (float('nan'), 'optim.lr=nan: must be > 0'),
-  'train.batch_size': (12, 'train.batch_size=12: must be divisible by the 8 devices'),
+  'train.batch_size': (12, 'train.batch_size=12: must be divisible by the 8 batch shards'),
+  'mesh.fsdp': (3, 'mesh.fsdp=3: data x fsdp x tensor = -1 x 3 x 1 cannot cover the 8 devices'),
   'dataset.name': ('clothoo', "dataset.name='clothoo': unknown dataset; use one of"),
   'decode.max_len': (99, 'decode.max_len=99: must be in [1, model.max_decode_len='),
   'eval.decode.method': ('beems', "eval.decode.method='beems': must be one of"),
@@ -377,9 +378,11 @@ def test_bad_config_values_fail_before_any_work(toy, tmp_path):
   config, cache = toy
   flags = [*_overrides(config), '--config.dataset.max_audio_seconds=0', '--config.optim.lr=nan']
   flags += ['--config.train.batch_size=12', '--config.dataset.name=clothoo']
+  flags += ['--config.mesh.fsdp=3']
   proc = _main(cache, tmp_path / 'run', flags, timeout=120)
   assert proc.returncode == 2, proc.stderr[-3000:]
-  for field in ('dataset.max_audio_seconds', 'optim.lr', 'train.batch_size', 'dataset.name'):
+  fields = ('dataset.max_audio_seconds', 'optim.lr', 'train.batch_size', 'dataset.name')
+  for field in (*fields, 'mesh.fsdp'):
     assert proc.stderr.count(BAD_VALUES[field][1]) == 1, proc.stderr
   assert 'Traceback' not in proc.stderr
   assert not (tmp_path / 'run').exists()  # Nothing read, built or written.
