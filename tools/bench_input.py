@@ -4,10 +4,13 @@ Runs the same Grain training pipeline with each worker count in `--workers`
 (default 0 and 2), one after the other in this process, and prints one table.
 The dataset is `--dataset` in `--data_dir` where it is built there; otherwise
 a toy dataset with realistic clip lengths (4-10 s at 16 kHz) is built into a
-temporary folder.
+temporary folder. Each worker count also runs a weighted mixture
+(`config.dataset.mixture`, task tokens on), side by side with the single
+dataset: `--mixture` entries, or by default three toy splits (0.5, 0.3, 0.2).
 
   python tools/bench_input.py
-  python tools/bench_input.py --dataset=clotho --data_dir=~/tensorflow_datasets
+  python tools/bench_input.py --dataset=clotho --data_dir=~/tensorflow_datasets \
+      --mixture=clotho_aac:development:0.3:clotho,audiocaps_aac:train:0.7:audiocaps
 """
 
 import os
@@ -25,7 +28,8 @@ import tensorflow_datasets as tfds  # noqa: E402
 import toy_dataset  # noqa: E402  (the test fixture builder, found via sys.path)
 
 from aac_jax import config_path  # noqa: E402
-from aac_jax.data import pipeline, sources  # noqa: E402
+from aac_jax.data import mixture, pipeline, sources  # noqa: E402
+from aac_jax.data import tokenizer as tokenizer_lib  # noqa: E402
 from aac_jax.data.tokenizer import Tokenizer  # noqa: E402
 from configs import base  # noqa: E402
 
@@ -38,6 +42,12 @@ _WORKERS = flags.DEFINE_list('workers', ['0', '2'], 'Worker counts to compare.')
 _WARMUP = flags.DEFINE_integer('warmup_batches', 3, 'Untimed batches after the first.')
 _BATCHES = flags.DEFINE_integer('batches', 30, 'Timed batches per worker count.')
 _TOY_CLIPS = flags.DEFINE_integer('toy_clips', 256, 'Clips in the fallback toy dataset.')
+_MIXTURE = flags.DEFINE_list(
+  'mixture',
+  [],
+  'Mixture entries dataset:split:weight:task (default: three toy splits).',
+)
+_TOY_MIX = (('train', 0.5, 'a'), ('train_b', 0.3, 'b'), ('train_c', 0.2, 'c'))
 _TOY_CONFIG = flags.DEFINE_enum(
   'toy_config',
   'plain',
@@ -55,22 +65,36 @@ def _dataset_config(name: str, data_dir: str):
 
 
 def _choose_dataset(tmp_dir: str):
-  """Returns `(config.dataset, description)` of the dataset to read."""
+  """Returns `(config.dataset, description, mixture entries)` of the data to read."""
   cfg = _dataset_config(_DATASET.value, _DATA_DIR.value)
+  entries = tuple(_parse_entry(text) for text in _MIXTURE.value)
   try:
     source = sources.open_source(cfg, cfg.train_split)
-    return cfg, f'{_DATASET.value} ({len(source)} clips) in {cfg.data_dir}'
+    return cfg, f'{_DATASET.value} ({len(source)} clips) in {cfg.data_dir}', entries
   except Exception as e:  # noqa: BLE001 - any failure to open means "not built here".
     print(f'{_DATASET.value} is not readable in {cfg.data_dir} ({type(e).__name__}); using toy_aac')
   name = toy_dataset.build_toy_dataset(
     tmp_dir,
     config=_TOY_CONFIG.value,
-    splits={cfg.train_split: _TOY_CLIPS.value},
+    splits={split: _TOY_CLIPS.value for split, _, _ in _TOY_MIX},
     min_seconds=4.0,
     max_seconds=10.0,
   )
   cfg = _dataset_config(name, tmp_dir)
-  return cfg, f'{name} ({_TOY_CLIPS.value} clips of 4-10 s at 16 kHz, temporary)'
+  entries = entries or tuple((name, split, weight, task) for split, weight, task in _TOY_MIX)
+  return cfg, f'{name} ({_TOY_CLIPS.value} clips of 4-10 s at 16 kHz, temporary)', entries
+
+
+def _parse_entry(text: str) -> tuple[str, str, float, str]:
+  dataset, split, weight, task = text.split(':')
+  return dataset, split, float(weight), task
+
+
+def _tokenizer(cfg) -> Tokenizer:
+  """The vocabulary of the single dataset, or of the mixture with its task tokens."""
+  if cfg.mixture:
+    return tokenizer_lib.load_or_build(cfg, None)
+  return Tokenizer.build(sources.load_split_captions(cfg, cfg.train_split))
 
 
 def _measure(cfg, tokenizer, num_workers: int) -> dict[str, float]:
@@ -98,21 +122,28 @@ def _measure(cfg, tokenizer, num_workers: int) -> dict[str, float]:
   }
 
 
-def _print_table(description: str, results: dict[int, dict[str, float]]) -> None:
+def _print_table(description: str, results: dict[tuple[str, int], dict[str, float]]) -> None:
   print(f'\nTraining input pipeline on {description}')
   print(
     f'batch {_BATCH.value}, crop {_SECONDS.value:g} s, {_BATCHES.value} timed batches '
     f'after {_WARMUP.value} warm-up, {os.cpu_count()} CPUs, load average '
     f'{os.getloadavg()[0]:.1f} (other jobs share the CPUs)\n'
   )
-  header = f'| {"workers":>7} | {"first batch (s)":>15} | {"batches/s":>9} | {"clips/s":>8} | {"MB/s":>7} |'
+  header = (
+    f'| {"pipeline":>8} | {"workers":>7} | {"first batch (s)":>15} | {"batches/s":>9} '
+    f'| {"clips/s":>8} | {"MB/s":>7} |'
+  )
   print(header)
   print('|' + '|'.join('-' * (len(c)) for c in header.split('|')[1:-1]) + '|')
-  for workers, r in results.items():
+  for (kind, workers), r in results.items():
     print(
-      f'| {workers:>7} | {r["first"]:>15.2f} | {r["batches_per_s"]:>9.2f} '
+      f'| {kind:>8} | {workers:>7} | {r["first"]:>15.2f} | {r["batches_per_s"]:>9.2f} '
       f'| {r["clips_per_s"]:>8.1f} | {r["mb_per_s"]:>7.1f} |'
     )
+  for workers in sorted({w for _, w in results}):
+    single, mixed = results[('single', workers)], results[('mixture', workers)]
+    ratio = mixed['clips_per_s'] / single['clips_per_s']
+    print(f'{workers} workers: mixture / single dataset = {ratio:.2f}x clips/s')
 
 
 def main(argv):
@@ -120,9 +151,15 @@ def main(argv):
   tfds.disable_progress_bar()
   logging.set_verbosity(logging.WARNING)
   with tempfile.TemporaryDirectory() as tmp_dir:
-    cfg, description = _choose_dataset(tmp_dir)
-    tokenizer = Tokenizer.build(sources.load_split_captions(cfg, cfg.train_split))
-    results = {int(w): _measure(cfg, tokenizer, int(w)) for w in _WORKERS.value}
+    cfg, description, entries = _choose_dataset(tmp_dir)
+    mixed = cfg.copy_and_resolve_references()
+    mixed.mixture = entries
+    print(f'mixture: {mixture.parse(mixed)}')
+    results = {}
+    for kind, config in (('single', cfg), ('mixture', mixed)):
+      tokenizer = _tokenizer(config)
+      for w in _WORKERS.value:
+        results[(kind, int(w))] = _measure(config, tokenizer, int(w))
     _print_table(description, results)
 
 
