@@ -415,4 +415,8 @@ class AudioCaptioner:
 
   def caption_clips(self, clips: Sequence[np.ndarray]) -> list[str]:
     """Captions for clips of at most `window_samples` samples each."""
+    if self.settings.rerank != 'none':  # N candidates re-ranked by CLAP (decoding/rerank.py).
+      from aac_jax.decoding import rerank
+
+      return rerank.caption_clips(self, clips)
     return [self.loaded.tokenizer.decode(row.tolist()) for row in self.caption_tokens(clips)]

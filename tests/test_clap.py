@@ -341,3 +341,50 @@ def test_retrieval_command_equals_brute_force_ranking_of_transformers(clap, tmp_
   (audio / ids[2]).unlink()
   with pytest.raises(SystemExit, match='retrieval: error: 1 of 6 clips have no audio file'):
     retrieval_tool.main([*argv, '--audio_dir', str(audio)])
+
+
+def test_aac_caption_rerank_equals_brute_force_numpy_rerank(clap):
+  """AudioCaptioner with rerank='clap' vs transformers' CLAP on the same beam candidates."""
+  if clap.fusion:
+    pytest.skip('one layout is enough for re-ranking')
+  import jax
+
+  from aac_jax import inference
+  from aac_jax.data import audio_io
+  from tests.test_caption_cli import _random_model
+
+  loaded = _random_model(seconds=1.0)
+  rate = loaded.sample_rate
+  clips = [np.resize(c, int(len(c) * rate / SR)) for c in _clips([SR, 9_000, 14_000, 5_000])]
+  settings, _ = inference.make_settings(
+    loaded, method='beam', beam_size=4, max_len=8, rerank='clap', rerank_clap_dir=str(clap.dir)
+  )
+  captioner = inference.AudioCaptioner(loaded, settings, batch_size=4, length_buckets=1)
+
+  first = captioner.caption_clips(clips)
+  # The candidates, from the captioner's own compiled `generate_candidates` (same padded batch).
+  waveform = np.zeros((4, captioner.window_samples), np.float32)
+  paddings = np.ones_like(waveform)
+  for i, clip in enumerate(clips):
+    waveform[i, : len(clip)], paddings[i, : len(clip)] = clip, 0.0
+  run = captioner._rerank[0]
+  out = run(loaded.params, waveform, paddings, jax.random.key(0), captioner._mask)
+  texts = [[loaded.tokenizer.decode(t.tolist()) for t in row] for row in np.asarray(out.tokens)]
+  decoder = np.asarray(out.scores)
+  at_clap_rate = [audio_io.resample(c, rate, SR) for c in clips]
+  with torch.no_grad():
+    features = clap.extractor(at_clap_rate, sampling_rate=SR, return_tensors='pt')
+    a = clap.model.get_audio_features(**features).pooler_output.numpy()
+    encoded = clap.tok(sum(texts, []), padding=True, truncation=True, return_tensors='pt')
+    t = clap.model.get_text_features(**encoded).pooler_output.numpy().reshape(4, 4, -1)
+  cosine = np.einsum('bd,bnd->bn', a, t)
+  chosen = set()
+  for weight in (0.0, 1.0, 5.0, 1e3):  # Only the host-side choice changes: no recompilation.
+    captioner.settings = settings.replace(rerank_weight=weight)
+    total = decoder + weight * cosine
+    want = [texts[i][int(np.argmax(total[i]))] for i in range(len(clips))]
+    assert captioner.caption_clips(clips) == want, (weight, texts, decoder, cosine)
+    chosen.add(tuple(want))
+    if weight == 1.0:
+      assert first == want
+  assert len(chosen) > 1, (texts, decoder, cosine)  # CLAP changed a choice.

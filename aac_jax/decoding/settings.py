@@ -54,6 +54,12 @@ class DecodeSettings:
     pad_id: padding id written after EOS.
     bos_id: first decoder input.
     eos_id: end of caption.
+    rerank: 'none', or 'clap': 'beam' keeps all `beam_size` finished beams,
+      'sample' draws `beam_size` captions, and the caption with the best
+      decoder score + `rerank_weight` x CLAP audio-text cosine is chosen
+      (SLAM-AAC's CLAP-Refine; `aac_jax.decoding.rerank`, docs/clap.md).
+    rerank_weight: weight of the CLAP cosine in that sum.
+    rerank_clap_dir: the CLAP folder (`tools/convert_checkpoint.py clap`).
   """
 
   method: str = 'greedy'
@@ -70,6 +76,9 @@ class DecodeSettings:
   pad_id: int = PAD_ID
   bos_id: int = BOS_ID
   eos_id: int = EOS_ID
+  rerank: str = 'none'
+  rerank_weight: float = 1.0
+  rerank_clap_dir: str = ''
 
   def __post_init__(self):
     # Config files give lists; the settings must stay hashable (jit-static).
@@ -84,10 +93,28 @@ class DecodeSettings:
       raise ValueError(f'bad beam_size/top_k/top_p: {self.beam_size}, {self.top_k}, {self.top_p}')
     if self.no_repeat_ngram_size >= self.max_len:
       raise ValueError('no_repeat_ngram_size must be < max_len')
+    _check_rerank(self)
 
   def replace(self, **changes) -> 'DecodeSettings':
     """Returns a copy with `changes` applied."""
     return dataclasses.replace(self, **changes)
+
+
+RERANKERS = ('none', 'clap')
+
+
+def _check_rerank(settings: DecodeSettings) -> None:
+  if settings.rerank not in RERANKERS:
+    raise ValueError(f'decode rerank must be one of {RERANKERS}, got {settings.rerank!r}')
+  if settings.rerank == 'none':
+    return
+  if settings.method not in ('beam', 'sample'):
+    raise ValueError(
+      f"decode rerank={settings.rerank!r} needs method 'beam' or 'sample' (candidates), "
+      f'got {settings.method!r}'
+    )
+  if not settings.rerank_clap_dir:
+    raise ValueError('decode rerank=clap needs decode.rerank_clap_dir (a CLAP folder)')
 
 
 def make_decode_settings(
