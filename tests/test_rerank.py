@@ -71,3 +71,15 @@ def test_rerank_settings_are_checked():
     make_decode_settings(cfg, method='beam', rerank='clap')
   with pytest.raises(ValueError, match='rerank must be one of'):
     make_decode_settings(cfg, rerank='bleu')
+
+
+def test_validation_refuses_rerank_before_training():
+  from aac_jax import config_validation
+  from configs import synthetic_demo
+
+  config = synthetic_demo.get_config('runlocal')
+  config.eval.decode.rerank = 'clap'
+  config.decode.rerank = 'bleu'
+  lines = config_validation.problems(config, 'train', 1)
+  assert any(line.startswith("eval.decode.rerank='clap': validation does not") for line in lines)
+  assert any(line.startswith("decode.rerank='bleu': must be one of") for line in lines)
