@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from aac_jax.data import registry
+from aac_jax.data import mixture, registry
 from aac_jax.decoding import settings as decode_settings
 from aac_jax.metrics import eval_config, fense_models
 
@@ -88,6 +88,30 @@ def _dataset(c: ml_collections.ConfigDict, p: _Problems) -> None:
   )
   p.non_negative(d, 'dataset', 'num_workers')
   p.positive(d, 'dataset', 'vocab_min_count')
+  _mixture(d, p)
+
+
+def _mixture(d: ml_collections.ConfigDict, p: _Problems) -> None:
+  """`dataset.mixture`: well formed, known datasets, audio (not stored embeddings)."""
+  try:
+    entries = mixture.parse(d)
+  except mixture.MixtureError as error:
+    p.check(False, 'dataset.mixture', d.mixture, str(error))
+    return
+  for i, entry in enumerate(entries):
+    entry_cfg = mixture.entry_config(d, entry)
+    p.check(
+      registry.is_known(entry_cfg),
+      f'dataset.mixture[{i}]',
+      entry.dataset,
+      f'unknown dataset; use one of {sorted(registry.BUILDER_MODULES)}',
+    )
+  p.check(
+    not (entries and d.embeddings),
+    'dataset.embeddings',
+    d.embeddings,
+    "a mixture reads audio: set dataset.embeddings='' or drop dataset.mixture",
+  )
 
 
 def _frontend(c: ml_collections.ConfigDict, p: _Problems) -> None:

@@ -267,3 +267,20 @@ def test_pretrain_wavcaps_config(arg):
       'macs_aac',
     ]
     assert abs(sum(mixture.weights(entries)) - 1) < 1e-9
+
+
+def test_config_validation_names_a_bad_mixture_before_any_work():
+  from aac_jax import config_validation  # noqa: PLC0415 (the models floor, for this test only)
+
+  config = base.get_base_config()
+  config.dataset.mixture = (('clotho_aac', 'development', -1.0, 'clotho'),)
+  with pytest.raises(config_validation.ConfigError, match=r'dataset.mixture=.*weight -1.0'):
+    config_validation.validate(config, 'train', 8)
+  config.dataset.mixture = (('nope_aac', 'train', 1.0, 'x'), ('clotho_aac', 'development', 1, ''))
+  config.dataset.embeddings = 'auto'
+  with pytest.raises(config_validation.ConfigError) as error:
+    config_validation.validate(config, 'train', 8)
+  lines = str(error.value).splitlines()
+  assert any("dataset.mixture[0]='nope_aac': unknown dataset" in line for line in lines)
+  assert not any('mixture[1]' in line for line in lines)
+  assert any("dataset.embeddings='auto': a mixture reads audio" in line for line in lines)
