@@ -121,7 +121,9 @@ def add_model_flags(group: argparse._ArgumentGroup) -> None:
   )
   group.add_argument('--step', type=int, help='checkpoint step (default: best, else latest)')
   group.add_argument(
-    '--task', help="caption style of a CoNeTTE model: its dataset task (e.g. 'audiocaps')"
+    '--task',
+    help="caption style: a dataset task of a CoNeTTE model or of a run trained on a "
+    "mixture (e.g. 'audiocaps'; default: the dataset the run was evaluated on)",
   )
   group.add_argument('--batch_size', type=int, default=16, help='windows per model call')
   group.add_argument('--verbose', action='store_true', help='show library logs')
