@@ -72,6 +72,9 @@ DECODE_FLAGS = {
   'temperature': (float, 'sampling temperature (sample)'),
   'top_k': (int, 'sample among the k most likely tokens (0 = off)'),
   'top_p': (float, 'nucleus sampling mass (1 = off)'),
+  'rerank': (str, "'none' or 'clap': pick among beam_size candidates by CLAP (docs/clap.md)"),
+  'rerank_weight': (float, 'weight of the CLAP cosine added to the decoder score (rerank)'),
+  'rerank_clap_dir': (str, 'CLAP folder, tools/convert_checkpoint.py clap (rerank)'),
 }
 
 
@@ -122,7 +125,7 @@ def add_model_flags(group: argparse._ArgumentGroup) -> None:
   group.add_argument('--step', type=int, help='checkpoint step (default: best, else latest)')
   group.add_argument(
     '--task',
-    help="caption style: a dataset task of a CoNeTTE model or of a run trained on a "
+    help='caption style: a dataset task of a CoNeTTE model or of a run trained on a '
     "mixture (e.g. 'audiocaps'; default: the dataset the run was evaluated on)",
   )
   group.add_argument('--batch_size', type=int, default=16, help='windows per model call')
@@ -161,7 +164,7 @@ def add_window_flags(group: argparse._ArgumentGroup) -> None:
 def add_decode_flags(group: argparse._ArgumentGroup) -> None:
   """The decoding flags (shared with `aac-serve`); unset ones keep the run's `config.decode`."""
   for name, (kind, text) in DECODE_FLAGS.items():
-    choices = decoding.METHODS if name == 'method' else None
+    choices = {'method': decoding.METHODS, 'rerank': ('none', 'clap')}.get(name)
     group.add_argument(f'--{name}', type=kind, choices=choices, help=text)
   group.add_argument(
     '--ban_repeated_content_words',

@@ -83,3 +83,16 @@ def test_validation_refuses_rerank_before_training():
   lines = config_validation.problems(config, 'train', 1)
   assert any(line.startswith("eval.decode.rerank='clap': validation does not") for line in lines)
   assert any(line.startswith("decode.rerank='bleu': must be one of") for line in lines)
+
+
+def test_aac_caption_rerank_flags():
+  from aac_jax import caption_cli
+
+  parser = caption_cli.make_parser()
+  args = parser.parse_args(
+    ['--workdir', 'w', '--rerank', 'clap', '--rerank_weight', '2.5', '--rerank_clap_dir', 'c', 'x']
+  )
+  assert (args.rerank, args.rerank_weight, args.rerank_clap_dir) == ('clap', 2.5, 'c')
+  with pytest.raises(SystemExit) as exit_info:
+    parser.parse_args(['--workdir', 'w', '--rerank', 'bleu', 'x'])
+  assert exit_info.value.code == 2
