@@ -224,7 +224,7 @@ def _decode(d: ml_collections.ConfigDict, section: str, c, p: _Problems) -> None
     'must be in [0, max_len)',
   )
   p.check(_finite(d.temperature), f'{section}.temperature', d.temperature, 'must be finite')
-  rerank = d.get('rerank', 'none')
+  rerank = d.rerank
   p.check(rerank in decode_settings.RERANKERS, f'{section}.rerank', rerank,
           f'must be one of {list(decode_settings.RERANKERS)}')  # fmt: skip
 
@@ -234,7 +234,7 @@ def _eval(c: ml_collections.ConfigDict, p: _Problems, num_shards: int) -> None:
   p.positive(e, 'eval', 'batch_size')
   p.splits_over_devices(e, 'eval', num_shards)
   _decode(e.decode, 'eval.decode', c, p)
-  rerank = e.decode.get('rerank', 'none')
+  rerank = e.decode.rerank
   p.check(rerank == 'none', 'eval.decode.rerank', rerank,
           "validation does not re-rank (aac-caption does): set it to 'none'")  # fmt: skip
 
