@@ -91,6 +91,9 @@ def get_model_config() -> ml_collections.ConfigDict:
   c.decoder_style = 'aac_jax'
   c.task_token_id = -1  # 'conette': token read at position 0 (e.g. <bos_clotho>); -1 = BOS.
   c.compute_dtype = 'float32'  # 'bfloat16' computes in bf16, parameters stay fp32.
+  # Rematerialisation (activation memory for compute): 'none', 'block' (each
+  # encoder / decoder block recomputed in the backward pass) or 'full'.
+  c.remat = 'none'
   # Auxiliary head predicting the caption's words from the encoder frames
   # (training only; weighted by optim.keyword_loss_weight).
   c.keyword_head = False

@@ -191,6 +191,25 @@ def test_every_mesh_matches_single_device_gradient(mesh_shape):
   assert bool(split) == (mesh_shape[0] != 8)
 
 
+@pytest.mark.parametrize('remat', ['block', 'full'])
+def test_rematerialised_step_has_the_same_gradient(remat):
+  # Recomputing blocks (or everything) in the backward pass changes memory, not results.
+  config, _, params = _setup()
+
+  def setup():
+    remat_config = config.copy_and_resolve_references()
+    remat_config.model.remat = remat
+    cfg = models.make_captioner_config(remat_config.model, VOCAB)
+    return remat_config, models.Captioner(cfg), params
+
+  loss, grads, _ = _reference_result()
+  grads_remat, metrics, _ = _one_step_gradient(
+    jax.devices(), _batch(), grad_accum_steps=2, setup=setup, mesh_shape=(2, 2, 2)
+  )
+  _assert_trees_close(grads_remat, grads)
+  np.testing.assert_allclose(metrics['loss'], loss, rtol=1e-5)
+
+
 def test_batch_has_uneven_tokens_per_device():
   # The mean of per-device means differs from the global token mean on this
   # batch, so the equality above is not an accident of the data.

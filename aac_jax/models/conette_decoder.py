@@ -128,8 +128,9 @@ class ConetteDecoder(nn.Module):
       x = mix_values(x, mix)
     x = x + table[positions][None].astype(cfg.dtype)
     x = nn.Dropout(cfg.dropout)(x, deterministic=cfg.deterministic)
+    layer = layers.maybe_remat(ConetteDecoderLayer, cfg)
     for i in range(cfg.decoder_layers):
-      x = ConetteDecoderLayer(cfg, name=f'layer{i}')(x, encoded, enc_paddings)
+      x = layer(cfg, name=f'layer{i}')(x, encoded, enc_paddings)
     classifier = partitioning.dense(
       cfg.vocab_size, ('embed', 'vocab'), dtype=cfg.dtype, name='classifier'
     )

@@ -18,6 +18,9 @@ _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # 'conette': CoNeTTE's AACTransformerDecoder (models/conette_decoder.py);
 # 'llm': a Llama / Qwen2 language model behind an audio projector (models/llm_bridge.py).
 DECODER_STYLES = ('aac_jax', 'conette', 'llm')
+# Rematerialisation: 'block' recomputes each encoder / decoder block in the
+# backward pass (keeps only block inputs), 'full' the whole forward pass.
+REMAT_MODES = ('none', 'block', 'full')
 LLM_TRAIN = ('full', 'lora')
 CONVNEXT_STEMS = ('audioset', 'conette')  # See `aac_jax.models.convnext.STEMS`.
 
@@ -69,6 +72,8 @@ class CaptionerConfig:
     encoder_drop_path: ConvNeXt stochastic depth (training, unfrozen stages).
     mixup_alpha: mixup of encoder frames and decoder input embeddings in
       training (Beta(alpha, alpha), lambda >= 0.5; 0 = off).
+    remat: 'none', 'block' (each encoder / decoder block recomputed in the
+      backward pass) or 'full' (the whole forward pass; `aac_jax.train.steps`).
     llm: 'llm' only: the language model's `aac_jax.models.llm.LlmConfig`
       (built from `model.llm` by `make_captioner_config`).
     llm_prompt_ids: the prompt's token ids, between audio and caption.
@@ -111,6 +116,7 @@ class CaptionerConfig:
   convnext_stem: str = 'audioset'
   encoder_drop_path: float = 0.0
   mixup_alpha: float = 0.0
+  remat: str = 'none'
   llm: Any = None
   llm_prompt_ids: tuple[int, ...] = ()
   llm_frame_stack: int = 1
@@ -122,6 +128,8 @@ class CaptionerConfig:
   decode: bool = False
 
   def __post_init__(self):
+    if self.remat not in REMAT_MODES:
+      raise ValueError(f'remat must be one of {REMAT_MODES}, got {self.remat!r}')
     if self.subsampling not in _SUBSAMPLING_FACTORS:
       raise ValueError(f'subsampling must be one of {_SUBSAMPLING_FACTORS}, got {self.subsampling}')
     if self.convnext_stem not in CONVNEXT_STEMS:

@@ -157,6 +157,7 @@ class ConformerEncoder(nn.Module):
     """
     paddings = paddings.astype(jnp.float32)
     x, paddings = ConvSubsampling(self.config, name='subsampling')(features, paddings)
+    block = layers.maybe_remat(ConformerBlock, self.config)
     for i in range(self.config.encoder_layers):
-      x = ConformerBlock(self.config, name=f'block{i}')(x, paddings)
+      x = block(self.config, name=f'block{i}')(x, paddings)
     return x, paddings

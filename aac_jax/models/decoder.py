@@ -96,7 +96,8 @@ class TransformerDecoder(nn.Module):
       x = mixup.mix_values(x, mix)
     x = x + table[positions][None].astype(cfg.dtype)
     x = nn.Dropout(cfg.dropout)(x, deterministic=cfg.deterministic)
+    layer = layers.maybe_remat(DecoderLayer, cfg)
     for i in range(cfg.decoder_layers):
-      x = DecoderLayer(cfg, name=f'layer{i}')(x, encoded, enc_paddings)
+      x = layer(cfg, name=f'layer{i}')(x, encoded, enc_paddings)
     x = partitioning.layer_norm(dtype=cfg.dtype, name='norm')(x)
     return embed.attend(x).astype(jnp.float32)

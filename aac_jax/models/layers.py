@@ -18,6 +18,17 @@ from aac_jax.models import partitioning
 MASK_VALUE = -1e9
 
 
+def maybe_remat(block: type[nn.Module], config: Any) -> type[nn.Module]:
+  """`block` recomputed in the backward pass when `config.remat == 'block'` (training only).
+
+  The parameters keep their names (`nn.remat` is a lifted transform); a
+  decoding model (`config.decode`, a KV cache) is never rematerialised.
+  """
+  if getattr(config, 'remat', 'none') == 'block' and not getattr(config, 'decode', False):
+    return nn.remat(block)
+  return block
+
+
 def sinusoidal_table(length: int, dim: int) -> np.ndarray:
   """Fixed sine/cosine position embeddings.
 

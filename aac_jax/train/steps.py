@@ -131,7 +131,13 @@ def _micro_loss(
   )
   method = frames_method or method
   inputs = (features, paddings, tokenizer.decoder_inputs(batch))
-  outputs = model.apply({'params': params}, *inputs, rngs={'dropout': dropout_rng}, method=method)
+
+  def forward(params, inputs, dropout_rng):
+    return model.apply({'params': params}, *inputs, rngs={'dropout': dropout_rng}, method=method)
+
+  if model.config.remat == 'full':  # Keep only the inputs; recompute the rest backwards.
+    forward = jax.checkpoint(forward)
+  outputs = forward(params, inputs, dropout_rng)
   logits = outputs[0] if keyword_loss_weight else outputs
   loss_sum, _ = token_loss_sum(logits, targets, label_smoothing)
   sums = {'loss': loss_sum}
@@ -283,7 +289,7 @@ def own_loss(
   features, paddings, method = model_inputs(batch, model, None, frontend_cfg, sample_rate)
   targets = batch['targets']
   logits = model.apply(
-    {'params': params}, features, paddings, tokenizer.shift_right(targets), method=method
+    {'params': params}, features, paddings, tokenizer.decoder_inputs(batch), method=method
   )
   loss_sum, tokens = token_loss_sum(logits, targets, 0.0)
   return loss_sum / jnp.maximum(tokens, 1.0)
