@@ -178,3 +178,18 @@ def test_key_modes_agree(mode):
 def _cider(counts):
   per_clip = cider.cider_d_from_counts(counts, cider.corpus_idf(counts))
   return per_clip.mean(), per_clip
+
+
+def test_local_ids_are_the_packed_ranks_and_dense_ranks_is_uniques_inverse():
+  """Evaluation's 'local' ids equal the 'packed' ones (same sums, same order of rows)."""
+  cands = ['a dog barks a dog barks', 'rain', '', 'a b c d e f']
+  refs = [['a dog is barking', 'dog barks a dog'], ['rain falls'], ['x y'], ['a b c d', 'e f']]
+  cand_s, ref_s, ref_clip = ngrams.encode_pairs(cands, refs, {})
+  packed = ngrams.pair_counts(cand_s, ref_s, ref_clip, 4, 'packed')
+  local = ngrams.pair_counts(cand_s, ref_s, ref_clip, 4)
+  np.testing.assert_array_equal(local.key, packed.key)
+  np.testing.assert_array_equal(local.sentence, packed.sentence)
+  rng = np.random.default_rng(0)
+  for values in (rng.integers(0, 50, 1000), rng.integers(0, 2**62, 1000), np.array([7])):
+    expected = np.unique(values, return_inverse=True)[1].reshape(-1)  # Large: the fallback.
+    np.testing.assert_array_equal(ngrams.dense_ranks(values), expected)

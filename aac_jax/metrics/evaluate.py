@@ -144,13 +144,19 @@ def compute_caption_metrics(
 
 # Whitespace other than spaces (and the line breaks joining captions).
 _OTHER_SPACE = re.compile(r'[^\S \n]')
+# The same in ASCII text: what str.split() splits on besides ' ' and '\n'.
+_OTHER_ASCII_SPACE = '\t\r\x0b\x0c\x1c\x1d\x1e\x1f'
 
 
 def _single_spaced(joined: str) -> bool:
   """Whether captions joined by line breaks separate words by one space only."""
   if '  ' in joined or ' \n' in joined or '\n ' in joined:
     return False
-  return not (joined.startswith(' ') or joined.endswith(' ') or _OTHER_SPACE.search(joined))
+  if joined.startswith(' ') or joined.endswith(' '):
+    return False
+  if joined.isascii():  # A few substring scans instead of a regular expression (5 ms).
+    return not any(c in joined for c in _OTHER_ASCII_SPACE)
+  return not _OTHER_SPACE.search(joined)
 
 
 def _add_ngram_metrics(cands, refs, corpus, per_clip, statistics) -> vocab_lib.VocabData:

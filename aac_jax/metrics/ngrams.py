@@ -7,11 +7,11 @@ for equal n-grams. `PairCounts` holds the entries of candidates (one per
 clip) and of their references, sorted together by (clip, key) so that BLEU's
 clipping and CIDEr-D's clipped dot products are plain numpy reductions.
 
-Dense ids come from `np.unique` over n-gram keys and only mean something
-within one call. The keys are the word ids of an n-gram packed into one
-uint64 ('packed', exact while word ids are below 2**16, the usual case),
-else ids built order by order from (prefix id, word) pairs ('local', exact).
-The reward needs identities that hold across calls (its document
+Dense ids are the ranks of n-gram keys and only mean something within one
+call. Evaluation builds them order by order from (prefix id, word) pairs
+('local', exact for any vocabulary, sorted like the packed keys). The
+packed keys are the word ids of an n-gram packed into one uint64 ('packed',
+exact while word ids are below 2**16). The reward needs identities that hold across calls (its document
 frequencies are precomputed): it keeps the packed keys (`key_values`), and
 above 2**16 words uses a multiplicative hash instead ('hashed': a collision
 is then possible in principle, with probability about k**2 / 2**64 for k
@@ -20,6 +20,7 @@ distinct n-grams).
 
 import dataclasses
 import itertools
+import operator
 from collections.abc import Sequence
 
 import numpy as np
@@ -52,12 +53,19 @@ def encode(token_lists: Sequence[Sequence[str]], vocab: dict[str, int]) -> Sente
     The flat `Sentences`.
   """
   flat = [w for tokens in token_lists for w in tokens]
+  lengths = np.fromiter(map(len, token_lists), np.int64, len(token_lists))
+  return Sentences(_word_ids(flat, vocab), lengths)
+
+
+def _word_ids(flat: list[str], vocab: dict[str, int]) -> np.ndarray:
+  """int64 ids of `flat`, adding unseen words to `vocab` (ids from len(vocab) + 1 on)."""
   for word in dict.fromkeys(flat):
     if word not in vocab:
       vocab[word] = len(vocab) + 1
-  words = np.fromiter(map(vocab.__getitem__, flat), np.int64, len(flat))
-  lengths = np.fromiter(map(len, token_lists), np.int64, len(token_lists))
-  return Sentences(words, lengths)
+  if len(flat) < 2:  # itemgetter returns a tuple from two items on.
+    return np.fromiter(map(vocab.__getitem__, flat), np.int64, len(flat))
+  # One C call for all look-ups (faster than mapping __getitem__).
+  return np.array(operator.itemgetter(*flat)(vocab), np.int64)
 
 
 def encode_texts(
@@ -76,10 +84,7 @@ def encode_texts(
     The flat `Sentences`.
   """
   flat = ' '.join(texts).split()
-  for word in dict.fromkeys(flat):
-    if word not in vocab:
-      vocab[word] = len(vocab) + 1
-  words = np.fromiter(map(vocab.__getitem__, flat), np.int64, len(flat))
+  words = _word_ids(flat, vocab)
   if single_spaced:
     lengths = np.fromiter(map(str.count, texts, itertools.repeat(' ')), np.int64, len(texts))
     lengths += np.fromiter(map(bool, texts), np.int64, len(texts))
@@ -140,7 +145,7 @@ def _ngram_keys(sents: Sentences, max_n: int, mode: str) -> tuple[np.ndarray, ..
       elif mode == 'hashed':
         key = (prev[starts] + np.uint64(n)) * _HASH_MULT + last
       else:  # Local ids of the (n-1)-gram prefix, extended by one word.
-        key = np.unique(prev[starts] * base + last, return_inverse=True)[1].reshape(-1)
+        key = dense_ranks(prev[starts] * base + last)
       out_s.append(sentence[starts])
       out_o.append(np.full(len(starts), n - 1, np.int64))
       out_k.append(key)
@@ -204,8 +209,9 @@ def pair_counts(
     refs: [r] references.
     ref_clip: int64 [r], clip of each reference.
     max_n: highest n-gram order.
-    mode: key scheme, see `_ngram_keys`; None picks an exact one ('packed'
-      or 'local'). With 'packed' or 'hashed', `key_values` gives the
+    mode: key scheme, see `_ngram_keys`; None: 'local' (exact for any
+      vocabulary, the fastest; dense ids equal to 'packed' ones where both
+      apply). With 'packed' or 'hashed', `key_values` gives the
       call-independent key of each dense id.
 
   Returns:
@@ -215,8 +221,7 @@ def pair_counts(
   both = Sentences(
     np.concatenate([cands.words, refs.words]), np.concatenate([cands.lengths, refs.lengths])
   )
-  if mode is None:
-    mode = 'packed' if key_mode(int(both.words.max(initial=0)), max_n) == 'packed' else 'local'
+  mode = 'local' if mode is None else mode
   sentence, order, keys = _ngram_keys(both, max_n, mode)
   key_values, key = _dense_keys(keys, mode)
   num_keys = int(key.max(initial=-1)) + 1
@@ -243,6 +248,32 @@ def pair_counts(
     ref_clip=np.asarray(ref_clip, np.int64),
     key_values=key_values,
   )
+
+
+def dense_ranks(values: np.ndarray) -> np.ndarray:
+  """Rank of each value among the distinct values: `np.unique`'s inverse, faster.
+
+  The position of each value rides in the low bits of one sorted int64
+  array: a plain sort, several times faster than the argsort of `np.unique`.
+
+  Args:
+    values: int64 [m], >= 0.
+
+  Returns:
+    int64 [m] in [0, number of distinct values).
+  """
+  size = len(values)
+  bits = max(size - 1, 1).bit_length()
+  if size == 0 or int(values.max()) >= 1 << (63 - bits):
+    return np.unique(values, return_inverse=True)[1].reshape(-1).astype(np.int64)
+  packed = np.sort((values << bits) | np.arange(size))
+  ordered = packed >> bits
+  new = np.empty(size, bool)
+  new[0] = True
+  np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+  ranks = np.empty(size, np.int64)
+  ranks[packed & ((1 << bits) - 1)] = np.cumsum(new) - 1
+  return ranks
 
 
 def _dense_keys(keys: list[np.ndarray], mode: str) -> tuple[np.ndarray | None, np.ndarray]:

@@ -165,20 +165,36 @@ def tokenize_caption(text: str) -> str:
 
 
 # Batch shortcut over many captions joined by line breaks: lines with only
-# letters, spaces, commas and full stops, checked with one pass each.
-_OTHER_CHAR_LINE = re.compile(r'[^A-Za-z ,.\n][^\n]*')
-_GLUED_PUNCT_LINE = re.compile(r'[,.][^ \n][^\n]*')
+# letters, spaces, commas and full stops, checked with numpy over the code
+# points of all lines at once.
+_PLAIN_OR_BREAK = np.zeros(128, bool)  # [A-Za-z ,.\n]
+for _c in 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz ,.\n':
+  _PLAIN_OR_BREAK[ord(_c)] = True
+_SPACE, _BREAK, _COMMA, _STOP = (ord(c) for c in ' \n,.')
 
 
-def _abbreviation_positions(joined: str) -> list[int]:
+def _code_points(text: str) -> np.ndarray:
+  """uint32 [len(text)]: index i is `ord(text[i])`."""
+  return np.frombuffer(text.encode('utf-32-le', 'surrogatepass'), np.uint32)
+
+
+def _abbreviation_positions(joined: str, chars: np.ndarray) -> list[int]:
   """Positions of full stops glued to a word that may be an abbreviation."""
-  segments = joined.split('.')[:-1]  # The text before each full stop.
-  tails = [s[max(s.rfind(' '), s.rfind('\n')) + 1 :] for s in segments]
-  hits = [i for i, tail in enumerate(tails) if tail and ptb_rules.may_abbreviate(tail)]
-  if not hits:
+  stops = np.flatnonzero(chars == _STOP)
+  stops = stops[stops > 0]
+  before = chars[stops - 1]
+  stops = stops[(before != _SPACE) & (before != _BREAK) & (before != _STOP)]
+  if not len(stops):
     return []
-  ends = np.cumsum([len(s) + 1 for s in segments]) - 1
-  return [int(ends[i]) for i in hits]
+  # The word before each: from the last space, line break or full stop on.
+  bounds = np.flatnonzero((chars == _SPACE) | (chars == _BREAK) | (chars == _STOP))
+  at = np.searchsorted(bounds, stops) - 1
+  starts = np.where(at >= 0, bounds[np.maximum(at, 0)] + 1, 0)
+  tails = [joined[a:b] for a, b in zip(starts.tolist(), stops.tolist(), strict=True)]
+  abbreviating = {t for t in set(tails) if ptb_rules.may_abbreviate(t)}
+  if not abbreviating:
+    return []
+  return [int(s) for t, s in zip(tails, stops, strict=True) if t in abbreviating]
 
 
 def _split_word_positions(lower: str) -> list[int]:
@@ -192,26 +208,44 @@ def _split_word_positions(lower: str) -> list[int]:
   return out
 
 
+def _line_of(text: str, chars: np.ndarray | None, positions) -> np.ndarray:
+  """Line index of each position of `text` (`chars`: its code points, if at hand)."""
+  chars = _code_points(text) if chars is None else chars
+  return np.searchsorted(np.flatnonzero(chars == _BREAK), positions)
+
+
 def _plain_lines(texts: list[str]) -> list[str | None]:
   """`_plain_words` of many captions at once (None: needs the scanner)."""
   joined = '\n'.join(texts)
   if joined.count('\n') != len(texts) - 1:  # A caption holds a line break.
     return [_plain_words(t) for t in texts]
+  chars = _code_points(joined)
+  other = (chars > 127) | ~_PLAIN_OR_BREAK[np.minimum(chars, 127)]
+  # A comma or full stop followed by anything but a space or the line's end.
+  punct = (chars[:-1] == _COMMA) | (chars[:-1] == _STOP)
+  glued = punct & (chars[1:] != _SPACE) & (chars[1:] != _BREAK)
+  bad = np.concatenate([np.flatnonzero(other), np.flatnonzero(glued)])
+  bad = np.append(bad, _abbreviation_positions(joined, chars)).astype(np.int64)
+  lines = set(_line_of(joined, chars, bad).tolist())
   lower = joined.lower()
-  out = lower.replace(',', ' ').replace('.', ' ').split('\n')
-  bad = [m.start() for m in _OTHER_CHAR_LINE.finditer(joined)]
-  bad += [m.start() for m in _GLUED_PUNCT_LINE.finditer(joined)]
-  bad += _abbreviation_positions(joined)
   bad_lower = _split_word_positions(lower)
-  starts = np.cumsum([0] + [len(t) + 1 for t in texts[:-1]])
-  lines = set(np.searchsorted(starts, bad, side='right') - 1)
   if bad_lower:  # Lower-casing may change lengths outside ASCII.
-    if not joined.isascii():
-      starts = np.cumsum([0] + [len(t) + 1 for t in out[:-1]])
-    lines.update(np.searchsorted(starts, bad_lower, side='right') - 1)
+    same = len(lower) == len(joined)
+    lines.update(_line_of(lower, chars if same else None, bad_lower).tolist())
+  # In plain lines every comma and full stop comes before a space or a line's
+  # end: drop them there, then collapse runs of spaces and trim each line.
+  words = lower.replace(', ', ' ').replace('. ', ' ').replace(',\n', '\n').replace('.\n', '\n')
+  words = words[:-1] if words[-1:] in (',', '.') else words
+  while '  ' in words:
+    words = words.replace('  ', ' ')
+  if ' \n' in words:
+    words = words.replace(' \n', '\n')
+  if '\n ' in words:
+    words = words.replace('\n ', '\n')
+  out = words.strip(' ').split('\n')
   for line in lines:
     out[line] = None
-  return [None if o is None else ' '.join(o.split()) for o in out]
+  return out
 
 
 def tokenize_captions(texts: Iterable[str]) -> list[str]:
