@@ -20,100 +20,29 @@ from tests import corpora
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
+from tests import clap_reference  # noqa: E402  (torch, transformers)
 
 sys.path.insert(0, 'tools')
 import convert_checkpoint  # noqa: E402
 
-SR = 16_000
-SPECIALS = ['<s>', '<pad>', '</s>', '<unk>', '<mask>']
+SR = clap_reference.TINY_RATE
 
 
 def _captions(n: int) -> list[str]:
   path = corpora.corpora_dir() / 'clotho' / 'clotho_captions_development.csv'
-  with open(path, newline='', encoding='utf-8') as f:
-    rows = list(csv.DictReader(f))
-  return [r['caption_1'] for r in rows[:n]]
+  return clap_reference.read_captions(path, n)
 
 
 def _clips(lengths: list[int]) -> list[np.ndarray]:
-  """Rendered synthetic scenes (tones, noises, events), cut to `lengths` samples."""
-  from aac_jax.data.synthetic import scenes
-
-  rng = np.random.default_rng(3)
-  out = []
-  for n in lengths:
-    wave = scenes.render_scene(scenes.sample_scene(rng), rng, SR).astype(np.float32) / 32768.0
-    out.append(np.resize(wave, n))
-  return out
+  return clap_reference.render_clips(lengths, SR)
 
 
 def _tokenizer(folder, captions):
-  from tokenizers import ByteLevelBPETokenizer
-
-  bpe = ByteLevelBPETokenizer()
-  bpe.train_from_iterator(captions, vocab_size=320, special_tokens=SPECIALS, show_progress=False)
-  bpe.save_model(str(folder))
-  tok = transformers.RobertaTokenizerFast(
-    vocab=str(folder / 'vocab.json'),
-    merges=str(folder / 'merges.txt'),
-    model_max_length=40,
-  )
-  tok.save_pretrained(str(folder))
-  return tok
+  return clap_reference.train_tokenizer(folder, captions, max_length=40)
 
 
 def _hf_folder(folder, fusion: bool, vocab_size: int):
-  torch.manual_seed(1 + fusion)
-  config = transformers.ClapConfig(
-    text_config=dict(
-      vocab_size=vocab_size,
-      hidden_size=32,
-      num_hidden_layers=2,
-      num_attention_heads=2,
-      intermediate_size=64,
-      max_position_embeddings=42,
-      layer_norm_eps=1e-5,
-    ),
-    audio_config=dict(
-      num_mel_bins=16,
-      spec_size=64,
-      patch_size=4,
-      patch_stride=[4, 4],
-      window_size=4,
-      depths=[2, 2, 2],
-      num_attention_heads=[2, 2, 4],
-      patch_embeds_hidden_size=16,
-      hidden_size=64,
-      enable_fusion=fusion,
-      fusion_type='aff_2d' if fusion else None,
-    ),
-    projection_dim=24,
-  )
-  model = transformers.ClapModel(config).eval()
-  with torch.no_grad():  # Non-trivial biases, position tables, BatchNorm statistics.
-    for name, p in model.named_parameters():
-      if 'relative_position_bias_table' in name or name.endswith('bias'):
-        p.normal_(0, 0.1)
-    for name, b in model.named_buffers():
-      if name.endswith('running_mean'):
-        b.normal_(0, 0.5)
-      elif name.endswith('running_var'):
-        b.uniform_(0.5, 2.0)
-    model.logit_scale_a.fill_(2.0)
-    model.logit_scale_t.fill_(2.5)
-  model.save_pretrained(str(folder))
-  extractor = transformers.ClapFeatureExtractor(
-    feature_size=16,
-    sampling_rate=SR,
-    hop_length=160,
-    max_length_s=1,
-    fft_window_size=400,
-    frequency_min=50,
-    frequency_max=8000,
-    truncation='fusion' if fusion else 'rand_trunc',
-  )
-  extractor.save_pretrained(str(folder))
-  return model, extractor
+  return clap_reference.save_random_clap(folder, fusion, vocab_size, size='tiny')
 
 
 @pytest.fixture(scope='module', params=[False, True], ids=['unfused', 'fused'])

@@ -2,6 +2,7 @@
 
   python tools/bench_metrics.py [--corpora ../shared/corpora] [--repeats 5]
   python tools/bench_metrics.py --only fense [--fense_clips 14,150,1045]
+  python tools/bench_metrics.py --only clap [--clap_clips 16 --clap_captions 256]
 
 1. Scores the Clotho evaluation split (caption_1 of each clip against the
    other four) with pycocoevalcap (Java PTB tokenizer + Bleu(4), Rouge,
@@ -24,6 +25,14 @@
    (`tests/fense_reference.py`; timings do not depend on the weights);
    prints a row per set size: both times, aac_jax's first (cold, compiling)
    call, the ratios and the largest FENSE difference.
+
+4. Times CLAP embeddings (`--only clap`): --clap_clips 10 s clips at 48 kHz
+   (synthetic scenes) and --clap_captions Clotho captions through aac_jax's
+   CLAP (`aac_jax.models.clap`) and transformers' `ClapModel` with its feature
+   extractor, both the published architecture with random weights
+   (`tests/clap_reference.py`), the same batch size, warm (best of
+   --fense_repeats); prints both times, aac_jax's cold call, the ratios and
+   the largest embedding difference.
 
 Every part prints the load average (the machine may be shared).
 
@@ -206,13 +215,77 @@ def bench_fense(
   )
 
 
+def bench_clap(corpora: pathlib.Path, num_clips: int, num_captions: int, batch: int, repeats: int):
+  import sys
+  import tempfile
+
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+  from tests import clap_reference as ref  # noqa: I001  (torch; only for this part)
+  import torch
+
+  from aac_jax.convert import clap as clap_convert
+  from aac_jax.models.clap import embedder
+
+  captions = ref.read_captions(corpora / 'clotho' / 'clotho_captions_evaluation.csv', num_captions)
+  with tempfile.TemporaryDirectory() as tmp:
+    hf, out = pathlib.Path(tmp) / 'hf', pathlib.Path(tmp) / 'clap'
+    hf.mkdir()
+    tok = ref.train_tokenizer(hf, captions, max_length=77)
+    model, extractor = ref.save_random_clap(hf, False, len(tok), size='base')
+    clap_convert.convert_folder(hf, out)
+    ours = embedder.load(out, batch_size=batch, text_batch_size=batch)
+  rate = extractor.sampling_rate
+  clips = ref.render_clips([extractor.max_length_s * rate] * num_clips, rate)
+
+  @torch.no_grad()
+  def theirs_audio():
+    return np.concatenate([
+      model.get_audio_features(
+        **extractor(clips[i : i + batch], sampling_rate=rate, return_tensors='pt')
+      ).pooler_output.numpy() for i in range(0, len(clips), batch)
+    ])  # fmt: skip
+
+  @torch.no_grad()
+  def theirs_text():
+    return np.concatenate([
+      model.get_text_features(
+        **tok(captions[i : i + batch], padding=True, truncation=True, return_tensors='pt')
+      ).pooler_output.numpy() for i in range(0, len(captions), batch)
+    ])  # fmt: skip
+
+  print(f'\nCLAP embeddings, HTS-AT base + RoBERTa base, random weights ({_load()})')
+  print(f'{"part":>18} {"aac_jax s (CPU)":>16} {"cold s":>8} {"transformers s (CPU)":>21} '
+        f'{"wall":>6} {"CPU":>6} {"max diff":>9}')  # fmt: skip
+  parts = (
+    (f'{num_clips} clips x {extractor.max_length_s} s', lambda: ours.audio(clips), theirs_audio),
+    (f'{len(captions)} captions', lambda: ours.text(captions), theirs_text),
+  )
+  for name, ours_fn, theirs_fn in parts:
+    _, cold, _ = best_time(ours_fn, 1)  # Compiles.
+    got, ours_time, ours_cpu = best_time(ours_fn, repeats)
+    want, ref_time, ref_cpu = best_time(theirs_fn, repeats)
+    print(
+      f'{name:>18} {ours_time:>7.2f} ({ours_cpu:>6.2f}) {cold:>8.2f} '
+      f'{ref_time:>12.2f} ({ref_cpu:>6.2f}) {ref_time / ours_time:>5.2f}x '
+      f'{ref_cpu / ours_cpu:>5.2f}x {np.abs(got - want).max():>9.1e}',
+      flush=True,
+    )
+  print(f'batch {batch} for both, warm, best of {repeats} runs (transformers: its feature '
+        f'extractor included, as aac_jax computes its log-mel on the device); {_load()}')  # fmt: skip
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   default = pathlib.Path(__file__).resolve().parents[1].parent / 'shared' / 'corpora'
   parser.add_argument('--corpora', type=pathlib.Path, default=default)
   parser.add_argument('--repeats', type=int, default=5)
   parser.add_argument('--batch', type=int, default=256)
-  parser.add_argument('--only', choices=('coco', 'reward', 'fense'), help='Run one part only.')
+  parser.add_argument(
+    '--only', choices=('coco', 'reward', 'fense', 'clap'), help='Run one part only.'
+  )
+  parser.add_argument('--clap_clips', type=int, default=16, help='10 s clips for the CLAP part.')
+  parser.add_argument('--clap_captions', type=int, default=256, help='Captions (CLAP part).')
+  parser.add_argument('--clap_batch', type=int, default=16, help='Batch of both CLAPs.')
   parser.add_argument(
     '--fense_clips', default='14,150,1045', help='Set sizes for the FENSE part (comma list).'
   )
@@ -228,6 +301,10 @@ def main() -> None:
   if args.only in (None, 'fense'):
     clip_counts = [int(n) for n in args.fense_clips.split(',')]
     bench_fense(args.corpora, clip_counts, args.fense_batch, args.fense_repeats)
+  if args.only in (None, 'clap'):
+    bench_clap(
+      args.corpora, args.clap_clips, args.clap_captions, args.clap_batch, args.fense_repeats
+    )
 
 
 if __name__ == '__main__':
