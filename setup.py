@@ -34,6 +34,9 @@ EXTRAS_REQUIRE = {
   'convert': ['torch>=2.1', 'safetensors>=0.4'],
   # aac-serve (tools/serve.py): the HTTP server and its metrics.
   'serve': ['fastapi>=0.110', 'uvicorn>=0.29', 'prometheus_client>=0.17'],
+  # aac-build-dataset --beam: builds on Apache Beam (checked with apache-beam 2.78.0, which
+  # needs protobuf<7 and pyarrow<26: installing it downgrades them to 6.33.6 and 25.0.1).
+  'beam': ['apache-beam>=2.60'],
   # torch (CPU wheel) and torchlibrosa run the upstream reference models of the
   # parity tests; tools/test.sh adds conette and torchoutil with --no-deps.
   'test': [
@@ -54,6 +57,8 @@ EXTRAS_REQUIRE = {
     'fastapi>=0.110',
     'uvicorn>=0.29',
     'prometheus_client>=0.17',
+    # tests/test_beam_build.py: Beam builds on the DirectRunner.
+    'apache-beam>=2.60',
   ],
 }
 
