@@ -6,13 +6,22 @@ When a split exceeds `tensorflow_datasets.core.shuffle.MAX_MEM_BUFFER_SIZE`
 (the default synthetic train split, Clotho and AudioCaps all exceed 1 GB).
 `install()` gives TFDS's private bucket class plain-Python file I/O with the
 same on-disk record format (key, length, bytes), so large splits build with
-bounded memory. Every builder of this package calls `install()` on import.
+bounded memory.
+
+It also makes TFDS serialise records deterministically (map fields in key
+order): TFDS 4.9.10 calls `SerializeToString()`, whose map order depends on
+the process, so the same example written by a Beam worker process and by the
+single-machine build differed in bytes (the feature order of
+`tf.train.Example`), while readers saw the same values. Every builder of
+this package calls `install()` on import, Beam workers included (they import
+the builder module to run the decoding step, fused with serialisation).
 """
 
 import os
 import resource
 import struct
 
+from tensorflow_datasets.core import example_serializer
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 # TFDS keeps one open file per bucket.
@@ -58,8 +67,13 @@ def _raise_open_file_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
+def _serialize_example(self, example) -> bytes:
+  return self.get_tf_example(example).SerializeToString(deterministic=True)
+
+
 def install() -> None:
-  """Makes TFDS's shuffle spill files TensorFlow-free (idempotent)."""
+  """Makes TFDS's shuffle spill files TensorFlow-free, its records deterministic (idempotent)."""
+  example_serializer.ExampleSerializer.serialize_example = _serialize_example
   bucket = tfds_shuffle._Bucket  # noqa: SLF001 (no public hook exists)
   if getattr(bucket, '_aac_jax_patched', False):
     return
