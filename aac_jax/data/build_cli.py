@@ -19,7 +19,10 @@ also take `--strict` (fail on any bad input), `--report` (report path),
 600 s; longer files skipped as `too_long` or cut to their first part) and
 `--allow_outside_symlinks` (follow symlinks pointing outside --source_dir;
 by default such files, like `..` and absolute paths leading out, are
-skipped unread as `outside_source_dir`).
+skipped unread as `outside_source_dir`), and `--beam
+[--beam_pipeline_options=runner=DataflowRunner,project=...]` (decode on
+Apache Beam: the same records and one merged report; needs
+`pip install 'aac_jax[beam]'`, see `beam_build`).
 
 The dataset lands in `<data_dir>/<name>/<config>/1.0.0/` with its
 `build_report.json`; read it with `tfds.data_source('clotho_aac/16000hz',
@@ -38,7 +41,16 @@ import soundfile as sf
 import tensorflow_datasets as tfds
 from absl import logging
 
-from aac_jax.data import audio_io, audiocaps, build_report, clotho, custom_folder, macs, wavcaps
+from aac_jax.data import (
+  audio_io,
+  audiocaps,
+  beam_build,
+  build_report,
+  clotho,
+  custom_folder,
+  macs,
+  wavcaps,
+)
 
 BUILDERS = {
   'clotho': clotho.ClothoAac,
@@ -47,6 +59,10 @@ BUILDERS = {
   'wavcaps': wavcaps.WavcapsAac,
   'macs': macs.MacsAac,
 }
+
+
+# argparse's status for a bad command line; also a missing optional extra.
+USAGE_ERROR = 2
 
 
 def _add_common_flags(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +103,16 @@ def make_parser() -> argparse.ArgumentParser:
       '--allow_outside_symlinks',
       action='store_true',
       help='Follow symlinks that point outside --source_dir (refused by default).',
+    )
+    command.add_argument(
+      '--beam',
+      action='store_true',
+      help="Decode on Apache Beam, not --num_workers local decoders (pip install 'aac_jax[beam]').",
+    )
+    command.add_argument(
+      '--beam_pipeline_options',
+      default='',
+      help="With --beam: 'runner=DataflowRunner,project=P,...' ('' = local DirectRunner).",
     )
   commands.choices['audiocaps'].add_argument(
     '--audio_pattern',
@@ -146,11 +172,16 @@ def prepare(builder: build_report.ReportingBuilder, source_dir: str, overwrite: 
 
   Raises:
     BuildError: strict build with bad input, or nothing to build.
+    BeamMissing: a Beam build (`options.beam`) without apache_beam.
   """
   mode = tfds.download.GenerateMode
+  beam_options = None
+  if builder.options.beam:
+    beam_options = beam_build.pipeline_options(builder.options.beam_pipeline_options)
   download_config = tfds.download.DownloadConfig(
     manual_dir=str(pathlib.Path(source_dir).expanduser()),
     download_mode=mode.REUSE_CACHE_IF_EXISTS if overwrite else mode.REUSE_DATASET_IF_EXISTS,
+    beam_options=beam_options,
   )
   builder.download_and_prepare(download_config=download_config)
 
@@ -210,7 +241,8 @@ def bench(args: argparse.Namespace) -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
-  """Console entry point; returns the exit status (1 when the build failed)."""
+  """Console entry point; returns the exit status (1: the build failed; 2: a bad command
+  line, or --beam without apache-beam installed)."""
   args = make_parser().parse_args(sys.argv[1:] if argv is None else argv)
   logging.set_verbosity(logging.INFO)
   tfds.disable_progress_bar()  # Ours counts clips; TFDS's would interleave with it.
@@ -224,6 +256,12 @@ def run(argv: list[str] | None = None) -> int:
     extra['manifest'] = args.manifest
   if args.dataset == 'wavcaps':
     extra['exclude'] = args.exclude
+  if args.beam:
+    try:
+      beam_build.import_beam()
+    except beam_build.BeamMissing as error:
+      print(f'aac-build-dataset: {error}', file=sys.stderr)
+      return USAGE_ERROR
   builder = None
   try:
     options = build_report.BuildOptions(
@@ -235,6 +273,8 @@ def run(argv: list[str] | None = None) -> int:
       max_seconds=args.max_seconds,
       long_clips=args.long_clips,
       allow_outside_symlinks=args.allow_outside_symlinks,
+      beam=args.beam,
+      beam_pipeline_options=args.beam_pipeline_options,
     )
     builder = make_builder(
       args.dataset, args.data_dir, args.sample_rate, options, args.config_name, **extra

@@ -318,6 +318,11 @@ def plan_clip(
   return Clip(clip_id, path, captions, dict(extras or {}))
 
 
+def make_example(clip: Clip, decoded: audio_io.Decoded) -> dict[str, Any]:
+  """The record of a decoded clip (on one machine and on Beam workers alike)."""
+  return {'id': clip.id, 'audio': decoded.audio, 'captions': clip.captions} | clip.extras
+
+
 @dataclasses.dataclass(eq=False)
 class AudioBuilderConfig(tfds.core.BuilderConfig):
   """A builder config: the sample rate the audio is stored at."""
@@ -348,6 +353,10 @@ class BuildOptions:
       their first `max_seconds` (with a warning).
     allow_outside_symlinks: follow symlinks that point outside the source
       folder (refused by default: reason `outside_source_dir`).
+    beam: decode on Apache Beam (`beam_build`) instead of `num_workers`
+      local decoders; the same records and report.
+    beam_pipeline_options: Beam pipeline options in TFDS's form
+      (`'runner=DataflowRunner,project=p'`; '' = DirectRunner defaults).
   """
 
   strict: bool = False
@@ -358,6 +367,8 @@ class BuildOptions:
   max_seconds: float = DEFAULT_MAX_SECONDS
   long_clips: str = 'skip'
   allow_outside_symlinks: bool = False
+  beam: bool = False
+  beam_pipeline_options: str = ''
 
   def __post_init__(self):
     if self.long_clips not in LONG_CLIP_ACTIONS:
@@ -412,6 +423,7 @@ class ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     self.report: BuildReport | None = None
     self.report_path: pathlib.Path | None = None
     self._decoder: audio_io.ClipDecoder | None = None
+    self.beam_plans: dict[str, list[Clip]] = {}  # Beam builds: each split's clips.
     super().__init__(**kwargs)
     self._original_state['options'] = self.options  # Kept when pickled.
 
@@ -486,7 +498,17 @@ class ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       del plans[name]
     if not plans:
       raise BuildError(f'nothing to build from {source}: {self.report.warnings}')
+    if self.options.beam:
+      from aac_jax.data import beam_build  # noqa: PLC0415 (the optional 'beam' extra)
+
+      return beam_build.split_transforms(self, plans)
     return {name: self._generate_examples(name, clips) for name, clips in plans.items()}
+
+  def _process_pipeline_result(self, pipeline_result) -> None:
+    """After the Beam pipeline: records every worker's outcomes in the one report."""
+    from aac_jax.data import beam_build  # noqa: PLC0415
+
+    beam_build.merge_outcomes(self)
 
   def _warn_suspicious_splits(self, source: pathlib.Path) -> None:
     """Warns where most clips of a split are missing or lead outside `source`."""
@@ -525,25 +547,42 @@ class ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     files = [(clip.id, clip.path) for clip in clips]
     start = time.perf_counter()
     for clip_id, decoded in self._decoder.decode(files, f'{self.name} {split}'):
-      if decoded.reason:
-        report.skip(clip_id, decoded.reason, decoded.detail)
-        continue
-      clip = by_id[clip_id]
-      report.clips_written += 1
-      report.captions_written += len(clip.captions)
-      report.audio_seconds += decoded.audio.size / self.sample_rate
-      report.source_formats[f'{decoded.source_rate} Hz, {decoded.source_channels} ch'] += 1
-      if decoded.clipped:
-        report.clipped[clip_id] = decoded.clipped
-      if decoded.cut_from_seconds:
-        detail = (
-          f'{clip_id}: kept the first {self.options.max_seconds:g} s of '
-          f'{decoded.cut_from_seconds:.1f} s (--long_clips cut)'
-        )
-        report.warn('cut', detail)
-      example = {'id': clip_id, 'audio': decoded.audio, 'captions': clip.captions}
-      yield clip_id, example | clip.extras
+      samples = 0 if decoded.audio is None else decoded.audio.size
+      if self.account(report, by_id[clip_id], decoded, samples):
+        yield clip_id, make_example(by_id[clip_id], decoded)
     report.seconds = time.perf_counter() - start
+    self.finish_split(split, report)
+
+  def account(
+    self, report: SplitReport, clip: Clip, decoded: audio_io.Decoded, samples: int
+  ) -> bool:
+    """Records one clip's decode outcome; returns whether it is written.
+
+    Args:
+      report: the split's report.
+      clip: the clip.
+      decoded: what decoding found (the audio itself is not read).
+      samples: its length at the target rate (0 when skipped).
+    """
+    if decoded.reason:
+      report.skip(clip.id, decoded.reason, decoded.detail)
+      return False
+    report.clips_written += 1
+    report.captions_written += len(clip.captions)
+    report.audio_seconds += samples / self.sample_rate
+    report.source_formats[f'{decoded.source_rate} Hz, {decoded.source_channels} ch'] += 1
+    if decoded.clipped:
+      report.clipped[clip.id] = decoded.clipped
+    if decoded.cut_from_seconds:
+      detail = (
+        f'{clip.id}: kept the first {self.options.max_seconds:g} s of '
+        f'{decoded.cut_from_seconds:.1f} s (--long_clips cut)'
+      )
+      report.warn('cut', detail)
+    return True
+
+  def finish_split(self, split: str, report: SplitReport) -> None:
+    """Logs a decoded split; fails a strict build with skips or a split with no clip."""
     logging.info('%s %s', self.name, report.summary_line())
     self._check_strict(f'decoding {split}', [report])
     if not report.clips_written:
