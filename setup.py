@@ -34,6 +34,9 @@ EXTRAS_REQUIRE = {
   'convert': ['torch>=2.1', 'safetensors>=0.4'],
   # aac-serve (tools/serve.py): the HTTP server and its metrics.
   'serve': ['fastapi>=0.110', 'uvicorn>=0.29', 'prometheus_client>=0.17'],
+  # tools/export.py --format savedmodel (jax2tf; checked with tensorflow 2.21.0 and jax 0.10.2).
+  # Not in 'test' (1.9 GB installed); tests/test_export.py's SavedModel test runs where it is.
+  'savedmodel': ['tensorflow>=2.21'],
   # aac-build-dataset --beam: builds on Apache Beam (checked with apache-beam 2.78.0, which
   # needs protobuf<7 and pyarrow<26: installing it downgrades them to 6.33.6 and 25.0.1).
   'beam': ['apache-beam>=2.60'],

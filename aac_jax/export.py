@@ -2,6 +2,7 @@
 
   python tools/export.py --workdir workdirs/demo/ce --output exported/demo
   python tools/export.py --workdir RUN --step 2000 --output DIR --platforms cpu,cuda,tpu
+  python tools/export.py --workdir RUN --output DIR --format savedmodel   # + DIR/savedmodel/
 
 The exported function is the whole inference path, front end + encoder +
 greedy decoding, with the trained parameters baked in as constants:
@@ -14,7 +15,9 @@ greedy decoding, with the trained parameters baked in as constants:
 `batch` is symbolic (any batch size works without re-export); `max_samples`
 is fixed (default: the training clip length). The output folder holds
 `model.jax_export` (`Exported.serialize()` bytes), `vocab.txt` (line index =
-token id) and `export.json` (sample rate, max samples, ids, provenance).
+token id) and `export.json` (sample rate, max samples, ids, provenance);
+`--format savedmodel` adds `savedmodel/`, a TensorFlow SavedModel of the
+same function (`aac_jax.export_tf`).
 Running it needs only `jax` and `numpy`:
 
   exported = jax.export.deserialize(bytearray(open('model.jax_export', 'rb').read()))
@@ -34,13 +37,15 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging as absl_logging
 
-from aac_jax import decoding, files, inference
+from aac_jax import decoding, export_tf, files, inference
 from aac_jax.data import tokenizer as tokenizer_lib
 from aac_jax.train import logs
 
 EXPORT_FILENAME = 'model.jax_export'
 METADATA_FILENAME = 'export.json'
 FORMAT_NAME = 'aac_jax.waveform_to_tokens.v1'
+# 'jax': the files above; 'savedmodel': also a TensorFlow SavedModel (`aac_jax.export_tf`).
+FORMATS = ('jax', 'savedmodel')
 
 
 def greedy_settings(loaded: inference.LoadedModel, **overrides: Any):
@@ -234,6 +239,12 @@ def make_parser() -> argparse.ArgumentParser:
     help='greedy repeat ban (default: config.decode)',
   )
   parser.add_argument(
+    '--format',
+    choices=FORMATS,
+    default='jax',
+    help="'savedmodel' also writes OUTPUT/savedmodel/ for TF Serving (needs TensorFlow)",
+  )
+  parser.add_argument(
     '--check',
     action=argparse.BooleanOptionalAction,
     default=True,
@@ -247,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = make_parser().parse_args(argv)
   logs.quiet_console(absl_logging.WARNING)  # Shows why a checkpoint was skipped, if one was.
   try:
+    if args.format == 'savedmodel':
+      export_tf.import_tensorflow()  # Before the long work: one line if it is missing.
     loaded = inference.load_model(args.workdir, args.step)
     max_samples = None
     if args.max_seconds is not None:
@@ -259,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       max_len=args.max_len,
       no_repeat_ngram_size=args.no_repeat_ngram_size,
     )
-  except (inference.ModelLoadError, ValueError) as error:
+  except (inference.ModelLoadError, ValueError, export_tf.TensorFlowMissing) as error:
     print(f'export: error: {error}', file=sys.stderr)
     return 2
   metadata = save_export(args.output, loaded, result)
@@ -275,6 +288,22 @@ def main(argv: Sequence[str] | None = None) -> int:
       print('export: error: the reloaded export disagrees with the live model', file=sys.stderr)
       return 1
     print('export: round trip checked: reloaded export gives the same tokens as the live model')
+  if args.format == 'savedmodel':
+    return write_savedmodel(args.output, result, metadata, loaded.tokenizer.tokens, args.check)
+  return 0
+
+
+def write_savedmodel(output, result: ExportedModel, metadata, words, check: bool) -> int:
+  """Writes OUTPUT/savedmodel and compares its tokens with the artifact's; returns the status."""
+  out = pathlib.Path(output) / export_tf.SAVEDMODEL_DIR
+  export_tf.save_savedmodel(out, result.exported, metadata, words)
+  print(f'export: wrote {out} (signature serving_default: waveform, paddings -> tokens, captions)')
+  if check and runs_here(metadata['platforms']):
+    equal, _ = export_tf.check_savedmodel(out, result.exported, *noise_batch(result.max_samples))
+    if not equal:
+      print('export: error: the SavedModel disagrees with the jax.export artifact', file=sys.stderr)
+      return 1
+    print('export: SavedModel checked: TensorFlow gives the same tokens as the jax.export artifact')
   return 0
 
 

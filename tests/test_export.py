@@ -5,6 +5,7 @@ flax module got imported) and must give exactly the tokens of the in-process
 greedy decode, for two batch sizes (the batch dimension is symbolic).
 """
 
+import importlib.util
 import json
 import pathlib
 import re
@@ -24,6 +25,7 @@ SAMPLE_RATE = 16000
 MAX_SAMPLES = int(TRAIN_SECONDS * SAMPLE_RATE)
 FAST = {'xla_backend_optimization_level': 0}
 REPO = pathlib.Path(__file__).resolve().parents[1]
+HAVE_TENSORFLOW = importlib.util.find_spec('tensorflow') is not None
 
 # Runs in a fresh interpreter: no aac_jax, no flax, only jax + numpy.
 CONSUMER = r"""
@@ -124,6 +126,34 @@ def test_export_round_trip_in_fresh_process(tiny_run, tmp_path):
 def test_export_cli_usage_error(tmp_path, capsys):
   assert export.main(['--workdir', str(tmp_path / 'nope'), '--output', str(tmp_path / 'o')]) == 2
   assert 'no such run directory' in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not HAVE_TENSORFLOW, reason="needs the 'savedmodel' extra (TensorFlow)")
+def test_savedmodel_gives_the_artifacts_tokens_and_captions(tiny_run, tmp_path):
+  from aac_jax import export_tf
+
+  out = tmp_path / 'exported'
+  args = ['--workdir', str(tiny_run), '--output', str(out), '--no_repeat_ngram_size', '1']
+  assert export.main([*args, '--format', 'savedmodel']) == 0  # Its own check included.
+  exported = jax.export.deserialize(bytearray((out / export.EXPORT_FILENAME).read_bytes()))
+  waveform, paddings = _inputs()
+  equal, captions = export_tf.check_savedmodel(out / 'savedmodel', exported, waveform, paddings)
+  assert equal
+  vocab = (out / 'vocab.txt').read_text().split('\n')
+  tokens = np.asarray(exported.call(waveform, paddings))
+  assert len(set(captions)) > 1
+  assert captions == [
+    ' '.join(vocab[t] for t in row[: list(row).index(2)] if t > 2) for row in tokens.tolist()
+  ]
+
+
+@pytest.mark.skipif(HAVE_TENSORFLOW, reason='TensorFlow is installed')
+def test_savedmodel_without_tensorflow_is_a_usage_error(tmp_path, capsys):
+  args = ['--workdir', str(tmp_path), '--output', str(tmp_path / 'o'), '--format', 'savedmodel']
+  assert export.main(args) == 2
+  err = capsys.readouterr().err
+  assert "needs TensorFlow (tensorflow is missing): pip install 'aac_jax[savedmodel]'" in err
+  assert not (tmp_path / 'o').exists()
 
 
 def test_runs_here_maps_gpu_names():

@@ -19,7 +19,7 @@ LAYERS = (
   ('models', 'config_validation'),
   ('train',),
   ('inference',),
-  ('convert', 'export', 'caption_cli', 'scst', 'sweeps'),
+  ('convert', 'export', 'export_tf', 'caption_cli', 'scst', 'sweeps'),
   ('demo', 'main', 'serving'),
 )
 FLOOR = {name: floor for floor, names in enumerate(LAYERS) for name in names}
