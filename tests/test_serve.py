@@ -94,12 +94,13 @@ def _tone_wav(path: pathlib.Path, seconds: float, rate: int = 8000) -> bytes:
   return path.read_bytes()
 
 
-def _disconnect_early(url: str, body: bytes) -> None:
-  """Sends the whole request, then closes the socket without reading the answer."""
+def _disconnect_early(url: str, body: bytes, sent: int | None = None) -> None:
+  """Sends the request (or its first `sent` bytes of body), then closes the socket."""
   host, port = url.removeprefix('http://').split(':')
   with socket.create_connection((host, int(port)), timeout=10) as sock:
     head = f'POST /caption HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n'
-    sock.sendall(head.encode() + body)
+    sock.sendall(head.encode() + body[:sent])
+    time.sleep(0.2)  # The server is reading the body when the client leaves.
 
 
 def test_captions_equal_aac_caption_and_bad_inputs_get_their_reasons(
@@ -113,6 +114,7 @@ def test_captions_equal_aac_caption_and_bad_inputs_get_their_reasons(
   requests['too_long'] = long
   with concurrent.futures.ThreadPoolExecutor(len(requests) + 4) as pool:
     gone = [pool.submit(_disconnect_early, server.url, requests[n]) for n in list(GOOD_FILES)[:2]]
+    gone.append(pool.submit(_disconnect_early, server.url, requests['long_8k.wav'], 1000))
     answers = dict(zip(requests, pool.map(server.post, requests.values()), strict=True))
     [future.result() for future in gone]
 
@@ -140,6 +142,7 @@ def test_captions_equal_aac_caption_and_bad_inputs_get_their_reasons(
   assert answers['too_long'][0] == 413 and answers['too_long'][1]['error'] == 'too_long'
   assert '7.0 s, over the server limit --max_seconds 6' in answers['too_long'][1]['detail']
   assert server.get('/healthz')[0] == 200 and server.get('/readyz')[0] == 200
+  assert server.metric('aac_serve_errors_total{reason="client_disconnected"}') >= 1
   assert server.metric('aac_serve_errors_total{reason="silent_audio"}') >= 1
   assert server.metric('aac_serve_errors_total{reason="too_large"}') >= 1
   assert server.metric('aac_serve_requests_total{status="200"}') >= len(GOOD_FILES)

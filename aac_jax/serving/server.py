@@ -153,12 +153,17 @@ async def read_body(request, max_bytes: int) -> bytes:
   too_large = Refusal(413, TOO_LARGE, f'the body is over --max_bytes {max_bytes}')
   if declared.isdigit() and int(declared) > max_bytes:
     raise too_large
+  from starlette import requests  # fastapi's request type.
+
   chunks, size = [], 0
-  async for chunk in request.stream():
-    size += len(chunk)
-    if size > max_bytes:
-      raise too_large
-    chunks.append(chunk)
+  try:
+    async for chunk in request.stream():
+      size += len(chunk)
+      if size > max_bytes:
+        raise too_large
+      chunks.append(chunk)
+  except requests.ClientDisconnect as error:
+    raise Refusal(499, CLIENT_DISCONNECTED, 'the client left before sending the body') from error
   return b''.join(chunks)
 
 
