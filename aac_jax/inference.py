@@ -386,9 +386,7 @@ class AudioCaptioner:
     `bucket_samples` of its longest clip, fits them all closely); rows come
     back in the order given.
     """
-    for clip in clips:
-      if not 0 < clip.shape[0] <= self.window_samples:
-        raise ValueError(f'clip of {clip.shape[0]} samples: need 1..{self.window_samples}')
+    self._check_lengths(clips)
     order = sorted(range(len(clips)), key=lambda i: clips[i].shape[0])
     tokens = np.zeros((len(clips), self.settings.max_len), np.int32)
     for first in range(0, len(order), self.batch_size):
@@ -396,8 +394,17 @@ class AudioCaptioner:
       tokens[chunk] = self._caption_batch([clips[i] for i in chunk])
     return tokens
 
+  def _check_lengths(self, clips: Sequence[np.ndarray]) -> None:
+    for clip in clips:
+      if not 0 < clip.shape[0] <= self.window_samples:
+        raise ValueError(f'clip of {clip.shape[0]} samples: need 1..{self.window_samples}')
+
   def _caption_batch(self, chunk: Sequence[np.ndarray]) -> np.ndarray:
     """Tokens `[len(chunk), max_len]` of at most `batch_size` clips, in one model call."""
+    return np.asarray(self._padded_call(self._run, chunk))[: len(chunk)]
+
+  def _padded_call(self, fn, chunk: Sequence[np.ndarray]):
+    """`fn(params, waveform, paddings, rng, mask)` on `chunk` padded to a bucket shape."""
     rows = batch_rows(len(chunk), self.batch_size)
     longest = max(clip.shape[0] for clip in chunk)
     shortest = int(MIN_BUCKET_SECONDS * self.loaded.sample_rate)
@@ -410,13 +417,40 @@ class AudioCaptioner:
     rng = jax.random.fold_in(self._key, self._calls)
     self._calls += 1
     self.shapes.append((rows, samples))
-    tokens = self._run(self.loaded.params, waveform, paddings, rng, self._mask)
-    return np.asarray(tokens)[: len(chunk)]
+    return fn(self.loaded.params, waveform, paddings, rng, self._mask)
 
   def caption_clips(self, clips: Sequence[np.ndarray]) -> list[str]:
     """Captions for clips of at most `window_samples` samples each."""
     if self.settings.rerank != 'none':  # N candidates re-ranked by CLAP (decoding/rerank.py).
-      from aac_jax.decoding import rerank
-
-      return rerank.caption_clips(self, clips)
+      return self._reranked_captions(clips)
     return [self.loaded.tokenizer.decode(row.tolist()) for row in self.caption_tokens(clips)]
+
+  def _reranked_captions(self, clips: Sequence[np.ndarray]) -> list[str]:
+    """`caption_clips` under `settings.rerank`: candidates in the same batches, then CLAP."""
+    from aac_jax.decoding import rerank
+
+    s, loaded = self.settings, self.loaded
+    if not hasattr(self, '_rerank'):
+
+      def run(params, waveform, paddings, rng, mask):
+        feats, pads = frontend.log_mel(
+          waveform, paddings, loaded.config.frontend, loaded.sample_rate
+        )
+        return rerank.generate_candidates(
+          loaded.model, params, feats, pads, s, rng=rng, repeat_ban_mask=mask
+        )
+
+      self._rerank = (jax.jit(run), rerank.ClapReranker(s.rerank_clap_dir))
+    run, reranker = self._rerank
+    self._check_lengths(clips)
+    out = []
+    for first in range(0, len(clips), self.batch_size):
+      chunk = list(clips[first : first + self.batch_size])
+      decoded = self._padded_call(run, chunk)
+      tokens, scores = np.asarray(decoded.tokens), np.asarray(decoded.scores)[: len(chunk)]
+      texts = [[loaded.tokenizer.decode(t.tolist()) for t in row] for row in tokens[: len(chunk)]]
+      chosen, _ = rerank.rerank(
+        texts, scores, chunk, loaded.sample_rate, reranker.similarity, s.rerank_weight
+      )
+      out.extend(chosen)
+    return out

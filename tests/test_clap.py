@@ -2,7 +2,7 @@
 
 A tiny `ClapModel` is saved by transformers with a byte-level BPE tokenizer
 trained on real Clotho captions, converted by `tools/convert_checkpoint.py
-clap`, and loaded by `aac_jax.models.clap.embedder`; embeddings and logits
+clap`, and loaded by `aac_jax.metrics.clap.embedder`; embeddings and logits
 must match transformers' (its own feature extractor and tokenizer) within
 1e-4 on synthetic-scene audio of several lengths in one padded batch.
 """
@@ -113,8 +113,8 @@ def test_fusion_of_a_long_clip_matches_transformers(clap):
   import jax
   import jax.numpy as jnp
 
-  from aac_jax.models.clap import frontend
-  from aac_jax.models.clap import model as clap_model
+  from aac_jax.metrics.clap import frontend
+  from aac_jax.metrics.clap import model as clap_model
 
   clips = _clips([SR, 9_000])
   feats = extractor(clips, sampling_rate=SR, return_tensors='pt')

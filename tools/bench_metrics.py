@@ -28,7 +28,7 @@
 
 4. Times CLAP embeddings (`--only clap`): --clap_clips 10 s clips at 48 kHz
    (synthetic scenes) and --clap_captions Clotho captions through aac_jax's
-   CLAP (`aac_jax.models.clap`) and transformers' `ClapModel` with its feature
+   CLAP (`aac_jax.metrics.clap`) and transformers' `ClapModel` with its feature
    extractor, both the published architecture with random weights
    (`tests/clap_reference.py`), the same batch size, warm (best of
    --fense_repeats); prints both times, aac_jax's cold call, the ratios and
@@ -224,7 +224,7 @@ def bench_clap(corpora: pathlib.Path, num_clips: int, num_captions: int, batch: 
   import torch
 
   from aac_jax.convert import clap as clap_convert
-  from aac_jax.models.clap import embedder
+  from aac_jax.metrics.clap import embedder
 
   captions = ref.read_captions(corpora / 'clotho' / 'clotho_captions_evaluation.csv', num_captions)
   with tempfile.TemporaryDirectory() as tmp:

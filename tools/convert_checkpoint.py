@@ -13,7 +13,7 @@ reads the downloaded Hugging Face folder (config.json and pytorch_model.bin
 or model.safetensors) and writes a run folder that `aac-caption --workdir
 RUN_DIR` and `--config.train.init_from=RUN_DIR` use; `fense` writes the
 FENSE model folders (`aac_jax.metrics.fense_models`); `clap` a CLAP folder
-(`aac_jax.models.clap.embedder`, docs/clap.md). Converters live in
+(`aac_jax.metrics.clap.embedder`, docs/clap.md). Converters live in
 `aac_jax/convert/` (`registry`). Needs torch (`pip install "aac_jax[convert]"`);
 training reads the output without it.
 

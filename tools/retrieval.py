@@ -43,7 +43,7 @@ def evaluate(clap_dir: str, references: dict[str, list[str]], audio_dir: str, ba
   """
   ids = list(references)
   paths = evaluate_cli.clip_audio_paths(audio_dir, ids)  # Refused before any embedding.
-  from aac_jax.models.clap import embedder
+  from aac_jax.metrics.clap import embedder
 
   try:
     model = clap_score.shared_embedder(str(pathlib.Path(clap_dir).expanduser()), batch_size)

@@ -1,4 +1,4 @@
-"""CLAP: a Hugging Face `ClapModel` folder -> the folder `aac_jax.models.clap.embedder` reads.
+"""CLAP: a Hugging Face `ClapModel` folder -> the folder `aac_jax.metrics.clap.embedder` reads.
 
   python tools/convert_checkpoint.py clap --input laion/clap-htsat-unfused --output CLAP_DIR
 
@@ -65,7 +65,7 @@ def convert_folder(folder: pathlib.Path, output: pathlib.Path) -> None:
   from safetensors.numpy import save_file
 
   save_file(tensors, str(output / 'model.safetensors'))
-  from aac_jax.models.clap import embedder
+  from aac_jax.metrics.clap import embedder
 
   try:
     embedder.load(output)  # Fails here, not at evaluation time.

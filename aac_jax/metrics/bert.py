@@ -135,7 +135,7 @@ class BertEncoder(nn.Module):
       attention_mask: [batch, length], 1 for real tokens, 0 for padding.
       token_type_ids: int32 [batch, length].
       position_ids: int32 [batch, length]; None: 0, 1, 2, ... (BERT). RoBERTa
-        counts from `pad_token_id + 1` (`models.clap.model`).
+        counts from `pad_token_id + 1` (`metrics.clap.model`).
 
     Returns:
       float32 [batch, length, hidden].

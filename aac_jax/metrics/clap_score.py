@@ -40,7 +40,7 @@ class ClapOptions:
 @functools.lru_cache(maxsize=2)
 def shared_embedder(clap_dir: str, batch_size: int):
   """One loaded CLAP model per folder (loading and compiling cost seconds)."""
-  from aac_jax.models.clap import embedder
+  from aac_jax.metrics.clap import embedder
 
   return embedder.load(clap_dir, batch_size=batch_size)
 
@@ -72,7 +72,7 @@ def clap_scores(
   Returns:
     `(per_clip, unavailable)`: metric -> float64 [n]; metric -> reason.
   """
-  from aac_jax.models.clap import embedder
+  from aac_jax.metrics.clap import embedder
 
   if not options.clap_dir:
     return {}, {k: f'no CLAP folder given (--clap_dir): {embedder.HINT}' for k in NAMES}

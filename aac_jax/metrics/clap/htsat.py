@@ -13,7 +13,9 @@ long clip) are patch-embedded by a wider convolution and merged into
 channel 0's patches by attentional feature fusion where `is_longer` is set.
 
 Layout: images are NHWC (`[batch, height = freq_ratio * mels, width, ch]`),
-tokens `[batch, height * width, dim]` row-major.
+tokens `[batch, height * width, dim]` row-major. Like the FENSE models
+(`metrics/bert.py`), the parameters carry no logical axes: metrics sit below
+`aac_jax.models` in the import floors (tests/test_imports.py).
 """
 
 import dataclasses
@@ -24,8 +26,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from aac_jax.models import partitioning
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -199,7 +199,7 @@ class WindowAttention(nn.Module):
     head = d // self.num_heads
 
     def heads(name: str, bias: bool = True) -> jax.Array:
-      y = partitioning.dense(d, ('embed', 'mlp'), use_bias=bias, precision=_HIGHEST, name=name)(x)
+      y = nn.Dense(d, use_bias=bias, precision=_HIGHEST, name=name)(x)
       return y.reshape(bw, n, self.num_heads, head)
 
     q = heads('query', self.qkv_bias)
@@ -208,7 +208,7 @@ class WindowAttention(nn.Module):
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, precision=_HIGHEST) / math.sqrt(head)
     table = self.param(
       'relative_position_bias_table',
-      partitioning.with_axes(nn.initializers.truncated_normal(0.02), (None, 'heads')),
+      nn.initializers.truncated_normal(0.02),
       ((2 * self.window - 1) ** 2, self.num_heads),
     )
     bias = table[_relative_index(self.window).reshape(-1)].reshape(n, n, -1).transpose(2, 0, 1)
@@ -219,7 +219,7 @@ class WindowAttention(nn.Module):
       logits = logits.reshape(bw, self.num_heads, n, n)
     weights = jax.nn.softmax(logits, axis=-1)
     context = jnp.einsum('bhqk,bkhd->bqhd', weights, v, precision=_HIGHEST).reshape(bw, n, d)
-    return partitioning.dense(d, ('mlp', 'embed'), precision=_HIGHEST, name='output')(context)
+    return nn.Dense(d, precision=_HIGHEST, name='output')(context)
 
 
 class SwinBlock(nn.Module):
@@ -236,7 +236,7 @@ class SwinBlock(nn.Module):
     """Tokens `[batch, side * side, dim]` -> same."""
     c, side = self.config, self.side
     window, shift = (side, 0) if side <= c.window_size else (c.window_size, self.shift)
-    norm = lambda name: partitioning.layer_norm(epsilon=c.layer_norm_eps, name=name)  # noqa: E731
+    norm = lambda name: nn.LayerNorm(epsilon=c.layer_norm_eps, name=name)  # noqa: E731
     b, _, d = x.shape
     pad = (-side) % window
     h = norm('norm_before')(x).reshape(b, side, side, d)
@@ -250,10 +250,8 @@ class SwinBlock(nn.Module):
     h = h.reshape(b, n, n, window, window, d).transpose(0, 1, 3, 2, 4, 5)
     h = jnp.roll(h.reshape(b, padded, padded, d), (shift, shift), axis=(1, 2))
     x = x + h[:, :side, :side].reshape(b, side * side, d)
-    hidden = partitioning.dense(
-      int(c.mlp_ratio * d), ('embed', 'mlp'), precision=_HIGHEST, name='mlp_in'
-    )
-    out = partitioning.dense(d, ('mlp', 'embed'), precision=_HIGHEST, name='mlp_out')
+    hidden = nn.Dense(int(c.mlp_ratio * d), precision=_HIGHEST, name='mlp_in')
+    out = nn.Dense(d, precision=_HIGHEST, name='mlp_out')
     return x + out(jax.nn.gelu(hidden(norm('norm_after')(x)), approximate=False))
 
 
@@ -270,10 +268,8 @@ class PatchMerging(nn.Module):
     pad = self.side % 2
     x = jnp.pad(x, ((0, 0), (0, pad), (0, pad), (0, 0)))
     x = jnp.concatenate([x[:, r::2, c::2] for c in range(2) for r in range(2)], axis=-1)
-    x = partitioning.layer_norm(epsilon=1e-5, name='norm')(x.reshape(b, -1, 4 * d))
-    return partitioning.dense(
-      2 * d, ('mlp', 'embed'), use_bias=False, precision=_HIGHEST, name='reduction'
-    )(x)
+    x = nn.LayerNorm(epsilon=1e-5, name='norm')(x.reshape(b, -1, 4 * d))
+    return nn.Dense(2 * d, use_bias=False, precision=_HIGHEST, name='reduction')(x)
 
 
 class FusionBlock(nn.Module):
@@ -289,9 +285,9 @@ class FusionBlock(nn.Module):
 
     def branch(h: jax.Array, prefix: str) -> jax.Array:
       bn = lambda name: nn.BatchNorm(use_running_average=True, epsilon=1e-5, name=name)  # noqa: E731
-      h = partitioning.conv(inner, (1, 1), precision=_HIGHEST, name=f'{prefix}_conv1')(h)
+      h = nn.Conv(inner, (1, 1), precision=_HIGHEST, name=f'{prefix}_conv1')(h)
       h = jax.nn.relu(bn(f'{prefix}_bn1')(h))
-      h = partitioning.conv(self.channels, (1, 1), precision=_HIGHEST, name=f'{prefix}_conv2')(h)
+      h = nn.Conv(self.channels, (1, 1), precision=_HIGHEST, name=f'{prefix}_conv2')(h)
       return bn(f'{prefix}_bn2')(h)
 
     both = x + residual
@@ -323,7 +319,7 @@ class Htsat(nn.Module):
     mel = nn.BatchNorm(use_running_average=True, epsilon=1e-5, name='batch_norm')(mel)
     image = mel_to_image(mel, c)
     pad = (c.patch_size - c.patch_stride) // 2
-    patches = partitioning.conv(
+    patches = nn.Conv(
       c.embed_dim,
       (c.patch_size, c.patch_size),
       strides=(c.patch_stride, c.patch_stride),
@@ -336,7 +332,7 @@ class Htsat(nn.Module):
     b, side, _, d = patches.shape
     x = patches.reshape(b, side * side, d)
     if c.patch_norm:
-      x = partitioning.layer_norm(epsilon=1e-5, name='patch_norm')(x)
+      x = nn.LayerNorm(epsilon=1e-5, name='patch_norm')(x)
     for i, (depth, heads) in enumerate(zip(c.depths, c.num_heads, strict=True)):
       side = c.resolutions()[i]
       dim = c.embed_dim * 2**i
@@ -345,7 +341,7 @@ class Htsat(nn.Module):
         x = SwinBlock(c, dim, heads, side, shift, name=f'stage{i}_block{j}')(x)
       if i < len(c.depths) - 1:
         x = PatchMerging(side, name=f'stage{i}_merge')(x)
-    x = partitioning.layer_norm(epsilon=1e-5, name='norm')(x)
+    x = nn.LayerNorm(epsilon=1e-5, name='norm')(x)
     return x.mean(axis=1), x
 
   def _fuse(self, image, patches, is_longer, pad):
@@ -353,7 +349,7 @@ class Htsat(nn.Module):
     c = self.config
     b, h, w, _ = image.shape
     local = image[..., 1:4].transpose(0, 3, 1, 2).reshape(b * 3, h, w, 1)
-    local = partitioning.conv(
+    local = nn.Conv(
       c.embed_dim,
       (c.patch_size, 3 * c.patch_size),
       strides=(c.patch_stride, 3 * c.patch_stride),

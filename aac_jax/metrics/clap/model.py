@@ -14,8 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from aac_jax.metrics import bert
-from aac_jax.models import partitioning
-from aac_jax.models.clap import htsat
+from aac_jax.metrics.clap import htsat
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 _ACTIVATIONS = {'relu': jax.nn.relu, 'gelu': lambda x: jax.nn.gelu(x, approximate=False)}
@@ -82,12 +81,7 @@ class Projection(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    dense = lambda name: partitioning.dense(  # noqa: E731
-      self.features,
-      ('embed', 'mlp') if name == 'linear1' else ('mlp', 'embed'),
-      precision=_HIGHEST,
-      name=name,
-    )
+    dense = lambda name: nn.Dense(self.features, precision=_HIGHEST, name=name)  # noqa: E731
     return dense('linear2')(_ACTIVATIONS[self.act](dense('linear1')(x)))
 
 

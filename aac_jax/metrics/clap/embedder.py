@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from aac_jax.metrics import fense_models
-from aac_jax.models.clap import frontend, weights
-from aac_jax.models.clap import model as clap_model
+from aac_jax.metrics.clap import frontend, weights
+from aac_jax.metrics.clap import model as clap_model
 
 HINT = (
   'download a CLAP folder (e.g. huggingface-cli download laion/clap-htsat-unfused '

@@ -14,7 +14,7 @@ import numpy as np
 from flax import traverse_util
 
 from aac_jax.metrics import bert
-from aac_jax.models.clap import model as clap_model
+from aac_jax.metrics.clap import model as clap_model
 
 _AUDIO = 'audio_model.audio_encoder.'
 # Our Swin block's module -> the Hugging Face block's sub-module.
