@@ -246,3 +246,14 @@ def test_llm_init_loads_a_converted_folder_into_the_captioner(tmp_path):
   )
   with pytest.raises(ValueError, match='token ids'):
     Captioner(make_captioner_config(llm_model_config(init=out), VOCAB + 1))
+
+
+def test_stack_frames_drops_leftovers_and_pads_short_clips():
+  encoded = jnp.arange(2 * 7 * 2, dtype=jnp.float32).reshape(2, 7, 2)
+  paddings = jnp.asarray(np.arange(7)[None] >= np.array([[7], [5]]), jnp.float32)
+  stacked, pads = llm_bridge.stack_frames(encoded, paddings, 3)
+  assert stacked.shape == (2, 2, 6)  # The 7th frame is dropped, as SLAM-LLM drops leftovers.
+  np.testing.assert_array_equal(stacked[0, 1], encoded[0, 3:6].reshape(-1))
+  np.testing.assert_array_equal(pads, [[0, 0], [0, 1]])  # Frames 3-5 of clip 1: one is padding.
+  short, short_pads = llm_bridge.stack_frames(encoded[:, :2], paddings[:, :2], 3)
+  assert short.shape == (2, 1, 6) and np.all(np.asarray(short_pads) == 1)

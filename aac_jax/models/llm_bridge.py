@@ -44,12 +44,14 @@ def stack_frames(
 
   Returns:
     `[b, s // k, k * d]` and paddings `[b, s // k]` (a stack is padding
-    when any of its frames is).
+    when any of its frames is; fewer than `k` frames give one padding stack).
   """
   b, s, d = encoded.shape
+  if s < k:  # Too short for one stack: a single padding stack (no audio reaches the model).
+    encoded = jnp.pad(encoded, ((0, 0), (0, k - s), (0, 0)))
+    enc_paddings = jnp.pad(enc_paddings, ((0, 0), (0, k - s)), constant_values=1.0)
+    s = k
   used = s // k * k
-  if used == 0:
-    raise ValueError(f'{s} encoder frames are fewer than llm frame_stack {k}')
   stacked = encoded[:, :used].reshape(b, s // k, k * d)
   paddings = enc_paddings[:, :used].reshape(b, s // k, k).max(axis=-1)
   return stacked, paddings
