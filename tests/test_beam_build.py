@@ -16,7 +16,7 @@ import sys
 
 import pytest
 from test_datasets_clotho import write_clotho_tree
-from test_datasets_common import read_split
+from test_datasets_common import read_split, skipped
 from test_datasets_custom import write_csv_tree
 
 from aac_jax.data import beam_build, build_cli, build_report
@@ -86,6 +86,30 @@ def test_custom_folder_on_two_worker_processes(tmp_path):
   _assert_same_build(single, beam)
   written = sum(s.clips_written for s in beam.report.splits.values())
   assert written == len(good)
+
+
+@needs_beam
+def test_strict_beam_build_fails_on_a_clip_a_worker_could_not_decode(tmp_path):
+  source = tmp_path / 'source'
+  write_clotho_tree(source)
+  for split in ('development', 'evaluation'):  # Leave validation: one corrupt clip.
+    (source / f'clotho_captions_{split}.csv').unlink()
+  (source / 'clotho_metadata_test.csv').unlink()
+  with pytest.raises(build_report.BuildError, match='decoding validation'):
+    build_cli.build(
+      'clotho',
+      str(source),
+      str(tmp_path / 'tfds'),
+      options=build_report.BuildOptions(
+        progress=False, strict=True, beam=True, beam_pipeline_options=THREADS
+      ),
+    )
+  config_dir = tmp_path / 'tfds' / 'clotho_aac' / '16000hz'
+  assert not (config_dir / '1.0.0').exists()
+  report = build_report.load_report(config_dir / '1.0.0.failed.build_report.json')
+  assert report['status'] == 'failed'
+  assert list(skipped(report, 'validation').values()) == ['unreadable']  # From a worker.
+  assert not list(config_dir.glob('*.beam_outcomes'))
 
 
 def test_beam_without_apache_beam_names_the_extra(tmp_path):

@@ -190,13 +190,13 @@ def merge_outcomes(builder: build_report.ReportingBuilder) -> None:
   """
   folder = _outcomes_dir(builder)
   seconds = time.perf_counter() - builder.beam_start
+  outcomes = {name: read_outcomes(os.path.join(folder, name)) for name in builder.beam_plans}
+  delete_outcomes(folder)  # Also when the build fails below.
   for name, clips in builder.beam_plans.items():
-    outcomes = read_outcomes(os.path.join(folder, name))
     report = builder.report.split(name)
     for clip in clips:
-      if clip.id not in outcomes:
+      if clip.id not in outcomes[name]:
         raise build_report.BuildError(f'{name}: no Beam worker reported clip {clip.id!r}')
-      builder.account(report, clip, *outcomes[clip.id])
+      builder.account(report, clip, *outcomes[name][clip.id])
     report.seconds = seconds
     builder.finish_split(name, report)
-  delete_outcomes(folder)
