@@ -256,6 +256,12 @@ def _scst(c: ml_collections.ConfigDict, p: _Problems) -> None:
   p.non_negative(s, 'scst', 'top_k')
   _scst_fluency(s, p)
   p.check(
+    s.reward != 'mix' or float(s.reward_weights.clap) == 0.0 or bool(s.clap_dir),
+    'scst.clap_dir',
+    s.clap_dir,
+    'a clap reward weight needs a CLAP folder (tools/convert_checkpoint.py clap, docs/clap.md)',
+  )
+  p.check(
     bool(c.train.init_from),
     'train.init_from',
     c.train.init_from,

@@ -220,7 +220,8 @@ def get_scst_config() -> ml_collections.ConfigDict:
   c.baseline = 'mean_others'  # 'greedy' or 'mean_others'.
   c.normalize_advantage = False
   c.reward = 'cider_d'  # 'cider_d', 'spider' or 'mix'.
-  c.reward_weights = ml_collections.ConfigDict({'cider_d': 1.0, 'spice': 0.0})
+  c.reward_weights = ml_collections.ConfigDict({'cider_d': 1.0, 'spice': 0.0, 'clap': 0.0})
+  c.clap_dir = ''  # CLAP folder for a 'clap' weight (CLAP cosine of caption and audio).
   c.temperature = 1.0  # Sampling temperature (log p stays the untempered model's).
   c.top_k = 0  # Sample among the k most likely tokens (0 = off).
   c.top_p = 1.0  # Nucleus sampling threshold (1.0 = off).

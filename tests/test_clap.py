@@ -317,3 +317,55 @@ def test_aac_caption_rerank_equals_brute_force_numpy_rerank(clap):
     if weight == 1.0:
       assert first == want
   assert len(chosen) > 1, (texts, decoder, cosine)  # CLAP changed a choice.
+
+
+def test_scst_clap_reward_equals_transformers_cosine(clap, monkeypatch):
+  """reward_weights {cider_d: 1, clap: 2}: CIDEr-D + 2 x cosine(caption, clip audio)."""
+  if clap.fusion:
+    pytest.skip('one layout is enough for the reward')
+  from aac_jax.data import sources
+  from aac_jax.scst import rewards
+  from configs import synthetic_demo_scst
+
+  rate = 32_000  # The train audio's rate: resampled to the CLAP model's.
+  clips = [np.round(c * 32767).astype(np.int16) for c in clap_reference.render_clips(
+    [32_000, 20_000, 12_000], rate)]  # fmt: skip
+  source = [{'audio': c} for c in clips]
+  refs = [clap.captions[5 * i : 5 * i + 5] for i in range(3)]
+  split = sources.EvalSplit('train', ['a', 'b', 'c'], refs)
+  config = synthetic_demo_scst.get_config()
+  config.scst.reward, config.dataset.sample_rate = 'mix', rate
+  config.scst.reward_weights.clap = 2.0
+  with pytest.raises(ValueError, match='needs scst.clap_dir'):
+    rewards.clap_term(config)
+  config.scst.clap_dir = str(clap.dir)
+  monkeypatch.setattr(sources, 'open_source', lambda cfg, split: source)
+  term = rewards.clap_term(config)
+  weights = rewards.reward_weights(config.scst)
+  reward_fn = rewards.CaptionReward(split, weights, clap=term)
+  captions, index = clap.captions[150:156], np.array([0, 1, 2, 2, 1, 0])
+  got = reward_fn(captions, index)
+  from aac_jax.data import audio_io
+
+  at_clap_rate = [audio_io.resample(c.astype(np.float32) / 32768, rate, SR) for c in clips]
+  with torch.no_grad():
+    feats = clap.extractor(at_clap_rate, sampling_rate=SR, return_tensors='pt')
+    a = clap.model.get_audio_features(**feats).pooler_output.numpy()
+    encoded = clap.tok(captions, padding=True, truncation=True, return_tensors='pt')
+    t = clap.model.get_text_features(**encoded).pooler_output.numpy()
+  cider = rewards.CaptionReward(split, {'cider_d': 1.0})(captions, index)
+  np.testing.assert_allclose(got, cider + 2.0 * np.einsum('nd,nd->n', t, a[index]), atol=1e-4)
+  assert 'clap' in reward_fn.metric_scores(captions, index)
+
+
+def test_scst_clap_weight_without_folder_is_refused_before_training():
+  from aac_jax import config_validation
+  from configs import synthetic_demo_scst
+
+  config = synthetic_demo_scst.get_config()
+  config.scst.reward = 'mix'
+  config.scst.reward_weights.clap = 0.5
+  lines = config_validation.problems(config, 'scst', 1)
+  assert any(line.startswith("scst.clap_dir='': a clap reward weight needs") for line in lines)
+  config.scst.clap_dir = '/some/clap'
+  assert not any('clap' in line for line in config_validation.problems(config, 'scst', 1))

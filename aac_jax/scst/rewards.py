@@ -9,7 +9,8 @@ references of its clip:
   (`aac_jax.metrics.spice`); needs Java and the CoreNLP 3.6.0 jars, and
   refuses to start without them (`SpiceUnavailable`), never a fake SPICE.
 - `mix`: `sum_m weight_m * metric_m` over `config.scst.reward_weights`
-  (`cider_d`, `spice`).
+  (`cider_d`, `spice`, `clap`: the CLAP cosine of the caption and the clip's
+  audio, `ClapTerm`, with the CLAP folder `config.scst.clap_dir`).
 
 Any of them can be multiplied by a fluency term (`config.scst.fluency`,
 `FluencyTerm`): reward x (1 - 0.9 x error), the error being a FENSE-style
@@ -40,7 +41,7 @@ from aac_jax.metrics import spice as spice_lib
 
 BASELINES = ('greedy', 'mean_others')
 REWARDS = ('cider_d', 'spider', 'mix')
-METRICS = ('cider_d', 'spice')
+METRICS = ('cider_d', 'spice', 'clap')
 FLUENCY_MODES = ('off', 'hard', 'soft')
 
 
@@ -122,6 +123,65 @@ class FluencyTerm:
     return (probs > self.threshold).astype(np.float64) if self.mode == 'hard' else probs
 
 
+@dataclasses.dataclass(frozen=True)
+class ClapTerm:
+  """CLAP audio-text cosine of captions of train clips (docs/clap.md).
+
+  Attributes:
+    text: captions -> unit text embeddings `[n, d]` (`ClapEmbedder.text`).
+    audio: `[num_train_clips, d]` unit audio embeddings, by clip index.
+  """
+
+  text: Callable[[Sequence[str]], np.ndarray]
+  audio: np.ndarray
+
+  def score(self, captions: Sequence[str], clip_index: np.ndarray) -> np.ndarray:
+    """float64 `[n]` cosines of each caption and its clip."""
+    index = np.asarray(clip_index).reshape(-1)
+    return np.einsum('nd,nd->n', self.text(list(captions)), self.audio[index]).astype(np.float64)
+
+
+def embed_train_audio(source, sample_rate: int, model, chunk: int = 256) -> np.ndarray:
+  """CLAP embeddings `[len(source), d]` of every clip of a source (int16 `audio` records)."""
+  from aac_jax.data import audio_io
+
+  rate = model.settings.sample_rate
+  out = []
+  for start in range(0, len(source), chunk):
+    clips = [
+      audio_io.resample(np.asarray(source[i]['audio'], np.float32) / 32768.0, sample_rate, rate)
+      for i in range(start, min(start + chunk, len(source)))
+    ]
+    out.append(model.audio(clips))
+  return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def clap_term(config: ml_collections.ConfigDict) -> ClapTerm | None:
+  """The `ClapTerm` of `config.scst` (None without a `clap` weight); embeds the train audio.
+
+  Raises:
+    ValueError: a `clap` weight without `scst.clap_dir`, or a folder that does not load.
+  """
+  if 'clap' not in reward_weights(config.scst):
+    return None
+  if not config.scst.clap_dir:
+    raise ValueError(
+      'scst.reward_weights.clap needs scst.clap_dir (a CLAP folder: '
+      'tools/convert_checkpoint.py clap, docs/clap.md)'
+    )
+  from aac_jax.data import sources
+  from aac_jax.metrics import clap_score
+  from aac_jax.metrics.clap import embedder
+
+  try:
+    model = clap_score.shared_embedder(config.scst.clap_dir, 16)
+  except embedder.ModelUnavailable as e:
+    raise ValueError(str(e)) from e
+  d = config.dataset
+  audio = embed_train_audio(sources.open_source(d, d.train_split), int(d.sample_rate), model)
+  return ClapTerm(model.text, audio)
+
+
 def fluency_term(scst_cfg: ml_collections.ConfigDict) -> FluencyTerm | None:
   """The `FluencyTerm` of `config.scst` (None when `fluency='off'`).
 
@@ -154,6 +214,7 @@ class CaptionReward:
     weights: Mapping[str, float],
     spice_jars: str | None = None,
     fluency: FluencyTerm | None = None,
+    clap: ClapTerm | None = None,
   ):
     """Precomputes the CIDEr-D document frequencies of the references.
 
@@ -163,6 +224,7 @@ class CaptionReward:
       spice_jars: folder with the CoreNLP 3.6.0 jars (SPICE only; default
         `$AAC_SPICE_CORENLP_DIR`).
       fluency: the fluency factor (None: none).
+      clap: the CLAP cosine (needed when `clap` is weighted).
 
     Raises:
       SpiceUnavailable: SPICE is weighted but cannot run here.
@@ -171,6 +233,9 @@ class CaptionReward:
     self._weights = dict(weights)
     self._spice_jars = spice_jars or None
     self._fluency = fluency
+    self._clap = clap
+    if 'clap' in self._weights and clap is None:
+      raise ValueError('a clap reward weight needs a ClapTerm (scst.clap_dir)')
     self._cider = reward_lib.CiderDReward(self._references)
     if 'spice' in self._weights:
       # Fail now, with the reason, rather than at the first step.
@@ -193,6 +258,8 @@ class CaptionReward:
       norm_refs = [[text.normalize_caption(r) for r in rs] for rs in refs]
       _, spice = spice_lib.spice_scores(list(captions), norm_refs, self._spice_jars)
       scores['spice'] = np.nan_to_num(spice, nan=0.0)
+    if 'clap' in self._weights:
+      scores['clap'] = self._clap.score(captions, clip_index)
     if self._fluency is not None:
       scores['fluency_error'] = self._fluency.error(captions)
     return scores

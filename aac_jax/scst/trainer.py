@@ -158,6 +158,7 @@ def create_scst_run(config: ml_collections.ConfigDict, workdir: str) -> ScstRun:
     weights,
     config.scst.spice_jars or None,
     fluency=rewards_lib.fluency_term(config.scst),
+    clap=rewards_lib.clap_term(config),
   )
   sample_settings, greedy_settings = make_sample_settings(config)
   sample_rate = int(config.dataset.sample_rate)
