@@ -181,6 +181,34 @@ def test_two_process_checkpoint_resumes_on_one_process_and_on_four(reference, tm
   )
 
 
+def test_fsdp_across_both_processes_trains_like_one_process_and_resumes_on_one(
+  reference, tmp_path, jax_cache
+):
+  # data 1 x fsdp 4: every parameter split over the 4 devices of both
+  # processes, each process writing its own shards of the checkpoints.
+  overrides, ref_workdir, _ = reference
+  fsdp = {'mesh.data': 1, 'mesh.fsdp': 4, 'train.stop_at_step': 4}
+  _train(_flags(overrides, tmp_path, **fsdp), jax_cache)
+  reference_losses, losses = multiprocess.losses(ref_workdir), multiprocess.losses(tmp_path)
+  assert sorted(losses) == [1, 2, 3, 4]
+  np.testing.assert_allclose(
+    [losses[s] for s in losses], [reference_losses[s] for s in losses], rtol=1e-5
+  )
+  # The 2-process fsdp checkpoint read by this one process (8 devices, data
+  # parallel) trains on with the reference's losses.
+  for path in tmp_path.glob('**/events.out.tfevents.*'):
+    path.unlink()
+  result = trainer.train_and_evaluate(
+    _config(overrides, **{'train.stop_at_step': 6}), str(tmp_path)
+  )
+  assert result.step == 6
+  losses = multiprocess.losses(tmp_path)
+  assert sorted(losses) == [5, 6]
+  np.testing.assert_allclose(
+    [losses[5], losses[6]], [reference_losses[5], reference_losses[6]], rtol=1e-5
+  )
+
+
 def test_scst_runs_two_steps_on_two_processes(reference, tmp_path, jax_cache):
   overrides, ref_workdir, _ = reference
   flags = _flags(

@@ -15,6 +15,12 @@ the FLOPs (and the fraction of peak) are undercounted.
   python tools/bench_train.py --configs=convnext_audio,convnext_frames --batch_size=8 \
       --audio_seconds=10 --steps=3              # the DCASE 2024 recipe: audio vs stored frames
   python tools/bench_train.py --compare_torch --configs=demo,base   # against PyTorch eager
+  python tools/bench_train.py --baseline=8355499 --rounds=3  # this tree against a revision
+
+`--baseline=REV` unpacks revision REV of this repository (`git archive`) and
+runs its `tools/bench_train.py` and this tree's in fresh processes, in
+alternating order for `--rounds` rounds, and prints the median step of each
+and their ratio (above 1 = this tree faster).
 
 `--compare_torch` also builds the same model in eager PyTorch
 (`tools/torch_captioner.py`: same modules and parameter count, checked
@@ -37,7 +43,9 @@ both, a last line gives the step-time ratio.
 import dataclasses
 import os
 import pathlib
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -52,7 +60,7 @@ sys.path.insert(0, str(_REPO))
 from aac_jax import config_path, models  # noqa: E402
 from aac_jax.data import pipeline  # noqa: E402
 from aac_jax.models import pretrained_setup  # noqa: E402
-from aac_jax.train import parallel, state, steps  # noqa: E402
+from aac_jax.train import parallel, state, steps, trainer  # noqa: E402
 from configs import base, clotho_convnext, synthetic_demo  # noqa: E402
 
 _CONFIGS = flags.DEFINE_list(
@@ -69,6 +77,9 @@ _PEAK_N = flags.DEFINE_integer('peak_size', 0, 'Matmul size for the peak (0 = by
 _COMPARE = flags.DEFINE_bool('compare_torch', False, 'Time the same model in eager PyTorch too.')
 _ROUNDS = flags.DEFINE_integer('rounds', 10, 'Interleaved rounds of --compare_torch.')
 _PAUSE = flags.DEFINE_float('pause_s', 0.5, 'Idle seconds before each timed step.')
+_BASELINE = flags.DEFINE_string(
+  'baseline', '', "A git revision: time its train step against this tree's, side by side."
+)
 
 DEMO_VOCAB = 262  # The synthetic demo's vocabulary (README, "Model sizes").
 DEFAULT_VOCAB = 5000
@@ -167,7 +178,7 @@ def measure_matmul_peak(mesh, dtype: str) -> float:
     jax.jit(lambda k: jax.random.normal(k, (mesh.size * n, n), dtype), out_shardings=sharding)(k)
     for k in keys
   )
-  spec = jax.sharding.PartitionSpec(parallel.AXIS)
+  spec = jax.sharding.PartitionSpec(parallel.BATCH_AXES)
   dot = jax.jit(jax.shard_map(jnp.dot, mesh=mesh, in_specs=(spec, spec), out_specs=spec))
   dot(a, b).block_until_ready()
   best = float('inf')
@@ -191,13 +202,15 @@ class JaxStep:
 
 def build_jax_step(name: str, config, batch_np: dict[str, np.ndarray]) -> JaxStep:
   """Compiles the real data-parallel train step of `config` (all local devices) on `batch_np`."""
-  mesh = parallel.create_mesh(jax.local_devices())
+  mesh = parallel.create_mesh(None, jax.local_devices())
   model_cfg = models.make_captioner_config(config.model, vocab_size(name))
   model = models.Captioner(model_cfg)
   tx, schedule = state.create_optimizer(config.optim, config.train.num_steps)
   tx = pretrained_setup.freeze_optimizer(tx, model_cfg)  # As the trainer.
+  sharding = trainer.state_sharding_for(config, model, tx, mesh)
   step = steps.make_train_step(
     mesh,
+    sharding,
     model=model,
     tx=tx,
     schedule=schedule,
@@ -208,7 +221,7 @@ def build_jax_step(name: str, config, batch_np: dict[str, np.ndarray]) -> JaxSte
   )
   start = time.perf_counter()
   params = models.init_params(model, jax.random.key(0), num_mels=config.frontend.n_mels)
-  train_state = jax.device_put(state.create_train_state(params, tx), parallel.replicated(mesh))
+  train_state = jax.device_put(state.create_train_state(params, tx), sharding)
   jax.block_until_ready(train_state)
   init_s = time.perf_counter() - start
   if name.endswith('_frames'):
@@ -228,7 +241,7 @@ def build_jax_step(name: str, config, batch_np: dict[str, np.ndarray]) -> JaxSte
   return JaxStep(
     run=run,
     params=models.count_params(params),
-    flops_per_step=flops_of(compiled) * mesh.size,  # Per-device program, all devices.
+    flops_per_step=flops_of(compiled) * mesh.size,  # Per-device (partitioned) program.
     compile_s=compile_s,
     init_s=init_s,
   )
@@ -292,7 +305,9 @@ def bench_config(name: str, with_torch: bool) -> dict[str, float]:
     runs, _ROUNDS.value if with_torch else _STEPS.value, pause_s=_PAUSE.value
   )
   seconds = float(np.median(times['aac_jax']))
-  peak = measure_matmul_peak(parallel.create_mesh(jax.local_devices()), config.model.compute_dtype)
+  peak = measure_matmul_peak(
+    parallel.create_mesh(None, jax.local_devices()), config.model.compute_dtype
+  )
   return {
     'params': jax_step.params,
     'batch': config.train.batch_size,
@@ -350,9 +365,58 @@ def describe_machine() -> str:
   return line
 
 
+def checkout(revision: str, into: pathlib.Path) -> pathlib.Path:
+  """The files of `revision` of this repository, unpacked under `into` (`git archive`)."""
+  into.mkdir(parents=True, exist_ok=True)
+  archive = subprocess.run(
+    ['git', '-C', str(_REPO), 'archive', '--format=tar', revision],
+    check=True,
+    capture_output=True,
+  ).stdout
+  subprocess.run(['tar', '-x', '-C', str(into)], input=archive, check=True)
+  return into
+
+
+def step_ms_of_tree(tree: pathlib.Path, configs: list[str]) -> dict[str, float]:
+  """Runs `tools/bench_train.py` of `tree` in a fresh process; `{config: step ms}` it printed."""
+  command = [
+    sys.executable,
+    str(tree / 'tools' / 'bench_train.py'),
+    f'--configs={",".join(configs)}',
+  ]
+  command += [f'--steps={_STEPS.value}', f'--pause_s={_PAUSE.value}']
+  out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=tree).stdout
+  found = {}
+  for line in out.splitlines():
+    cells = [c.strip() for c in line.strip().strip('|').split('|')]
+    if cells and cells[0] in configs and len(cells) >= 5:
+      found[cells[0]] = float(cells[4])
+  return found
+
+
+def compare_with_baseline(revision: str, configs: list[str], rounds: int) -> None:
+  """Times `revision`'s train step and this tree's in alternating fresh processes; prints ratios."""
+  with tempfile.TemporaryDirectory() as tmp:
+    trees = {revision: checkout(revision, pathlib.Path(tmp) / 'baseline'), 'this tree': _REPO}
+    times = {name: {c: [] for c in configs} for name in trees}
+    for r in range(rounds):
+      for name in list(trees) if r % 2 == 0 else list(trees)[::-1]:
+        for config, ms in step_ms_of_tree(trees[name], configs).items():
+          times[name][config].append(ms)
+  print(f'{rounds} rounds, each a fresh process per tree in alternating order; median step ms:')
+  print_table(f'| config | {revision} | this tree | {revision} / this tree |')
+  for config in configs:
+    old, new = (float(np.median(times[n][config])) for n in trees)
+    print(f'| {config} | {old:.1f} | {new:.1f} | {old / new:.3f} |')
+
+
 def main(argv):
   del argv
   print(describe_machine())
+  if _BASELINE.value:
+    compare_with_baseline(_BASELINE.value, _CONFIGS.value, _ROUNDS.value)
+    print(f'load average at the end: {os.getloadavg()[0]:.2f}')
+    return
   results = {}
   for name in _CONFIGS.value:
     results[name] = bench_config(name, _COMPARE.value)
