@@ -6,9 +6,8 @@ device mesh (`data`, `fsdp`, `tensor`), so one model can run data-parallel
 on a laptop and sharded on a pod slice (`mesh_shardings`). The names are
 attached at initialisation (`nn.with_logical_partitioning`); parameters stay
 plain arrays everywhere else (`models.init_params` unboxes them,
-`models.param_axes` reads them). Training still replicates every parameter
-(`aac_jax.train.parallel`); sharded training steps are the open part of
-issue 23.
+`models.param_axes` reads them). Training lays out parameters and optimizer
+state by these rules (`config.mesh`, `aac_jax.train.parallel`).
 
 Logical axes:
   embed        model width (encoder/decoder `d_model`, a tagger stage's width)

@@ -255,7 +255,7 @@ def host_metrics(
   Args:
     tokenizer: the run's tokenizer.
     scored: this process's scored rollout.
-    samples: the global `[B, K, L]` sampled token ids (`P('data')`), whose
+    samples: the global `[B, K, L]` sampled token ids (split over the batch axes), whose
       rows on other processes are gathered here (every process calls this).
   """
   captions = scored.captions

@@ -1,8 +1,8 @@
 """Evaluation: greedy captions for an eval split, scored and written out.
 
 `Evaluator.evaluate(params, split, step)` decodes every clip of the split
-data-parallel with `config.eval.decode` (front end, encoder and search
-inside one `jax.jit(jax.shard_map(...))`, `decoding.make_sharded_generate_fn`),
+over the mesh with `config.eval.decode` (front end, encoder and search
+inside one `jax.jit`, `decoding.make_sharded_generate_fn`),
 detokenizes on the host, computes BLEU-1..4, ROUGE-L and CIDEr-D
 (`aac_jax.metrics`), the event diagnostics when the dataset is
 `synthetic_aac` and the fluency proxies, and writes `<workdir>/predictions/
@@ -117,7 +117,7 @@ class Evaluator:
   """Decodes and scores eval splits of a run; eval datasets are read once.
 
   Captions are decoded with `config.eval.decode` through
-  `decoding.make_sharded_generate_fn` (front end inside the map). Scores are
+  `decoding.make_sharded_generate_fn` (front end inside the jit). Scores are
   the caption metrics, the synthetic event diagnostics (`synthetic_aac`) and
   the fluency proxies (`metrics.diversity_stats`).
   """
