@@ -11,8 +11,9 @@ SLAM-AAC, Qwen2.5-0.5B/1.5B/7B, ...) or, with `model.llm.init=''`, a
 random decoder of the sizes in `model.llm`.
 
 Sources: X-LANCE/SLAM-LLM `examples/slam_aac/scripts/finetune_clotho.sh`
-(FT), `examples/slam_aac/aac_config.py` (AC), `conf/prompt.yaml` (PY) and
-the dataset's `prompt_template` (`"USER: {}\\n ASSISTANT:"`, DS).
+(FT), `scripts/inference_clotho_bs.sh` (IB), `examples/slam_aac/aac_config.py`
+(AC), `conf/prompt.yaml` (PY) and the dataset's `prompt_template`
+(`"USER: {}\\n ASSISTANT:"`, DS).
 
 Variants (after ':'):
   runlocal    the synthetic benchmark's tiny data and a tiny random
@@ -91,8 +92,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.num_steps = 100000  # FT: total_steps=100000.
   config.train.eval_every = 500  # FT: validation_interval=500.
   config.eval.meteor = True
-  config.decode.method = 'beam'  # SLAM-AAC decodes with beam search (beam sizes 2-8).
-  config.decode.beam_size = 4
+  config.decode.method = 'beam'  # IB: beam search with num_beams=8 (CLAP-Refine then picks
+  config.decode.beam_size = 8  # among several beam sizes' captions; not done here).
   return config
 
 
