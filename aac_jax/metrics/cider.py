@@ -41,11 +41,14 @@ def cider_d_from_counts(
   n, num_refs, ref_clip = counts.num_clips, len(counts.ref_len), counts.ref_clip
   vec = counts.count * idf[counts.key]
   index = counts.sentence * max_n + counts.order
-  rows = counts.is_ref
-  norm_c = np.sqrt(np.bincount(index[~rows], vec[~rows] ** 2, n * max_n)).reshape(n, max_n)
-  norm_r = np.sqrt(np.bincount(index[rows], vec[rows] ** 2, num_refs * max_n))
-  clipped = np.minimum(counts.candidate_value(vec), vec) * vec
-  dot = np.bincount(index[rows], clipped[rows], num_refs * max_n).reshape(num_refs, max_n)
+  rows, cand_rows = np.flatnonzero(counts.is_ref), np.flatnonzero(~counts.is_ref)
+  vec_c, vec_r, index_r = vec[cand_rows], vec[rows], index[rows]
+  norm_c = np.sqrt(np.bincount(index[cand_rows], vec_c**2, n * max_n)).reshape(n, max_n)
+  norm_r = np.sqrt(np.bincount(index_r, vec_r**2, num_refs * max_n))
+  # The candidate's value of each reference row's n-gram (0 if the candidate lacks it).
+  head = counts.first[counts.group[rows]]
+  clipped = np.minimum(np.where(counts.is_ref[head], 0.0, vec[head]), vec_r) * vec_r
+  dot = np.bincount(index_r, clipped, num_refs * max_n).reshape(num_refs, max_n)
   denom = norm_c[ref_clip] * norm_r.reshape(num_refs, max_n)
   # pycocoevalcap leaves the sum unnormalised when a norm is 0 (it is 0 then).
   sim = np.where(denom != 0, dot / np.where(denom != 0, denom, 1.0), dot)

@@ -193,11 +193,6 @@ class PairCounts:
   def num_clips(self) -> int:
     return len(self.cand_len)
 
-  def candidate_value(self, values: np.ndarray) -> np.ndarray:
-    """Per row, `values` at the candidate row of its group (0 if none)."""
-    head = self.first[self.group]
-    return np.where(self.is_ref[head], 0.0, values[head])
-
 
 def pair_counts(
   cands: Sentences, refs: Sentences, ref_clip: np.ndarray, max_n: int, mode: str | None = None
@@ -294,12 +289,14 @@ def _count_runs(sentence, is_ref, key, clip, num_clips: int, num_keys: int, num_
     `(sentence, is_ref, clip, key, counts)`: the columns at each run, and the
     run lengths.
   """
-  if (num_clips + 1) * (num_keys + 1) * 2 * (num_sents + 1) < 2**62:
-    combined = ((clip * num_keys + key) * 2 + is_ref) * num_sents + sentence
+  s_bits, k_bits = max(num_sents - 1, 1).bit_length(), max(num_keys - 1, 1).bit_length()
+  if max(num_clips - 1, 1).bit_length() + k_bits + 1 + s_bits <= 62:
+    # Bit fields (shifts, not divisions, to take them apart): clip | key | is_ref | sentence.
+    combined = (((clip << k_bits) | key) << 1 | is_ref) << s_bits | sentence
     uniq, counts = np.unique(combined, return_counts=True)
-    sentence, rest = uniq % num_sents, uniq // num_sents
-    is_ref, rest = rest % 2, rest // 2
-    return sentence, is_ref, rest // num_keys, rest % num_keys, counts
+    sentence, rest = uniq & ((1 << s_bits) - 1), uniq >> s_bits
+    is_ref, rest = rest & 1, rest >> 1
+    return sentence, is_ref, rest >> k_bits, rest & ((1 << k_bits) - 1), counts
   # Too many ids to pack into one int64: sort on four keys.
   perm = np.lexsort((sentence, is_ref, key, clip))
   sentence, is_ref, key, clip = sentence[perm], is_ref[perm], key[perm], clip[perm]
