@@ -15,7 +15,9 @@ deletes them: one report, merged from all workers. Beam counters
 on a runner's monitoring page.
 
 This module imports `apache_beam` (the `beam` extra); `import_beam` is how
-callers check for it first.
+callers check for it first. `build_report.ReportingBuilder` calls it with
+what it needs (its `make_example`, its `BuildError`), so this module does
+not import `build_report` back.
 """
 
 import dataclasses
@@ -28,7 +30,7 @@ from typing import Any
 
 from etils import epath
 
-from aac_jax.data import audio_io, build_report
+from aac_jax.data import audio_io
 
 INSTALL_HINT = "--beam needs Apache Beam: pip install 'aac_jax[beam]'"
 OUTCOMES = 'outcomes'
@@ -108,10 +110,11 @@ def delete_outcomes(folder: str) -> None:
 
 def decode_split(
   split: str,
-  clips: list[build_report.Clip],
+  clips: list,
   sample_rate: int,
   limit: audio_io.LengthLimit,
   prefix: str,
+  make_example,
 ):
   """The Beam `PTransform` building one split (applied by TFDS to the pipeline root).
 
@@ -121,6 +124,8 @@ def decode_split(
     sample_rate: stored rate in Hz.
     limit: the longest clip (`BuildOptions.length_limit()`).
     prefix: where the workers write their outcome lines (`<prefix>-*.jsonl`).
+    make_example: `make_example(clip, decoded)`, the record of a decoded clip
+      (`build_report.make_example`).
 
   Returns:
     A `PTransform` from the pipeline root to `(clip_id, example)` pairs.
@@ -130,13 +135,13 @@ def decode_split(
   class DecodeClip(beam.DoFn):
     """Decodes one clip; its outcome goes to the `OUTCOMES` output."""
 
-    def process(self, clip: build_report.Clip) -> Iterator[Any]:
+    def process(self, clip) -> Iterator[Any]:
       decoded = audio_io.decode_file(os.fspath(clip.path), sample_rate, limit)
       yield beam.pvalue.TaggedOutput(OUTCOMES, outcome_line(clip.id, decoded))
       counter = decoded.reason or 'written'
       beam.metrics.Metrics.counter('aac_jax', f'{split}/{counter}').inc()
       if not decoded.reason:
-        yield clip.id, build_report.make_example(clip, decoded)
+        yield clip.id, make_example(clip, decoded)
 
   class DecodeSplit(beam.PTransform):
     def expand(self, root):
@@ -153,19 +158,18 @@ def decode_split(
   return DecodeSplit()
 
 
-def _outcomes_dir(builder: build_report.ReportingBuilder) -> str:
+def _outcomes_dir(builder) -> str:
   return os.fspath(epath.Path(builder.data_path).parent / f'{builder.version}.beam_outcomes')
 
 
-def split_transforms(
-  builder: build_report.ReportingBuilder, plans: dict[str, list[build_report.Clip]]
-) -> dict[str, Any]:
+def split_transforms(builder, plans: dict[str, list], make_example) -> dict[str, Any]:
   """One `decode_split` per planned split (`_split_generators`'s Beam value).
 
   Args:
     builder: the builder (its report holds the listing; `merge_outcomes`
       completes it when the pipeline has run).
     plans: each split's clips to decode.
+    make_example: see `decode_split`.
 
   Returns:
     `{split: PTransform}`.
@@ -176,17 +180,24 @@ def split_transforms(
   builder.beam_start = time.perf_counter()
   limit = builder.options.length_limit()
   return {
-    name: decode_split(name, clips, builder.sample_rate, limit, os.path.join(folder, name))
+    name: decode_split(
+      name, clips, builder.sample_rate, limit, os.path.join(folder, name), make_example
+    )
     for name, clips in plans.items()
   }
 
 
-def merge_outcomes(builder: build_report.ReportingBuilder) -> None:
+def merge_outcomes(builder, build_error: type[Exception]) -> None:
   """Records every worker's outcomes in `builder.report`, in listed order, then deletes them.
 
+  Args:
+    builder: the builder `split_transforms` planned.
+    build_error: the exception a missing clip raises (`build_report.BuildError`).
+
   Raises:
-    BuildError: a clip no worker reported, a strict build with skips, or a
-      split with no clip decoded (as on one machine).
+    build_error: a clip no worker reported; the builder's `BuildError`: a
+      strict build with skips, or a split with no clip decoded (as on one
+      machine).
   """
   folder = _outcomes_dir(builder)
   seconds = time.perf_counter() - builder.beam_start
@@ -196,7 +207,7 @@ def merge_outcomes(builder: build_report.ReportingBuilder) -> None:
     report = builder.report.split(name)
     for clip in clips:
       if clip.id not in outcomes[name]:
-        raise build_report.BuildError(f'{name}: no Beam worker reported clip {clip.id!r}')
+        raise build_error(f'{name}: no Beam worker reported clip {clip.id!r}')
       builder.account(report, clip, *outcomes[name][clip.id])
     report.seconds = seconds
     builder.finish_split(name, report)

@@ -501,14 +501,14 @@ class ReportingBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if self.options.beam:
       from aac_jax.data import beam_build  # noqa: PLC0415 (the optional 'beam' extra)
 
-      return beam_build.split_transforms(self, plans)
+      return beam_build.split_transforms(self, plans, make_example)
     return {name: self._generate_examples(name, clips) for name, clips in plans.items()}
 
   def _process_pipeline_result(self, pipeline_result) -> None:
     """After the Beam pipeline: records every worker's outcomes in the one report."""
     from aac_jax.data import beam_build  # noqa: PLC0415
 
-    beam_build.merge_outcomes(self)
+    beam_build.merge_outcomes(self, BuildError)
 
   def _warn_suspicious_splits(self, source: pathlib.Path) -> None:
     """Warns where most clips of a split are missing or lead outside `source`."""
