@@ -30,6 +30,8 @@ EXTRAS_REQUIRE = {
   'plot': ['matplotlib>=3.8'],
   # FENSE / SBERT-sim / FER / SPIDEr-FL: word pieces and weights, no torch.
   'fense': ['tokenizers>=0.15', 'safetensors>=0.4'],
+  # Language-model decoders and CLAP: tokenizer.json and safetensors folders, no torch.
+  'llm': ['tokenizers>=0.15', 'safetensors>=0.4'],
   # tools/convert_checkpoint.py: reads the published PyTorch checkpoints, never at run time.
   'convert': ['torch>=2.1', 'safetensors>=0.4'],
   # aac-serve (tools/serve.py): the HTTP server and its metrics.
