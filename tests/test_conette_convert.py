@@ -164,6 +164,9 @@ def _finetune_config(run_dir, toy, stage: str = ''):
   ds = config.dataset
   ds.name, ds.builder_config, ds.data_dir = toy[1], '', str(toy[0])
   ds.train_split, ds.validation_split, ds.test_split = 'train', 'validation', 'test'
+  # Greedy validation: the beam is checked against CoNeTTE above; compiling it
+  # again for each stage's validation only costs time here.
+  config.eval.decode.method = 'greedy'
   return config
 
 
