@@ -22,7 +22,9 @@ class LlmTokenizer:
     try:
       import tokenizers
     except ImportError as error:
-      raise ImportError('the llm tokenizer needs `pip install tokenizers` (aac_jax[fense] has it)') from error
+      raise ImportError(
+        'the llm tokenizer needs `pip install tokenizers` (aac_jax[fense] has it)'
+      ) from error
     path = os.path.join(folder, TOKENIZER_FILE)
     if not os.path.isfile(path):
       raise FileNotFoundError(f'{path} is missing: the language model folder has no tokenizer')
