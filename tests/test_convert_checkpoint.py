@@ -101,7 +101,9 @@ def test_not_a_state_dict_is_refused(tmp_path):
 
 
 def test_unknown_converter_names_the_known_ones():
-  with pytest.raises(ValueError, match=r"known: \['clap', 'cnn14', 'conette', 'convnext', 'fense', 'llm'\]"):
+  with pytest.raises(
+    ValueError, match=r"known: \['clap', 'cnn14', 'conette', 'convnext', 'fense', 'llm'\]"
+  ):
     registry.get_converter('resnet')
 
 
