@@ -46,6 +46,8 @@ EXTRAS_REQUIRE = {
   # parity tests; tools/test.sh adds conette and torchoutil with --no-deps.
   'test': [
     'pytest>=8',
+    # tools/test.sh runs the suite's files on 2 worker processes (--dist loadfile).
+    'pytest-xdist>=3.6',
     'ruff==0.17.6',
     'pycocoevalcap==1.2',
     'matplotlib>=3.8',

@@ -24,7 +24,10 @@ python -m pip install -q --no-deps conette==0.3.2 torchoutil==0.3.1
 echo "[test.sh] ruff check + format check"
 ruff check .
 ruff format --check .
-echo "[test.sh] pytest (8 simulated CPU devices)"
+echo "[test.sh] pytest (8 simulated CPU devices per worker)"
 export XLA_FLAGS="${XLA_FLAGS:---xla_force_host_platform_device_count=8}"
 export JAX_PLATFORMS=cpu
-python -m pytest -q "$@"
+# Test files run on AAC_TEST_WORKERS processes (default 2; 0 = in this process).
+# A file's tests stay on one worker, so module fixtures are built once; the
+# slowest files start first (tests/conftest.py orders them).
+python -m pytest -q -n "${AAC_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"
