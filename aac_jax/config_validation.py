@@ -88,16 +88,23 @@ def _dataset(c: ml_collections.ConfigDict, p: _Problems) -> None:
   )
   p.non_negative(d, 'dataset', 'num_workers')
   p.positive(d, 'dataset', 'vocab_min_count')
-  _mixture(d, p)
+  _mixture(d, c.train, p)
 
 
-def _mixture(d: ml_collections.ConfigDict, p: _Problems) -> None:
-  """`dataset.mixture`: well formed, known datasets, audio (not stored embeddings)."""
+def _mixture(d: ml_collections.ConfigDict, t: ml_collections.ConfigDict, p: _Problems) -> None:
+  """`dataset.mixture`: well formed, known datasets, audio (not stored embeddings).
+
+  `train.best_source`: one of the sources the run evaluates.
+  """
   try:
     entries = mixture.parse(d)
   except mixture.MixtureError as error:
     p.check(False, 'dataset.mixture', d.mixture, str(error))
     return
+  try:
+    mixture.best_source(d, t.get('best_source', ''))
+  except mixture.MixtureError as error:
+    p.check(False, 'train.best_source', t.get('best_source', ''), str(error))
   for i, entry in enumerate(entries):
     entry_cfg = mixture.entry_config(d, entry)
     p.check(

@@ -155,8 +155,11 @@ def load_model(path: str | pathlib.Path, step: int | None = None) -> LoadedModel
       f'config.json (trained with another version of aac_jax?): {error}'
     ) from error
   loaded = LoadedModel(config, model, params, tokenizer, str(workdir), step, kind)
-  # A mixture run speaks in the style of the dataset it was evaluated on unless --task says.
-  task = mixture.eval_task(config.dataset) if 'mixture' in config.dataset else ''
+  # A mixture run speaks in the style of the source that picked its best checkpoint unless
+  # --task says.
+  task = ''
+  if config.dataset.get('mixture'):
+    task = mixture.best_source(config.dataset, config.train.get('best_source', '')).task
   return with_task(loaded, task) if task else loaded
 
 

@@ -137,6 +137,9 @@ def get_train_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3  # Most recent checkpoints kept (plus the best).
   c.best_metric = 'cider_d'  # Validation metric selecting the best checkpoint.
   c.best_mode = 'max'  # 'max' or 'min': which way `best_metric` is better.
+  # A mixture run: the evaluated source (its task, else its dataset's name) whose
+  # validation scores pick the best checkpoint; '' = dataset.name's (aac_jax/data/mixture.py).
+  c.best_source = ''
   c.async_checkpointing = True  # Write checkpoints in a background thread.
   c.stop_at_step = -1  # Save and stop after this step (-1 = num_steps); for time-boxed jobs.
   c.init_from = ''  # Another run's workdir: start from its parameters.

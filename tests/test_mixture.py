@@ -4,15 +4,19 @@ The three splits of one toy dataset stand in for three datasets (a mixture
 entry is a (dataset, split) pair); each entry has its own task token.
 """
 
+import json
+import types
+
 import jax
 import numpy as np
 import pytest
 import toy_dataset
-from test_model import fast_jit, random_params, tiny_config
+from test_model import MELS, fast_jit, random_params, tiny_config
 
 from aac_jax.data import mixture, pipeline, sources, tokenizer
 from aac_jax.data.tokenizer import BOS_ID, Tokenizer
 from aac_jax.models import Captioner
+from aac_jax.train.metric_writers import MetricWriter
 from configs import base
 
 SPLITS = {'train': 13, 'validation': 7, 'test': 5}
@@ -234,21 +238,98 @@ def test_task_selects_the_first_decoder_token_at_inference(vocab):
   assert not np.allclose(logits(model, bos_first), logits(model, task_first))
 
 
-def test_evaluated_dataset_decodes_with_its_task_token(cfg, vocab):
-  from aac_jax.train import evaluation  # noqa: PLC0415 (the train floor, for this test only)
+class _Recorder(MetricWriter):
+  """Keeps the scalars written, by name."""
 
+  def __init__(self):
+    self.scalars = {}
+
+  def write_scalars(self, step, scalars):
+    self.scalars.update(scalars)
+
+  def write_texts(self, step, texts):
+    pass
+
+  def write_hparams(self, hparams):
+    pass
+
+
+def _evaluator(cfg, vocab, workdir, mixture_value, best_source=''):
+  """An `Evaluator` of a tiny random captioner reading the toy dataset."""
+  from aac_jax.train import evaluation, parallel  # noqa: PLC0415 (the train floor, this test only)
+
+  config = base.get_base_config()
+  config.dataset = cfg.copy_and_resolve_references()
+  config.dataset.max_audio_seconds, config.dataset.mixture = 0.05, mixture_value
+  config.frontend.n_mels, config.frontend.feature_stats = MELS, 'fixed'
+  config.eval.batch_size, config.eval.decode.max_len = 8, 4
+  config.train.best_source = best_source
   model = Captioner(tiny_config(vocab_size=vocab.vocab_size, deterministic=True))
-  evaluated = cfg.copy_and_resolve_references()
-  evaluated.mixture = (
-    ('other_aac', 'train', 1.0, 'wavcaps'),
-    (cfg.name, 'train', 1.0, 'audiocaps'),
+  exp = types.SimpleNamespace(
+    config=config, mesh=parallel.create_mesh(), eval_model=model, tokenizer=vocab, workdir=workdir
   )
-  assert mixture.eval_task(evaluated) == 'audiocaps'
-  tokens = vocab.tokens
-  tasked, overrides = evaluation._with_eval_task(model, evaluated, tokens)  # noqa: SLF001
-  assert tasked.config.task_token_id == overrides['bos_id'] == tokens.index('<bos_audiocaps>')
-  evaluated.mixture = (('other_aac', 'train', 1.0, 'wavcaps'), (cfg.name, 'train', 1.0, ''))
-  assert evaluation._with_eval_task(model, evaluated, tokens) == (model, {})  # noqa: SLF001
+  writer = _Recorder()
+  return evaluation.Evaluator(exp, writer), writer, random_params(model, seed=3)
+
+
+def test_eval_sources_of_the_pretraining_mixture():
+  """Clotho and AudioCaps are scored on their own splits; WavCaps and MACS have none."""
+  from configs import pretrain_wavcaps  # noqa: PLC0415
+
+  dataset = pretrain_wavcaps.get_config().dataset
+  found = {
+    s.name: (s.dataset.name, s.dataset.validation_split, s.dataset.test_split, s.task)
+    for s in mixture.eval_sources(dataset)
+  }
+  assert found == {
+    'clotho': ('clotho_aac', 'validation', 'evaluation', 'clotho'),
+    'audiocaps': ('audiocaps_aac', 'val', 'test', 'audiocaps'),
+  }
+  assert mixture.best_source(dataset).name == 'clotho'
+  assert mixture.best_source(dataset, 'audiocaps').dataset.validation_split == 'val'
+  with pytest.raises(mixture.MixtureError, match=r"best_source='macs' is not an evaluated"):
+    mixture.best_source(dataset, 'macs')
+  plain = base.get_dataset_config()
+  assert [(s.name, s.dataset, s.task) for s in mixture.eval_sources(plain)] == [
+    ('synthetic_aac', plain, '')
+  ]
+
+
+def test_mixture_run_scores_each_source_with_its_task_token(cfg, vocab, tmp_path, jax_cache):
+  """Per-source scalars and predictions; `train.best_source`'s scores rank checkpoints."""
+  two = (
+    (f'{toy_dataset.NAME}/plain', 'train', 0.5, ''),
+    (cfg.mixture[1][0], 'test', 0.5, 'wavcaps'),
+  )
+  evaluator, writer, params = _evaluator(cfg, vocab, tmp_path, two, 'wavcaps')
+  scores = evaluator.evaluate(params, 'validation', 3)
+  names = [toy_dataset.NAME, 'wavcaps']  # The '' entry is named by its dataset.
+  for name in names:
+    assert writer.scalars[f'validation/{name}/cider_d'] == scores[f'{name}/cider_d']
+  assert scores['cider_d'] == scores['wavcaps/cider_d'] == writer.scalars['validation/cider_d']
+  rows = {
+    name: json.loads((tmp_path / 'predictions' / f'validation_{name}_step3.json').read_text())
+    for name in names
+  }
+  assert (
+    json.loads((tmp_path / 'predictions' / 'validation_step3.json').read_text())
+    == (rows['wavcaps'])
+  )
+  plain, tasked = ([r['prediction'] for r in rows[name]] for name in names)
+  assert plain != tasked  # Decoded from <bos_wavcaps>, not BOS.
+  # The source without a task decodes from BOS, as a run without a mixture does.
+  single, _, _ = _evaluator(cfg, vocab, tmp_path / 'single', ())
+  assert single.predict(params, 'validation')[1] == plain
+
+
+def test_best_source_must_be_evaluated():
+  from aac_jax import config_validation  # noqa: PLC0415 (the models floor, for this test only)
+
+  config = base.get_base_config()
+  config.dataset.mixture = (('synthetic_aac', 'train', 1.0, 'clotho'),)
+  config.train.best_source = 'wavcaps'
+  with pytest.raises(config_validation.ConfigError, match=r"train.best_source='wavcaps'"):
+    config_validation.validate(config, 'train', 8)
 
 
 @pytest.mark.parametrize('arg', [None, 'runlocal', 'stage=finetune,init_from=x'])
@@ -257,7 +338,7 @@ def test_pretrain_wavcaps_config(arg):
 
   config = pretrain_wavcaps.get_config(arg)
   entries = mixture.parse(config.dataset)
-  assert mixture.eval_task(config.dataset) in {e.task for e in entries}
+  assert mixture.best_source(config.dataset).task in {e.task for e in entries}
   assert config.train.batch_size % 8 == 0
   if arg is None:
     assert [e.dataset for e in entries] == [

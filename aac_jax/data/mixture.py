@@ -16,7 +16,9 @@ the single dataset's guarantees: one global order for every topology, and
 resume from one number (`aac_jax.data.global_order`). A task `t` is the
 vocabulary token `<bos_t>` (CoNeTTE's name), fed to the decoder at position
 0 instead of BOS for that source's examples (batch key `task_tokens`); ''
-= plain BOS. Evaluation opens each entry's own splits (`entry_config`).
+= plain BOS. Evaluation scores each source with evaluation splits, with
+its task token (`eval_sources`); `config.train.best_source` names the one
+whose scores pick the best checkpoint (`best_source`, default `cfg.name`'s).
 """
 
 import dataclasses
@@ -28,6 +30,8 @@ from typing import NamedTuple
 import grain
 import ml_collections
 import numpy as np
+
+from aac_jax.data import registry
 
 _TASK_NAME = re.compile(r'[a-z0-9_]+')
 
@@ -94,16 +98,87 @@ def tasks(entries: list[Entry]) -> list[str]:
   return list(dict.fromkeys(entry.task for entry in entries if entry.task))
 
 
-def eval_task(cfg: ml_collections.ConfigDict) -> str:
-  """The task of the dataset a run evaluates (`cfg.name`), '' where none names it.
+class EvalSource(NamedTuple):
+  """A source a run evaluates, decoded with its own task token.
 
-  A mixture run's validation and test splits are `cfg.name`'s; they are
-  decoded with the task token of the entry reading that dataset.
+  Attributes:
+    name: the source's name in scalars (`<split>/<name>/<metric>`) and
+      prediction files: its task, else its dataset's name.
+    dataset: `config.dataset` reading it; its `validation_split` and
+      `test_split` are the source's own.
+    task: the task whose token starts its captions ('' = plain BOS).
   """
-  for entry in parse(cfg):
-    if entry.dataset.partition('/')[0] == cfg.name and entry.task:
-      return entry.task
-  return ''
+
+  name: str
+  dataset: ml_collections.ConfigDict
+  task: str
+
+
+def _source_dataset(cfg: ml_collections.ConfigDict, entry: Entry | None):
+  """`config.dataset` reading `entry`'s evaluation splits, None where it has none."""
+  name = entry.dataset.partition('/')[0] if entry else cfg.name
+  if name == cfg.name:
+    return cfg  # The run's own dataset: its configured splits.
+  if name not in registry.EVAL_SPLITS:
+    return None
+  out = entry_config(cfg, entry)
+  with out.unlocked():
+    out.validation_split, out.test_split = registry.EVAL_SPLITS[name]
+  return out
+
+
+def eval_sources(cfg: ml_collections.ConfigDict) -> list[EvalSource]:
+  """The sources a run evaluates, `cfg.name`'s first.
+
+  Without a mixture: `cfg.name` alone. With one: `cfg.name` (with the task of
+  the first entry reading it, else '') and every other entry whose dataset
+  has evaluation splits (`registry.EVAL_SPLITS`), each with its task; an
+  entry repeating a source's (dataset, task) adds nothing.
+
+  Raises:
+    MixtureError: two evaluated sources would share a name.
+  """
+  entries = parse(cfg)
+  own = next((e for e in entries if e.dataset.partition('/')[0] == cfg.name), None)
+  candidates = [own] + [e for e in entries if e is not own]
+  found: dict[str, EvalSource] = {}
+  for entry in candidates:
+    dataset = _source_dataset(cfg, entry)
+    if dataset is None:
+      continue
+    task = entry.task if entry else ''
+    source = EvalSource(task or dataset.name, dataset, task)
+    same = found.get(source.name)
+    if same is None:
+      found[source.name] = source
+    elif same.dataset.name != dataset.name:
+      raise MixtureError(
+        f'dataset.mixture: {same.dataset.name} and {dataset.name} are both evaluated as '
+        f'{source.name!r}: give them different tasks'
+      )
+  return list(found.values())
+
+
+def best_source(cfg: ml_collections.ConfigDict, name: str = '') -> EvalSource:
+  """The evaluated source whose validation scores pick the best checkpoint.
+
+  Args:
+    cfg: `config.dataset`.
+    name: `config.train.best_source`; '' = `cfg.name`'s source.
+
+  Raises:
+    MixtureError: `name` is not an evaluated source.
+  """
+  evaluated = eval_sources(cfg)
+  if not name:
+    return evaluated[0]
+  for source in evaluated:
+    if source.name == name:
+      return source
+  raise MixtureError(
+    f'train.best_source={name!r} is not an evaluated source; choose one of '
+    f"{[s.name for s in evaluated]} ('' = {evaluated[0].name})"
+  )
 
 
 def entry_config(cfg: ml_collections.ConfigDict, entry: Entry) -> ml_collections.ConfigDict:

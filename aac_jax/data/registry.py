@@ -32,6 +32,16 @@ _BUILD_COMMANDS = {
 }
 
 
+# The validation and test splits of the datasets that have them, as their
+# builders name them (a mixture evaluates each entry that has them; wavcaps_aac
+# and macs_aac are train only). `config.dataset.name` uses its configured splits.
+EVAL_SPLITS = {
+  'clotho_aac': ('validation', 'evaluation'),
+  'audiocaps_aac': ('val', 'test'),
+  'synthetic_aac': ('validation', 'test'),
+}
+
+
 class DatasetNotBuiltError(FileNotFoundError):
   """The dataset named in the config has not been built in its data_dir."""
 

@@ -7,6 +7,7 @@ detokenizes on the host, computes BLEU-1..4, ROUGE-L and CIDEr-D
 (`aac_jax.metrics`), the event diagnostics when the dataset is
 `synthetic_aac` and the fluency proxies, and writes `<workdir>/predictions/
 <split>_step<step>.json` (clip id, prediction, references, per-clip scores).
+A mixture run scores each of its evaluated sources (`Evaluator`).
 """
 
 import functools
@@ -120,6 +121,14 @@ class Evaluator:
   `decoding.make_sharded_generate_fn` (front end inside the jit). Scores are
   the caption metrics, the synthetic event diagnostics (`synthetic_aac`) and
   the fluency proxies (`metrics.diversity_stats`).
+
+  A mixture run (`config.dataset.mixture`) scores each evaluated source
+  (`mixture.eval_sources`) on its own validation or test split, decoded with
+  its task token: scalars `<split>/<source>/<metric>`, predictions
+  `<split>_<source>_step<N>.json`. The source named by
+  `config.train.best_source` ('' = `dataset.name`'s) is also reported under
+  the single-dataset names (`<split>/<metric>`, `<split>_step<N>.json`) and
+  its scores are the ones that rank checkpoints (`train.best_metric`).
   """
 
   def __init__(self, exp, writer: MetricWriter, training_captions: Sequence[str] | None = None):
@@ -134,44 +143,54 @@ class Evaluator:
     self._config, self._mesh, self._tokenizer = config, exp.mesh, exp.tokenizer
     self._workdir, self._writer = epath.Path(exp.workdir), writer
     self._training_captions = training_captions
-    self._splits: dict[str, tuple[pipeline.EvalSplit, Any, list[str] | None]] = {}
-    model, overrides = _with_eval_task(exp.eval_model, config.dataset, exp.tokenizer.tokens)
-    settings = decoding.model_decode_settings(
-      config.eval.decode, model.config.max_decode_len, **overrides
-    )
-    features = functools.partial(
-      _features, frontend_cfg=config.frontend, sample_rate=int(config.dataset.sample_rate)
-    )
-    self._generate = decoding.make_sharded_generate_fn(model, settings, exp.mesh, frontend=features)
-    mask = decoding.repeat_ban_mask_for(exp.tokenizer.tokens, settings)
-    self._repeat_ban_mask = jax.device_put(mask, parallel.replicated(exp.mesh))
+    self._splits: dict[tuple[str, str], tuple[pipeline.EvalSplit, Any, list[str] | None]] = {}
+    self._sources = mixture.eval_sources(config.dataset)
+    self._best = mixture.best_source(config.dataset, config.train.get('best_source', ''))
+    self._generate = {s.name: self._generate_fn(exp, s.task) for s in self._sources}
     self._rng = jax.random.key(config.seed)
 
-  def _get_split(self, name: str):
-    if name not in self._splits:
+  def _generate_fn(self, exp, task: str):
+    """`(generate, repeat-ban mask)` decoding with `task`'s token first."""
+    model, overrides = _with_task(exp.eval_model, task, exp.tokenizer.tokens)
+    settings = decoding.model_decode_settings(
+      self._config.eval.decode, model.config.max_decode_len, **overrides
+    )
+    features = functools.partial(
+      _features,
+      frontend_cfg=self._config.frontend,
+      sample_rate=int(self._config.dataset.sample_rate),
+    )
+    generate = decoding.make_sharded_generate_fn(model, settings, exp.mesh, frontend=features)
+    mask = decoding.repeat_ban_mask_for(exp.tokenizer.tokens, settings)
+    return generate, jax.device_put(mask, parallel.replicated(exp.mesh))
+
+  def _get_split(self, source: mixture.EvalSource, name: str):
+    if (source.name, name) not in self._splits:
       split, batches = pipeline.make_eval_batches(
-        self._config.dataset,
+        source.dataset,
         name,
         self._config.eval.batch_size,
         max_examples=int(self._config.eval.max_examples),
       )
       events = None
-      if self._config.dataset.name == SYNTHETIC_DATASET:
-        events = read_events(self._config.dataset, split)
-      self._splits[name] = (split, batches, events)
-    return self._splits[name]
+      if source.dataset.name == SYNTHETIC_DATASET:
+        events = read_events(source.dataset, split)
+      self._splits[source.name, name] = (split, batches, events)
+    return self._splits[source.name, name]
 
-  def predict(self, params: Any, name: str) -> tuple[pipeline.EvalSplit, list[str]]:
-    """Captions of every clip of split `name`, in clip order."""
-    split, batches, _ = self._get_split(name)
+  def predict(
+    self, params: Any, name: str, source: mixture.EvalSource | None = None
+  ) -> tuple[pipeline.EvalSplit, list[str]]:
+    """Captions of every clip of split `name` of `source` (default: the best source)."""
+    source = source or self._best
+    split, batches, _ = self._get_split(source, name)
+    generate, repeat_ban_mask = self._generate[source.name]
     outputs = []
     for i, batch in enumerate(batches):  # Dispatch everything first: reading overlaps decoding.
       audio = parallel.shard_batch({k: batch[k] for k in ('audio', 'audio_paddings')}, self._mesh)
       index = parallel.shard_batch({'index': batch['index']}, self._mesh)
       rng = jax.random.fold_in(self._rng, i)
-      out = self._generate(
-        params, audio['audio'], audio['audio_paddings'], rng, self._repeat_ban_mask
-      )
+      out = generate(params, audio['audio'], audio['audio_paddings'], rng, repeat_ban_mask)
       outputs.append({'tokens': out.tokens, **index})
     captions = [''] * len(split)
     for out in map(parallel.gather_to_host, outputs):
@@ -185,6 +204,11 @@ class Evaluator:
   ) -> dict[str, float]:
     """Decodes and scores split `name`; writes predictions, scalars and sample captions.
 
+    In a mixture run, `name` = `dataset.validation_split` or `test_split`
+    scores every evaluated source on its own split of that role, reported
+    under `name` (see the class docstring); any other split is the best
+    source's alone.
+
     Args:
       params: the parameters to evaluate.
       name: the split.
@@ -194,33 +218,66 @@ class Evaluator:
       with_intervals: add bootstrap intervals (see `score`).
 
     Returns:
-      Caption metrics, event diagnostics (synthetic data) and fluency proxies.
+      The best source's caption metrics, event diagnostics (synthetic data)
+      and fluency proxies; in a mixture run also every source's, as
+      `<source>/<metric>`.
     """
-    split, predictions = self.predict(params, name)
-    events = self._get_split(name)[2]
+    dataset = self._config.dataset
+    roles = {dataset.validation_split: 'validation_split', dataset.test_split: 'test_split'}
+    if not dataset.mixture or name not in roles:
+      return self._evaluate_source(params, self._best, name, (name, ''), step, tag, with_intervals)
+    scores = {}
+    for source in self._sources:
+      best = source.name == self._best.name
+      shown = (name, source.name) + (('',) if best else ())
+      own = self._evaluate_source(
+        params, source, source.dataset[roles[name]], shown, step, tag, with_intervals
+      )
+      scores.update({f'{source.name}/{k}': v for k, v in own.items()})
+      if best:
+        scores.update(own)
+    return scores
+
+  def _evaluate_source(
+    self,
+    params: Any,
+    source: mixture.EvalSource,
+    split_name: str,
+    shown: tuple[str, ...],
+    step: int,
+    tag: str,
+    with_intervals: bool,
+  ) -> dict[str, float]:
+    """Scores `source` on its split `split_name`, reported as `shown`.
+
+    `shown` = `(split, *labels)`: written once per label, '' under the
+    single-dataset names, a source name under `<split>/<source>/` scalars
+    and `<split>_<source>_` predictions.
+    """
+    split, predictions = self.predict(params, split_name, source)
+    events = self._get_split(source, split_name)[2]
     scores, per_clip = score(predictions, split, events, self._config.eval, with_intervals)
     fluency = metrics.diversity_stats(predictions, self._training_captions)
     scores.update({k: float(v) for k, v in fluency.items()})
-    path = self._workdir / 'predictions' / f'{name}_{tag or f"step{step}"}.json'
-    write_predictions(path, split, predictions, per_clip)
-    prefix = f'{name}_{tag}' if tag else name
-    self._writer.write_scalars(step, {f'{prefix}/{k}': v for k, v in scores.items()})
+    name, *labels = shown
     count = int(self._config.train.num_sample_captions)
     samples = sample_captions_text(split, predictions, count)
-    self._writer.write_texts(step, {f'{prefix}/samples': samples})
+    for label in labels:
+      stem = f'{name}_{label}' if label else name
+      path = self._workdir / 'predictions' / f'{stem}_{tag or f"step{step}"}.json'
+      write_predictions(path, split, predictions, per_clip)
+      prefix = (f'{name}_{tag}' if tag else name) + (f'/{label}' if label else '')
+      self._writer.write_scalars(step, {f'{prefix}/{k}': v for k, v in scores.items()})
+      self._writer.write_texts(step, {f'{prefix}/samples': samples})
     self._writer.flush()
-    logging.info('Evaluated %s at step %d on %d clips', name, step, len(split))
+    logging.info(
+      'Evaluated %s (%s) at step %d on %d clips', split_name, source.name, step, len(split)
+    )
     return scores
 
 
-def _with_eval_task(model, dataset_cfg: ml_collections.ConfigDict, tokens: list[str]):
-  """`(model, decode overrides)` decoding the evaluated dataset with its task token.
-
-  A mixture run (`dataset.mixture`) evaluates `dataset.name`'s splits with
-  the task token of the entry reading that dataset (`mixture.eval_task`);
-  other runs decode from BOS as trained.
-  """
-  task = mixture.eval_task(dataset_cfg)
+def _with_task(model, task: str, tokens: list[str]):
+  """`(model, decode overrides)` starting captions with `task`'s token ('' = as trained)."""
   if not task:
     return model, {}
   task_id = tokens.index(mixture.task_token(task))
