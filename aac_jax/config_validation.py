@@ -15,6 +15,9 @@ import ml_collections
 from aac_jax.data import mixture, registry
 from aac_jax.decoding import settings as decode_settings
 from aac_jax.metrics import eval_config, fense_models
+from aac_jax.models.config import LLM_TRAIN
+from aac_jax.models.llm import LORA_TARGETS
+from aac_jax.models.llm_bridge import PROJECTORS
 
 STAGES = ('train', 'scst')
 FEATURE_STATS_MODES = ('measure', 'fixed')
@@ -163,6 +166,44 @@ def _model(c: ml_collections.ConfigDict, p: _Problems) -> None:
   for name in ('dropout', 'attention_dropout'):
     p.check(0 <= m[name] < 1, f'model.{name}', m[name], 'must be in [0, 1)')
   p.one_of(m, 'model', 'compute_dtype', ('float32', 'bfloat16'))
+  if m.decoder_style == 'llm':
+    _llm(m.llm, p)
+
+
+def _llm(llm: ml_collections.ConfigDict, p: _Problems) -> None:
+  """`model.llm` of a `decoder_style='llm'` run (the sizes only matter without `init`)."""
+  p.one_of(llm, 'model.llm', 'train', LLM_TRAIN)
+  p.one_of(llm, 'model.llm', 'projector', PROJECTORS)
+  for name in ('frame_stack', 'projector_dim'):
+    p.positive(llm, 'model.llm', name)
+  p.non_negative(llm, 'model.llm', 'lora_rank')
+  p.check(
+    llm.train != 'lora' or llm.lora_rank > 0,
+    'model.llm.lora_rank',
+    llm.lora_rank,
+    "must be > 0 with model.llm.train='lora' (or train='full')",
+  )
+  p.check(
+    0 <= llm.lora_dropout < 1, 'model.llm.lora_dropout', llm.lora_dropout, 'must be in [0, 1)'
+  )
+  unknown = sorted(set(llm.lora_targets) - set(LORA_TARGETS))
+  p.check(not unknown, 'model.llm.lora_targets', unknown, f'must be among {list(LORA_TARGETS)}')
+  if llm.init:
+    return
+  for name in ('hidden_size', 'num_layers', 'num_heads', 'num_kv_heads', 'intermediate_size'):
+    p.positive(llm, 'model.llm', name)
+  p.check(
+    llm.num_heads % max(llm.num_kv_heads, 1) == 0,
+    'model.llm.num_heads',
+    llm.num_heads,
+    f'must be a multiple of model.llm.num_kv_heads ({llm.num_kv_heads})',
+  )
+  p.check(
+    llm.head_dim > 0 and llm.head_dim % 2 == 0,
+    'model.llm.head_dim',
+    llm.head_dim,
+    'must be even and > 0 (rotary positions)',
+  )
 
 
 def _optim(c: ml_collections.ConfigDict, p: _Problems) -> None:

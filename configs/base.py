@@ -107,6 +107,41 @@ def get_model_config() -> ml_collections.ConfigDict:
   c.convnext_stem = 'audioset'  # 'conette': CoNeTTE's finer ConvNeXt stem (4x more frames).
   c.encoder_drop_path = 0.0  # ConvNeXt stochastic depth (unfrozen, training).
   c.mixup_alpha = 0.0  # Mixup of encoder frames and decoder inputs (0 = off).
+  c.llm = get_llm_config()  # decoder_style='llm' only.
+  return c
+
+
+def get_llm_config() -> ml_collections.ConfigDict:
+  """`model.llm`: the language-model decoder of `decoder_style='llm'` (docs/llm_decoder.md).
+
+  The values are SLAM-AAC's (configs/clotho_llm.py names the sources: X-LANCE/
+  SLAM-LLM `examples/slam_aac`, FT = `scripts/finetune_clotho.sh`, AC =
+  `aac_config.py`, PY = `conf/prompt.yaml`, DS = the dataset's prompt template).
+  """
+  c = ml_collections.ConfigDict()
+  c.init = ''  # Converted folder (tools/convert_checkpoint.py llm); '' = random weights.
+  # DS + PY: SLAM-LLM's template around dataset_config.prompt.
+  c.prompt = 'USER: Describe the audio you hear.\n ASSISTANT:'
+  c.prompt_ids = []  # Resolved from `prompt` with the run's tokenizer when a run starts.
+  c.frame_stack = 5  # FT: encoder_projector_ds_rate=5.
+  c.projector = 'mlp'  # FT: encoder_projector=linear, which is Linear(k*d, 2048), ReLU, Linear.
+  c.projector_dim = 2048  # SLAM-LLM EncoderProjectorConcat's hidden width.
+  c.train = 'lora'  # FT: use_peft=true, freeze_llm=false with peft (only adapters train).
+  c.lora_rank = 8  # AC PeftConfig.r.
+  c.lora_alpha = 32.0  # AC PeftConfig.lora_alpha.
+  c.lora_dropout = 0.05  # AC PeftConfig.lora_dropout.
+  c.lora_targets = ['q', 'v']  # AC PeftConfig.target_modules = [q_proj, v_proj].
+  # A random decoder's sizes (ignored with `init`): Qwen2-shaped (q/k/v biases, tied).
+  c.hidden_size = 256
+  c.num_layers = 4
+  c.num_heads = 4
+  c.num_kv_heads = 2
+  c.head_dim = 64
+  c.intermediate_size = 704
+  c.rope_theta = 1000000.0  # Qwen2.5's.
+  c.attention_bias = True
+  c.tie_embeddings = True
+  c.initializer_range = 0.02  # Stddev of the random weights (transformers' default).
   return c
 
 

@@ -13,7 +13,8 @@ random decoder of the sizes in `model.llm`.
 Sources: X-LANCE/SLAM-LLM `examples/slam_aac/scripts/finetune_clotho.sh`
 (FT), `scripts/inference_clotho_bs.sh` (IB), `examples/slam_aac/aac_config.py`
 (AC), `conf/prompt.yaml` (PY) and the dataset's `prompt_template`
-(`"USER: {}\\n ASSISTANT:"`, DS).
+(`"USER: {}\\n ASSISTANT:"`, DS). The `model.llm` defaults of configs/base.py are
+SLAM-AAC's, each with its source there.
 
 Variants (after ':'):
   runlocal    the synthetic benchmark's tiny data and a tiny random
@@ -29,38 +30,8 @@ from configs import base, synthetic_demo
 from configs.config_args import parse_config_arg
 
 
-def llm_defaults() -> ml_collections.ConfigDict:
-  """The `model.llm` block (see `aac_jax.models.llm_bridge.captioner_fields`)."""
-  c = ml_collections.ConfigDict()
-  c.init = ''  # Converted folder (tools/convert_checkpoint.py llm); '' = random weights.
-  # DS + PY: SLAM-LLM's template around dataset_config.prompt.
-  c.prompt = 'USER: Describe the audio you hear.\n ASSISTANT:'
-  c.prompt_ids = []  # Resolved from `prompt` with the run's tokenizer when a run starts.
-  c.frame_stack = 5  # FT: encoder_projector_ds_rate=5.
-  c.projector = 'mlp'  # FT: encoder_projector=linear, which is Linear(k*d, 2048), ReLU, Linear.
-  c.projector_dim = 2048  # SLAM-LLM EncoderProjectorConcat's hidden width.
-  c.train = 'lora'  # FT: use_peft=true, freeze_llm=false with peft (only adapters train).
-  c.lora_rank = 8  # AC PeftConfig.r.
-  c.lora_alpha = 32.0  # AC PeftConfig.lora_alpha.
-  c.lora_dropout = 0.05  # AC PeftConfig.lora_dropout.
-  c.lora_targets = ['q', 'v']  # AC PeftConfig.target_modules = [q_proj, v_proj].
-  # A random decoder's sizes (ignored with `init`): Qwen2-shaped (q/k/v biases, tied).
-  c.hidden_size = 256
-  c.num_layers = 4
-  c.num_heads = 4
-  c.num_kv_heads = 2
-  c.head_dim = 64
-  c.intermediate_size = 704
-  c.rope_theta = 1000000.0  # Qwen2.5's.
-  c.attention_bias = True
-  c.tie_embeddings = True
-  return c
-
-
 def add_llm(config: ml_collections.ConfigDict) -> None:
-  """Switches `config.model` to the language-model decoder with `llm_defaults()`."""
-  with config.unlocked():
-    config.model.llm = llm_defaults()
+  """Switches `config.model` to the language-model decoder (`model.llm` of configs/base.py)."""
   config.model.decoder_style = 'llm'
   config.model.dropout = 0.0  # The decoder's dropout is LoRA's; the encoder is frozen.
   config.model.attention_dropout = 0.0

@@ -17,6 +17,7 @@ from aac_jax.models import (
   make_captioner_config,
   pretrained_setup,
 )
+from configs import base
 
 MELS = 8
 VOCAB = 24
@@ -25,19 +26,16 @@ fast_jit = functools.partial(jax.jit, compiler_options={'xla_backend_optimizatio
 
 def llm_model_config(**llm_changes) -> ml_collections.ConfigDict:
   """A tiny `config.model` with a Qwen2-shaped decoder (biases, GQA, tied embeddings)."""
-  llm = ml_collections.ConfigDict(
+  llm = base.get_llm_config()
+  llm.update(
     dict(
-      init='',
       prompt='describe the sound',
       prompt_ids=[5, 6, 7],
       frame_stack=2,
-      projector='mlp',
       projector_dim=16,
       train='full',
       lora_rank=0,
-      lora_alpha=32.0,
       lora_dropout=0.0,
-      lora_targets=['q', 'v'],
       hidden_size=16,
       num_layers=2,
       num_heads=4,
@@ -45,12 +43,11 @@ def llm_model_config(**llm_changes) -> ml_collections.ConfigDict:
       head_dim=4,
       intermediate_size=24,
       rope_theta=10000.0,
-      attention_bias=True,
-      tie_embeddings=True,
     )
   )
   llm.update(llm_changes)
-  return ml_collections.ConfigDict(
+  model = base.get_model_config()
+  model.update(
     dict(
       decoder_style='llm',
       subsampling=4,
@@ -62,10 +59,10 @@ def llm_model_config(**llm_changes) -> ml_collections.ConfigDict:
       dropout=0.0,
       attention_dropout=0.0,
       max_decode_len=10,
-      compute_dtype='float32',
       llm=llm,
     )
   )
+  return model
 
 
 def make_model(**llm_changes):
@@ -209,6 +206,22 @@ def test_clotho_llm_configs_validate_and_build(arg):
   cfg = make_captioner_config(config.model, 300)
   assert cfg.decoder_style == 'llm' and cfg.llm_prompt_ids == (4, 5)
   assert (cfg.llm_train, cfg.llm.lora_rank) == (('lora', 8) if arg is None else ('full', 0))
+
+
+def test_llm_config_problems_name_their_fields():
+  from aac_jax import config_validation
+  from configs import clotho_llm
+
+  config = clotho_llm.get_config('runlocal')
+  bad = dict(train='lora', lora_rank=0, projector='conv', lora_targets=['q', 'qkv'])
+  config.model.llm.update(dict(bad, num_kv_heads=3, head_dim=7))
+  lines = config_validation.problems(config, 'train', 8)
+  fields = ('lora_rank', 'projector', 'lora_targets', 'num_heads', 'head_dim')
+  assert sorted(line.split('=')[0] for line in lines) == sorted(f'model.llm.{f}' for f in fields)
+  config.model.llm.init = 'converted'  # A converted folder's sizes are its own.
+  assert len(config_validation.problems(config, 'train', 8)) == 3
+  config.model.decoder_style = 'aac_jax'  # model.llm is not read.
+  assert config_validation.problems(config, 'train', 8) == []
 
 
 def test_resolve_prompt_uses_the_run_tokenizer():

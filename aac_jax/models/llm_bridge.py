@@ -170,6 +170,7 @@ _ARCHITECTURE = (
   'rope_theta',
   'attention_bias',
   'tie_embeddings',
+  'initializer_range',
 )
 _LORA = ('lora_rank', 'lora_alpha', 'lora_dropout')
 
