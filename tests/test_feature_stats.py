@@ -19,13 +19,22 @@ def config(tmp_path_factory):
   return toy_dataset.demo_config(str(tmp_path_factory.mktemp('tfds')))
 
 
-def _numpy_reference(config, indices):
+def _numpy_reference(config, indices, split='train', more=()):
   """Mean/std of the raw log-mel of each clip alone (no batching, no padding).
 
   A padded batch counts the frames centred on a real sample,
   `ceil(length / hop)`; the clip alone has one more when `hop` divides it.
+  `more`: further `(split, indices)` measured with them.
   """
-  source = sources.open_source(config.dataset, 'train')
+  values = np.concatenate(
+    [_log_mel_values(config, name, chosen) for name, chosen in [(split, indices), *more]]
+  )
+  return values.mean(), values.std(), len(values)
+
+
+def _log_mel_values(config, split, indices):
+  """`[frames, n_mels]` raw log-mel values of the real frames of `indices` of `split`."""
+  source = sources.open_source(config.dataset, split)
   num_samples = int(config.dataset.max_audio_seconds * config.dataset.sample_rate)
   raw = config.frontend.copy_and_resolve_references()
   raw.feature_mean, raw.feature_std = 0.0, 1.0
@@ -36,8 +45,7 @@ def _numpy_reference(config, indices):
     log, _ = frontend.log_mel(waveform[None, :length], np.zeros((1, length), np.float32), raw)
     real_frames = -(-length // config.frontend.hop_length)
     values.append(np.asarray(log[0, :real_frames], np.float64))
-  values = np.concatenate(values)
-  return values.mean(), values.std(), len(values)
+  return np.concatenate(values)
 
 
 def _train(config):
@@ -86,6 +94,36 @@ def test_resolve_measures_saves_reuses_and_inherits(config, tmp_path):
   feature_stats.resolve(child, epath.Path(tmp_path / 'child'), _train(config))
   assert (child.frontend.feature_mean, child.frontend.feature_std) == (-3.0, 2.0)
   assert (tmp_path / 'child' / feature_stats.STATS_FILENAME).exists()
+
+
+def test_mixture_is_measured_over_its_entries_by_weight(config, tmp_path):
+  """A mixture's statistics: its entries' clips in the weights' proportions, not dataset.name's."""
+  run = config.copy_and_resolve_references()
+  run.dataset.mixture = (
+    (toy_dataset.NAME, 'train', 3.0, ''),
+    (toy_dataset.NAME, 'validation', 1.0, 'other'),
+  )
+  run.frontend.feature_stats_clips = 8
+  feature_stats.resolve(run, epath.Path(tmp_path), _train(config))
+  saved = json.loads((tmp_path / feature_stats.STATS_FILENAME).read_text())
+  assert saved['clips_per_entry'] == {'toy_aac:train': 6, 'toy_aac:validation': 2}
+  picks = {
+    s: feature_stats.clip_indices(toy_dataset.DEFAULT_SPLITS[s], n)
+    for s, n in (('train', 6), ('validation', 2))
+  }
+  mean, std, frames = _numpy_reference(
+    config, picks['train'], more=[('validation', picks['validation'])]
+  )
+  assert saved['num_clips'] == 8 and saved['num_frames'] == frames
+  np.testing.assert_allclose(saved['mean'], mean, rtol=1e-5)
+  np.testing.assert_allclose(saved['std'], std, rtol=1e-4)
+  assert run.frontend.feature_mean == saved['mean']
+
+
+def test_mixture_clip_counts_follow_the_weights():
+  assert feature_stats.mixture_clip_counts([0.5, 0.3, 0.2], 10) == [5, 3, 2]
+  assert feature_stats.mixture_clip_counts([0.7, 0.2, 0.1], 4) == [3, 1, 1]  # Remainders.
+  assert feature_stats.mixture_clip_counts([0.99, 0.01], 10) == [10, 1]  # One at least.
 
 
 def test_fixed_mode_and_bad_values(config, tmp_path):

@@ -2,6 +2,9 @@
 
   python tools/feature_stats.py --config configs/clotho.py [--num_clips 1000]
 
+A mixture config (`dataset.mixture`) is measured over its entries as a run
+measures it (`feature_stats.measure_mixture`) unless `--split` names one.
+
 Runs with `frontend.feature_stats = 'measure'` (the default) do this
 themselves when they start; this prints the numbers for a config that fixes
 them instead (`--config.frontend.feature_stats=fixed`), e.g. to share them
@@ -23,18 +26,27 @@ config_flags.DEFINE_config_file('config', None, 'Training config file.', lock_co
 _NUM_CLIPS = flags.DEFINE_integer(
   'num_clips', feature_stats.DEFAULT_NUM_CLIPS, 'Training clips read (spread over the split).'
 )
-_SPLIT = flags.DEFINE_string('split', 'train', 'Split to measure.')
+_SPLIT = flags.DEFINE_string(
+  'split', '', "Split to measure ('' = what training reads: the train split, or the mixture)."
+)
 flags.mark_flags_as_required(['config'])
 
 
 def main(argv):
   del argv
   config = flags.FLAGS.config
-  source = sources.open_source(config.dataset, _SPLIT.value)
-  stats = feature_stats.measure(source, config.dataset, config.frontend, _NUM_CLIPS.value)
+  dataset = config.dataset
+  if dataset.mixture and not _SPLIT.value:
+    stats = feature_stats.measure_mixture(dataset, config.frontend, _NUM_CLIPS.value)
+    measured = f'the mixture {stats["clips_per_entry"]}'
+  else:
+    split = _SPLIT.value or dataset.train_split
+    source = sources.open_source(dataset, split)
+    stats = feature_stats.measure(source, dataset, config.frontend, _NUM_CLIPS.value)
+    measured = f'{sources.dataset_name(dataset)}/{split}'
   print(
-    f'{stats["num_clips"]} clips, {stats["num_frames"]} frames of {sources.dataset_name(config.dataset)}/'
-    f'{_SPLIT.value}: mean {stats["mean"]:.4f}, std {stats["std"]:.4f}'
+    f'{stats["num_clips"]} clips, {stats["num_frames"]} frames of {measured}: '
+    f'mean {stats["mean"]:.4f}, std {stats["std"]:.4f}'
   )
   print(
     '--config.frontend.feature_stats=fixed '
