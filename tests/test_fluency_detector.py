@@ -6,6 +6,7 @@ benchmark captions: the folder it saves is read by the FENSE loader
 training-time probabilities; the tool refuses to overwrite a detector.
 """
 
+import dataclasses
 import json
 import pathlib
 import subprocess
@@ -100,6 +101,11 @@ def test_repeat_adverb_repeats_the_last_adverb():
     'loudly a dog barks loudly'
   )
   assert fc.repeat_adverb(words('a dog barks'), rng, LEXICON) is None
+  # Only the last event's adverb: 'twice' said again after another event is fluent.
+  assert fc.repeat_adverb(words('a dog barks twice and a man speaks'), rng, LEXICON) is None
+  assert fc.repeat_adverb(
+    words('a dog barks twice followed by a man speaking loudly'), rng, LEXICON
+  ) == words('a dog barks twice followed by a man speaking loudly loudly')
 
 
 def test_remove_conjunction_drops_the_last_one():
@@ -124,8 +130,31 @@ def test_remove_verb_drops_the_last_verb_before_the_end():
   assert fc.remove_verb(words('a loud siren'), rng, LEXICON) is None
 
 
+def test_removals_never_leave_a_word_pair_the_clean_captions_have():
+  """A removal that leaves a corpus word pair may read as fluent: it takes an earlier word."""
+  corpus = [*CORPUS, 'a bell rings twice then rain falls', 'a loud siren', 'a wailing siren']
+  lexicon = fc.build_lexicon(corpus)
+  unguarded = dataclasses.replace(lexicon, pairs=frozenset())
+  rng = np.random.default_rng(0)
+  # 'barks twice then rain falls' is how the corpus writes it: 'and' is not removed.
+  caption = words('a man speaks and a dog barks twice and then rain falls')
+  assert fc.remove_conjunction(caption, rng, unguarded) == words(
+    'a man speaks and a dog barks twice then rain falls'
+  )
+  assert fc.remove_conjunction(caption, rng, lexicon) == words(
+    'a man speaks a dog barks twice and then rain falls'
+  )
+  assert fc.remove_conjunction(words('a dog barks twice and then rain falls'), rng, lexicon) is None
+  # 'wailing' used as an adjective: 'a loud siren' is fluent.
+  caption = words('a loud wailing siren sounds')
+  assert fc.remove_verb(caption, rng, unguarded) == words('a loud siren sounds')
+  assert fc.remove_verb(caption, rng, lexicon) is None
+  # A caption's first word: 'wailing siren' -> 'siren' would start a caption as no clean one does.
+  assert fc.remove_verb(words('wailing siren sounds'), rng, lexicon) == words('siren sounds')
+
+
 def test_corrupt_labels_the_rules_applied_and_any_error():
-  caption = words('a dog barks loudly and a man speaks')
+  caption = words('a dog barks and a man speaks loudly')
   counts = np.zeros(len(fc.CLASS_NAMES))
   for seed in range(200):
     out, labels = fc.corrupt(caption, np.random.default_rng(seed), LEXICON)

@@ -8,9 +8,18 @@ outputs; `fense.FenseScorer.error_probs` reads the last):
 - `add_tail`: a dangling phrase at the end ("... and a", "... in the").
 - `repeat_event`: an event said again after a conjunction ("a dog barks and
   a dog barks"), the SCST failure.
-- `repeat_adverb`: the caption's last adverb said again at the end.
+- `repeat_adverb`: the last event's last adverb said again at the end.
 - `remove_conjunction`: the last conjunction dropped.
 - `remove_verb`: the last verb dropped (never the caption's last word).
+
+A rule must only emit broken text, or the detector learns to flag fluent
+captions. Two guards keep it so: a removal must leave a word pair (or a
+caption start or end) that no clean training caption has (`Lexicon.pairs`):
+'a shrill wailing siren' -> 'a shrill siren', 'twice and then' -> 'twice
+then' or 'a clicking sound' -> 'a sound' are fluent where the corpus says
+so, and the rule takes an earlier word or does not apply. An adverb is only
+repeated within the last event: 'a bell rings twice and a dog barks twice'
+is fluent, 'a dog barks twice twice' is not.
 
 Captions are handled as the checker reads them (`fense_models.echecker_text`:
 lower case, no punctuation), as lists of words. FENSE tagged verbs and
@@ -25,6 +34,7 @@ the rule does not apply to this caption).
 """
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -72,6 +82,7 @@ NOT_VERBS = frozenset(
 )
 
 Words = list[str]
+START, END = '<s>', '</s>'  # Caption edges in `Lexicon.pairs`.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,10 +92,13 @@ class Lexicon:
   Attributes:
     verbs: words taken as verbs.
     adverbs: words taken as adverbs.
+    pairs: adjacent word pairs of the clean captions, with `START` before
+      the first word and `END` after the last (empty: no pair is checked).
   """
 
   verbs: frozenset[str]
   adverbs: frozenset[str]
+  pairs: frozenset[tuple[str, str]] = frozenset()
 
 
 def caption_words(caption: str) -> Words:
@@ -116,18 +130,32 @@ def build_lexicon(captions: Iterable[str]) -> Lexicon:
   Returns:
     -ing words (5+ letters, not in `NOT_VERBS`) and words whose -ing form
     is one of them as verbs; -ly words (5+ letters, not in `NOT_ADVERBS`)
-    and `KNOWN_ADVERBS` as adverbs.
+    and `KNOWN_ADVERBS` as adverbs; the captions' word pairs.
   """
-  vocab = {w for c in captions for w in caption_words(c)}
+  texts = [[START, *caption_words(c), END] for c in captions]
+  vocab = {w for t in texts for w in t[1:-1]}
   ing = {w for w in vocab if w.endswith('ing') and len(w) >= 5 and w not in NOT_VERBS}
   verbs = ing | {w for w in vocab - NOT_VERBS if _ing_forms(w) & ing}
   adverbs = {w for w in vocab if w.endswith('ly') and len(w) >= 5 and w not in NOT_ADVERBS}
-  return Lexicon(frozenset(verbs), frozenset(adverbs | (KNOWN_ADVERBS & vocab)))
+  pairs = {pair for t in texts for pair in itertools.pairwise(t)}
+  return Lexicon(frozenset(verbs), frozenset(adverbs | (KNOWN_ADVERBS & vocab)), frozenset(pairs))
 
 
 def _last_index(words: Words, wanted: Callable[[str], bool]) -> int | None:
   found = [i for i, w in enumerate(words) if wanted(w)]
   return found[-1] if found else None
+
+
+def _joiner_spans(words: Words) -> list[tuple[int, int]]:
+  """(start, end) of each `EVENT_JOINERS` occurrence, left to right, not overlapping."""
+  joiners = [j.split() for j in EVENT_JOINERS]
+  spans, i = [], 0
+  while i < len(words):
+    joiner = next((j for j in joiners if words[i : i + len(j)] == j), None)
+    if joiner:
+      spans.append((i, i + len(joiner)))
+    i += len(joiner) if joiner else 1
+  return spans
 
 
 def add_tail(words: Words, rng: np.random.Generator, lexicon: Lexicon) -> Words | None:
@@ -138,17 +166,9 @@ def add_tail(words: Words, rng: np.random.Generator, lexicon: Lexicon) -> Words 
 
 def split_events(words: Words) -> list[Words]:
   """Cuts a caption at `EVENT_JOINERS` (dropping them) into its non-empty event phrases."""
-  joiners = [j.split() for j in EVENT_JOINERS]
-  events, current, i = [], [], 0
-  while i < len(words):
-    joiner = next((j for j in joiners if words[i : i + len(j)] == j), None)
-    if joiner:
-      events.append(current)
-      current, i = [], i + len(joiner)
-    else:
-      current.append(words[i])
-      i += 1
-  return [e for e in [*events, current] if e]
+  cuts = [(0, 0), *_joiner_spans(words), (len(words), len(words))]
+  events = [words[end:start] for (_, end), (start, _) in itertools.pairwise(cuts)]
+  return [e for e in events if e]
 
 
 def repeat_event(words: Words, rng: np.random.Generator, lexicon: Lexicon) -> Words | None:
@@ -169,35 +189,49 @@ def repeat_event(words: Words, rng: np.random.Generator, lexicon: Lexicon) -> Wo
 
 
 def repeat_adverb(words: Words, rng: np.random.Generator, lexicon: Lexicon) -> Words | None:
-  """Appends the caption's last adverb again; None without an adverb."""
+  """Appends the last event's last adverb again; None without one.
+
+  Only the last event's adverbs: said again at the end, one of an earlier
+  event's may be fluent ('twice ... and a dog barks twice').
+  """
   del rng
-  i = _last_index(words, lexicon.adverbs.__contains__)
-  return None if i is None else [*words, words[i]]
+  spans = _joiner_spans(words)
+  start = spans[-1][1] if spans else 0
+  i = _last_index(words[start:], lexicon.adverbs.__contains__)
+  return None if i is None else [*words, words[start + i]]
 
 
-def _without_last(words: Words, kind: frozenset[str]) -> Words | None:
-  i = _last_index(words, kind.__contains__)
-  if i is None or len(words) < 2:
+def _without_last(
+  words: Words, kind: frozenset[str], lexicon: Lexicon, spare_end: int = 0
+) -> Words | None:
+  """Drops the last word of `kind` whose removal leaves a pair unseen in `lexicon.pairs`.
+
+  The last `spare_end` words are never dropped; None where no word qualifies.
+  """
+  if len(words) < 2:
     return None
-  return words[:i] + words[i + 1 :]
+  padded = [START, *words, END]
+  for i in reversed(range(len(words) - spare_end)):
+    if words[i] in kind and (padded[i], padded[i + 2]) not in lexicon.pairs:
+      return words[:i] + words[i + 1 :]
+  return None
 
 
 def remove_conjunction(words: Words, rng: np.random.Generator, lexicon: Lexicon) -> Words | None:
-  """Drops the caption's last conjunction; None without one."""
-  del rng, lexicon
-  return _without_last(words, CONJUNCTIONS)
+  """Drops the caption's last conjunction whose removal leaves an unseen pair; else None."""
+  del rng
+  return _without_last(words, CONJUNCTIONS, lexicon)
 
 
 def remove_verb(words: Words, rng: np.random.Generator, lexicon: Lexicon) -> Words | None:
-  """Drops the caption's last verb that is not its last word; None without one.
+  """Drops the last verb, not the caption's last word, whose removal leaves an unseen pair.
 
   A caption's final verb is spared: without it most captions still read
   as a fluent noun phrase ("a dog barks" -> "a dog"), so the rule would
-  mislabel fluent text.
+  mislabel fluent text. None where no verb qualifies.
   """
   del rng
-  i = _last_index(words[:-1], lexicon.verbs.__contains__)
-  return None if i is None else words[:i] + words[i + 1 :]
+  return _without_last(words, lexicon.verbs, lexicon, spare_end=1)
 
 
 CORRUPTIONS: dict[str, Callable[[Words, np.random.Generator, Lexicon], Words | None]] = {
