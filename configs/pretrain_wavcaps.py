@@ -1,7 +1,7 @@
 """Pretrain on WavCaps + AudioCaps + Clotho + MACS, then fine-tune on Clotho.
 
 The recipe of CoNeTTE (Labbé et al., 2023, arXiv:2309.00454: the four
-datasets, one task token per source) and SLAM-AAC (Chen et al., 2024,
+datasets, one task token per dataset and per WavCaps source) and SLAM-AAC (Chen et al., 2024,
 arXiv:2410.09503: pretrain on WavCaps, AudioCaps, Clotho and MACS, then
 fine-tune on Clotho). Build the four datasets first (docs/datasets.md,
 "Pretraining on WavCaps").
@@ -33,8 +33,14 @@ from configs.config_args import parse_config_arg
 # 49,838 rows (one clip each; copies from YouTube miss some), Clotho v2.1
 # development 3,839 clips, MACS 3,930 clips. Rescale them to your builds'
 # clips_written (build_report.json) if they differ much.
+# Task tokens as CoNeTTE's: one per dataset, and one per WavCaps source
+# ('wavcaps_{source}': the record's source folder, lower-cased), i.e. the
+# tasks clotho, audiocaps, macs, wavcaps_audioset_sl, wavcaps_bbc_sound_effects,
+# wavcaps_freesound and wavcaps_soundbible of its released model
+# (github.com/Labbeti/conette-audio-captioning, src/conette/huggingface/model.py:
+# CoNeTTEConfig(task_mode='ds_src', task_names=...); Labbé et al., 2023, arXiv:2309.00454).
 PRETRAIN_MIXTURE = (
-  ('wavcaps_aac', 'train', 403050, 'wavcaps'),
+  ('wavcaps_aac', 'train', 403050, 'wavcaps_{source}'),
   ('audiocaps_aac', 'train', 49838, 'audiocaps'),
   ('clotho_aac', 'development', 3839, 'clotho'),
   ('macs_aac', 'train', 3930, 'macs'),

@@ -18,7 +18,8 @@ import tensorflow_datasets as tfds
 import yaml
 from test_datasets_common import read_split, resampled_length, skipped, write_audio
 
-from aac_jax.data import build_cli, build_report, macs, wavcaps
+from aac_jax.data import build_cli, build_report, macs, mixture, pipeline, tokenizer, wavcaps
+from configs import base
 
 _OPTIONS = build_report.BuildOptions(progress=False, num_workers=0)
 
@@ -106,6 +107,25 @@ def test_wavcaps_records(wavcaps_built):
     assert record['audio'].shape == (resampled_length(frames, 32000),)
     source, raw_id = clip_id.split('/', 1)
     assert record['source'].decode() == source and record['wavcaps_id'].decode() == raw_id
+
+
+def test_wavcaps_task_token_per_source(wavcaps_built, tmp_path):
+  """`'wavcaps_{source}'`: each example starts with its own source's token (CoNeTTE's tasks)."""
+  builder, good = wavcaps_built
+  cfg = base.get_dataset_config()
+  cfg.name, cfg.data_dir, cfg.build_if_missing = wavcaps.NAME, str(builder.data_dir_root), False
+  cfg.max_audio_seconds, cfg.max_caption_tokens = 0.05, 8
+  cfg.mixture = ((wavcaps.NAME, 'train', 1.0, 'wavcaps_{source}'),)
+  vocab = tokenizer.load_or_build(cfg, None, str(tmp_path))
+  expected_tasks = [f'wavcaps_{s.lower()}' for s in wavcaps.SOURCES]
+  assert vocab.tokens[-4:] == [mixture.task_token(t) for t in expected_tasks]
+  source = builder.as_data_source('train')
+  order = mixture.positions([len(source)], [1.0], pipeline.train_seed(cfg))
+  batch = next(pipeline.make_train_iterator(cfg, vocab, 2 * len(good), 0, 1))
+  for g, token in enumerate(batch['task_tokens']):
+    record_source = source[order[g][1]]['source'].decode()
+    assert vocab.tokens[token] == f'<bos_wavcaps_{record_source.lower()}>'
+  assert len(set(batch['task_tokens'].tolist())) == len({c.split('/')[0] for c in good})
 
 
 def test_wavcaps_skip_reasons_and_overlap(wavcaps_built):

@@ -174,6 +174,8 @@ def test_task_tokens_reach_the_decoder(cfg, vocab):
     ((('toy_aac', 'train', 0.0, 'x'),), 'must be a number > 0'),
     ((('toy_aac', 'train', 1.0, 'Bad Task'),), 'lower-case'),
     ((('toy_aac', 'train', 1.0, 'a'), ('toy_aac', 'train', 2.0, 'b')), 'repeats entry 0'),
+    ((('toy_aac', 'train', 1.0, 'x_{source}'),), r'toy_aac records name no source.*wavcaps_aac'),
+    ((('wavcaps_aac', 'train', 1.0, '{source}_{source}'),), 'at most one'),
   ],
 )
 def test_malformed_mixture_is_one_line(cfg, mixture_value, message):
@@ -182,6 +184,27 @@ def test_malformed_mixture_is_one_line(cfg, mixture_value, message):
   with pytest.raises(mixture.MixtureError, match=message) as error:
     mixture.parse(bad)
   assert '\n' not in str(error.value)
+
+
+def test_task_per_record_source():
+  """`'wavcaps_{source}'` expands to CoNeTTE's four WavCaps tasks; each record gets its own."""
+  entries = [
+    mixture.Entry('clotho_aac', 'development', 1.0, 'clotho'),
+    mixture.Entry('wavcaps_aac', 'train', 1.0, 'wavcaps_{source}'),
+  ]
+  expected = ['wavcaps_audioset_sl', 'wavcaps_bbc_sound_effects', 'wavcaps_freesound']
+  assert mixture.tasks(entries) == ['clotho', *expected, 'wavcaps_soundbible']
+  vocab = Tokenizer.build(
+    ['a dog'], extra_tokens=[mixture.task_token(t) for t in mixture.tasks(entries)]
+  )
+  clotho_ids, wavcaps_ids = mixture.task_ids(entries, vocab.tokens)
+  assert mixture.record_task_id(clotho_ids, {}) == vocab.tokens.index('<bos_clotho>')
+  record = {'source': b'BBC_Sound_Effects'}
+  assert (
+    vocab.tokens[mixture.record_task_id(wavcaps_ids, record)] == '<bos_wavcaps_bbc_sound_effects>'
+  )
+  with pytest.raises(mixture.MixtureError, match=r"source 'Elsewhere' has no task token"):
+    mixture.record_task_id(wavcaps_ids, {'source': b'Elsewhere'})
 
 
 def test_vocabulary_without_task_tokens_names_the_fix(cfg):

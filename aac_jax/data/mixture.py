@@ -16,7 +16,10 @@ the single dataset's guarantees: one global order for every topology, and
 resume from one number (`aac_jax.data.global_order`). A task `t` is the
 vocabulary token `<bos_t>` (CoNeTTE's name), fed to the decoder at position
 0 instead of BOS for that source's examples (batch key `task_tokens`); ''
-= plain BOS. Evaluation scores each source with evaluation splits, with
+= plain BOS. A task holding `{source}` (`'wavcaps_{source}'`) gives each
+record the task named by its `source` feature, lower-cased (CoNeTTE's
+`wavcaps_audioset_sl`, ...), for datasets whose records name one
+(`registry.record_sources`). Evaluation scores each source with evaluation splits, with
 its task token (`eval_sources`); `config.train.best_source` names the one
 whose scores pick the best checkpoint (`best_source`, default `cfg.name`'s).
 """
@@ -33,7 +36,9 @@ import numpy as np
 
 from aac_jax.data import registry
 
-_TASK_NAME = re.compile(r'[a-z0-9_]+')
+_TASK_NAME = re.compile(r'[a-z0-9_]*(\{source\}[a-z0-9_]*)?')
+# In a task: the record's `source` feature, lower-cased (one task per source).
+SOURCE_FIELD = '{source}'
 
 
 class MixtureError(ValueError):
@@ -65,10 +70,20 @@ def _parse_entry(index: int, raw) -> Entry:
     raise MixtureError(f'dataset.mixture[{index}]: weight {weight!r} must be a number > 0')
   if not isinstance(task, str) or (task and not _TASK_NAME.fullmatch(task)):
     raise MixtureError(
-      f'dataset.mixture[{index}]: task {task!r} must be lower-case letters, digits and _ '
-      "('' = no task token)"
+      f'dataset.mixture[{index}]: task {task!r} must be lower-case letters, digits and _, '
+      f"with at most one {SOURCE_FIELD} ('' = no task token)"
+    )
+  name = dataset.partition('/')[0]
+  if SOURCE_FIELD in task and not registry.record_sources(name):
+    raise MixtureError(
+      f'dataset.mixture[{index}]: task {task!r}: {name} records name no source; '
+      f'{SOURCE_FIELD} is for datasets that do ({_with_sources()})'
     )
   return Entry(dataset, split, float(weight), task)
+
+
+def _with_sources() -> str:
+  return ', '.join(n for n in registry.BUILDER_MODULES if registry.record_sources(n))
 
 
 def parse(cfg: ml_collections.ConfigDict) -> list[Entry]:
@@ -93,9 +108,24 @@ def weights(entries: list[Entry]) -> list[float]:
   return [entry.weight / total for entry in entries]
 
 
+def source_tasks(entry: Entry) -> dict[str, str]:
+  """`{record source: task}` of an entry whose task holds `SOURCE_FIELD`, else `{}`.
+
+  `('wavcaps_aac', 'train', w, 'wavcaps_{source}')` -> `{'AudioSet_SL':
+  'wavcaps_audioset_sl', 'BBC_Sound_Effects': 'wavcaps_bbc_sound_effects', ...}`.
+  """
+  if SOURCE_FIELD not in entry.task:
+    return {}
+  names = registry.record_sources(entry.dataset.partition('/')[0])
+  return {name: entry.task.replace(SOURCE_FIELD, name.lower()) for name in names}
+
+
 def tasks(entries: list[Entry]) -> list[str]:
-  """The distinct non-empty tasks, in entry order."""
-  return list(dict.fromkeys(entry.task for entry in entries if entry.task))
+  """The distinct non-empty tasks, in entry order (an entry's per-source ones in source order)."""
+  found = []
+  for entry in entries:
+    found += list(source_tasks(entry).values()) or [entry.task]
+  return list(dict.fromkeys(task for task in found if task))
 
 
 class EvalSource(NamedTuple):
@@ -133,12 +163,14 @@ def eval_sources(cfg: ml_collections.ConfigDict) -> list[EvalSource]:
   Without a mixture: `cfg.name` alone. With one: `cfg.name` (with the task of
   the first entry reading it, else '') and every other entry whose dataset
   has evaluation splits (`registry.EVAL_SPLITS`), each with its task; an
-  entry repeating a source's (dataset, task) adds nothing.
+  entry repeating a source's (dataset, task) adds nothing, and an entry
+  with one task per record source is not evaluated (`wavcaps_aac` has no
+  evaluation splits).
 
   Raises:
     MixtureError: two evaluated sources would share a name.
   """
-  entries = parse(cfg)
+  entries = [e for e in parse(cfg) if SOURCE_FIELD not in e.task]  # Per-source: not evaluated.
   own = next((e for e in entries if e.dataset.partition('/')[0] == cfg.name), None)
   candidates = [own] + [e for e in entries if e is not own]
   found: dict[str, EvalSource] = {}
@@ -249,8 +281,11 @@ def positions(
   return selection(entry_weights).map(_InEntryOrder(tuple(orders)))
 
 
-def task_ids(entries: list[Entry], tokens: list[str]) -> list[int]:
+def task_ids(entries: list[Entry], tokens: list[str]) -> list[int | dict[str, int]]:
   """Each entry's first decoder token id: its task token, or -1 for plain BOS.
+
+  An entry with one task per record source (`source_tasks`) has
+  `{record source: id}` instead (see `record_task_id`).
 
   Raises:
     MixtureError: a task token is not in the vocabulary.
@@ -262,4 +297,29 @@ def task_ids(entries: list[Entry], tokens: list[str]) -> list[int]:
       f'the vocabulary lacks the task tokens {missing}: build it with the mixture '
       '(Tokenizer.build(captions, min_count, extra_tokens=[...]))'
     )
-  return [ids[task_token(e.task)] if e.task else -1 for e in entries]
+  out = []
+  for entry in entries:
+    per_source = source_tasks(entry)
+    if per_source:
+      out.append({name: ids[task_token(task)] for name, task in per_source.items()})
+    else:
+      out.append(ids[task_token(entry.task)] if entry.task else -1)
+  return out
+
+
+def record_task_id(entry_ids: int | dict[str, int], record: dict) -> int:
+  """The first decoder token id of `record`, from its entry's `task_ids` element.
+
+  Raises:
+    MixtureError: a per-source entry's record names a source it does not know.
+  """
+  if not isinstance(entry_ids, dict):
+    return entry_ids
+  source = record['source']
+  source = source.decode('utf-8') if isinstance(source, bytes) else str(source)
+  if source not in entry_ids:
+    raise MixtureError(
+      f'a record of source {source!r} has no task token (known: {sorted(entry_ids)}); '
+      'rebuild the dataset with this aac_jax'
+    )
+  return entry_ids[source]

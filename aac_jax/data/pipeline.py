@@ -109,18 +109,20 @@ class _MixtureExample(grain.transforms.RandomMap):
   """A mixture's `(entry, record index)` -> training example.
 
   With task ids (any entry names a task) the example also holds
-  `task_tokens`, its entry's first decoder token (-1 = BOS).
+  `task_tokens`, its entry's first decoder token (-1 = BOS), or its
+  record source's (`mixture.record_task_id`).
   """
 
   sources: tuple[Any, ...]
   example: _TrainExample
-  task_ids: tuple[int, ...] | None
+  task_ids: tuple[int | dict[str, int], ...] | None
 
   def random_map(self, position: tuple[int, int], rng: np.random.Generator) -> dict:
     entry, index = position
-    out = self.example.random_map(self.sources[entry][index], rng)
+    record = self.sources[entry][index]
+    out = self.example.random_map(record, rng)
     if self.task_ids is not None:
-      out['task_tokens'] = np.int32(self.task_ids[entry])
+      out['task_tokens'] = np.int32(mixture.record_task_id(self.task_ids[entry], record))
     return out
 
 

@@ -53,6 +53,17 @@ def import_builder(name: str) -> None:
     importlib.import_module(module)
 
 
+def record_sources(name: str) -> tuple[str, ...]:
+  """The values of the `source` feature of dataset `name`'s records, () where it has none.
+
+  A builder module declares them as `SOURCES` (`wavcaps_aac`: its four
+  source folders); `aac_jax.data.mixture` gives such a dataset one task token
+  per source on request.
+  """
+  module = BUILDER_MODULES.get(name)
+  return tuple(getattr(importlib.import_module(module), 'SOURCES', ())) if module else ()
+
+
 def is_known(cfg: ml_collections.ConfigDict) -> bool:
   """Whether `cfg.name` is one of ours, a registered TFDS builder, or built in `cfg.data_dir`."""
   if cfg.name in BUILDER_MODULES:
