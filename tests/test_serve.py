@@ -29,7 +29,7 @@ import soundfile as sf
 from test_caption_cli import BAD_FILES, GOOD_FILES, subprocess_env, train_tiny_run
 from test_caption_cli import clips as clips  # noqa: F401 - the audio files fixture.
 
-from aac_jax import caption_cli
+from aac_jax import caption_cli, inference
 from aac_jax.serving import batcher as batcher_lib
 from aac_jax.serving import client
 from aac_jax.serving import server as server_lib
@@ -199,6 +199,40 @@ def test_batcher_batches_by_bucket_drops_cancelled_and_drains():
   # Same-length windows share a batch (at most 3), the 8-sample one gets its own,
   # and the cancelled request's window is never captioned.
   assert batches == [[0], [1, 3, 4], [2]]
+
+
+def test_take_batch_fills_padded_rows_with_shorter_windows_only():
+  pow2 = lambda count: inference.batch_rows(count, 8)  # noqa: E731 - the server's rows.
+  # Three windows of the oldest's bucket (4) are padded to 4 rows: the free row takes
+  # the oldest shorter window (2); a longer one (8) never joins.
+  assert batcher_lib.take_batch([4, 8, 2, 4, 2, 4], 8, pow2) == [0, 2, 3, 5]
+  assert batcher_lib.take_batch([4, 4, 2], 8, pow2) == [0, 1]  # Two rows: no room.
+  assert batcher_lib.take_batch([2, 2, 2, 1], 2, pow2) == [0, 1]  # A full batch.
+  assert batcher_lib.take_batch([1, 2, 2, 2], 8, pow2) == [0]  # Nothing shorter.
+  assert batcher_lib.take_batch([4, 2, 4], 8, lambda count: count) == [0, 2]  # No padding.
+
+
+def test_batcher_takes_a_batch_filled_to_max_batch_without_waiting():
+  batches = []
+
+  def run_batch(clips):
+    batches.append([c.shape[0] for c in clips])
+    return [str(c.shape[0]) for c in clips]
+
+  batcher = batcher_lib.DynamicBatcher(
+    run_batch,
+    max_batch=4,
+    max_wait_s=60.0,
+    max_queue=8,
+    bucket_of=lambda c: c.shape[0],
+    rows_of=lambda count: inference.batch_rows(count, 4),
+  )
+  long, short = np.zeros(8, np.float32), np.zeros(2, np.float32)
+  first = batcher.submit([long, long])
+  second = batcher.submit([short, long])  # Three long windows pad to 4 rows: full.
+  assert second.result(timeout=10) == ['2', '8'] and first.result() == ['8', '8']
+  batcher.close()
+  assert batches == [[8, 8, 2, 8]]
 
 
 def test_sigterm_under_load_answers_every_received_request(server, clips):

@@ -5,6 +5,10 @@ queues them and returns a `concurrent.futures.Future` of their captions. One
 worker thread takes the oldest queued window, waits until `max_batch`
 windows of the same length bucket are queued or `max_wait_s` has passed
 since that window arrived, and captions them in one call of `run_batch`.
+A batch padded to more rows than it has windows (`rows_of`) fills those
+rows with waiting windows of shorter buckets (`take_batch`): the padded rows
+are computed anyway, so they cost nothing; a batch is never padded to a
+longer length for them (on a CPU that costs as much as their own call).
 Windows of one request may be split over several batches; its future is
 resolved when the last one is done.
 
@@ -23,7 +27,7 @@ import concurrent.futures
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from absl import logging
@@ -49,7 +53,7 @@ class _Request:
 class _Item:
   request: _Request
   index: int
-  bucket: Hashable
+  bucket: int
   arrived: float
 
 
@@ -63,7 +67,8 @@ class DynamicBatcher:
     max_batch: int,
     max_wait_s: float,
     max_queue: int,
-    bucket_of: Callable[[np.ndarray], Hashable] = lambda clip: 0,
+    bucket_of: Callable[[np.ndarray], int] = lambda clip: 0,
+    rows_of: Callable[[int], int] = lambda count: count,
     on_batch: Callable[[int, float], None] | None = None,
   ):
     """Starts the worker thread.
@@ -73,8 +78,10 @@ class DynamicBatcher:
       max_batch: windows per call of `run_batch`.
       max_wait_s: how long the oldest queued window waits for others.
       max_queue: the most windows queued (not yet in a batch).
-      bucket_of: the padded length a clip gets; only windows of one bucket
-        share a batch (so a short clip is never padded to a long one's length).
+      bucket_of: the padded length a clip gets; a batch has the length of its
+        oldest window's bucket, so a short clip is never padded to a longer one's.
+      rows_of: the rows a batch of this many windows is padded to; free rows
+        take windows of shorter buckets.
       on_batch: called with `(batch size, seconds in run_batch)` after each batch.
     """
     if max_batch < 1 or max_queue < 1 or max_wait_s < 0:
@@ -84,6 +91,7 @@ class DynamicBatcher:
     self.max_wait_s = max_wait_s
     self.max_queue = max_queue
     self._bucket_of = bucket_of
+    self._rows_of = rows_of
     self._on_batch = on_batch
     self._queue: collections.deque[_Item] = collections.deque()
     self._lock = threading.Condition()
@@ -150,13 +158,12 @@ class DynamicBatcher:
             return None
           self._lock.wait()
           continue
-        head = self._queue[0]
-        same = [item for item in self._queue if item.bucket == head.bucket]
-        left = head.arrived + self.max_wait_s - time.monotonic()
-        if len(same) >= self.max_batch or left <= 0 or self._closed:
-          batch = same[: self.max_batch]
-          taken = set(map(id, batch))
-          self._queue = collections.deque(i for i in self._queue if id(i) not in taken)
+        chosen = take_batch([item.bucket for item in self._queue], self.max_batch, self._rows_of)
+        left = self._queue[0].arrived + self.max_wait_s - time.monotonic()
+        if len(chosen) >= self.max_batch or left <= 0 or self._closed:
+          batch = [self._queue[i] for i in chosen]
+          taken = set(chosen)
+          self._queue = collections.deque(x for i, x in enumerate(self._queue) if i not in taken)
           return batch
         self._lock.wait(left)
 
@@ -182,6 +189,26 @@ class DynamicBatcher:
       request.remaining -= 1
       if request.remaining == 0:
         _settle(request.future, result=request.captions)
+
+
+def take_batch(buckets: Sequence[int], max_batch: int, rows_of: Callable[[int], int]) -> list[int]:
+  """Which queued windows make the next batch.
+
+  Args:
+    buckets: the padded length of each queued window, oldest first (not empty).
+    max_batch: the most windows in a batch.
+    rows_of: the rows a batch of `n` windows is padded to (at least `n`).
+
+  Returns:
+    Indices into `buckets`, ascending: up to `max_batch` windows of the
+    oldest window's bucket, then, while the rows they are padded to have room,
+    the oldest windows of shorter buckets (padded up to the batch's length).
+  """
+  head = buckets[0]
+  same = [i for i, bucket in enumerate(buckets) if bucket == head][:max_batch]
+  room = rows_of(len(same)) - len(same)
+  shorter = [i for i, bucket in enumerate(buckets) if bucket < head][: max(room, 0)]
+  return sorted(same + shorter)
 
 
 def _settle(future: concurrent.futures.Future, result=None, error=None) -> None:

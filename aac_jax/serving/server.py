@@ -394,6 +394,7 @@ def serve(
     max_wait_s=args.max_wait_ms / 1000,
     max_queue=limits.max_queue,
     bucket_of=model.bucket_of,
+    rows_of=lambda count: inference.batch_rows(count, model.batch_size),
     on_batch=metrics.batch,
   )
   metrics.queue_size(lambda: batcher.queued)
