@@ -11,7 +11,11 @@ SIGTERM. Prints requests/s, p50/p95/p99 latency and the mean batch size
 (from `/metrics`) per level, and the clips/s of offline batched captioning
 of the same decoded files with the same model and batch size (the
 `aac-caption` path, timed after a first pass compiled it), with each
-level's ratio to concurrency 1. Nothing leaves the machine.
+level's ratio to concurrency 1, the server's CPU time per request (all its
+threads, from /proc) and the load average before and after. Then the model
+alone: per length bucket, the time of one call of 1, half `--batch_size`
+and `--batch_size` rows of the same clips, and the CPU time per clip, which
+say what batching can save on this machine. Nothing leaves the machine.
 """
 
 import argparse
@@ -62,6 +66,15 @@ def write_clips(folder: pathlib.Path, count: int, window_s: float, seed: int) ->
   return out
 
 
+def process_cpu_seconds(pid: int) -> float:
+  """User plus system CPU seconds of process `pid`, all threads (Linux /proc; nan elsewhere)."""
+  try:
+    fields = pathlib.Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+  except OSError:
+    return float('nan')
+  return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
 def run_level(url: str, bodies: list[bytes], concurrency: int, count: int, limit_s: float):
   """Sends `count` requests from `concurrency` threads; returns `(latencies, statuses, wall)`."""
   lock, latencies, statuses = threading.Lock(), [], []
@@ -97,7 +110,9 @@ def bench_server(args, bodies: list[bytes], folder: pathlib.Path) -> list[dict]:
     for level in [int(c) for c in args.concurrency.split(',')]:
       batches = client.metric(url, 'aac_serve_batch_size_count')
       windows = client.metric(url, 'aac_serve_batch_size_sum')
+      cpu = process_cpu_seconds(proc.pid)
       lat, statuses, wall = run_level(url, bodies, level, args.requests, args.level_seconds)
+      cpu = process_cpu_seconds(proc.pid) - cpu
       ok = statuses.count(200)
       batches = client.metric(url, 'aac_serve_batch_size_count') - batches
       windows = client.metric(url, 'aac_serve_batch_size_sum') - windows
@@ -112,6 +127,7 @@ def bench_server(args, bodies: list[bytes], folder: pathlib.Path) -> list[dict]:
           p95=p95,
           p99=p99,
           batch=windows / max(batches, 1),
+          cpu_ms=cpu * 1000 / max(len(statuses), 1),
         )
       )
       print(f'  concurrency {level}: {ok}/{len(statuses)} ok in {wall:.1f} s', file=sys.stderr)
@@ -122,8 +138,9 @@ def bench_server(args, bodies: list[bytes], folder: pathlib.Path) -> list[dict]:
   return rows
 
 
-def bench_offline(args, folder: pathlib.Path) -> float:
-  """Clips/s of captioning the decoded files in length-sorted batches (after a compiling pass)."""
+def bench_offline(args, folder: pathlib.Path) -> tuple[float, list[dict]]:
+  """Clips/s of captioning the decoded files in length-sorted batches (after a compiling pass),
+  and the model-call rows of `bench_model_calls` on the same clips."""
   ns = server_lib.make_parser().parse_args(
     ['--workdir', args.workdir, '--batch_size', str(args.batch_size)]
   )
@@ -139,27 +156,69 @@ def bench_offline(args, folder: pathlib.Path) -> float:
   caption_all()
   start = time.monotonic()
   caption_all()
-  return len(clips) / (time.monotonic() - start)
+  return len(clips) / (time.monotonic() - start), bench_model_calls(model, clips)
 
 
-def print_table(rows: list[dict], offline: float, args) -> None:
+def bench_model_calls(model: model_lib.ServedModel, clips: list, seconds: float = 2.0) -> list:
+  """Per length bucket, one call of 1, `batch_size / 2` and `batch_size` rows: wall and CPU time.
+
+  Args:
+    model: the served model (its shapes compile on first use).
+    clips: decoded clips; each bucket's calls use the clips of that bucket.
+    seconds: each shape is called repeatedly for about this long.
+
+  Returns:
+    One dict per (length, rows): `seconds`, `rows`, `call_ms`, `cpu_ms` (per clip).
+  """
+  out = []
+  for samples in model.lengths:
+    pool = [c for c in clips if model.bucket_of(c) == samples] or clips
+    for rows in sorted({1, max(model.batch_size // 2, 1), model.batch_size}):
+      batch = [pool[i % len(pool)] for i in range(rows)]
+      model.caption_clips(batch)  # Compiles it.
+      calls, wall, cpu = 0, time.perf_counter(), time.process_time()
+      while calls < 3 or time.perf_counter() - wall < seconds:
+        model.caption_clips(batch)
+        calls += 1
+      wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+      per_call = dict(call_ms=wall * 1000 / calls, cpu_ms=cpu * 1000 / calls / rows)
+      out.append(dict(seconds=samples / model.sample_rate, rows=rows, **per_call))
+  return out
+
+
+def print_table(rows: list[dict], offline: float, args, loads: list[float]) -> None:
   base = rows[0]['rate'] or 1.0
-  print(f'\nbench_serve: {args.workdir}, batch {args.batch_size}, wait {args.max_wait_ms:g} ms')
   print(
-    '| mode | concurrency | ok / sent | req/s | vs c=1 | p50 ms | p95 ms | p99 ms | mean batch |'
+    f'\nbench_serve: {args.workdir}, batch {args.batch_size}, wait {args.max_wait_ms:g} ms; '
+    f'load average (1 min) {loads[0]:.1f} before, {loads[1]:.1f} after, {os.cpu_count()} CPUs'
   )
-  print('|---|---|---|---|---|---|---|---|---|')
+  print(
+    '| mode | concurrency | ok / sent | req/s | vs c=1 | p50 ms | p95 ms | p99 ms | mean batch '
+    '| server CPU ms/req |'
+  )
+  print('|---|---|---|---|---|---|---|---|---|---|')
   for r in rows:
     print(
       f'| server | {r["level"]} | {r["ok"]}/{r["sent"]} | {r["rate"]:.2f} | '
       f'{r["rate"] / base:.1f}x | {r["p50"]:.0f} | {r["p95"]:.0f} | {r["p99"]:.0f} | '
-      f'{r["batch"]:.1f} |'
+      f'{r["batch"]:.1f} | {r["cpu_ms"]:.1f} |'
     )
   print(
     f'| offline batched | - | {args.clips} clips | {offline:.2f} | {offline / base:.1f}x '
-    '| - | - | - | '
-    f'{args.batch_size} |'
+    f'| - | - | - | {args.batch_size} | - |'
   )
+
+
+def print_calls(calls: list[dict]) -> None:
+  """The model-call table: what a bigger batch saves per clip."""
+  print('\n| length s | rows | ms per call | ms per clip | CPU ms per clip | clips/s |')
+  print('|---|---|---|---|---|---|')
+  for c in calls:
+    per_clip = c['call_ms'] / c['rows']
+    print(
+      f'| {c["seconds"]:g} | {c["rows"]} | {c["call_ms"]:.1f} | {per_clip:.1f} | '
+      f'{c["cpu_ms"]:.1f} | {1000 / per_clip:.0f} |'
+    )
 
 
 def window_seconds(workdir: str) -> float:
@@ -178,9 +237,12 @@ def main(argv=None) -> int:
   with tempfile.TemporaryDirectory(prefix='bench-serve-') as tmp:
     folder = pathlib.Path(tmp)
     bodies = write_clips(folder, args.clips, window_seconds(args.workdir), args.seed)
+    loads = [os.getloadavg()[0]]
     rows = bench_server(args, bodies, folder)
-    offline = bench_offline(args, folder)
-  print_table(rows, offline, args)
+    offline, calls = bench_offline(args, folder)
+    loads.append(os.getloadavg()[0])
+  print_table(rows, offline, args, loads)
+  print_calls(calls)
   return 0
 
 
