@@ -319,7 +319,7 @@ def _scst(c: ml_collections.ConfigDict, p: _Problems) -> None:
 
 def _scst_fluency(s: ml_collections.ConfigDict, p: _Problems) -> None:
   p.one_of(s, 'scst', 'fluency', SCST_FLUENCY)
-  for name in ('fluency_threshold', 'fluency_penalty'):
+  for name in ('fluency_threshold', 'fluency_penalty', 'repetition_penalty'):
     value = s[name]
     p.check(_finite(value) and 0 <= value <= 1, f'scst.{name}', value, 'must be in [0, 1]')
   if s.fluency in ('hard', 'soft'):

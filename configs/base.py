@@ -273,6 +273,9 @@ def get_scst_config() -> ml_collections.ConfigDict:
   c.fluency_dir = ''  # Detector folder ('' = $AAC_FENSE_DIR/echecker_clotho_audiocaps_base).
   c.fluency_threshold = 0.9  # SPIDEr-FL's.
   c.fluency_penalty = 0.9  # SPIDEr-FL's.
+  # Repetition term: reward x (1 - repetition_penalty x the caption's share of
+  # repeated 3-grams); 0 = off (docs/evaluation.md#a-fluency-term-in-the-scst-reward).
+  c.repetition_penalty = 0.0
   return c
 
 

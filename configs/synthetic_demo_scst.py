@@ -17,6 +17,8 @@ Variants (after ':'):
                  the detector in fluency_dir (default workdirs/demo_fluency,
                  trained by python tools/train_fluency.py --config
                  configs/synthetic_demo.py --output workdirs/demo_fluency).
+  repetition=P   reward x (1 - P x the caption's share of repeated 3-grams)
+                 (default 0: off).
 
 Data, front end and model are the CE config's (the parameters must fit);
 optimizer, steps and everything under `scst` are this stage's own.
@@ -38,6 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'baseline': 'mean_others',
       'fluency': 'off',
       'fluency_dir': 'workdirs/demo_fluency',
+      'repetition': '0',
     },
   )
   ce_arg = f'data={args["data"]}' + (',runlocal' if args['runlocal'] else '')
@@ -59,6 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.scst.fluency = args['fluency']  # 'off', 'hard' or 'soft' (see the module docstring).
   if args['fluency'] != 'off':
     config.scst.fluency_dir = args['fluency_dir']
+  config.scst.repetition_penalty = float(args['repetition'])
 
   # Dropout would make the updated policy differ from the sampled one.
   config.model.dropout = 0.0

@@ -145,6 +145,30 @@ def test_fluency_term_multiplies_the_reward_by_the_formula():
   np.testing.assert_allclose(reward_fn(captions, clips), cider * [0.5, 1, 0.5, 0.5], rtol=1e-6)
 
 
+def test_repetition_term_multiplies_the_reward_by_the_formula():
+  # 3-grams of 'a b a b a b': aba bab aba bab -> 2 of 4 repeat one before; 'c d' has none.
+  captions, clips = ['a b a b a b', 'c d', 'A b.'], np.array([0, 1, 0])
+  cider = rewards.CaptionReward(REFERENCES, {'cider_d': 1.0})(captions, clips)
+  assert (cider > 0).all()
+  probs = {'a b a b a b': 0.5, 'c d': 0.2, 'A b.': 0.0}
+  for fluency, factor in (
+    (None, 1.0),
+    (rewards.FluencyTerm(_hand_set_checker(probs), 'soft'), 1 - 0.9 * np.array([0.5, 0.2, 0.0])),
+  ):
+    reward_fn = rewards.CaptionReward(
+      REFERENCES, {'cider_d': 1.0}, fluency=fluency, repetition_penalty=0.8
+    )
+    np.testing.assert_allclose(
+      reward_fn(captions, clips), cider * factor * (1 - 0.8 * np.array([0.5, 0, 0])), rtol=1e-6
+    )
+    np.testing.assert_array_equal(
+      reward_fn.metric_scores(captions, clips)['repetition'], [0.5, 0, 0]
+    )
+  assert 'repetition' not in rewards.CaptionReward(REFERENCES, {'cider_d': 1.0}).metric_scores(
+    captions, clips
+  )
+
+
 def test_fluency_term_reads_a_saved_detector_folder_and_applies_the_formula(tmp_path):
   from aac_jax.metrics import fluency_training as ft
   from configs import base
@@ -182,7 +206,10 @@ def test_fluency_settings_are_checked_before_any_work(tmp_path, monkeypatch):
   monkeypatch.delenv('AAC_FENSE_DIR', raising=False)
   config = synthetic_demo_scst.get_config('runlocal')
   config.scst.fluency, config.scst.fluency_threshold, config.scst.fluency_penalty = 'on', 1.5, -1
+  config.scst.repetition_penalty = 2.0
   lines = config_validation.problems(config, 'scst', 8)
+  assert 'scst.repetition_penalty=2.0: must be in [0, 1]' in lines, lines
+  config.scst.repetition_penalty = 1.0
   assert any(line.startswith("scst.fluency='on': must be one of") for line in lines), lines
   assert 'scst.fluency_threshold=1.5: must be in [0, 1]' in lines, lines
   assert 'scst.fluency_penalty=-1.0: must be in [0, 1]' in lines, lines

@@ -20,6 +20,15 @@ published one converted by `tools/convert_checkpoint.py fense`, or one
 trained by `tools/train_fluency.py`. It runs jitted on the device, batched
 over the step's captions (word pieces on the host).
 
+And by a repetition term (`config.scst.repetition_penalty`, default 0 =
+off): reward x (1 - penalty x r), r the caption's share of 3-gram
+occurrences that repeat an earlier one in it (`fluency.repeated_ngram_rate`
+of that caption alone). CIDEr-D clips each n-gram's count at the
+references', so a repeat earns nothing but costs little, and the policy
+learns to restate a likely event or connective ("and then a ... and then
+a"); the detector only learned repeats appended at the end, and a repeated
+connective is fluent to it. The term prices the repeat itself.
+
 Baselines (`baseline_rewards`): the reward of the greedy caption of the same
 clip, or the mean reward of the other K - 1 samples of the clip. The
 advantage itself (reward - baseline, optionally standardised) is formed on
@@ -35,7 +44,7 @@ import numpy as np
 from aac_jax.data import text
 from aac_jax.data.sources import EvalSplit
 from aac_jax.data.tokenizer import Tokenizer
-from aac_jax.metrics import fense, fense_models
+from aac_jax.metrics import fense, fense_models, fluency
 from aac_jax.metrics import reward as reward_lib
 from aac_jax.metrics import spice as spice_lib
 
@@ -43,6 +52,7 @@ BASELINES = ('greedy', 'mean_others')
 REWARDS = ('cider_d', 'spider', 'mix')
 METRICS = ('cider_d', 'spice', 'clap')
 FLUENCY_MODES = ('off', 'hard', 'soft')
+REPETITION_ORDER = 3  # The repetition term's n-gram order.
 
 
 def baseline_rewards(
@@ -205,7 +215,8 @@ class CaptionReward:
   `reward(captions, clip_index)` returns one float per caption: the
   weighted metrics of `reward_weights`, each caption scored against the
   references of train clip `clip_index[i]`, times the fluency factor when
-  there is a `FluencyTerm`.
+  there is a `FluencyTerm` and the repetition factor when
+  `repetition_penalty` > 0.
   """
 
   def __init__(
@@ -215,6 +226,7 @@ class CaptionReward:
     spice_jars: str | None = None,
     fluency: FluencyTerm | None = None,
     clap: ClapTerm | None = None,
+    repetition_penalty: float = 0.0,
   ):
     """Precomputes the CIDEr-D document frequencies of the references.
 
@@ -225,6 +237,8 @@ class CaptionReward:
         `$AAC_SPICE_CORENLP_DIR`).
       fluency: the fluency factor (None: none).
       clap: the CLAP cosine (needed when `clap` is weighted).
+      repetition_penalty: the share of the reward a caption whose 3-grams
+        all repeat would lose (0: no repetition term).
 
     Raises:
       SpiceUnavailable: SPICE is weighted but cannot run here.
@@ -234,6 +248,7 @@ class CaptionReward:
     self._spice_jars = spice_jars or None
     self._fluency = fluency
     self._clap = clap
+    self._repetition_penalty = float(repetition_penalty)
     if 'clap' in self._weights and clap is None:
       raise ValueError('a clap reward weight needs a ClapTerm (scst.clap_dir)')
     self._cider = reward_lib.CiderDReward(self._references)
@@ -247,7 +262,7 @@ class CaptionReward:
     return len(self._references)
 
   def metric_scores(self, captions: Sequence[str], clip_index: np.ndarray) -> dict[str, np.ndarray]:
-    """Each weighted metric per caption, and 'fluency_error' with a fluency term.
+    """Each weighted metric per caption, 'fluency_error' and 'repetition' with their terms.
 
     Returns:
       `{name: float64 [n]}`.
@@ -262,6 +277,10 @@ class CaptionReward:
       scores['clap'] = self._clap.score(captions, clip_index)
     if self._fluency is not None:
       scores['fluency_error'] = self._fluency.error(captions)
+    if self._repetition_penalty:
+      scores['repetition'] = np.array(
+        [fluency.repeated_ngram_rate([text.caption_words(c)], REPETITION_ORDER) for c in captions]
+      )
     return scores
 
   def __call__(self, captions: Sequence[str], clip_index: np.ndarray) -> np.ndarray:
@@ -276,9 +295,11 @@ class CaptionReward:
     """
     scores = self.metric_scores(captions, clip_index)
     reward = sum(w * scores[m] for m, w in self._weights.items())
-    if self._fluency is None:
-      return reward
-    return fense.penalize(reward, scores['fluency_error'], self._fluency.penalty)
+    if self._fluency is not None:
+      reward = fense.penalize(reward, scores['fluency_error'], self._fluency.penalty)
+    if self._repetition_penalty:
+      reward = fense.penalize(reward, scores['repetition'], self._repetition_penalty)
+    return reward
 
 
 def decode_captions(tokenizer: Tokenizer, tokens: np.ndarray) -> list[str]:

@@ -159,6 +159,7 @@ def create_scst_run(config: ml_collections.ConfigDict, workdir: str) -> ScstRun:
     config.scst.spice_jars or None,
     fluency=rewards_lib.fluency_term(config.scst),
     clap=rewards_lib.clap_term(config),
+    repetition_penalty=float(config.scst.repetition_penalty),
   )
   sample_settings, greedy_settings = make_sample_settings(config)
   sample_rate = int(config.dataset.sample_rate)
