@@ -34,8 +34,13 @@ EXTRAS_REQUIRE = {
   'llm': ['tokenizers>=0.15', 'safetensors>=0.4'],
   # tools/convert_checkpoint.py: reads the published PyTorch checkpoints, never at run time.
   'convert': ['torch>=2.1', 'safetensors>=0.4'],
-  # aac-serve (tools/serve.py): the HTTP server and its metrics.
-  'serve': ['fastapi>=0.110', 'uvicorn>=0.29', 'prometheus_client>=0.17'],
+  # aac-serve (tools/serve.py): the HTTP server, its metrics, multipart uploads.
+  'serve': [
+    'fastapi>=0.110',
+    'uvicorn>=0.29',
+    'prometheus_client>=0.17',
+    'python-multipart>=0.0.18',
+  ],
   # tools/export.py --format savedmodel (jax2tf; checked with tensorflow 2.21.0 and jax 0.10.2).
   # Not in 'test' (1.9 GB installed); tests/test_export.py's SavedModel test runs where it is.
   'savedmodel': ['tensorflow>=2.21'],
@@ -64,6 +69,7 @@ EXTRAS_REQUIRE = {
     'fastapi>=0.110',
     'uvicorn>=0.29',
     'prometheus_client>=0.17',
+    'python-multipart>=0.0.18',
     # tests/test_beam_build.py: Beam builds on the DirectRunner.
     'apache-beam>=2.60',
   ],

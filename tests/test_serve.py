@@ -148,6 +148,34 @@ def test_captions_equal_aac_caption_and_bad_inputs_get_their_reasons(
   assert server.metric('aac_serve_requests_total{status="200"}') >= len(GOOD_FILES)
 
 
+def test_multipart_files_are_each_captioned_as_alone_with_bad_files_reasons(server, clips):
+  names = ['dog_16k_mono.wav', 'silent.flac', 'long_8k.wav', 'broken.wav', 'hum_8k_3ch.wav']
+  files = [(name, (clips / name).read_bytes()) for name in names]
+  status, body, _ = client.post_files(server.url, files)
+  assert status == 200, body
+  assert [entry['name'] for entry in body['files']] == names
+  for (_, data), entry in zip(files, body['files'], strict=True):
+    alone_status, alone, _ = server.post(data)
+    if alone_status == 200:
+      assert {k: v for k, v in entry.items() if k != 'name'} == {
+        k: v for k, v in alone.items() if k != 'model'
+      }
+      assert body['model'] == alone['model']
+    else:
+      assert (entry['error'], entry['detail']) == (alone['error'], alone['detail']), entry
+  assert len(body['files'][2]['segments']) == 3  # The long recording, in windows.
+  assert [e.get('error') for e in body['files']] == [None, 'silent_audio', None, 'unreadable', None]
+  multipart = 'multipart/form-data; boundary=x'
+  fields_only = b'--x\r\nContent-Disposition: form-data; name="a"\r\n\r\nhi\r\n--x--\r\n'
+  for content_type, data, reason in [
+    (multipart, fields_only, 'no_files'),
+    (multipart, b'not multipart', 'bad_multipart'),
+    ('multipart/form-data', b'', 'bad_multipart'),  # No boundary.
+  ]:
+    status, answer, _ = client.post_caption(server.url, data, content_type=content_type)
+    assert (status, answer['error']) == (400, reason), answer
+
+
 def test_full_queue_answers_503_with_retry_after(server, clips):
   long = (clips / 'long_8k.wav').read_bytes()  # Three windows each: 24 of them overflow 16.
   with concurrent.futures.ThreadPoolExecutor(24) as pool:

@@ -2,6 +2,7 @@
 
 proc, url = start_server(['--workdir', RUN, '--port', '0'], log_path)
 status, body, headers = post_caption(url, open('dog.wav', 'rb').read())
+status, body, headers = post_files(url, [('dog.wav', dog), ('rain.flac', rain)])
 """
 
 import json
@@ -13,29 +14,59 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Mapping, Sequence
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def post_caption(url: str, data: bytes, timeout: float = 120) -> tuple[int, dict, dict[str, str]]:
+def post_caption(
+  url: str, data: bytes, timeout: float = 120, content_type: str | None = None
+) -> tuple[int, dict, dict[str, str]]:
   """POST /caption.
 
   Args:
     url: the server, e.g. `http://127.0.0.1:8080`.
-    data: the audio file's bytes.
+    data: the audio file's bytes (or a multipart body, see `post_files`).
     timeout: seconds to wait for the answer.
+    content_type: the Content-Type header, if any.
 
   Returns:
     `(status, JSON body, headers by lower-case name)`; errors of the server
     (4xx, 5xx) are returned, not raised.
   """
-  request = urllib.request.Request(f'{url}/caption', data=data, method='POST')
+  headers = {'Content-Type': content_type} if content_type else {}
+  request = urllib.request.Request(f'{url}/caption', data=data, headers=headers, method='POST')
   try:
     with urllib.request.urlopen(request, timeout=timeout) as response:
       return response.status, json.loads(response.read()), _lower(response.headers)
   except urllib.error.HTTPError as error:
     return error.code, json.loads(error.read()), _lower(error.headers)
+
+
+def post_files(
+  url: str, files: Sequence[tuple[str, bytes]], timeout: float = 120
+) -> tuple[int, dict, dict[str, str]]:
+  """POST /caption with several files as multipart/form-data (as `curl -F file=@a.wav`).
+
+  Args:
+    url: the server.
+    files: `(file name, bytes)` pairs, each sent as a part named `file`.
+    timeout: seconds to wait for the answer.
+
+  Returns:
+    As `post_caption`.
+  """
+  boundary = uuid.uuid4().hex
+  parts = []
+  for name, data in files:
+    head = (
+      f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+      'Content-Type: application/octet-stream\r\n\r\n'
+    )
+    parts += [head.encode(), data, b'\r\n']
+  body = b''.join([*parts, f'--{boundary}--\r\n'.encode()])
+  return post_caption(url, body, timeout, f'multipart/form-data; boundary={boundary}')
 
 
 def get(url: str, path: str, timeout: float = 30) -> tuple[int, str]:

@@ -12,6 +12,11 @@
                  200 {"caption", "duration", "segments": [{start, end,
                  caption}], "model": {workdir, step, ...}}; "caption" is
                  null when the recording spans several windows.
+                 Or multipart/form-data with one or more files
+                 (`curl -F file=@a.wav -F file=@b.flac`): 200 {"files":
+                 [{"name", "caption", "duration", "segments"} or {"name",
+                 "error", "detail"}], "model"}, in the order sent; a bad
+                 file gets the reason it would get alone.
   GET /healthz   200 while the process runs.
   GET /readyz    200 once every batch shape is compiled, 503 before and
                  while shutting down.
@@ -23,7 +28,8 @@ over `--max_bytes`), 413 `too_long` (audio over `--max_seconds`), 400 with
 `aac-caption`'s reasons (`unreadable`, `empty_file`, `silent_audio`,
 `too_short`, `nan_samples`, ...), 503 `queue_full`, `not_ready` or
 `shutting_down` with a Retry-After header, 500 `internal` (logged; the
-server goes on). A client that disconnects has its queued windows dropped.
+server goes on); a multipart body with no file is 400 `no_files`, an
+unparsable one 400 `bad_multipart`. A client that disconnects has its queued windows dropped.
 SIGTERM (or Ctrl-C) stops accepting connections, answers every request
 already received, and exits 0.
 
@@ -65,6 +71,9 @@ NOT_READY = 'not_ready'
 SHUTTING_DOWN = 'shutting_down'
 CLIENT_DISCONNECTED = 'client_disconnected'
 INTERNAL = 'internal'
+NO_FILES = 'no_files'
+BAD_MULTIPART = 'bad_multipart'
+MULTIPART = 'multipart/form-data'
 
 DEFAULT_MAX_QUEUE = 256
 # Checked between waits for a caption; a departed client's windows are dropped.
@@ -179,9 +188,34 @@ async def wait_for_captions(request, future) -> list[str]:
       raise Refusal(499, CLIENT_DISCONNECTED, 'the client closed the connection')
 
 
-def caption_response(windows, captions: list[str], duration: float, model, info) -> dict:
-  """The JSON of a captioned request."""
-  rate = model.sample_rate
+async def read_files(headers, data: bytes) -> list[tuple[str, bytes]]:
+  """The files of a multipart/form-data body, in order: `(file name, bytes)`.
+
+  Raises:
+    Refusal: 400 `bad_multipart` (unparsable), 400 `no_files` (no file part).
+  """
+  from starlette import datastructures, formparsers  # fastapi's multipart parser.
+
+  async def stream():
+    yield data
+    yield b''
+
+  parser = formparsers.MultiPartParser(headers, stream())
+  try:
+    form = await parser.parse()
+  except formparsers.MultiPartException as error:
+    raise Refusal(400, BAD_MULTIPART, f'the multipart body cannot be parsed: {error}') from error
+  files = [part for _, part in form.multi_items() if isinstance(part, datastructures.UploadFile)]
+  if not files:
+    raise Refusal(400, NO_FILES, 'the multipart body has no file (curl -F file=@clip.wav)')
+  try:
+    return [(part.filename or '', await part.read()) for part in files]
+  finally:
+    await form.close()
+
+
+def caption_response(windows, captions: list[str], duration: float, rate: int) -> dict:
+  """The JSON of one captioned recording (`model` is added by the caller)."""
   segments = [
     {'start': round(start / rate, 3), 'end': round(end / rate, 3), 'caption': caption}
     for (start, end, _), caption in zip(windows, captions, strict=True)
@@ -190,8 +224,15 @@ def caption_response(windows, captions: list[str], duration: float, model, info)
     'caption': captions[0] if len(captions) == 1 else None,
     'duration': round(duration, 3),
     'segments': segments,
-    'model': info,
   }
+
+
+def decode_or_refusal(decode, data: bytes):
+  """`decode(data)`, or the `Refusal` it raised (one bad file of several is reported, not raised)."""
+  try:
+    return decode(data)
+  except Refusal as refusal:
+    return refusal
 
 
 def create_app(
@@ -214,24 +255,54 @@ def create_app(
     body = {'error': error.reason, 'detail': error.detail}
     return responses.JSONResponse(body, status_code=error.status, headers=headers)
 
+  def decode(data: bytes) -> np.ndarray:
+    return decode_body(data, model.sample_rate, limits, tmp_dir)
+
+  async def captions_of(request, clips: list[np.ndarray]) -> list[str]:
+    try:
+      future = batcher.submit(clips)
+    except batcher_lib.QueueFull as error:
+      raise Refusal(503, QUEUE_FULL, str(error), retry=True) from error
+    except batcher_lib.Closed as error:
+      raise Refusal(503, SHUTTING_DOWN, str(error), retry=True) from error
+    return await wait_for_captions(request, future)
+
+  def cut(audio: np.ndarray):
+    return caption_cli.cut_windows(audio, model.window_samples, limits.hop, limits.min_samples)
+
+  async def caption_files(request, data: bytes) -> dict:
+    """Each file of a multipart body, decoded concurrently, windows in one submission."""
+    files = await read_files(request.headers, data)
+    decoded = await asyncio.gather(
+      *(asyncio.to_thread(decode_or_refusal, decode, b) for _, b in files)
+    )
+    windows = [cut(audio) if isinstance(audio, np.ndarray) else [] for audio in decoded]
+    clips = [clip for cuts in windows for _, _, clip in cuts]
+    captions = await captions_of(request, clips) if clips else []
+    entries, first = [], 0
+    for (name, _), audio, cuts in zip(files, decoded, windows, strict=True):
+      if isinstance(audio, Refusal):
+        metrics.error(audio.reason)
+        entries.append({'name': name, 'error': audio.reason, 'detail': audio.detail})
+        continue
+      mine, first = captions[first : first + len(cuts)], first + len(cuts)
+      duration = audio.shape[0] / model.sample_rate
+      entries.append({'name': name, **caption_response(cuts, mine, duration, model.sample_rate)})
+    return {'files': entries, 'model': model.info}
+
   async def caption_request(request: fastapi.Request) -> dict:
     if state.draining:
       raise Refusal(503, SHUTTING_DOWN, 'the server is shutting down', retry=True)
     if not state.ready.is_set():
       raise Refusal(503, NOT_READY, 'the model is still compiling', retry=True)
     data = await read_body(request, limits.max_bytes)
-    audio = await asyncio.to_thread(decode_body, data, model.sample_rate, limits, tmp_dir)
-    windows = caption_cli.cut_windows(audio, model.window_samples, limits.hop, limits.min_samples)
-    try:
-      future = batcher.submit([clip for _, _, clip in windows])
-    except batcher_lib.QueueFull as error:
-      raise Refusal(503, QUEUE_FULL, str(error), retry=True) from error
-    except batcher_lib.Closed as error:
-      raise Refusal(503, SHUTTING_DOWN, str(error), retry=True) from error
-    captions = await wait_for_captions(request, future)
-    return caption_response(
-      windows, captions, audio.shape[0] / model.sample_rate, model, model.info
-    )
+    if request.headers.get('content-type', '').startswith(MULTIPART):
+      return await caption_files(request, data)
+    audio = await asyncio.to_thread(decode, data)
+    windows = cut(audio)
+    captions = await captions_of(request, [clip for _, _, clip in windows])
+    duration = audio.shape[0] / model.sample_rate
+    return {**caption_response(windows, captions, duration, model.sample_rate), 'model': model.info}
 
   @app.post('/caption')
   async def caption(request: fastapi.Request):
@@ -321,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_USAGE
   try:
     import fastapi  # noqa: F401
+    import python_multipart  # noqa: F401 - multipart uploads.
     import uvicorn  # noqa: F401
   except ImportError as error:
     log(f'error: {error.name} is missing: pip install "aac_jax[serve]"')
