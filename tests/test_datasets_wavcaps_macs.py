@@ -77,7 +77,9 @@ def write_wavcaps_tree(root: pathlib.Path) -> dict[str, tuple[int, str]]:
     root / 'json_files' / 'FreeSound' / 'fsd_final.json',
     {'num_captions_per_audio': 1, 'data': freesound},
   )
-  soundbible = [clip('SoundBible', '2219', 'An airplane is landing.', title='Airplane')]
+  # As the Hugging Face zip unpacks beside itself.
+  zipped = root / 'Zip_files' / 'SoundBible' / wavcaps.ZIP_FOLDER / 'SoundBible_flac'
+  soundbible = [clip('SoundBible', '2219', 'An airplane is landing.', zipped, title='Airplane')]
   _write_json(root / 'json_files' / 'SoundBible' / 'sb_final.json', soundbible)
   (root.parent / 'outside').mkdir(exist_ok=True)
   write_audio(root.parent / 'outside' / 'secret.flac', 0.2, 32000)

@@ -12,9 +12,12 @@ huggingface.co/datasets/cvssp/WavCaps `Zip_files/`, unpacked):
       "audio": ..., "duration": ..., ...}, ...]} (a bare list of the same
       objects, as in early releases, works too)
   the audio of a source, in the first of these folders that exists:
-    {source}_flac/    (the folder each zip holds, e.g. AudioSet_SL_flac/)
+    {source}_flac/    (e.g. AudioSet_SL_flac/)
     waveforms/{source}_flac/
     {source}/
+    ZIP_FOLDER/{source}_flac/    (the path inside each zip, unpacked here;
+        ZIP_FOLDER = mnt/fast/nobackup/scratch4weeks/xm00178/WavCaps/data/waveforms)
+    Zip_files/{source}/ZIP_FOLDER/{source}_flac/    (unpacked beside its zip)
   one file per clip, `{id}.flac` (AudioSet_SL ids end in `.wav`: that
   extension is replaced, `Yb0RFKhbpFJA.wav` -> `Yb0RFKhbpFJA.flac`).
 
@@ -52,6 +55,8 @@ SOURCES = {
   'FreeSound': 'fsd_final.json',
   'SoundBible': 'sb_final.json',
 }
+# Where the audio of each of huggingface.co/datasets/cvssp/WavCaps's zips lands when unpacked.
+ZIP_FOLDER = 'mnt/fast/nobackup/scratch4weeks/xm00178/WavCaps/data/waveforms'
 # Keys of the published overlap lists -> the source they name.
 EXCLUDE_KEYS = {'AudioSet': 'AudioSet_SL', 'FreeSound': 'FreeSound'} | {s: s for s in SOURCES}
 _LISTED = 20
@@ -69,6 +74,8 @@ def audio_folder(source_dir: pathlib.Path, source: str) -> pathlib.Path:
     source_dir / f'{source}_flac',
     source_dir / 'waveforms' / f'{source}_flac',
     source_dir / source,
+    source_dir / ZIP_FOLDER / f'{source}_flac',
+    source_dir / 'Zip_files' / source / ZIP_FOLDER / f'{source}_flac',
   ]
   return next((folder for folder in candidates if folder.is_dir()), candidates[0])
 
