@@ -92,10 +92,18 @@ def random_weights(config: dict, seed: int) -> dict[str, np.ndarray]:
 
 def word_tokenizer(tokens: list[str]):
   """A `tokenizers` word-level tokenizer: lower case, split on whitespace, ids = list order."""
-  from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+  from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
   tokenizer = Tokenizer(models.WordLevel({t: i for i, t in enumerate(tokens)}, unk_token='<unk>'))
-  tokenizer.normalizer = normalizers.Lowercase()
+  # The run's caption normalisation (aac_jax.data.text): lower case, apostrophes dropped,
+  # other punctuation a space; the run reads captions through this file as written.
+  tokenizer.normalizer = normalizers.Sequence(
+    [
+      normalizers.Lowercase(),
+      normalizers.Replace(Regex("['’‘`´]"), ''),
+      normalizers.Replace(Regex(r'[^\w\s]|_'), ' '),
+    ]
+  )
   tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
   tokenizer.decoder = decoders.WordPiece(prefix='##')  # Joins words with spaces.
   tokenizer.add_special_tokens(list(_SPECIALS))

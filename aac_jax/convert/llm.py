@@ -6,7 +6,7 @@ Reads `config.json`, the safetensors weights (`model.safetensors`, or the
 shards listed in `model.safetensors.index.json`) and `tokenizer.json`;
 writes DIR with `params.safetensors` (the `aac_jax.models.llm.LanguageModel`
 tree, float32), `settings.json` (`{'llm': LlmConfig fields, 'architecture',
-'source'}`) and a copy of `tokenizer.json`. Read it back with `load_llm`.
+'source', 'token_ids'}`: `token_ids` holds config.json's BOS, EOS and pad ids) and a copy of `tokenizer.json`. Read it back with `load_llm`.
 A folder of another architecture, a missing shard or a tensor of the wrong
 shape is refused with one `ConversionError` naming it.
 """
@@ -32,6 +32,8 @@ from aac_jax.models.llm import ROPE_TYPES, LanguageModel, LlmConfig
 NAME = 'llm'
 ARCHITECTURES = ('LlamaForCausalLM', 'Qwen2ForCausalLM')
 _INDEX_FILE = 'model.safetensors.index.json'
+# The special ids of `config.json` a run's tokenizer needs (`llm_tokenizer.special_partners`).
+_TOKEN_IDS = ('bos_token_id', 'eos_token_id', 'pad_token_id')
 
 
 def _rope_scaling(hf: dict[str, Any]) -> tuple[float, tuple]:
@@ -143,6 +145,7 @@ def convert_folder(input_dir: str, output_dir: str) -> LlmConfig:
     'llm': json.loads(json.dumps(dataclasses.asdict(cfg))),
     'architecture': hf['architectures'][0],
     'source': os.path.basename(os.path.normpath(input_dir)),
+    'token_ids': {name: hf.get(name) for name in _TOKEN_IDS},
   }
   pretrained_store.save_converted(output_dir, params, settings)
   shutil.copyfile(tokenizer, os.path.join(output_dir, TOKENIZER_FILE))

@@ -123,10 +123,31 @@ class Tokenizer:
       `[max_tokens]` int32: `[w1 .. wn, EOS, PAD ...]`; a caption longer than
       `max_tokens - 1` words is truncated and still ends with EOS.
     """
-    ids = self.encode(caption)[: max_tokens - 1] + [EOS_ID]
-    targets = np.full((max_tokens,), PAD_ID, dtype=np.int32)
-    targets[: len(ids)] = ids
-    return targets
+    return fixed_length_targets(self.encode(caption), max_tokens)
+
+
+def fixed_length_targets(ids: Sequence[int], max_tokens: int) -> np.ndarray:
+  """`[max_tokens]` int32 `[ids .., EOS, PAD ...]`, `ids` cut to `max_tokens - 1`."""
+  ids = list(ids)[: max_tokens - 1] + [EOS_ID]
+  targets = np.full((max_tokens,), PAD_ID, dtype=np.int32)
+  targets[: len(ids)] = ids
+  return targets
+
+
+def load_vocab(path: str | os.PathLike):
+  """A run's tokenizer from its `vocab.txt`: the word list, or a language model's.
+
+  A run whose decoder is a converted language model keeps that model's
+  tokenizer there as one JSON document
+  (`aac_jax.data.llm_tokenizer.CaptionTokenizer`); every other run, the
+  word list of `Tokenizer.save`.
+  """
+  content = epath.Path(path).read_text(encoding='utf-8')
+  if content.startswith('{'):
+    from aac_jax.data import llm_tokenizer  # Needs the `tokenizers` package.
+
+    return llm_tokenizer.CaptionTokenizer.from_json(content)
+  return Tokenizer.load(path)
 
 
 def with_task_tokens(decoder_inputs, task_tokens):
@@ -209,7 +230,7 @@ def load_or_build(cfg: ml_collections.ConfigDict, source, workdir: str | None = 
   """
   run_path = epath.Path(workdir) / VOCAB_FILENAME if workdir else None
   if run_path is not None and run_path.exists():
-    return Tokenizer.load(run_path)
+    return load_vocab(run_path)
   if cfg.mixture:
     tokenizer = _mixture_vocabulary(cfg)
     if run_path is not None:

@@ -380,3 +380,22 @@ def is_lora_leaf(path: tuple) -> bool:
   """Whether a parameter path (`jax.tree_util` keys) ends in an adapter matrix."""
   last = path[-1]
   return getattr(last, 'key', None) in ('lora_a', 'lora_b')
+
+
+def reorder_vocab(params: Any, order: np.ndarray) -> Any:
+  """A `LanguageModel`'s parameters with token ids renumbered: new id `i` is old `order[i]`.
+
+  Args:
+    params: nested dicts (`embed_tokens/embedding` `[vocab, hidden]`,
+      `lm_head/kernel` `[hidden, vocab]` when untied).
+    order: int `[vocab]`, a permutation (`aac_jax.data.llm_tokenizer.run_order`).
+
+  Returns:
+    The same model for the renumbered ids (rows, resp. columns, permuted).
+  """
+  out = dict(params)
+  out['embed_tokens'] = dict(params['embed_tokens'])
+  out['embed_tokens']['embedding'] = params['embed_tokens']['embedding'][order]
+  if 'lm_head' in params:
+    out['lm_head'] = dict(params['lm_head'], kernel=params['lm_head']['kernel'][:, order])
+  return out

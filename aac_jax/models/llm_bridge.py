@@ -214,6 +214,23 @@ def captioner_fields(llm_cfg: Any, vocab_size: int, compute_dtype: str = 'float3
   }
 
 
+def save_llm_vocabulary(config: Any, vocab_path: Any) -> None:
+  """Writes a converted decoder's tokenizer as the run's vocabulary (`prepare.prepare`).
+
+  With `decoder_style='llm'` and `model.llm.init` set, captions, prompt and
+  decoded text go through that folder's `tokenizer.json`
+  (`aac_jax.data.llm_tokenizer.CaptionTokenizer`); `load_llm_init` loads
+  the weights in the same id order. Nothing happens for other runs or when
+  the run already has a vocabulary (a resumed or inherited one).
+  """
+  model = config.model
+  if model.decoder_style != 'llm' or not model.llm.init or vocab_path.exists():
+    return
+  from aac_jax.data import llm_tokenizer  # Needs the `tokenizers` package.
+
+  llm_tokenizer.CaptionTokenizer.from_folder(model.llm.init).save(vocab_path)
+
+
 def resolve_prompt(config: Any, tokenizer: Any) -> None:
   """Sets `config.model.llm.prompt_ids` from `config.model.llm.prompt` with the run's tokenizer.
 

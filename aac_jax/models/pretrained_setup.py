@@ -24,7 +24,7 @@ import optax
 
 from aac_jax.audio.pann_frontend import PannFrontendSettings
 from aac_jax.data import embeddings
-from aac_jax.models import llm_bridge, pretrained, pretrained_store
+from aac_jax.models import llm, llm_bridge, pretrained, pretrained_store
 from aac_jax.models.config import CaptionerConfig
 
 # Published front-end settings per encoder (what `tools/convert_checkpoint.py` writes).
@@ -186,10 +186,16 @@ def load_converted_init(params: Any, model_cfg: CaptionerConfig) -> Any:
 def load_llm_init(params: Any, model_cfg: CaptionerConfig) -> Any:
   """Returns `params` with `params['decoder']['llm']` from `model_cfg.llm_init` (checked by leaf).
 
-  LoRA adapters (absent from the folder) keep their fresh values.
+  The token ids are the run's (`llm_tokenizer.CaptionTokenizer`: the
+  checkpoint's with PAD/BOS/EOS/UNK swapped in), so the embedding rows and
+  output columns are reordered to match. LoRA adapters (absent from the
+  folder) keep their fresh values.
   """
+  from aac_jax.data import llm_tokenizer  # Needs the `tokenizers` package.
+
   converted, _ = pretrained_store.load_converted(model_cfg.llm_init)
-  source = _paths(converted)
+  order = llm_tokenizer.CaptionTokenizer.from_folder(model_cfg.llm_init).order
+  source = _paths(llm.reorder_vocab(converted, order))
 
   def pick(path, leaf):
     keys = tuple(k.key for k in path)
@@ -203,8 +209,8 @@ def load_llm_init(params: Any, model_cfg: CaptionerConfig) -> Any:
       )
     return jnp.asarray(source[keys], leaf.dtype)
 
-  llm = jax.tree_util.tree_map_with_path(pick, params['decoder']['llm'])
-  return dict(params, decoder=dict(params['decoder'], llm=llm))
+  loaded = jax.tree_util.tree_map_with_path(pick, params['decoder']['llm'])
+  return dict(params, decoder=dict(params['decoder'], llm=loaded))
 
 
 def _stage_of(name: str) -> int:

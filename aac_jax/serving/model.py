@@ -117,7 +117,7 @@ def from_export(folder: str | pathlib.Path, batch_size: int) -> ServedModel:
       f'{jax.default_backend()} (export again with --platforms)'
     )
   exported = jax.export.deserialize(bytearray((folder / export.EXPORT_FILENAME).read_bytes()))
-  tokenizer = tokenizer_lib.Tokenizer.load(folder / meta['vocab_file'])
+  tokenizer = tokenizer_lib.load_vocab(folder / meta['vocab_file'])
   call = jax.jit(exported.call)
   max_samples = int(meta['max_samples'])
 

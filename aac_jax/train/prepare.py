@@ -8,8 +8,9 @@ other runs can tell. `prepare` does it in this order, each step once:
   2. the files inherited from `train.init_from` where the run has none of its
      own (`INHERITED_FILES`: the loaded parameters only make sense with
      those token ids and features);
-  3. the vocabulary: the run's own, else the copy beside the data, else built
-     from the training captions;
+  3. the vocabulary: the run's own, else a converted language-model
+     decoder's tokenizer, else the copy beside the data, else built from
+     the training captions;
   4. the encoder front end: a pretrained tagger's (from its converted
      folder), and its stored embeddings checked against the run;
   5. the feature statistics: the run's own, else measured on the training
@@ -72,9 +73,9 @@ class RunFiles:
     """The run's vocabulary file."""
     return epath.Path(self.workdir) / tokenizer_lib.VOCAB_FILENAME
 
-  def load_tokenizer(self) -> tokenizer_lib.Tokenizer:
-    """The run's tokenizer (its `vocab.txt`)."""
-    return tokenizer_lib.Tokenizer.load(self.vocab_path)
+  def load_tokenizer(self):
+    """The run's tokenizer (its `vocab.txt`: words, or a language model's; `load_vocab`)."""
+    return tokenizer_lib.load_vocab(self.vocab_path)
 
   def apply_to(self, config: ml_collections.ConfigDict) -> None:
     """Writes the resolved front end and embeddings folder into `config` (in place)."""
@@ -109,7 +110,7 @@ def read_run_files(workdir: str | epath.Path, config: ml_collections.ConfigDict)
     record = json.loads(record_path.read_text())
     record['inherited'] = tuple(record.get('inherited', ()))
     return RunFiles(workdir=str(path), **record)
-  vocab = tokenizer_lib.Tokenizer.load(path / tokenizer_lib.VOCAB_FILENAME)
+  vocab = tokenizer_lib.load_vocab(path / tokenizer_lib.VOCAB_FILENAME)
   return RunFiles(
     workdir=str(path),
     dataset=sources.dataset_name(config.dataset),
@@ -160,6 +161,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | epath.Path) -> Run
   train_source = sources.open_source(dataset, dataset.train_split)
   name, folder = sources.dataset_name(dataset), sources.source_dir(train_source)
   inherited = inherit_from_init_run(config, path)
+  llm_bridge.save_llm_vocabulary(config, path / tokenizer_lib.VOCAB_FILENAME)
   vocab_size = tokenizer_lib.load_or_build(dataset, train_source, str(path)).vocab_size
   pretrained_setup.resolve_encoder_frontend(config)  # Before the features are measured.
   feature_stats.resolve(config, path, train_source)
