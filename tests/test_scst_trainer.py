@@ -5,6 +5,7 @@ runs started from it with `train.init_from`.
 """
 
 import json
+import re
 
 import jax
 import numpy as np
@@ -13,8 +14,9 @@ import toy_dataset
 
 from aac_jax import scst
 from aac_jax.data import pipeline
+from aac_jax.models import llm_bridge
 from aac_jax.train import checkpointing, trainer
-from configs import synthetic_demo, synthetic_demo_scst
+from configs import clotho_llm, synthetic_demo, synthetic_demo_scst
 
 
 def _point_at_toy(config, data_dir, name):
@@ -119,3 +121,49 @@ def test_scst_needs_a_starting_point(ce_workdir, tmp_path):
   config.train.init_from = ''
   with pytest.raises(ValueError, match='init_from'):
     scst.run_scst(config, str(tmp_path))
+
+
+@pytest.fixture(scope='module')
+def llm_ce_workdir(ce_workdir, tmp_path_factory):
+  """A cross-entropy workdir of a LoRA language-model captioner on the same toy data."""
+  _, data_dir, name = ce_workdir
+  config = clotho_llm.get_config('runlocal')
+  _point_at_toy(config, data_dir, name)
+  config.model.llm.update(dict(train='lora', lora_rank=2, lora_targets=['q', 'v', 'down']))
+  workdir = tmp_path_factory.mktemp('llm_ce')
+  _write_ce_workdir(config, workdir)
+  return workdir, data_dir, name
+
+
+def test_scst_with_a_lora_language_model_moves_adapters_only(llm_ce_workdir, tmp_path):
+  # The SCST config names no model: decoder_style='llm' and the whole model.llm block
+  # (LoRA, prompt ids) come from the cross-entropy run's config.json.
+  config = _scst_config(llm_ce_workdir)
+  config.scst.eval_initial = config.eval.test_at_end = False
+  config.train.eval_every = 0
+  result = scst.run_scst(config, str(tmp_path))
+  assert (result.step, result.reason, int(result.state.step)) == (4, 'finished', 4)
+  saved = json.loads((tmp_path / 'config.json').read_text())['model']
+  assert saved['decoder_style'] == 'llm' and saved['llm']['train'] == 'lora'
+  log = (tmp_path / 'train.log').read_text()
+  rewards = [float(v) for v in re.findall(r'train/reward_mean=([^,\s]+)', log)]
+  assert len(rewards) == 4 and np.all(np.isfinite(rewards)), rewards
+
+  trained = result.state.params
+  target = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), trained
+  )
+  before, _, _ = checkpointing.restore_params(llm_ce_workdir[0], config.train, target)
+  frozen = jax.tree.leaves(llm_bridge.frozen_mask(before, 'lora'))
+  moved = {'frozen': 0, 'lora': 0, 'projector': 0}
+  leaves = jax.tree_util.tree_flatten_with_path(before)[0]
+  for (path, old), new, is_frozen in zip(leaves, jax.tree.leaves(trained), frozen, strict=True):
+    keys = [k.key for k in path]
+    same = np.array_equal(np.asarray(old), np.asarray(new))
+    if is_frozen:
+      assert same, keys  # the language model's base weights: bit-identical
+      moved['frozen'] += 1
+    elif keys[-1] in ('lora_a', 'lora_b') or 'projector' in keys:
+      assert not same, keys
+      moved['lora' if keys[-1].startswith('lora') else 'projector'] += 1
+  assert moved['frozen'] > 10 and moved['lora'] == 2 * 3 and moved['projector'] == 4, moved
