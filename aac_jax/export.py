@@ -5,7 +5,8 @@
   python tools/export.py --workdir RUN --output DIR --format savedmodel   # + DIR/savedmodel/
 
 The exported function is the whole inference path, front end + encoder +
-greedy decoding, with the trained parameters baked in as constants:
+greedy decoding, with the trained parameters baked in as constants (a
+language-model decoder's LoRA adapters merged into its weights first):
 
   tokens = f(waveform, paddings)
     waveform  float32 [batch, max_samples]  mono at `sample_rate`, in [-1, 1]
@@ -37,8 +38,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging as absl_logging
 
-from aac_jax import decoding, export_tf, files, inference
+from aac_jax import decoding, export_tf, files, inference, models
 from aac_jax.data import tokenizer as tokenizer_lib
+from aac_jax.models import llm
 from aac_jax.train import logs
 
 EXPORT_FILENAME = 'model.jax_export'
@@ -56,6 +58,23 @@ def greedy_settings(loaded: inference.LoadedModel, **overrides: Any):
 def default_max_samples(loaded: inference.LoadedModel) -> int:
   """Samples of the training clip length (`dataset.max_audio_seconds`)."""
   return int(round(loaded.train_seconds * loaded.sample_rate))
+
+
+def merge_adapters(loaded: inference.LoadedModel) -> inference.LoadedModel:
+  """`loaded` with a language-model decoder's LoRA adapters folded into its kernels.
+
+  The export then carries no adapter parameters and does no adapter
+  matmuls: each kernel becomes `kernel + lora_a @ lora_b * alpha / rank`
+  (`aac_jax.models.llm.merge_lora`) in a model with `lora_rank=0`. Other
+  models come back unchanged.
+  """
+  cfg = loaded.model.config
+  if cfg.llm is None or not cfg.llm.lora_rank:
+    return loaded
+  decoder = dict(loaded.params['decoder'])
+  decoder['llm'] = llm.merge_lora(decoder['llm'], cfg.llm)
+  model = models.Captioner(cfg.replace(llm=cfg.llm.replace(lora_rank=0)))
+  return dataclasses.replace(loaded, model=model, params=dict(loaded.params, decoder=decoder))
 
 
 def make_export_fn(
@@ -110,8 +129,10 @@ def export_model(
 
   Returns:
     The export of `tokens [batch, max_len] = f(waveform, paddings)` with
-    both inputs float32 `[batch, max_samples]`.
+    both inputs float32 `[batch, max_samples]` (LoRA adapters merged:
+    `merge_adapters`).
   """
+  loaded = merge_adapters(loaded)
   settings, mask = greedy_settings(loaded, **decode_overrides)
   max_samples = int(max_samples or default_max_samples(loaded))
   (batch,) = jax.export.symbolic_shape('batch')

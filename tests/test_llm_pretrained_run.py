@@ -20,7 +20,7 @@ torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 tokenizers = pytest.importorskip('tokenizers')
 
-from aac_jax import decoding, models  # noqa: E402
+from aac_jax import decoding, export, inference, models  # noqa: E402
 from aac_jax.convert import llm as convert_llm  # noqa: E402
 from aac_jax.data import llm_tokenizer  # noqa: E402
 from aac_jax.data import tokenizer as tokenizer_lib  # noqa: E402
@@ -149,6 +149,26 @@ def test_lora_run_trains_and_captions_with_the_checkpoint_tokenizer(converted, t
     llm_ids = [i for i in tok.llm_ids([t for t in kept if t > 1]) if i < len(hf_tok)]
     assert text == hf_tok.decode(llm_ids, skip_special_tokens=True).strip()
   assert (tokens > 3).any(), tokens  # Not only specials: some text was decoded.
+  _check_merged_export(config, model, trained, tok)
+
+
+def _check_merged_export(config, model, params, tok):
+  """The export merges the adapters: no LoRA parameters, the unmerged model's tokens."""
+  eval_model = model.clone(config=model.config.replace(deterministic=True))
+  loaded = inference.LoadedModel(config, eval_model, params, tok)
+  merged = export.merge_adapters(loaded)
+  assert merged.model.config.llm.lora_rank == 0
+  assert not [p for p in _paths(merged.params) if 'lora' in p]
+  assert [p for p in _paths(params) if 'lora' in p]
+  result = export.export_model(loaded, max_samples=6000)
+  waveform, paddings = export.noise_batch(6000, batch=3, seed=11)
+  live = jax.jit(export.make_export_fn(loaded, result.settings, result.repeat_ban_mask))
+  expected = np.asarray(live(waveform, paddings))
+  np.testing.assert_array_equal(np.asarray(result.exported.call(waveform, paddings)), expected)
+
+
+def _paths(tree):
+  return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
 
 
 def _train(model, params, feats, pads, targets, steps):
