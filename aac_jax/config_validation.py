@@ -188,6 +188,13 @@ def _llm(llm: ml_collections.ConfigDict, p: _Problems) -> None:
   )
   unknown = sorted(set(llm.lora_targets) - set(LORA_TARGETS))
   p.check(not unknown, 'model.llm.lora_targets', unknown, f'must be among {list(LORA_TARGETS)}')
+  p.one_of(llm, 'model.llm', 'base_dtype', ('float32', 'bfloat16'))
+  p.check(
+    llm.base_dtype == 'float32' or llm.train == 'lora',
+    'model.llm.base_dtype',
+    llm.base_dtype,
+    "needs model.llm.train='lora' (a frozen base; full training keeps float32 weights)",
+  )
   if llm.init:
     return
   for name in ('hidden_size', 'num_layers', 'num_heads', 'num_kv_heads', 'intermediate_size'):

@@ -131,6 +131,9 @@ def get_llm_config() -> ml_collections.ConfigDict:
   c.lora_alpha = 32.0  # AC PeftConfig.lora_alpha.
   c.lora_dropout = 0.05  # AC PeftConfig.lora_dropout.
   c.lora_targets = ['q', 'v']  # AC PeftConfig.target_modules = [q_proj, v_proj].
+  # Storage of the language model's base weights, 'float32' or 'bfloat16' (train='lora'
+  # only: the frozen base at half the memory; adapters and projector stay float32).
+  c.base_dtype = 'float32'
   # A random decoder's sizes (ignored with `init`): Qwen2-shaped (q/k/v biases, tied).
   c.hidden_size = 256
   c.num_layers = 4

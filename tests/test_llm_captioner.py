@@ -270,3 +270,53 @@ def test_stack_frames_drops_leftovers_and_pads_short_clips():
   np.testing.assert_array_equal(pads, [[0, 0], [0, 1]])  # Frames 3-5 of clip 1: one is padding.
   short, short_pads = llm_bridge.stack_frames(encoded[:, :2], paddings[:, :2], 3)
   assert short.shape == (2, 1, 6) and np.all(np.asarray(short_pads) == 1)
+
+
+def _lora_data():
+  feats, pads = _inputs(7)
+  targets = jnp.asarray(np.random.default_rng(8).integers(4, VOCAB, size=(2, 6)), jnp.int32)
+  return feats, pads, jnp.pad(targets[:, :-1], ((0, 0), (1, 0)), constant_values=1), targets
+
+
+def _loss(model, p):
+  feats, pads, inputs, targets = _lora_data()
+  logits = model.apply({'params': p}, feats, pads, inputs)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+
+def test_bfloat16_base_is_stored_frozen_and_close_to_float32():
+  lora = dict(train='lora', lora_rank=2, lora_targets=['q', 'k', 'v', 'o', 'gate', 'up', 'down'])
+  model32, model16 = make_model(**lora), make_model(base_dtype='bfloat16', **lora)
+  params32 = fast_jit(lambda k: init_params(model32, k, num_mels=MELS))(jax.random.key(1))
+  params16 = fast_jit(lambda k: init_params(model16, k, num_mels=MELS))(jax.random.key(1))
+  frozen = jax.tree.leaves(llm_bridge.frozen_mask(params16, 'lora'))
+  dtypes = [leaf.dtype for leaf in jax.tree.leaves(params16)]
+  assert {d for d, f in zip(dtypes, frozen, strict=True) if f} == {jnp.dtype(jnp.bfloat16)}
+  assert {d for d, f in zip(dtypes, frozen, strict=True) if not f} == {jnp.dtype(jnp.float32)}
+  # The same weights: the base rounded to bfloat16, adapters and projector as they are.
+  params16 = jax.tree.map(lambda p, q: p.astype(q.dtype), params32, params16)
+  tx = pretrained_setup.freeze_optimizer(optax.adamw(1e-2, weight_decay=0.1), model16.config)
+
+  @fast_jit
+  def train(p):
+    state, losses = tx.init(p), []
+    for _ in range(3):
+      loss, grads = jax.value_and_grad(functools.partial(_loss, model16))(p)
+      updates, state = tx.update(grads, state, p)
+      p, losses = optax.apply_updates(p, updates), [*losses, loss]
+    return p, jnp.stack(losses)
+
+  trained, losses = train(params16)
+  for before, after, is_frozen in zip(
+    jax.tree.leaves(params16), jax.tree.leaves(trained), frozen, strict=True
+  ):
+    assert after.dtype == before.dtype
+    if is_frozen:  # The same bfloat16 bits.
+      np.testing.assert_array_equal(
+        np.asarray(after).view(np.uint16), np.asarray(before).view(np.uint16)
+      )
+  loss32 = fast_jit(functools.partial(_loss, model32))(params32)
+  np.testing.assert_allclose(losses[0], loss32, rtol=1e-3)
+  assert losses[-1] < losses[0], losses
+  lora_b = trained['decoder']['llm']['layers_0']['self_attn']['q_proj']['lora_b']
+  assert lora_b.dtype == jnp.float32 and np.abs(np.asarray(lora_b)).max() > 0

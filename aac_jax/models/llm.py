@@ -56,6 +56,8 @@ class LlmConfig:
     lora_dropout: dropout on the adapters' input (training).
     lora_targets: projections with adapters (subset of `LORA_TARGETS`).
     compute_dtype: 'float32' or 'bfloat16'.
+    base_dtype: storage dtype of the base weights (embedding, norms,
+      projections; 'float32' or 'bfloat16'); LoRA adapters stay float32.
     deterministic: no dropout.
     decode: keys and values cached (`cache` collection).
   """
@@ -78,6 +80,7 @@ class LlmConfig:
   lora_dropout: float = 0.0
   lora_targets: tuple[str, ...] = ('q', 'v')
   compute_dtype: str = 'float32'
+  base_dtype: str = 'float32'
   deterministic: bool = True
   decode: bool = False
 
@@ -88,6 +91,9 @@ class LlmConfig:
       raise ValueError(f'head_dim must be even for rotary positions, got {self.head_dim}')
     if self.rope_type not in ROPE_TYPES:
       raise ValueError(f'rope_scaling type {self.rope_type!r} not supported; known: {ROPE_TYPES}')
+    for name in ('compute_dtype', 'base_dtype'):
+      if getattr(self, name) not in _DTYPES:
+        raise ValueError(f'{name} must be one of {sorted(_DTYPES)}, got {getattr(self, name)!r}')
     unknown = set(self.lora_targets) - set(LORA_TARGETS)
     if unknown:
       raise ValueError(f'lora_targets {sorted(unknown)} unknown; known: {LORA_TARGETS}')
@@ -99,6 +105,11 @@ class LlmConfig:
   @property
   def dtype(self) -> Any:
     return _DTYPES[self.compute_dtype]
+
+  @property
+  def param_dtype(self) -> Any:
+    """The base weights' storage dtype (`base_dtype`)."""
+    return _DTYPES[self.base_dtype]
 
   def replace(self, **changes) -> 'LlmConfig':
     return dataclasses.replace(self, **changes)
@@ -133,12 +144,12 @@ class RMSNorm(nn.Module):
 
   eps: float
   dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    scale = self.param(
-      'scale', partitioning.with_axes(nn.initializers.ones, ('embed',)), (x.shape[-1],)
-    )
+    ones = partitioning.with_axes(nn.initializers.ones, ('embed',))
+    scale = self.param('scale', ones, (x.shape[-1],), self.param_dtype)
     x32 = x.astype(jnp.float32)
     normed = x32 * lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
     return (scale.astype(jnp.float32) * normed.astype(self.dtype)).astype(self.dtype)
@@ -161,11 +172,13 @@ class LoraDense(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     cfg, dtype, width = self.cfg, self.cfg.dtype, x.shape[-1]
     init = nn.initializers.normal(cfg.initializer_range)
-    kernel = self.param('kernel', partitioning.with_axes(init, self.axes), (width, self.features))
+    kernel = self.param(
+      'kernel', partitioning.with_axes(init, self.axes), (width, self.features), cfg.param_dtype
+    )
     y = jnp.dot(x.astype(dtype), kernel.astype(dtype))
     if self.use_bias:
       bias_init = partitioning.with_axes(nn.initializers.zeros_init(), (self.axes[1],))
-      y = y + self.param('bias', bias_init, (self.features,)).astype(dtype)
+      y = y + self.param('bias', bias_init, (self.features,), cfg.param_dtype).astype(dtype)
     if not (self.lora and cfg.lora_rank):
       return y
     a_init = partitioning.with_axes(nn.initializers.he_uniform(), (self.axes[0], None))
@@ -269,9 +282,9 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x, positions, key_valid, prefill: int = 0) -> jax.Array:
     cfg = self.cfg
-    y = RMSNorm(cfg.rms_norm_eps, cfg.dtype, name='input_layernorm')(x)
+    y = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name='input_layernorm')(x)
     x = x + Attention(cfg, name='self_attn')(y, positions, key_valid, prefill)
-    y = RMSNorm(cfg.rms_norm_eps, cfg.dtype, name='post_attention_layernorm')(x)
+    y = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype, name='post_attention_layernorm')(x)
     return x + SwiGlu(cfg, name='mlp')(y)
 
 
@@ -308,13 +321,19 @@ class LanguageModel(nn.Module):
       cfg.vocab_size,
       cfg.hidden_size,
       dtype=cfg.dtype,
+      param_dtype=cfg.param_dtype,
       embedding_init=partitioning.with_axes(init, ('vocab', 'embed')),
     )
     self.blocks = [Block(cfg, name=f'layers_{i}') for i in range(cfg.num_layers)]
-    self.norm = RMSNorm(cfg.rms_norm_eps, cfg.dtype)
+    self.norm = RMSNorm(cfg.rms_norm_eps, cfg.dtype, cfg.param_dtype)
     if not cfg.tie_embeddings:
       self.lm_head = partitioning.dense(
-        cfg.vocab_size, ('embed', 'vocab'), use_bias=False, dtype=cfg.dtype, kernel_init=init
+        cfg.vocab_size,
+        ('embed', 'vocab'),
+        use_bias=False,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        kernel_init=init,
       )
 
   def embed(self, tokens: jax.Array) -> jax.Array:

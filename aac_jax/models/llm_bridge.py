@@ -186,6 +186,7 @@ def llm_config(llm_cfg: Any, vocab_size: int, compute_dtype: str = 'float32') ->
   """
   lora = {name: llm_cfg[name] for name in _LORA}
   lora['lora_targets'] = tuple(llm_cfg.lora_targets)
+  lora['base_dtype'] = llm_cfg.get('base_dtype', 'float32')
   if llm_cfg.init:
     settings = pretrained_store.load_settings(llm_cfg.init)
     if 'llm' not in settings:
