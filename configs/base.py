@@ -64,8 +64,38 @@ def get_frontend_config() -> ml_collections.ConfigDict:
   c.freq_mask_width = 8  # Maximum width in mel bins.
   c.time_masks = 2
   c.time_mask_ratio = 0.05  # Maximum width as a share of the real frames.
-  c.kind = 'mel'  # 'mel' (the conformer's) or 'pann' (set by the encoder, never by hand).
+  # 'mel' (the conformer's), 'pann' or 'clap' (both set by the encoder, never by hand).
+  c.kind = 'mel'
   c.amin = 1e-10  # Power floor of the 'pann' front end (10 * log10(max(mel, amin))).
+  # 'clap' (model.encoder='htsat'; set from the CLAP folder's preprocessor_config.json):
+  # each clip repeated whole and zero-padded, or cut at its start, to this length.
+  c.clap_max_length_s = 10
+  c.clap_htk = False  # HTK mel bank without norm (fused checkpoints), else Slaney.
+  return c
+
+
+def get_htsat_config() -> ml_collections.ConfigDict:
+  """`model.htsat`: HTS-AT sizes of `model.encoder='htsat'` (`metrics.clap.htsat.HtsatConfig`).
+
+  Defaults are `laion/clap-htsat-unfused`'s `audio_config` (transformers'
+  `ClapAudioConfig` defaults); a run refuses an `encoder_init` folder whose
+  `config.json` says otherwise.
+  """
+  c = ml_collections.ConfigDict()
+  c.num_mel_bins = 64
+  c.spec_size = 256  # Side of the square image the log-mel is folded into.
+  c.patch_size = 4
+  c.patch_stride = 4
+  c.embed_dim = 96  # `patch_embeds_hidden_size`; the frames are embed_dim * 2**(stages-1) wide.
+  c.depths = (2, 2, 6, 2)
+  c.num_heads = (4, 8, 16, 32)
+  c.window_size = 8
+  c.mlp_ratio = 4.0
+  c.qkv_bias = True
+  c.enable_fusion = False  # Fused checkpoints (laion/clap-htsat-fused, larger_clap_general).
+  c.aff_block_r = 4
+  c.patch_norm = True
+  c.layer_norm_eps = 1e-5
   return c
 
 
@@ -97,15 +127,18 @@ def get_model_config() -> ml_collections.ConfigDict:
   # Auxiliary head predicting the caption's words from the encoder frames
   # (training only; weighted by optim.keyword_loss_weight).
   c.keyword_head = False
-  # 'conformer' (from scratch), 'convnext' (AudioSet ConvNeXt-Tiny) or 'cnn14'
-  # (PANNs); the front end then follows the encoder (32 kHz torchlibrosa log-mel).
+  # 'conformer' (from scratch), 'convnext' (AudioSet ConvNeXt-Tiny), 'cnn14'
+  # (PANNs) or 'htsat' (CLAP's audio tower); the front end then follows the encoder
+  # (32 kHz torchlibrosa log-mel; CLAP's log-mel for htsat, docs/clap.md).
   c.encoder = 'conformer'
-  c.encoder_init = ''  # Folder written by tools/convert_checkpoint.py ('' = random tagger).
+  # Folder written by tools/convert_checkpoint.py, a CLAP folder for htsat ('' = random).
+  c.encoder_init = ''
   c.encoder_freeze = 'none'  # 'all', 'none', or 'N' = the first N stages.
   c.encoder_projection = False  # Dropout, Dense(encoder_dim) + ReLU, dropout on the tagger frames.
   c.projection_dropout = 0.5  # Dropout of that projection.
   c.convnext_stem = 'audioset'  # 'conette': CoNeTTE's finer ConvNeXt stem (4x more frames).
   c.encoder_drop_path = 0.0  # ConvNeXt stochastic depth (unfrozen, training).
+  c.htsat = get_htsat_config()  # encoder='htsat' only.
   c.mixup_alpha = 0.0  # Mixup of encoder frames and decoder inputs (0 = off).
   c.llm = get_llm_config()  # decoder_style='llm' only.
   return c

@@ -113,7 +113,7 @@ def test_fusion_of_a_long_clip_matches_transformers(clap):
   import jax
   import jax.numpy as jnp
 
-  from aac_jax.metrics.clap import frontend
+  from aac_jax.audio import clap_frontend as frontend
   from aac_jax.metrics.clap import model as clap_model
 
   clips = _clips([SR, 9_000])

@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 from aac_jax import config_validation, models
 from aac_jax.models import partitioning
 from aac_jax.train import parallel
-from configs import base
+from configs import base, clotho_htsat
 
 VOCAB = 24  # Divisible by the tensor axis (2).
 
@@ -39,6 +39,8 @@ def _model(encoder='conformer', decoder_style='aac_jax', keyword_head=False, voc
   )
   if encoder != 'conformer':
     cfg.encoder_projection = True
+  if encoder == 'htsat':
+    cfg.htsat.update(clotho_htsat.TINY_HTSAT)
   return models.Captioner(models.make_captioner_config(cfg, vocab))
 
 
@@ -49,11 +51,12 @@ def _model(encoder='conformer', decoder_style='aac_jax', keyword_head=False, voc
     ('conformer', 'conette', False),
     ('convnext', 'aac_jax', False),
     ('cnn14', 'conette', False),
+    ('htsat', 'aac_jax', False),
   ],
 )
 def test_every_parameter_names_its_axes(encoder, decoder_style, keyword_head):
   model = _model(encoder, decoder_style, keyword_head)
-  num_mels = 224 if encoder == 'convnext' else 64
+  num_mels = {'convnext': 224, 'htsat': 16}.get(encoder, 64)
   logical, shapes = models.param_axes(model, num_mels=num_mels)
   specs = jax.tree.leaves(logical, is_leaf=lambda x: isinstance(x, P))
   assert len(specs) == len(jax.tree.leaves(shapes))

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from aac_jax.audio import pann_frontend, stft
+from aac_jax.audio import clap_frontend, pann_frontend, stft
 
 DEFAULT_SAMPLE_RATE = 16000
 
@@ -65,7 +65,9 @@ def log_mel(
     `frames = 1 + samples // hop_length` (the normalised log-mel), and
     `[batch, frames]`. With `cfg.kind == 'pann'` (a pretrained tagger's
     front end, set by `aac_jax.models.pretrained_setup`), torchlibrosa's
-    dB log-mel (`aac_jax.audio.pann_frontend`).
+    dB log-mel (`aac_jax.audio.pann_frontend`); with `cfg.kind == 'clap'`
+    (the HTS-AT encoder), CLAP's dB log-mel (`aac_jax.audio.clap_frontend`:
+    each clip repeated to `clap_max_length_s`, so every frame is real).
   """
   if sample_rate is None:
     sample_rate = DEFAULT_SAMPLE_RATE
@@ -74,6 +76,10 @@ def log_mel(
       waveform, paddings, pann_settings(cfg, int(sample_rate))
     )
     return normalize_features(log, cfg), frame_paddings
+  if cfg.kind == 'clap':
+    lengths = jnp.sum(paddings < 0.5, axis=1).astype(jnp.int32)
+    log = clap_frontend.log_mel(waveform, lengths, clap_settings(cfg, int(sample_rate)))[:, 0]
+    return normalize_features(log, cfg), jnp.zeros(log.shape[:2], jnp.float32)
   mel, frame_paddings = power_mel(waveform, paddings, cfg, int(sample_rate))
   log = jnp.log(jnp.maximum(mel, cfg.log_floor))
   return normalize_features(log, cfg), frame_paddings
@@ -93,6 +99,24 @@ def pann_settings(cfg: ml_collections.ConfigDict, sample_rate: int):
     fmin=cfg.fmin,
     fmax=cfg.fmax,
     amin=cfg.amin,
+  )
+
+
+def clap_settings(cfg: ml_collections.ConfigDict, sample_rate: int):
+  """`ClapFrontendSettings` of a `kind = 'clap'` front-end config (one channel)."""
+  if cfg.win_length != cfg.n_fft:
+    raise ValueError(
+      f'the clap front end needs win_length == n_fft, got {cfg.win_length}, {cfg.n_fft}'
+    )
+  return clap_frontend.ClapFrontendSettings(
+    sample_rate=sample_rate,
+    n_mels=cfg.n_mels,
+    n_fft=cfg.n_fft,
+    hop_length=cfg.hop_length,
+    max_length_s=cfg.clap_max_length_s,
+    fmin=cfg.fmin,
+    fmax=cfg.fmax,
+    fusion=cfg.clap_htk,
   )
 
 

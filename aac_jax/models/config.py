@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import ml_collections
 
 _SUBSAMPLING_FACTORS = (2, 4, 8)
-ENCODERS = ('conformer', 'convnext', 'cnn14')
-PRETRAINED_STAGES = {'convnext': 4, 'cnn14': 6}  # What `encoder_freeze = N` counts.
+ENCODERS = ('conformer', 'convnext', 'cnn14', 'htsat')
+# What `encoder_freeze = N` counts (htsat: its Swin stages, `len(htsat.depths)`).
+PRETRAINED_STAGES = {'convnext': 4, 'cnn14': 6}
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # 'aac_jax': pre-norm layers, tied output embedding (models/decoder.py);
 # 'conette': CoNeTTE's AACTransformerDecoder (models/conette_decoder.py);
@@ -58,7 +59,7 @@ class CaptionerConfig:
     keyword_head: adds the auxiliary clip-level keyword head (`KeywordHead`,
       trained with `optim.keyword_loss_weight`; unused at inference).
     encoder: 'conformer' (from scratch), or a pretrained AudioSet tagger,
-      'convnext' or 'cnn14' (`aac_jax.models.pretrained`); with a tagger,
+      'convnext' or 'cnn14' (`aac_jax.models.pretrained`), or 'htsat'; with a tagger,
       `encoder_layers` conformer blocks (0 = none) run on its frames.
     encoder_init: converted checkpoint folder loaded into the tagger when a
       run starts from scratch ('' = random tagger).
@@ -70,6 +71,8 @@ class CaptionerConfig:
     convnext_stem: 'audioset' (the AudioSet tagger's stem) or 'conette'
       (CoNeTTE's encoder: a finer stem, 4x more frames).
     encoder_drop_path: ConvNeXt stochastic depth (training, unfrozen stages).
+    htsat: `aac_jax.metrics.clap.htsat.HtsatConfig` of encoder 'htsat' (CLAP's
+      audio tower, `aac_jax.models.htsat_encoder`; `config.model.htsat`).
     mixup_alpha: mixup of encoder frames and decoder input embeddings in
       training (Beta(alpha, alpha), lambda >= 0.5; 0 = off).
     remat: 'none', 'block' (each encoder / decoder block recomputed in the
@@ -117,6 +120,7 @@ class CaptionerConfig:
   encoder_drop_path: float = 0.0
   mixup_alpha: float = 0.0
   remat: str = 'none'
+  htsat: Any = None
   llm: Any = None
   llm_prompt_ids: tuple[int, ...] = ()
   llm_frame_stack: int = 1
@@ -155,6 +159,8 @@ class CaptionerConfig:
         f'model.encoder_layers={self.encoder_layers} conformer blocks on {self.encoder} frames '
         'need model.encoder_projection=True (to encoder_dim)'
       )
+    if (self.encoder == 'htsat') != (self.htsat is not None):
+      raise ValueError("encoder='htsat' and an HtsatConfig go together")
     _ = self.frozen_stages  # Validates encoder_freeze.
     if self.mixup_alpha < 0:
       raise ValueError(f'model.mixup_alpha must be >= 0, got {self.mixup_alpha}')
@@ -177,7 +183,7 @@ class CaptionerConfig:
     """Leading tagger stages kept frozen (all of them for 'all', 0 for 'none')."""
     if not self.pretrained or self.encoder_freeze == 'none':
       return 0
-    stages = PRETRAINED_STAGES[self.encoder]
+    stages = len(self.htsat.depths) if self.htsat else PRETRAINED_STAGES[self.encoder]
     if self.encoder_freeze == 'all':
       return stages
     try:
@@ -221,10 +227,22 @@ def make_captioner_config(
     A `CaptionerConfig` in training mode unless `changes` say otherwise.
   """
   fields = {f.name for f in dataclasses.fields(CaptionerConfig) if f.name not in ('vocab_size',)}
-  values = {name: model_cfg[name] for name in fields if name in model_cfg and name != 'llm'}
+  values = {
+    name: model_cfg[name] for name in fields if name in model_cfg and name not in ('llm', 'htsat')
+  }
+  if model_cfg.encoder == 'htsat':
+    values['htsat'] = htsat_config(model_cfg.htsat)
   if 'decoder_style' in model_cfg and model_cfg.decoder_style == 'llm':
     from aac_jax.models import llm_bridge  # Only llm runs read a converted folder's settings.
 
     values.update(llm_bridge.captioner_fields(model_cfg.llm, vocab_size, model_cfg.compute_dtype))
   values.update(changes)
   return CaptionerConfig(vocab_size=vocab_size, **values)
+
+
+def htsat_config(htsat_cfg: ml_collections.ConfigDict):
+  """`HtsatConfig` of `config.model.htsat` (sequences as tuples)."""
+  from aac_jax.metrics.clap.htsat import HtsatConfig  # Only htsat runs need it.
+
+  values = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in htsat_cfg.items()}
+  return HtsatConfig(**values)

@@ -1,4 +1,4 @@
-"""Captioner encoder on a pretrained AudioSet tagger (ConvNeXt-Tiny or CNN14).
+"""Captioner encoder on a pretrained tagger (ConvNeXt-Tiny, CNN14 or CLAP's HTS-AT).
 
 `PretrainedEncoder` keeps the `ConformerEncoder` contract: torchlibrosa
 log-mel features `[batch, time, mels]` (`aac_jax.audio.pann_frontend`) and
@@ -19,6 +19,7 @@ from aac_jax.models.cnn14 import Cnn14Tagger
 from aac_jax.models.config import CaptionerConfig
 from aac_jax.models.conformer import ConformerBlock
 from aac_jax.models.convnext import ConvNeXtSettings, ConvNeXtTagger
+from aac_jax.models.htsat_encoder import HtsatTagger
 from aac_jax.models.mixup import Mix, mix_frames
 
 # Log-mel frames the taggers need for at least one output frame (ConvNeXt: 126).
@@ -36,6 +37,8 @@ def make_tagger(config: CaptionerConfig) -> nn.Module:
     )
   if config.encoder == 'cnn14':
     return Cnn14Tagger(deterministic=config.deterministic, name='tagger')
+  if config.encoder == 'htsat':
+    return HtsatTagger(config.htsat, name='tagger')
   raise ValueError(f'no pretrained tagger named {config.encoder!r}')
 
 
@@ -58,7 +61,7 @@ class PretrainedEncoder(nn.Module):
     """Encodes log-mel features.
 
     Args:
-      features: `[batch, time, mels]` torchlibrosa log-mel (dB).
+      features: `[batch, time, mels]` torchlibrosa log-mel (dB; CLAP's for htsat).
       paddings: `[batch, time]`, 1 = pad.
       mix: mixup draw (training), applied to the tagger's frames.
 

@@ -2,8 +2,10 @@
 
 - `resolve_encoder_frontend(config)`: with `model.encoder` a tagger, the
   front end follows the encoder (its converted folder's `settings.json`, or
-  the published model's settings without `encoder_init`), and a dataset at
-  another sample rate is refused before any work starts.
+  the published model's settings without `encoder_init`; for 'htsat' the
+  CLAP folder's `preprocessor_config.json`, whose `config.json` must have
+  `model.htsat`'s sizes), and a dataset at another sample rate is refused
+  before any work starts.
 - `load_encoder_init(params, model_cfg)`: puts the converted tagger params
   into a freshly initialised params tree (checked leaf by leaf).
 - `load_llm_init(params, model_cfg)`: puts a converted language model
@@ -22,10 +24,12 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from aac_jax.audio.clap_frontend import ClapFrontendSettings
 from aac_jax.audio.pann_frontend import PannFrontendSettings
 from aac_jax.data import embeddings
 from aac_jax.models import llm, llm_bridge, pretrained, pretrained_store
-from aac_jax.models.config import CaptionerConfig
+from aac_jax.models.config import CaptionerConfig, htsat_config
+from aac_jax.models.htsat_encoder import load_tagger_params, read_folder
 
 # Published front-end settings per encoder (what `tools/convert_checkpoint.py` writes).
 DEFAULT_FRONTENDS = {
@@ -78,12 +82,25 @@ def resolve_encoder_frontend(
   encoder = config.model.encoder
   if encoder == 'conformer':
     if config.dataset.embeddings:
-      raise ValueError('dataset.embeddings needs a pretrained model.encoder (convnext or cnn14)')
+      raise ValueError(
+        'dataset.embeddings needs a pretrained model.encoder (convnext, cnn14 or htsat)'
+      )
     return
-  if encoder not in DEFAULT_FRONTENDS:
-    raise ValueError(f'model.encoder must be conformer or one of {sorted(DEFAULT_FRONTENDS)}')
+  if encoder == 'htsat':
+    _resolve_clap_frontend(config)
+  elif encoder in DEFAULT_FRONTENDS:
+    _resolve_pann_frontend(config)
+  else:
+    raise ValueError(
+      f'model.encoder must be conformer, htsat or one of {sorted(DEFAULT_FRONTENDS)}'
+    )
+  if check_embeddings and config.dataset.embeddings:
+    _resolve_embeddings(config)
+
+
+def _resolve_pann_frontend(config: ml_collections.ConfigDict) -> None:
   settings = encoder_frontend(config.model)
-  _check_sample_rate(config.dataset, encoder, settings.sample_rate)
+  _check_sample_rate(config.dataset, config.model.encoder, settings.sample_rate)
   with config.unlocked():
     f = config.frontend
     f.kind = 'pann'
@@ -93,8 +110,34 @@ def resolve_encoder_frontend(
     f.fmin, f.fmax, f.amin = float(settings.fmin), float(settings.fmax), float(settings.amin)
     # The tagger normalises its own input (its first BatchNorm).
     f.feature_stats, f.feature_mean, f.feature_std = 'fixed', 0.0, 1.0
-  if check_embeddings and config.dataset.embeddings:
-    _resolve_embeddings(config)
+
+
+def _resolve_clap_frontend(config: ml_collections.ConfigDict) -> None:
+  """The 'clap' front end of `encoder_init`'s CLAP folder (published defaults without one)."""
+  settings = ClapFrontendSettings()
+  if config.model.encoder_init:
+    clap_config, settings = read_folder(config.model.encoder_init)
+    wanted = htsat_config(config.model.htsat)
+    differ = [
+      f'{k}={getattr(clap_config.audio, k)!r}'
+      for k in wanted.__dataclass_fields__
+      if getattr(clap_config.audio, k) != getattr(wanted, k)
+    ]
+    if differ:
+      raise ValueError(
+        f'model.encoder_init={config.model.encoder_init} holds an HTS-AT with '
+        f'{", ".join(differ)}: set those model.htsat fields'
+      )
+  _check_sample_rate(config.dataset, 'htsat', settings.sample_rate)
+  with config.unlocked():
+    f = config.frontend
+    f.kind = 'clap'
+    f.n_fft = f.win_length = settings.n_fft
+    f.hop_length, f.n_mels = settings.hop_length, settings.n_mels
+    f.fmin, f.fmax = float(settings.fmin), float(settings.fmax)
+    f.clap_max_length_s, f.clap_htk = settings.max_length_s, settings.fusion
+    # The tower normalises its own input (its first BatchNorm).
+    f.feature_stats, f.feature_mean, f.feature_std = 'fixed', 0.0, 1.0
 
 
 def _resolve_embeddings(config: ml_collections.ConfigDict) -> None:
@@ -125,11 +168,13 @@ def make_tagger_and_params(config: ml_collections.ConfigDict) -> tuple[Any, Any]
     encoder=config.model.encoder,
     convnext_stem=config.model.convnext_stem,
     encoder_layers=0,
+    encoder_init=config.model.encoder_init,
+    htsat=htsat_config(config.model.htsat) if config.model.encoder == 'htsat' else None,
     deterministic=True,
   )
   tagger = pretrained.make_tagger(model_cfg)
   if config.model.encoder_init:
-    return tagger, pretrained_store.load_converted(config.model.encoder_init)[0]
+    return tagger, converted_tagger_params(model_cfg)
   mel = jnp.zeros((1, pretrained.MIN_INPUT_FRAMES, config.frontend.n_mels), jnp.float32)
   pads = jnp.zeros(mel.shape[:2], jnp.float32)
   init = jax.jit(tagger.init)(jax.random.key(int(config.seed)), mel, pads)
@@ -145,20 +190,28 @@ def _paths(tree: Any, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any
   return {prefix: tree}
 
 
-def load_encoder_init(params: Any, model_cfg: CaptionerConfig) -> Any:
-  """Returns `params` with `params['encoder']['tagger']` from `model_cfg.encoder_init`.
-
-  The converted folder also holds the clip-tagging head, which the captioner
-  does not use; every tagger leaf of `params` must be in the folder with the
-  same shape, else a ValueError names the first one that is not.
-  """
+def converted_tagger_params(model_cfg: CaptionerConfig) -> dict[str, Any]:
+  """The tagger parameters of `model_cfg.encoder_init` (numpy; a CLAP folder for htsat)."""
+  if model_cfg.encoder == 'htsat':
+    return load_tagger_params(model_cfg.encoder_init)
   converted, settings = pretrained_store.load_converted(model_cfg.encoder_init)
   if settings.get('encoder') != model_cfg.encoder:
     raise ValueError(
       f'{model_cfg.encoder_init} holds a converted {settings.get("encoder")!r} model, '
       f'not {model_cfg.encoder!r}'
     )
-  source = _paths(converted)
+  return converted
+
+
+def load_encoder_init(params: Any, model_cfg: CaptionerConfig) -> Any:
+  """Returns `params` with `params['encoder']['tagger']` from `model_cfg.encoder_init`.
+
+  The converted folder also holds the clip-tagging head (a CLAP folder: its
+  text tower), which the captioner does not use; every tagger leaf of
+  `params` must be in the folder with the same shape, else a ValueError
+  names the first one that is not.
+  """
+  source = _paths(converted_tagger_params(model_cfg))
   tagger = params['encoder']['tagger']
   for path, leaf in _paths(tagger).items():
     if path not in source or tuple(source[path].shape) != tuple(leaf.shape):
@@ -213,8 +266,11 @@ def load_llm_init(params: Any, model_cfg: CaptionerConfig) -> Any:
   return dict(params, decoder=dict(params['decoder'], llm=loaded))
 
 
-def _stage_of(name: str) -> int:
-  """Stage index of a top-level tagger module name (-1: after all stages, e.g. heads)."""
+def _stage_of(keys: list[str], model_cfg: CaptionerConfig) -> int:
+  """Stage index of a tagger parameter (its path below the tagger; -1: after all stages)."""
+  if model_cfg.encoder == 'htsat':
+    return _htsat_stage_of(keys[1], len(model_cfg.htsat.depths))
+  name = keys[0]
   if name in ('bn0', 'stem', 'stem_norm'):
     return 0
   match = re.fullmatch(r'(stages|blocks)_(\d+)(_\d+)?', name)
@@ -226,6 +282,15 @@ def _stage_of(name: str) -> int:
   return -1
 
 
+def _htsat_stage_of(name: str, stages: int) -> int:
+  """HTS-AT: patch embedding (and fusion) 0, `stage{i}_block{j}` i, the merge after stage i
+  i + 1, the final norm (it makes the frames) the last stage."""
+  match = re.fullmatch(r'stage(\d+)_(block\d+|merge)', name)
+  if match:
+    return int(match.group(1)) + (match.group(2) == 'merge')
+  return stages - 1 if name == 'norm' else 0
+
+
 def frozen_mask(params: Any, model_cfg: CaptionerConfig) -> Any:
   """Bool tree like `params`: True for frozen leaves (tagger stages, a LoRA run's base LM)."""
   count = model_cfg.frozen_stages
@@ -234,7 +299,7 @@ def frozen_mask(params: Any, model_cfg: CaptionerConfig) -> Any:
     keys = [k.key for k in path]
     if count == 0 or keys[:2] != ['encoder', 'tagger']:
       return False
-    stage = _stage_of(keys[2])
+    stage = _stage_of(keys[2:], model_cfg)
     return 0 <= stage < count
 
   tagger = jax.tree_util.tree_map_with_path(frozen, params)

@@ -18,9 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aac_jax.audio import clap_frontend as frontend
 from aac_jax.metrics import fense_models
-from aac_jax.metrics.clap import frontend, weights
 from aac_jax.metrics.clap import model as clap_model
+from aac_jax.metrics.clap import weights
 
 HINT = (
   'download a CLAP folder (e.g. huggingface-cli download laion/clap-htsat-unfused '

@@ -13,14 +13,21 @@ long clip) are patch-embedded by a wider convolution and merged into
 channel 0's patches by attentional feature fusion where `is_longer` is set.
 
 Layout: images are NHWC (`[batch, height = freq_ratio * mels, width, ch]`),
-tokens `[batch, height * width, dim]` row-major. Like the FENSE models
-(`metrics/bert.py`), the parameters carry no logical axes: metrics sit below
-`aac_jax.models` in the import floors (tests/test_imports.py).
+tokens `[batch, height * width, dim]` row-major.
+
+Parameters carry the logical axis names of `aac_jax.models.partitioning`
+(attached with flax's `nn.with_logical_partitioning`, which that module
+wraps; metrics sit below `aac_jax.models` in the import floors), so the
+captioner's HTS-AT encoder (`aac_jax.models.htsat_encoder`) is sharded by the
+run's rules. BatchNorms read running statistics (`batch_stats`) by default;
+`Htsat(batch_norm=...)` swaps in another per-channel layer (the captioner's
+folded affine).
 """
 
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -28,6 +35,48 @@ import jax.numpy as jnp
 import numpy as np
 
 _HIGHEST = jax.lax.Precision.HIGHEST
+# Inference-mode BatchNorm over the last axis (PyTorch's eps).
+RUNNING_BATCH_NORM = functools.partial(nn.BatchNorm, use_running_average=True, epsilon=1e-5)
+
+
+def _named(init: Callable, axes: tuple[str, ...]) -> Callable:
+  """`init` whose parameter carries logical `axes` (`aac_jax.models.partitioning` names)."""
+  return nn.with_logical_partitioning(init, axes)
+
+
+def _dense(features: int, axes: tuple[str, str], name: str, use_bias: bool = True) -> nn.Dense:
+  return nn.Dense(
+    features,
+    use_bias=use_bias,
+    precision=_HIGHEST,
+    kernel_init=_named(nn.initializers.lecun_normal(), axes),
+    bias_init=_named(nn.initializers.zeros_init(), axes[1:]),
+    name=name,
+  )
+
+
+def _layer_norm(name: str, epsilon: float = 1e-5) -> nn.LayerNorm:
+  return nn.LayerNorm(
+    epsilon=epsilon,
+    scale_init=_named(nn.initializers.ones, ('embed',)),
+    bias_init=_named(nn.initializers.zeros, ('embed',)),
+    name=name,
+  )
+
+
+def _conv(features: int, kernel: tuple[int, int], out_axis: str, name: str, **kwargs) -> nn.Conv:
+  """NHWC conv (H = frequency rows, W = time), kernel `[conv_freq, conv_time, conv_in, out]`."""
+  return nn.Conv(
+    features,
+    kernel,
+    precision=_HIGHEST,
+    kernel_init=_named(
+      nn.initializers.lecun_normal(), ('conv_freq', 'conv_time', 'conv_in', out_axis)
+    ),
+    bias_init=_named(nn.initializers.zeros_init(), (out_axis,)),
+    name=name,
+    **kwargs,
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,7 +248,7 @@ class WindowAttention(nn.Module):
     head = d // self.num_heads
 
     def heads(name: str, bias: bool = True) -> jax.Array:
-      y = nn.Dense(d, use_bias=bias, precision=_HIGHEST, name=name)(x)
+      y = _dense(d, ('embed', 'heads'), name, bias)(x)
       return y.reshape(bw, n, self.num_heads, head)
 
     q = heads('query', self.qkv_bias)
@@ -208,7 +257,7 @@ class WindowAttention(nn.Module):
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k, precision=_HIGHEST) / math.sqrt(head)
     table = self.param(
       'relative_position_bias_table',
-      nn.initializers.truncated_normal(0.02),
+      _named(nn.initializers.truncated_normal(0.02), ('input', 'heads')),
       ((2 * self.window - 1) ** 2, self.num_heads),
     )
     bias = table[_relative_index(self.window).reshape(-1)].reshape(n, n, -1).transpose(2, 0, 1)
@@ -219,7 +268,7 @@ class WindowAttention(nn.Module):
       logits = logits.reshape(bw, self.num_heads, n, n)
     weights = jax.nn.softmax(logits, axis=-1)
     context = jnp.einsum('bhqk,bkhd->bqhd', weights, v, precision=_HIGHEST).reshape(bw, n, d)
-    return nn.Dense(d, precision=_HIGHEST, name='output')(context)
+    return _dense(d, ('heads', 'embed'), 'output')(context)
 
 
 class SwinBlock(nn.Module):
@@ -236,7 +285,7 @@ class SwinBlock(nn.Module):
     """Tokens `[batch, side * side, dim]` -> same."""
     c, side = self.config, self.side
     window, shift = (side, 0) if side <= c.window_size else (c.window_size, self.shift)
-    norm = lambda name: nn.LayerNorm(epsilon=c.layer_norm_eps, name=name)  # noqa: E731
+    norm = functools.partial(_layer_norm, epsilon=c.layer_norm_eps)
     b, _, d = x.shape
     pad = (-side) % window
     h = norm('norm_before')(x).reshape(b, side, side, d)
@@ -250,8 +299,8 @@ class SwinBlock(nn.Module):
     h = h.reshape(b, n, n, window, window, d).transpose(0, 1, 3, 2, 4, 5)
     h = jnp.roll(h.reshape(b, padded, padded, d), (shift, shift), axis=(1, 2))
     x = x + h[:, :side, :side].reshape(b, side * side, d)
-    hidden = nn.Dense(int(c.mlp_ratio * d), precision=_HIGHEST, name='mlp_in')
-    out = nn.Dense(d, precision=_HIGHEST, name='mlp_out')
+    hidden = _dense(int(c.mlp_ratio * d), ('embed', 'mlp'), 'mlp_in')
+    out = _dense(d, ('mlp', 'embed'), 'mlp_out')
     return x + out(jax.nn.gelu(hidden(norm('norm_after')(x)), approximate=False))
 
 
@@ -268,8 +317,8 @@ class PatchMerging(nn.Module):
     pad = self.side % 2
     x = jnp.pad(x, ((0, 0), (0, pad), (0, pad), (0, 0)))
     x = jnp.concatenate([x[:, r::2, c::2] for c in range(2) for r in range(2)], axis=-1)
-    x = nn.LayerNorm(epsilon=1e-5, name='norm')(x.reshape(b, -1, 4 * d))
-    return nn.Dense(2 * d, use_bias=False, precision=_HIGHEST, name='reduction')(x)
+    x = _layer_norm('norm')(x.reshape(b, -1, 4 * d))
+    return _dense(2 * d, ('input', 'embed'), 'reduction', use_bias=False)(x)
 
 
 class FusionBlock(nn.Module):
@@ -277,6 +326,7 @@ class FusionBlock(nn.Module):
 
   channels: int
   ratio: int
+  batch_norm: Callable[..., nn.Module] = RUNNING_BATCH_NORM
 
   @nn.compact
   def __call__(self, x: jax.Array, residual: jax.Array) -> jax.Array:
@@ -284,11 +334,11 @@ class FusionBlock(nn.Module):
     inner = self.channels // self.ratio
 
     def branch(h: jax.Array, prefix: str) -> jax.Array:
-      bn = lambda name: nn.BatchNorm(use_running_average=True, epsilon=1e-5, name=name)  # noqa: E731
-      h = nn.Conv(inner, (1, 1), precision=_HIGHEST, name=f'{prefix}_conv1')(h)
-      h = jax.nn.relu(bn(f'{prefix}_bn1')(h))
-      h = nn.Conv(self.channels, (1, 1), precision=_HIGHEST, name=f'{prefix}_conv2')(h)
-      return bn(f'{prefix}_bn2')(h)
+      bn = self.batch_norm
+      h = _conv(inner, (1, 1), 'conv_out', f'{prefix}_conv1')(h)
+      h = jax.nn.relu(bn(name=f'{prefix}_bn1')(h))
+      h = _conv(self.channels, (1, 1), 'conv_out', f'{prefix}_conv2')(h)
+      return bn(name=f'{prefix}_bn2')(h)
 
     both = x + residual
     gate = jax.nn.sigmoid(
@@ -301,6 +351,7 @@ class Htsat(nn.Module):
   """HTS-AT: log-mel -> pooled features `[batch, num_features]` (and the token grid)."""
 
   config: HtsatConfig
+  batch_norm: Callable[..., nn.Module] = RUNNING_BATCH_NORM  # Per-channel norm over the last axis.
 
   @nn.compact
   def __call__(self, mel: jax.Array, is_longer: jax.Array | None = None):
@@ -316,23 +367,23 @@ class Htsat(nn.Module):
     """
     c = self.config
     # Per-band statistics (BatchNorm2d over mel bands in PyTorch).
-    mel = nn.BatchNorm(use_running_average=True, epsilon=1e-5, name='batch_norm')(mel)
+    mel = self.batch_norm(name='batch_norm')(mel)
     image = mel_to_image(mel, c)
     pad = (c.patch_size - c.patch_stride) // 2
-    patches = nn.Conv(
+    patches = _conv(
       c.embed_dim,
       (c.patch_size, c.patch_size),
+      'embed',
+      'patch_proj',
       strides=(c.patch_stride, c.patch_stride),
       padding=((pad, pad), (pad, pad)),
-      precision=_HIGHEST,
-      name='patch_proj',
     )(image[..., :1])
     if c.enable_fusion:
       patches = self._fuse(image, patches, is_longer, pad)
     b, side, _, d = patches.shape
     x = patches.reshape(b, side * side, d)
     if c.patch_norm:
-      x = nn.LayerNorm(epsilon=1e-5, name='patch_norm')(x)
+      x = _layer_norm('patch_norm')(x)
     for i, (depth, heads) in enumerate(zip(c.depths, c.num_heads, strict=True)):
       side = c.resolutions()[i]
       dim = c.embed_dim * 2**i
@@ -341,7 +392,7 @@ class Htsat(nn.Module):
         x = SwinBlock(c, dim, heads, side, shift, name=f'stage{i}_block{j}')(x)
       if i < len(c.depths) - 1:
         x = PatchMerging(side, name=f'stage{i}_merge')(x)
-    x = nn.LayerNorm(epsilon=1e-5, name='norm')(x)
+    x = _layer_norm('norm')(x)
     return x.mean(axis=1), x
 
   def _fuse(self, image, patches, is_longer, pad):
@@ -349,19 +400,19 @@ class Htsat(nn.Module):
     c = self.config
     b, h, w, _ = image.shape
     local = image[..., 1:4].transpose(0, 3, 1, 2).reshape(b * 3, h, w, 1)
-    local = nn.Conv(
+    local = _conv(
       c.embed_dim,
       (c.patch_size, 3 * c.patch_size),
+      'embed',
+      'mel_conv',
       strides=(c.patch_stride, 3 * c.patch_stride),
       padding=((pad, pad), (pad, pad)),
-      precision=_HIGHEST,
-      name='mel_conv',
     )(local)
     _, lh, lw, d = local.shape
     # The three crops side by side along width, zero-padded to the global width.
     local = local.reshape(b, 3, lh, lw, d).transpose(0, 2, 1, 3, 4).reshape(b, lh, 3 * lw, d)
     local = jnp.pad(local, ((0, 0), (0, 0), (0, patches.shape[2] - 3 * lw), (0, 0)))
-    fused = FusionBlock(c.embed_dim, c.aff_block_r, name='fusion')(patches, local)
+    fused = FusionBlock(c.embed_dim, c.aff_block_r, self.batch_norm, name='fusion')(patches, local)
     if is_longer is None:
       return patches
     return jnp.where(jnp.asarray(is_longer, bool).reshape(b, 1, 1, 1), fused, patches)
