@@ -235,6 +235,66 @@ def decode_or_refusal(decode, data: bytes):
     return refusal
 
 
+@dataclasses.dataclass
+class CaptionHandler:
+  """Captions the audio of one `POST /caption` body: a file, or multipart files."""
+
+  model: model_lib.ServedModel
+  batcher: batcher_lib.DynamicBatcher
+  limits: Limits
+  metrics: metrics_lib.Metrics
+  tmp_dir: str
+
+  def decode(self, data: bytes) -> np.ndarray:
+    """See `decode_body`."""
+    return decode_body(data, self.model.sample_rate, self.limits, self.tmp_dir)
+
+  def cut(self, audio: np.ndarray) -> list:
+    """`(start, end, clip)` windows, as `aac-caption` cuts them."""
+    limits = self.limits
+    return caption_cli.cut_windows(audio, self.model.window_samples, limits.hop, limits.min_samples)
+
+  async def captions_of(self, request, clips: list[np.ndarray]) -> list[str]:
+    """The clips' captions from the batcher; 503 when it is full or closing."""
+    try:
+      future = self.batcher.submit(clips)
+    except batcher_lib.QueueFull as error:
+      raise Refusal(503, QUEUE_FULL, str(error), retry=True) from error
+    except batcher_lib.Closed as error:
+      raise Refusal(503, SHUTTING_DOWN, str(error), retry=True) from error
+    return await wait_for_captions(request, future)
+
+  async def one_file(self, request, data: bytes) -> dict:
+    """The JSON of a body holding one audio file."""
+    audio = await asyncio.to_thread(self.decode, data)
+    windows = self.cut(audio)
+    captions = await self.captions_of(request, [clip for _, _, clip in windows])
+    rate = self.model.sample_rate
+    return {
+      **caption_response(windows, captions, audio.shape[0] / rate, rate),
+      'model': self.model.info,
+    }
+
+  async def files(self, request, data: bytes) -> dict:
+    """The JSON of a multipart body: files decoded concurrently, windows queued at once."""
+    files = await read_files(request.headers, data)
+    decoded = await asyncio.gather(
+      *(asyncio.to_thread(decode_or_refusal, self.decode, body) for _, body in files)
+    )
+    windows = [self.cut(audio) if isinstance(audio, np.ndarray) else [] for audio in decoded]
+    clips = [clip for cuts in windows for _, _, clip in cuts]
+    captions = await self.captions_of(request, clips) if clips else []
+    entries, first, rate = [], 0, self.model.sample_rate
+    for (name, _), audio, cuts in zip(files, decoded, windows, strict=True):
+      if isinstance(audio, Refusal):
+        self.metrics.error(audio.reason)
+        entries.append({'name': name, 'error': audio.reason, 'detail': audio.detail})
+        continue
+      mine, first = captions[first : first + len(cuts)], first + len(cuts)
+      entries.append({'name': name, **caption_response(cuts, mine, audio.shape[0] / rate, rate)})
+    return {'files': entries, 'model': self.model.info}
+
+
 def create_app(
   model: model_lib.ServedModel,
   batcher: batcher_lib.DynamicBatcher,
@@ -248,47 +308,13 @@ def create_app(
   from fastapi import responses
 
   app = fastapi.FastAPI(title='aac_jax captioning', docs_url=None, redoc_url=None)
+  handler = CaptionHandler(model, batcher, limits, metrics, tmp_dir)
 
   def refuse(error: Refusal):
     metrics.error(error.reason)
     headers = {'Retry-After': str(limits.retry_after_s)} if error.retry else None
     body = {'error': error.reason, 'detail': error.detail}
     return responses.JSONResponse(body, status_code=error.status, headers=headers)
-
-  def decode(data: bytes) -> np.ndarray:
-    return decode_body(data, model.sample_rate, limits, tmp_dir)
-
-  async def captions_of(request, clips: list[np.ndarray]) -> list[str]:
-    try:
-      future = batcher.submit(clips)
-    except batcher_lib.QueueFull as error:
-      raise Refusal(503, QUEUE_FULL, str(error), retry=True) from error
-    except batcher_lib.Closed as error:
-      raise Refusal(503, SHUTTING_DOWN, str(error), retry=True) from error
-    return await wait_for_captions(request, future)
-
-  def cut(audio: np.ndarray):
-    return caption_cli.cut_windows(audio, model.window_samples, limits.hop, limits.min_samples)
-
-  async def caption_files(request, data: bytes) -> dict:
-    """Each file of a multipart body, decoded concurrently, windows in one submission."""
-    files = await read_files(request.headers, data)
-    decoded = await asyncio.gather(
-      *(asyncio.to_thread(decode_or_refusal, decode, b) for _, b in files)
-    )
-    windows = [cut(audio) if isinstance(audio, np.ndarray) else [] for audio in decoded]
-    clips = [clip for cuts in windows for _, _, clip in cuts]
-    captions = await captions_of(request, clips) if clips else []
-    entries, first = [], 0
-    for (name, _), audio, cuts in zip(files, decoded, windows, strict=True):
-      if isinstance(audio, Refusal):
-        metrics.error(audio.reason)
-        entries.append({'name': name, 'error': audio.reason, 'detail': audio.detail})
-        continue
-      mine, first = captions[first : first + len(cuts)], first + len(cuts)
-      duration = audio.shape[0] / model.sample_rate
-      entries.append({'name': name, **caption_response(cuts, mine, duration, model.sample_rate)})
-    return {'files': entries, 'model': model.info}
 
   async def caption_request(request: fastapi.Request) -> dict:
     if state.draining:
@@ -297,12 +323,8 @@ def create_app(
       raise Refusal(503, NOT_READY, 'the model is still compiling', retry=True)
     data = await read_body(request, limits.max_bytes)
     if request.headers.get('content-type', '').startswith(MULTIPART):
-      return await caption_files(request, data)
-    audio = await asyncio.to_thread(decode, data)
-    windows = cut(audio)
-    captions = await captions_of(request, [clip for _, _, clip in windows])
-    duration = audio.shape[0] / model.sample_rate
-    return {**caption_response(windows, captions, duration, model.sample_rate), 'model': model.info}
+      return await handler.files(request, data)
+    return await handler.one_file(request, data)
 
   @app.post('/caption')
   async def caption(request: fastapi.Request):
