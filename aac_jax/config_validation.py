@@ -289,9 +289,11 @@ def _eval(c: ml_collections.ConfigDict, p: _Problems, num_shards: int) -> None:
   p.positive(e, 'eval', 'batch_size')
   p.splits_over_devices(e, 'eval', num_shards)
   _decode(e.decode, 'eval.decode', c, p)
-  rerank = e.decode.rerank
-  p.check(rerank == 'none', 'eval.decode.rerank', rerank,
-          "validation does not re-rank (aac-caption does): set it to 'none'")  # fmt: skip
+  if e.decode.rerank == 'clap':  # Validation re-ranks as aac-caption (docs/clap.md).
+    p.check(e.decode.method in ('beam', 'sample'), 'eval.decode.method', e.decode.method,
+            "rerank='clap' needs 'beam' or 'sample' (the candidates)")  # fmt: skip
+    p.check(bool(e.decode.rerank_clap_dir), 'eval.decode.rerank_clap_dir', '',
+            "rerank='clap' needs a CLAP folder (tools/convert_checkpoint.py clap)")  # fmt: skip
 
 
 def _scst(c: ml_collections.ConfigDict, p: _Problems) -> None:

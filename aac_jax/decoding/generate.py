@@ -175,6 +175,7 @@ def make_sharded_generate_fn(
   batch_axes: str | tuple[str, ...] = ('data', 'fsdp'),
   compiler_options: dict[str, Any] | None = None,
   frontend: Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]] | None = None,
+  search: Callable[..., DecodeOutput] | None = None,
 ) -> GenerateFn:
   """`generate` jitted over a mesh, in the global view.
 
@@ -194,6 +195,9 @@ def make_sharded_generate_fn(
     frontend: `frontend(audio [b, n], audio_paddings [b, n]) -> (features,
       feature_paddings)`, run first inside the jitted function; the
       returned function then takes audio instead of features.
+    search: `search(model, params, features, feature_paddings, settings, *,
+      rng, repeat_ban_mask) -> DecodeOutput` instead of encode + decode
+      (`rerank.generate_candidates`: `[b, n, ...]` candidates, one key).
 
   Returns:
     `fn(params, features, feature_paddings, rng=None, repeat_ban_mask=None)
@@ -209,6 +213,11 @@ def make_sharded_generate_fn(
     features, feature_paddings = pin(features), pin(feature_paddings)
     if frontend is not None:
       features, feature_paddings = frontend(features, feature_paddings)
+    if search is not None:
+      return search(
+        model, params, features, feature_paddings, settings, rng=rng,
+        repeat_ban_mask=repeat_ban_mask,
+      )  # fmt: skip
     rngs = pin(jax.random.split(rng, features.shape[0]))
     encoded, enc_paddings = steps.eval_model(model).apply(
       {'params': params}, features, feature_paddings, method='encode'

@@ -7,7 +7,10 @@ detokenizes on the host, computes BLEU-1..4, ROUGE-L and CIDEr-D
 (`aac_jax.metrics`), the event diagnostics when the dataset is
 `synthetic_aac` and the fluency proxies, and writes `<workdir>/predictions/
 <split>_step<step>.json` (clip id, prediction, references, per-clip scores).
-A mixture run scores each of its evaluated sources (`Evaluator`).
+A mixture run scores each of its evaluated sources (`Evaluator`). With
+`eval.decode.rerank='clap'` the jitted call returns `beam_size` candidates
+per clip (`decoding.rerank.generate_candidates`) and the host keeps the one
+`decoding.rerank.rerank` chooses with CLAP, as `aac-caption` does.
 """
 
 import functools
@@ -23,6 +26,7 @@ from etils import epath
 
 from aac_jax import decoding, files, metrics
 from aac_jax.data import mixture, pipeline, sources
+from aac_jax.decoding import rerank
 from aac_jax.metrics import eval_config
 from aac_jax.train import checkpointing, parallel, steps
 from aac_jax.train.metric_writers import MetricWriter
@@ -146,6 +150,7 @@ class Evaluator:
     self._splits: dict[tuple[str, str], tuple[pipeline.EvalSplit, Any, list[str] | None]] = {}
     self._sources = mixture.eval_sources(config.dataset)
     self._best = mixture.best_source(config.dataset, config.train.get('best_source', ''))
+    self._reranker = _make_reranker(config.eval.decode)
     self._generate = {s.name: self._generate_fn(exp, s.task) for s in self._sources}
     self._rng = jax.random.key(config.seed)
 
@@ -160,7 +165,10 @@ class Evaluator:
       frontend_cfg=self._config.frontend,
       sample_rate=int(self._config.dataset.sample_rate),
     )
-    generate = decoding.make_sharded_generate_fn(model, settings, exp.mesh, frontend=features)
+    search = rerank.generate_candidates if self._reranker else None
+    generate = decoding.make_sharded_generate_fn(
+      model, settings, exp.mesh, frontend=features, search=search
+    )
     mask = decoding.repeat_ban_mask_for(exp.tokenizer.tokens, settings)
     return generate, jax.device_put(mask, parallel.replicated(exp.mesh))
 
@@ -185,19 +193,35 @@ class Evaluator:
     source = source or self._best
     split, batches, _ = self._get_split(source, name)
     generate, repeat_ban_mask = self._generate[source.name]
-    outputs = []
+    outputs, clips = [], {}
     for i, batch in enumerate(batches):  # Dispatch everything first: reading overlaps decoding.
       audio = parallel.shard_batch({k: batch[k] for k in ('audio', 'audio_paddings')}, self._mesh)
       index = parallel.shard_batch({'index': batch['index']}, self._mesh)
       rng = jax.random.fold_in(self._rng, i)
       out = generate(params, audio['audio'], audio['audio_paddings'], rng, repeat_ban_mask)
-      outputs.append({'tokens': out.tokens, **index})
+      outputs.append({'tokens': out.tokens, 'scores': out.scores, **index})
+      if self._reranker:
+        clips.update(_real_clips(batch))
     captions = [''] * len(split)
     for out in map(parallel.gather_to_host, outputs):
-      for index, tokens in zip(out['index'], out['tokens'], strict=True):
-        if index >= 0:
-          captions[int(index)] = self._tokenizer.decode(np.asarray(tokens).tolist())
+      real = np.asarray(out['index']) >= 0
+      for index, caption in zip(out['index'][real], self._captions(out, real, clips), strict=True):
+        captions[int(index)] = caption
     return split, captions
+
+  def _captions(self, out: dict[str, np.ndarray], real: np.ndarray, clips: dict) -> list[str]:
+    """The captions of a decoded batch's real rows (chosen among candidates when re-ranking)."""
+    tokens = np.asarray(out['tokens'])[real]
+    if self._reranker is None:
+      return [self._tokenizer.decode(row.tolist()) for row in tokens]
+    if not real.any():
+      return []
+    texts = [[self._tokenizer.decode(t.tolist()) for t in row] for row in tokens]
+    audio = [clips[int(i)] for i in out['index'][real]]
+    d = self._config.eval.decode
+    rate = int(self._config.dataset.sample_rate)
+    scores = np.asarray(out['scores'])[real]
+    return rerank.rerank(texts, scores, audio, rate, self._reranker.similarity, d.rerank_weight)[0]
 
   def evaluate(
     self, params: Any, name: str, step: int, tag: str = '', with_intervals: bool = False
@@ -274,6 +298,27 @@ class Evaluator:
       'Evaluated %s (%s) at step %d on %d clips', split_name, source.name, step, len(split)
     )
     return scores
+
+
+def _make_reranker(decode_cfg: ml_collections.ConfigDict) -> rerank.ClapReranker | None:
+  """The CLAP re-ranker of `eval.decode` (None without `rerank`); loaded before training starts."""
+  if decode_cfg.rerank == 'none':
+    return None
+  if jax.process_count() > 1:
+    raise ValueError(
+      "eval.decode.rerank='clap' re-ranks on one process (each host needs every clip's audio): "
+      "set it to 'none' for multi-process runs and re-rank with aac-caption"
+    )
+  return rerank.ClapReranker(decode_cfg.rerank_clap_dir)
+
+
+def _real_clips(batch: dict[str, np.ndarray]) -> dict[int, np.ndarray]:
+  """Clip index -> its unpadded float waveform, for the real rows of a host eval batch."""
+  return {
+    int(i): batch['audio'][row][batch['audio_paddings'][row] < 0.5]
+    for row, i in enumerate(batch['index'])
+    if i >= 0
+  }
 
 
 def _with_task(model, task: str, tokens: list[str]):
