@@ -45,10 +45,8 @@ def _hf_folder(folder, fusion: bool, vocab_size: int):
   return clap_reference.save_random_clap(folder, fusion, vocab_size, size='tiny')
 
 
-@pytest.fixture(scope='module', params=[False, True], ids=['unfused', 'fused'])
-def clap(request, tmp_path_factory):
+def _build_clap(fusion: bool, tmp_path_factory):
   """transformers model, extractor, tokenizer; our converted folder and embedder; captions."""
-  fusion = request.param
   hf = tmp_path_factory.mktemp('hf')
   captions = _captions(200)
   tok = _tokenizer(hf, captions)
@@ -61,6 +59,24 @@ def clap(request, tmp_path_factory):
   return types.SimpleNamespace(
     model=model, extractor=extractor, tok=tok, ours=ours, captions=captions, fusion=fusion, dir=out
   )
+
+
+@pytest.fixture(scope='module')
+def unfused_clap(tmp_path_factory):
+  """The unfused layout (`laion/clap-htsat-unfused`): every test that needs one layout."""
+  return _build_clap(False, tmp_path_factory)
+
+
+@pytest.fixture(scope='module')
+def fused_clap(tmp_path_factory):
+  """The fused layout (`laion/clap-htsat-fused`, `larger_clap_general`)."""
+  return _build_clap(True, tmp_path_factory)
+
+
+@pytest.fixture(params=['unfused_clap', 'fused_clap'], ids=['unfused', 'fused'])
+def clap(request):
+  """Both layouts, for the parity tests that differ between them."""
+  return request.getfixturevalue(request.param)
 
 
 def test_tokenizer_ids_match_transformers(clap):
@@ -102,14 +118,11 @@ def test_embeddings_and_logits_match_transformers(clap):
   assert np.abs(logits).max() > 0.05  # Not a degenerate all-zero comparison.
 
 
-def test_fusion_of_a_long_clip_matches_transformers(clap):
+def test_fusion_of_a_long_clip_matches_transformers(fused_clap):
   """`is_longer` clips take the fusion branch (4 crops; here all 4 the same padded clip)."""
-  model = clap.model
-  extractor = clap.extractor
-  ours = clap.ours
-  fusion = clap.fusion
-  if not fusion:
-    pytest.skip('unfused layout has no fusion branch')
+  model = fused_clap.model
+  extractor = fused_clap.extractor
+  ours = fused_clap.ours
   import jax
   import jax.numpy as jnp
 
@@ -172,19 +185,16 @@ def _write_eval_files(tmp_path, clips, captions):
   return ids, audio
 
 
-def test_evaluate_prints_clap_sim_equal_to_transformers(clap, tmp_path, capsys):
-  model = clap.model
-  extractor = clap.extractor
-  tok = clap.tok
-  captions = clap.captions
-  fusion = clap.fusion
-  if fusion:
-    pytest.skip('one layout is enough for the command')
+def test_evaluate_prints_clap_sim_equal_to_transformers(unfused_clap, tmp_path, capsys):
+  model = unfused_clap.model
+  extractor = unfused_clap.extractor
+  tok = unfused_clap.tok
+  captions = unfused_clap.captions
   from aac_jax.metrics import evaluate_cli
 
   clips = _clips([SR, 9_000, 14_000, 5_000])
   ids, audio = _write_eval_files(tmp_path, clips, captions)
-  clap_dir = str(clap.dir)
+  clap_dir = str(unfused_clap.dir)
   report = evaluate_cli.main([
     '--predictions', str(tmp_path / 'preds.csv'), '--references', str(tmp_path / 'refs.csv'),
     '--clap_dir', clap_dir, '--clap_audio_dir', str(audio), '--bootstrap', '200',
@@ -214,11 +224,8 @@ def test_evaluate_prints_clap_sim_equal_to_transformers(clap, tmp_path, capsys):
   assert want_audio.min() - 1e-4 <= low <= high <= want_audio.max() + 1e-4
 
 
-def test_evaluate_without_clap_dir_says_why(clap, tmp_path, capsys):
-  captions = clap.captions
-  fusion = clap.fusion
-  if fusion:
-    pytest.skip('one layout is enough for the command')
+def test_evaluate_without_clap_dir_says_why(unfused_clap, tmp_path, capsys):
+  captions = unfused_clap.captions
   from aac_jax.metrics import evaluate_cli
 
   _, audio = _write_eval_files(tmp_path, _clips([4_000, 4_000]), captions)
@@ -230,7 +237,7 @@ def test_evaluate_without_clap_dir_says_why(clap, tmp_path, capsys):
   assert 'clap_sim     ' in capsys.readouterr().out
   (audio / 'clip_1.wav').unlink()  # A clip without audio: one line before any scoring.
   argv = ['--predictions', str(tmp_path / 'preds.csv'), '--references', str(tmp_path / 'refs.csv')]
-  argv += ['--clap_dir', str(clap.dir), '--clap_audio_dir', str(audio)]
+  argv += ['--clap_dir', str(unfused_clap.dir), '--clap_audio_dir', str(audio)]
   with pytest.raises(ValueError, match=r'1 of 2 clips have no audio file .*clip_1.wav'):
     evaluate_cli.main(argv)
 
@@ -245,24 +252,24 @@ def test_best_metric_clap_sim_is_refused_before_training():
     eval_config.check_metrics_config(config)
 
 
-def test_retrieval_command_equals_brute_force_ranking_of_transformers(clap, tmp_path, capsys):
-  if clap.fusion:
-    pytest.skip('one layout is enough for the command')
+def test_retrieval_command_equals_brute_force_ranking_of_transformers(
+  unfused_clap, tmp_path, capsys
+):
   import retrieval as retrieval_tool
 
   clips = _clips([SR, 9_000, 14_000, 5_000, 11_000, 3_000])
-  ids, audio = _write_eval_files(tmp_path, clips, clap.captions)
-  argv = ['--clap_dir', str(clap.dir), '--references', str(tmp_path / 'refs.csv')]
+  ids, audio = _write_eval_files(tmp_path, clips, unfused_clap.captions)
+  argv = ['--clap_dir', str(unfused_clap.dir), '--references', str(tmp_path / 'refs.csv')]
   report = retrieval_tool.main([*argv, '--audio_dir', str(audio)])
   assert report['queries'] == 5 * len(clips)
   assert 'R@1 ' in capsys.readouterr().out
   quantized = [np.round(c * 32768).clip(-32768, 32767) / 32768 for c in clips]
   with torch.no_grad():
-    feats = clap.extractor(quantized, sampling_rate=SR, return_tensors='pt')
-    a = clap.model.get_audio_features(**feats).pooler_output.numpy()
-    refs = clap.captions[: 5 * len(clips)]
-    encoded = clap.tok(refs, padding=True, truncation=True, return_tensors='pt')
-    t = clap.model.get_text_features(**encoded).pooler_output.numpy()
+    feats = unfused_clap.extractor(quantized, sampling_rate=SR, return_tensors='pt')
+    a = unfused_clap.model.get_audio_features(**feats).pooler_output.numpy()
+    refs = unfused_clap.captions[: 5 * len(clips)]
+    encoded = unfused_clap.tok(refs, padding=True, truncation=True, return_tensors='pt')
+    t = unfused_clap.model.get_text_features(**encoded).pooler_output.numpy()
   ranks = [list(np.argsort(-(a @ t[q]), kind='stable')).index(q // 5) + 1 for q in range(len(t))]
   for k in (1, 5):
     assert report['scores'][f'R@{k}'] == pytest.approx(np.mean(np.array(ranks) <= k))
@@ -272,10 +279,8 @@ def test_retrieval_command_equals_brute_force_ranking_of_transformers(clap, tmp_
     retrieval_tool.main([*argv, '--audio_dir', str(audio)])
 
 
-def test_aac_caption_rerank_equals_brute_force_numpy_rerank(clap):
+def test_aac_caption_rerank_equals_brute_force_numpy_rerank(unfused_clap):
   """AudioCaptioner with rerank='clap' vs transformers' CLAP on the same beam candidates."""
-  if clap.fusion:
-    pytest.skip('one layout is enough for re-ranking')
   import jax
 
   from aac_jax import inference
@@ -286,7 +291,12 @@ def test_aac_caption_rerank_equals_brute_force_numpy_rerank(clap):
   rate = loaded.sample_rate
   clips = [np.resize(c, int(len(c) * rate / SR)) for c in _clips([SR, 9_000, 14_000, 5_000])]
   settings, _ = inference.make_settings(
-    loaded, method='beam', beam_size=4, max_len=8, rerank='clap', rerank_clap_dir=str(clap.dir)
+    loaded,
+    method='beam',
+    beam_size=4,
+    max_len=8,
+    rerank='clap',
+    rerank_clap_dir=str(unfused_clap.dir),
   )
   captioner = inference.AudioCaptioner(loaded, settings, batch_size=4, length_buckets=1)
 
@@ -302,10 +312,10 @@ def test_aac_caption_rerank_equals_brute_force_numpy_rerank(clap):
   decoder = np.asarray(out.scores)
   at_clap_rate = [audio_io.resample(c, rate, SR) for c in clips]
   with torch.no_grad():
-    features = clap.extractor(at_clap_rate, sampling_rate=SR, return_tensors='pt')
-    a = clap.model.get_audio_features(**features).pooler_output.numpy()
-    encoded = clap.tok(sum(texts, []), padding=True, truncation=True, return_tensors='pt')
-    t = clap.model.get_text_features(**encoded).pooler_output.numpy().reshape(4, 4, -1)
+    features = unfused_clap.extractor(at_clap_rate, sampling_rate=SR, return_tensors='pt')
+    a = unfused_clap.model.get_audio_features(**features).pooler_output.numpy()
+    encoded = unfused_clap.tok(sum(texts, []), padding=True, truncation=True, return_tensors='pt')
+    t = unfused_clap.model.get_text_features(**encoded).pooler_output.numpy().reshape(4, 4, -1)
   cosine = np.einsum('bd,bnd->bn', a, t)
   chosen = set()
   for weight in (0.0, 1.0, 5.0, 1e3):  # Only the host-side choice changes: no recompilation.
@@ -319,10 +329,8 @@ def test_aac_caption_rerank_equals_brute_force_numpy_rerank(clap):
   assert len(chosen) > 1, (texts, decoder, cosine)  # CLAP changed a choice.
 
 
-def test_scst_clap_reward_equals_transformers_cosine(clap, monkeypatch):
+def test_scst_clap_reward_equals_transformers_cosine(unfused_clap, monkeypatch):
   """reward_weights {cider_d: 1, clap: 2}: CIDEr-D + 2 x cosine(caption, clip audio)."""
-  if clap.fusion:
-    pytest.skip('one layout is enough for the reward')
   from aac_jax.data import sources
   from aac_jax.scst import rewards
   from configs import synthetic_demo_scst
@@ -331,28 +339,28 @@ def test_scst_clap_reward_equals_transformers_cosine(clap, monkeypatch):
   clips = [np.round(c * 32767).astype(np.int16) for c in clap_reference.render_clips(
     [32_000, 20_000, 12_000], rate)]  # fmt: skip
   source = [{'audio': c} for c in clips]
-  refs = [clap.captions[5 * i : 5 * i + 5] for i in range(3)]
+  refs = [unfused_clap.captions[5 * i : 5 * i + 5] for i in range(3)]
   split = sources.EvalSplit('train', ['a', 'b', 'c'], refs)
   config = synthetic_demo_scst.get_config()
   config.scst.reward, config.dataset.sample_rate = 'mix', rate
   config.scst.reward_weights.clap = 2.0
   with pytest.raises(ValueError, match='needs scst.clap_dir'):
     rewards.clap_term(config)
-  config.scst.clap_dir = str(clap.dir)
+  config.scst.clap_dir = str(unfused_clap.dir)
   monkeypatch.setattr(sources, 'open_source', lambda cfg, split: source)
   term = rewards.clap_term(config)
   weights = rewards.reward_weights(config.scst)
   reward_fn = rewards.CaptionReward(split, weights, clap=term)
-  captions, index = clap.captions[150:156], np.array([0, 1, 2, 2, 1, 0])
+  captions, index = unfused_clap.captions[150:156], np.array([0, 1, 2, 2, 1, 0])
   got = reward_fn(captions, index)
   from aac_jax.data import audio_io
 
   at_clap_rate = [audio_io.resample(c.astype(np.float32) / 32768, rate, SR) for c in clips]
   with torch.no_grad():
-    feats = clap.extractor(at_clap_rate, sampling_rate=SR, return_tensors='pt')
-    a = clap.model.get_audio_features(**feats).pooler_output.numpy()
-    encoded = clap.tok(captions, padding=True, truncation=True, return_tensors='pt')
-    t = clap.model.get_text_features(**encoded).pooler_output.numpy()
+    feats = unfused_clap.extractor(at_clap_rate, sampling_rate=SR, return_tensors='pt')
+    a = unfused_clap.model.get_audio_features(**feats).pooler_output.numpy()
+    encoded = unfused_clap.tok(captions, padding=True, truncation=True, return_tensors='pt')
+    t = unfused_clap.model.get_text_features(**encoded).pooler_output.numpy()
   cider = rewards.CaptionReward(split, {'cider_d': 1.0})(captions, index)
   np.testing.assert_allclose(got, cider + 2.0 * np.einsum('nd,nd->n', t, a[index]), atol=1e-4)
   assert 'clap' in reward_fn.metric_scores(captions, index)
