@@ -18,3 +18,10 @@ def test_meshes_are_parsed_or_refused():
   assert bench_memory.parse_mesh('2x2x2') == (2, 2, 2)
   with pytest.raises(bench_memory.app.UsageError, match='DATAxFSDPxTENSOR'):
     bench_memory.parse_mesh('2x4')
+
+
+def test_llm_rows_take_qwen_sizes_and_a_bfloat16_base_on_request():
+  plain, bf16 = (bench_memory.get_bench_config(n) for n in ('qwen7b_lora', 'qwen7b_lora_bf16'))
+  assert plain.model.llm.hidden_size == bf16.model.llm.hidden_size == 3584
+  assert (plain.model.llm.base_dtype, bf16.model.llm.base_dtype) == ('float32', 'bfloat16')
+  assert bench_memory.default_vocab('qwen7b_lora_bf16') == 152064

@@ -48,7 +48,10 @@ from configs import clotho, clotho_llm, synthetic_demo  # noqa: E402
 def define_flags() -> None:
   """The command's flags (defined when it runs, so importing it defines none)."""
   flags.DEFINE_list(
-    'configs', ['demo', 'base', 'large'], 'Configs: demo, base, large, qwen1.5b_lora, qwen7b_lora.'
+    'configs',
+    ['demo', 'base', 'large'],
+    'Configs: demo, base, large, qwen1.5b_lora, qwen7b_lora (+ _bf16: the frozen base in '
+    'bfloat16, model.llm.base_dtype).',
   )
   flags.DEFINE_list(
     'meshes', ['8x1x1', '2x4x1', '1x8x1', '2x2x2', '1x4x2'], 'Meshes as DATAxFSDPxTENSOR.'
@@ -66,6 +69,7 @@ LLM_SIZES = {
   'qwen1.5b_lora': (1536, 28, 12, 2, 128, 8960, True, 151936),
   'qwen7b_lora': (3584, 28, 28, 4, 128, 18944, False, 152064),
 }
+BF16_SUFFIX = '_bf16'  # `qwen7b_lora_bf16`: the frozen base stored in bfloat16.
 DEFAULT_VOCAB = 4096  # Divisible by any tensor axis up to 4096.
 MIB = 2**20
 
@@ -82,6 +86,8 @@ def get_bench_config(name: str):
 def _llm_config(name: str):
   config = clotho_llm.get_config()
   llm = config.model.llm
+  if name.endswith(BF16_SUFFIX):
+    name, llm.base_dtype = name[: -len(BF16_SUFFIX)], 'bfloat16'
   hidden, layers, heads, kv_heads, head_dim, inner, tied, _ = LLM_SIZES[name]
   llm.hidden_size, llm.num_layers, llm.num_heads, llm.num_kv_heads = hidden, layers, heads, kv_heads
   llm.head_dim, llm.intermediate_size, llm.tie_embeddings = head_dim, inner, tied
@@ -107,6 +113,7 @@ def layout_bytes(shapes, shardings) -> int:
 
 def default_vocab(name: str) -> int:
   """The vocabulary benchmarked with config `name` when `--vocab_size` is 0."""
+  name = name.removesuffix(BF16_SUFFIX)
   if name in LLM_SIZES:
     return LLM_SIZES[name][-1]
   return DEMO_VOCAB if name == 'demo' else DEFAULT_VOCAB
@@ -216,7 +223,8 @@ def main(argv):
   meshes = [parse_mesh(m) for m in flags.FLAGS.meshes]
   print(
     f'{jax.device_count()} x {jax.devices()[0].device_kind} ({jax.default_backend()}), '
-    f'jax {jax.__version__}; parameters + AdamW state (float32), compiled, not run'
+    f"jax {jax.__version__}; parameters + AdamW state (float32; a _bf16 config's frozen "
+    'base bfloat16), compiled, not run'
   )
   print(
     '| config | parameters | mesh (data x fsdp x tensor) | total MiB | per device MiB (XLA) '
