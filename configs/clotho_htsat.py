@@ -21,7 +21,7 @@ Variants (after ':'):
   freeze=all|none|N the tower's frozen Swin stages (default all: the encoder is CLAP's).
   embeddings=auto   train from stored frames (tools/extract_embeddings.py; needs freeze=all).
   runlocal          a smoke run: 16 kHz data, a tiny tower (the tests' random CLAP
-                    folder, tests/clap_reference.py 'tiny'), a tiny decoder, a few steps.
+                    folder, tests/clap_reference.py 'micro'), a tiny decoder, a few steps.
 """
 
 import ml_collections
@@ -29,13 +29,13 @@ import ml_collections
 from configs import base, clotho_convnext
 from configs.config_args import parse_config_arg
 
-# tests/clap_reference.py's 'tiny' audio_config (what :runlocal's encoder_init holds).
+# tests/clap_reference.py's 'micro' audio_config (what :runlocal's encoder_init holds).
 TINY_HTSAT = dict(
   num_mel_bins=16,
   spec_size=64,
   window_size=4,
-  depths=(2, 2, 2),
-  num_heads=(2, 2, 4),
+  depths=(1, 1),
+  num_heads=(2, 2),
   embed_dim=16,
 )
 

@@ -3,7 +3,7 @@
 `save_random_clap` writes what `laion/clap-htsat-*` folders hold (config,
 `model.safetensors`, `preprocessor_config.json`), with a byte-level BPE
 tokenizer trained on real captions (`train_tokenizer`); 'tiny' sizes keep
-tests fast, 'base' are the published architecture's (`ClapConfig()`
+tests fast ('micro': a 2-stage audio tower, tests/test_htsat_encoder.py), 'base' are the published architecture's (`ClapConfig()`
 defaults, the LAION 48 kHz / 10 s front end). Needs torch and transformers.
 """
 
@@ -61,6 +61,13 @@ def _configs(size: str, fusion: bool, vocab_size: int):
     )
     extractor = dict(frequency_min=50, frequency_max=14_000, truncation=truncation)
     return config, extractor
+  # 'micro' (the HTS-AT encoder's tests): two stages of one block, a last grid of
+  # 8 x 8 with 2 frequency rows per time piece (freq_ratio 4).
+  stages = (
+    dict(depths=[1, 1], num_attention_heads=[2, 2], hidden_size=32)
+    if size == 'micro'
+    else dict(depths=[2, 2, 2], num_attention_heads=[2, 2, 4], hidden_size=64)
+  )
   config = transformers.ClapConfig(
     text_config=dict(
       vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -68,8 +75,7 @@ def _configs(size: str, fusion: bool, vocab_size: int):
     ),
     audio_config=dict(
       num_mel_bins=16, spec_size=64, patch_size=4, patch_stride=[4, 4], window_size=4,
-      depths=[2, 2, 2], num_attention_heads=[2, 2, 4], patch_embeds_hidden_size=16,
-      hidden_size=64, **fusion_fields,
+      patch_embeds_hidden_size=16, **stages, **fusion_fields,
     ),
     projection_dim=24,
   )  # fmt: skip

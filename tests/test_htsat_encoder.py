@@ -1,6 +1,6 @@
 """CLAP's HTS-AT tower as the captioning encoder (`model.encoder='htsat'`, configs/clotho_htsat.py).
 
-A tiny random `transformers.ClapModel` folder (tests/clap_reference.py) is the
+A tiny random `transformers.ClapModel` folder (tests/clap_reference.py 'micro') is the
 `encoder_init`; the encoder's frames must equal transformers' audio tower
 (its own feature extractor) unfolded to time; a fine-tuned run trains and
 captions with `aac-caption`, a frozen run trains from the embedding store.
@@ -36,7 +36,7 @@ def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp('htsat')
   jax.config.update('jax_compilation_cache_dir', str(root / 'jax_cache'))
   folder = root / 'clap'
-  model, extractor = clap_reference.save_random_clap(folder, fusion=False, vocab_size=64)
+  model, extractor = clap_reference.save_random_clap(folder, False, 64, size='micro')
   name = toy_dataset.build_toy_dataset(
     str(root / 'tfds'),
     splits={'train': 16, 'validation': 8, 'test': 8},
@@ -76,7 +76,7 @@ def test_frames_equal_transformers_audio_tower(setup):
     ]
     hidden = setup.model.audio_model(input_features=inputs).last_hidden_state
   want = hidden.mean(2).permute(0, 2, 1).numpy()  # [batch, time, dim]
-  assert frames.shape == want.shape == (4, 16, 64)
+  assert frames.shape == want.shape == (4, 32, 32)  # 2 frequency rows averaged.
   np.testing.assert_allclose(np.asarray(frames), want, atol=1e-4)
   assert np.abs(want).max() > 0.1 and not np.asarray(frame_pads).any()
 
@@ -114,7 +114,7 @@ def test_freezing_counts_swin_stages(setup):
   assert not any(jax.tree.leaves(pretrained_setup.frozen_mask(shapes, model_cfg)))
   frozen = pretrained_setup.frozen_mask(shapes, model_cfg.replace(encoder_freeze='1'))
   frozen = pretrained_store.flatten(frozen['encoder']['tagger'])
-  assert frozen['htsat/stage0_block1/mlp_in/kernel'] and frozen['htsat/patch_proj/kernel']
+  assert frozen['htsat/stage0_block0/mlp_in/kernel'] and frozen['htsat/patch_proj/kernel']
   assert frozen['htsat/batch_norm/scale']
   assert not frozen['htsat/stage0_merge/reduction/kernel'] and not frozen['htsat/norm/scale']
   every = pretrained_setup.frozen_mask(shapes, model_cfg.replace(encoder_freeze='all'))
@@ -139,7 +139,7 @@ def test_frozen_run_trains_from_the_embedding_store_and_captions(setup, tmp_path
       pipeline.make_train_iterator(config.dataset, Tokenizer.load(str(workdir / 'vocab.txt')), 8)
     )
   )
-  assert batch['frames'].shape[1:] == (16, 64)
+  assert batch['frames'].shape[1:] == (32, 32)
   loaded = inference.load_model(workdir)
   tower = pretrained_store.flatten(jax.tree.map(np.asarray, loaded.params['encoder']['tagger']))
   for key, value in pretrained_store.flatten(params).items():
