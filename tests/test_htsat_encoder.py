@@ -98,10 +98,13 @@ def test_grid_unfolds_as_transformers_does():
   np.testing.assert_allclose(np.asarray(grid_to_frames(jnp.asarray(tokens), config)), want, 1e-6)
 
 
-def test_a_folder_of_other_sizes_is_refused(setup):
+def test_a_folder_of_other_sizes_or_no_clap_folder_is_refused(setup, tmp_path):
   config = _config(setup)
   config.model.htsat.embed_dim = 32
   with pytest.raises(ValueError, match=r'holds an HTS-AT with embed_dim=16: set those model.htsat'):
+    pretrained_setup.resolve_encoder_frontend(config)
+  config.model.encoder_init = str(tmp_path)
+  with pytest.raises(ValueError, match=r'is not a usable CLAP folder: .*config.json is missing'):
     pretrained_setup.resolve_encoder_frontend(config)
 
 

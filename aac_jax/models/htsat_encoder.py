@@ -16,8 +16,6 @@ BatchNorm statistics are folded into a per-channel affine
 so the captioner keeps one `params` collection; fine-tuning trains that affine.
 """
 
-import json
-import os
 import pathlib
 from typing import Any
 
@@ -77,17 +75,11 @@ class HtsatTagger(nn.Module):
 
 
 def read_folder(folder: str) -> tuple[clap_model.ClapConfig, ClapFrontendSettings]:
-  """The sizes and front end of a CLAP folder (`config.json`, `preprocessor_config.json`)."""
+  """The sizes and front end of a CLAP folder (`embedder.read_configs`), for `encoder_init`."""
   try:
-    with open(os.path.join(folder, 'config.json')) as f:
-      config = clap_model.ClapConfig.from_hf(json.load(f))
-    with open(os.path.join(folder, 'preprocessor_config.json')) as f:
-      settings = ClapFrontendSettings.from_hf(json.load(f))
-  except (OSError, ValueError) as e:
-    raise ValueError(
-      f'model.encoder_init={folder} is not a CLAP folder ({e}): {embedder.HINT}'
-    ) from e
-  return config, settings
+    return embedder.read_configs(pathlib.Path(folder))
+  except (fense_models.ModelUnavailable, ValueError) as e:
+    raise ValueError(f'model.encoder_init={folder} is not a usable CLAP folder: {e}') from e
 
 
 def _fold(params: dict, stats: dict) -> dict:

@@ -109,6 +109,19 @@ def _read_json(path: pathlib.Path) -> dict:
   return json.loads(path.read_text(encoding='utf-8'))
 
 
+def read_configs(
+  folder: pathlib.Path,
+) -> tuple[clap_model.ClapConfig, frontend.ClapFrontendSettings]:
+  """A CLAP folder's sizes (`config.json`) and front end (`preprocessor_config.json`).
+
+  Raises:
+    ModelUnavailable: a file is missing; ValueError: an unsupported setting.
+  """
+  config = clap_model.ClapConfig.from_hf(_read_json(folder / 'config.json'))
+  settings = frontend.ClapFrontendSettings.from_hf(_read_json(folder / 'preprocessor_config.json'))
+  return config, settings
+
+
 def max_text_length(folder: pathlib.Path, config: clap_model.ClapConfig) -> int:
   """Word pieces read: the tokenizer's `model_max_length`, within the position table."""
   limit = config.text.max_positions - config.pad_token_id - 1
@@ -128,10 +141,7 @@ def load(path: str | os.PathLike, batch_size: int = 16, text_batch_size: int = 1
   if not folder.is_dir():
     raise ModelUnavailable(f'CLAP folder {folder} does not exist: {HINT}')
   try:
-    config = clap_model.ClapConfig.from_hf(_read_json(folder / 'config.json'))
-    settings = frontend.ClapFrontendSettings.from_hf(
-      _read_json(folder / 'preprocessor_config.json')
-    )
+    config, settings = read_configs(folder)
     tensors = fense_models.load_safetensors(folder, HINT, CONVERT.format(folder=folder))
     variables = weights.variables_from_hf(tensors, config)
   except (KeyError, ValueError) as e:
