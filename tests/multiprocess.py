@@ -79,7 +79,10 @@ def child_env(devices_per_process: int, cache: pathlib.Path) -> dict[str, str]:
   for name in ('AAC_COORDINATOR_ADDRESS', 'AAC_NUM_PROCESSES', 'AAC_PROCESS_ID'):
     env.pop(name, None)
   env.update(
-    XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}',
+    XLA_FLAGS=' '.join(  # The session's flags (tests/conftest.py), this device count.
+      [f for f in env.get('XLA_FLAGS', '').split() if 'device_count' not in f]
+      + [f'--xla_force_host_platform_device_count={devices_per_process}']
+    ),
     JAX_PLATFORMS='cpu',
     JAX_COMPILATION_CACHE_DIR=str(cache),
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
