@@ -4,7 +4,7 @@ A tiny random `Qwen2ForCausalLM` with a byte-level BPE tokenizer whose
 special tokens sit after the merges, as Qwen's do (no BOS; EOS
 `<|endoftext|>`), saved by transformers' `save_pretrained` -> converted ->
 a LoRA run on the toy dataset tokenises targets, prompt and decoded captions
-with that tokenizer (`aac_jax.data.llm_tokenizer.CaptionTokenizer`).
+with that tokenizer (`aac_jax.data.tokenizer.CaptionTokenizer`).
 """
 
 import functools
@@ -22,10 +22,9 @@ tokenizers = pytest.importorskip('tokenizers')
 
 from aac_jax import decoding, export, inference, models  # noqa: E402
 from aac_jax.convert import llm as convert_llm  # noqa: E402
-from aac_jax.data import llm_tokenizer  # noqa: E402
 from aac_jax.data import tokenizer as tokenizer_lib  # noqa: E402
 from aac_jax.data.tokenizer import EOS_ID  # noqa: E402
-from aac_jax.models import llm, pretrained_setup  # noqa: E402
+from aac_jax.models import llm, llm_bridge, pretrained_setup  # noqa: E402
 from aac_jax.train import prepare  # noqa: E402
 from configs import clotho_llm  # noqa: E402
 
@@ -82,7 +81,7 @@ def converted(tmp_path_factory):
 
 def test_run_ids_are_the_checkpoints_with_specials_swapped_in(converted):
   model, hf_tok, out = converted
-  tok = llm_tokenizer.CaptionTokenizer.from_folder(str(out))
+  tok = llm_bridge.caption_tokenizer(str(out))
   eos, start, end = (hf_tok.convert_tokens_to_ids(t) for t in SPECIALS)
   # PAD, BOS, EOS, UNK: no BOS or pad id in config.json -> the first free specials.
   assert tok.partners == (end, start, eos, 3)
@@ -124,7 +123,7 @@ def test_lora_run_trains_and_captions_with_the_checkpoint_tokenizer(converted, t
     lora_dropout=0.0,
   )
   tok = prepare.prepare_run(config, tmp_path / 'run').load_tokenizer()
-  assert isinstance(tok, llm_tokenizer.CaptionTokenizer)
+  assert isinstance(tok, tokenizer_lib.CaptionTokenizer)
   prompt = list(config.model.llm.prompt_ids)
   assert tok.llm_ids(prompt) == hf_tok('Describe the sound.', add_special_tokens=False).input_ids
   captions = _captions(2, seed=3)

@@ -32,7 +32,7 @@ from aac_jax.models.llm import ROPE_TYPES, LanguageModel, LlmConfig
 NAME = 'llm'
 ARCHITECTURES = ('LlamaForCausalLM', 'Qwen2ForCausalLM')
 _INDEX_FILE = 'model.safetensors.index.json'
-# The special ids of `config.json` a run's tokenizer needs (`llm_tokenizer.special_partners`).
+# The special ids of `config.json` a run's tokenizer needs (`aac_jax.data.tokenizer.special_partners`).
 _TOKEN_IDS = ('bos_token_id', 'eos_token_id', 'pad_token_id')
 
 

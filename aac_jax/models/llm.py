@@ -407,7 +407,7 @@ def reorder_vocab(params: Any, order: np.ndarray) -> Any:
   Args:
     params: nested dicts (`embed_tokens/embedding` `[vocab, hidden]`,
       `lm_head/kernel` `[hidden, vocab]` when untied).
-    order: int `[vocab]`, a permutation (`aac_jax.data.llm_tokenizer.run_order`).
+    order: int `[vocab]`, a permutation (`aac_jax.data.tokenizer.run_order`).
 
   Returns:
     The same model for the renumbered ids (rows, resp. columns, permuted).

@@ -26,6 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from aac_jax.data import llm_tokenizer
+from aac_jax.data import tokenizer as tokenizer_lib
 from aac_jax.models import partitioning, pretrained_store
 from aac_jax.models.llm import LanguageModel, LlmConfig
 
@@ -215,21 +217,37 @@ def captioner_fields(llm_cfg: Any, vocab_size: int, compute_dtype: str = 'float3
   }
 
 
+def caption_tokenizer(folder: str) -> tokenizer_lib.CaptionTokenizer:
+  """The run tokenizer of a converted language-model folder (`tokenizer.json` + `settings.json`).
+
+  Raises:
+    ValueError: the folder was converted before its special token ids were kept.
+  """
+  settings = pretrained_store.load_settings(folder)
+  if 'token_ids' not in settings:
+    raise ValueError(
+      f'{folder} names no special token ids (converted before they were kept): convert it '
+      'again with python tools/convert_checkpoint.py llm --input HF_FOLDER --output DIR'
+    )
+  llm = llm_tokenizer.LlmTokenizer.load(folder)
+  vocab_size = settings['llm']['vocab_size']
+  partners = tokenizer_lib.special_partners(llm, settings['token_ids'], vocab_size)
+  return tokenizer_lib.CaptionTokenizer(llm, partners, vocab_size)
+
+
 def save_llm_vocabulary(config: Any, vocab_path: Any) -> None:
   """Writes a converted decoder's tokenizer as the run's vocabulary (`prepare.prepare`).
 
   With `decoder_style='llm'` and `model.llm.init` set, captions, prompt and
   decoded text go through that folder's `tokenizer.json`
-  (`aac_jax.data.llm_tokenizer.CaptionTokenizer`); `load_llm_init` loads
-  the weights in the same id order. Nothing happens for other runs or when
-  the run already has a vocabulary (a resumed or inherited one).
+  (`caption_tokenizer`); `load_llm_init` loads the weights in the same id
+  order. Nothing happens for other runs or when the run already has a
+  vocabulary (a resumed or inherited one).
   """
   model = config.model
   if model.decoder_style != 'llm' or not model.llm.init or vocab_path.exists():
     return
-  from aac_jax.data import llm_tokenizer  # Needs the `tokenizers` package.
-
-  llm_tokenizer.CaptionTokenizer.from_folder(model.llm.init).save(vocab_path)
+  caption_tokenizer(model.llm.init).save(vocab_path)
 
 
 def resolve_prompt(config: Any, tokenizer: Any) -> None:

@@ -239,15 +239,13 @@ def load_converted_init(params: Any, model_cfg: CaptionerConfig) -> Any:
 def load_llm_init(params: Any, model_cfg: CaptionerConfig) -> Any:
   """Returns `params` with `params['decoder']['llm']` from `model_cfg.llm_init` (checked by leaf).
 
-  The token ids are the run's (`llm_tokenizer.CaptionTokenizer`: the
+  The token ids are the run's (`llm_bridge.caption_tokenizer`: the
   checkpoint's with PAD/BOS/EOS/UNK swapped in), so the embedding rows and
   output columns are reordered to match. LoRA adapters (absent from the
   folder) keep their fresh values.
   """
-  from aac_jax.data import llm_tokenizer  # Needs the `tokenizers` package.
-
   converted, _ = pretrained_store.load_converted(model_cfg.llm_init)
-  order = llm_tokenizer.CaptionTokenizer.from_folder(model_cfg.llm_init).order
+  order = llm_bridge.caption_tokenizer(model_cfg.llm_init).order
   source = _paths(llm.reorder_vocab(converted, order))
 
   def pick(path, leaf):
