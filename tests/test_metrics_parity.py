@@ -143,6 +143,34 @@ def test_unusual_tokens_and_references():
   assert abs(result.corpus['cider_d'] - c) < TOL and abs(result.corpus['rouge_l'] - r) < TOL
 
 
+def test_one_clip_without_any_word():
+  cands = ptb_tokenizer.tokenize_captions(['a dog', ''])
+  refs = ptb_tokenizer.tokenize_references([['a dog barks'], ['']])
+  b, _, r, r_clip, c, c_clip = _reference_scores(cands, refs)
+  result = compute_caption_metrics(['a dog', ''], [['a dog barks'], ['']])
+  np.testing.assert_allclose([result.corpus[f'bleu_{k}'] for k in range(1, 5)], b, atol=TOL)
+  np.testing.assert_allclose(result.per_clip['rouge_l'], r_clip, atol=TOL)
+  np.testing.assert_allclose(result.per_clip['cider_d'], c_clip, atol=TOL)
+
+
+@pytest.mark.parametrize(
+  'raw_cands,raw_refs', [([''], [['']]), (['', '...'], [['', ','], ['!']])], ids=['empty', 'marks']
+)
+def test_no_word_in_any_caption_scores_zero_cider(raw_cands, raw_refs):
+  """pycocoevalcap's CIDEr raises (max() of no document frequencies); ours is 0, the rest equal."""
+  cands = ptb_tokenizer.tokenize_captions(raw_cands)
+  refs = ptb_tokenizer.tokenize_references(raw_refs)
+  gts, res = dict(enumerate(refs)), {i: [c] for i, c in enumerate(cands)}
+  with pytest.raises(ValueError, match='empty'):
+    Cider().compute_score(gts, res)
+  bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+  _, rouge_clip = Rouge().compute_score(gts, res)
+  result = compute_caption_metrics(raw_cands, raw_refs)
+  np.testing.assert_allclose([result.corpus[f'bleu_{k}'] for k in range(1, 5)], bleu, atol=TOL)
+  np.testing.assert_allclose(result.per_clip['rouge_l'], rouge_clip, atol=TOL)
+  assert result.corpus['cider_d'] == 0.0 and not result.per_clip['cider_d'].any()
+
+
 def test_rouge_paths_agree():
   """The id-based ROUGE-L used by the facade equals the string version."""
   cands = ['a b c', '', 'a a a a', 'b']

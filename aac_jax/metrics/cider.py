@@ -69,6 +69,8 @@ def corpus_idf(counts: ngrams.PairCounts) -> np.ndarray:
   Returns:
     float64 [num_keys]: log(N) - log(max(1, df)).
   """
+  if len(counts.first) == 0:  # No n-gram in any caption (empty or all-punctuation text).
+    return np.zeros(0)
   # A group's candidate row comes first: it has references iff its last row is one.
   last = np.append(counts.first[1:], len(counts.key)) - 1
   keys = counts.key[last][counts.is_ref[last]]
