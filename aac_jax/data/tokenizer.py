@@ -231,6 +231,7 @@ class CaptionTokenizer:
     self._vocab_size = int(vocab_size)
     self.order = run_order(self.partners, self._vocab_size)
     self._run_ids = np.argsort(self.order)
+    self._tokens = None
 
   def to_json(self) -> str:
     """The whole tokenizer as one JSON document (what `save` writes)."""
@@ -263,9 +264,14 @@ class CaptionTokenizer:
 
   @property
   def tokens(self) -> list[str]:
-    """The text of each run id (index = id; '' for ids the tokenizer lacks)."""
-    known = self._llm.vocab_size
-    return [self._llm.decode([int(i)]).strip() if i < known else '' for i in self.order]
+    """The text of each run id (index = id; '' for ids the tokenizer lacks).
+
+    Decoded once (a Qwen vocabulary has 151,936 ids; every validation asks).
+    """
+    if self._tokens is None:
+      known = self._llm.vocab_size
+      self._tokens = [self._llm.decode([int(i)]).strip() if i < known else '' for i in self.order]
+    return list(self._tokens)
 
   def llm_ids(self, run_ids: list[int]) -> list[int]:
     """The checkpoint's ids of run ids."""
