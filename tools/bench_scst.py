@@ -10,9 +10,10 @@ clips, and times:
 - whole steps pipelined (`pipeline=True`: batch t + 1 is sampled while the
   host scores batch t), as `run_scst` runs them.
 
-With `scst.fluency` on (the reward's fluency term), the same measurements
-run without the term and with it, interleaved twice (best of each); the
-host reward's extra time and the step-time ratios are printed. The reward
+With `scst.fluency` on (the reward's fluency term) or a repetition term
+(`scst.repetition_penalty` > 0), the same measurements run without the
+terms and with them, interleaved `--rounds` times (best of each); the host
+reward's extra time and the step-time ratios are printed. The reward
 share is host reward time / step time. Parameters are the
 `init_from` run's (best checkpoint) when given, else a fresh initialisation
 (an untrained model samples long captions: the slowest case for the reward).
@@ -21,6 +22,8 @@ share is host reward time / step time. Parameters are the
   python tools/bench_scst.py --config=configs/synthetic_demo_scst.py:data=small --steps=5
   python tools/bench_scst.py \\
     --config=configs/synthetic_demo_scst.py:init_from=workdirs/demo,fluency=soft
+  python tools/bench_scst.py --rounds=3 \\
+    --config=configs/synthetic_demo_scst.py:init_from=workdirs/demo,fluency=soft,repetition=1
 """
 
 import dataclasses
@@ -45,6 +48,7 @@ from aac_jax.train import state as state_lib  # noqa: E402
 
 config_flags.DEFINE_config_file('config', None, 'SCST config (configs/*_scst.py[:variant]).')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps per mode (after 2 warm-up steps).')
+_ROUNDS = flags.DEFINE_integer('rounds', 2, 'Interleaved rounds with and without the terms.')
 _FRESH = flags.DEFINE_bool('fresh', False, 'Random parameters even if init_from has a checkpoint.')
 flags.mark_flags_as_required(['config'])
 
@@ -114,7 +118,7 @@ def time_loop(run, state, train_iter, steps: int, pipeline: bool):
 
 
 def plain_reward_run(run: scst_trainer.ScstRun) -> scst_trainer.ScstRun:
-  """The same run with the reward's fluency term left out (for the side-by-side timing)."""
+  """The same run with the reward's fluency and repetition terms left out (side by side)."""
   config = run.config
   reward_fn = rewards_lib.CaptionReward(
     run.references, rewards_lib.reward_weights(config.scst), config.scst.spice_jars or None
@@ -146,17 +150,20 @@ def main(argv):
     k, b = config.scst.num_samples, config.train.batch_size
     print(
       f'batch {b} clips x {k} samples, baseline {config.scst.baseline}, reward {config.scst.reward}'
-      f', fluency {config.scst.fluency}'
+      f', fluency {config.scst.fluency}, repetition penalty {config.scst.repetition_penalty}'
     )
-    # With a fluency term, the same run without it first (same batches' kind, same
-    # compiled steps): the fluency term's cost side by side.
+    # With a fluency or repetition term, the same run without them first (same batches'
+    # kind, same compiled steps): the terms' cost side by side.
+    terms = [f'fluency ({config.scst.fluency})'] if config.scst.fluency != 'off' else []
+    if config.scst.repetition_penalty:
+      terms.append(f'repetition ({config.scst.repetition_penalty:g})')
     runs = {'reward': run}
-    if config.scst.fluency != 'off':
-      runs = {config.scst.reward: plain_reward_run(run), f'x fluency ({config.scst.fluency})': run}
+    if terms:
+      runs = {config.scst.reward: plain_reward_run(run), ' x '.join(['', *terms]).strip(): run}
     rows = {}
     # Interleaved rounds, the best of each (a busy machine's noise hits both alike).
     # The update donates the state: each measurement continues from the last.
-    for _ in range(2 if len(runs) > 1 else 1):
+    for _ in range(_ROUNDS.value if len(runs) > 1 else 1):
       for name, one in runs.items():
         row, state = time_run(one, state, train_iter, _STEPS.value)
         rows[name] = {k: min(v, rows.get(name, row)[k]) for k, v in row.items()}
@@ -176,7 +183,7 @@ def main(argv):
     plain, fluent = rows.values()
     extra = fluent['reward_s'] - plain['reward_s']
     print(
-      f'fluency term: host reward +{extra * 1e3:.1f} ms a step, {extra / plain["sequential_s"]:.1%}'
+      f'terms: host reward +{extra * 1e3:.1f} ms a step, {extra / plain["sequential_s"]:.1%}'
       ' of the plain sequential step; step time x'
       f' {fluent["sequential_s"] / plain["sequential_s"]:.3f} sequential,'
       f' x {fluent["pipelined_s"] / plain["pipelined_s"]:.3f} pipelined'
