@@ -39,16 +39,7 @@ def _captions(count: int, seed: int = 0) -> list[str]:
 
 def _write_tokenizer(folder) -> tokenizers.Tokenizer:
   """Byte-level BPE of the toy captions' words; the specials are added after training."""
-  from tokenizers import decoders, models, pre_tokenizers, trainers
-
-  tok = tokenizers.Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  trainer_ = trainers.BpeTrainer(
-    vocab_size=320, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-  )
-  tok.train_from_iterator(_captions(400), trainer_)
-  tok.add_special_tokens(SPECIALS)
+  tok = toy_dataset.bpe_tokenizer(_captions(400), specials=SPECIALS)
   tok.save(str(folder / 'tokenizer.json'))
   return tok
 

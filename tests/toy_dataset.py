@@ -37,6 +37,27 @@ def make_caption(rng: np.random.Generator, max_words: int = 14) -> str:
   return ' '.join(words)
 
 
+def bpe_tokenizer(captions, vocab_size: int = 320, specials=()):
+  """A byte-level BPE `tokenizers.Tokenizer` trained on `captions`, as Qwen2's is.
+
+  Args:
+    captions: the training text.
+    vocab_size: ids of the byte alphabet and the merges (small: words split into pieces).
+    specials: special tokens added after the merges (Qwen's sit there).
+  """
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(
+    vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+  )
+  tok.train_from_iterator(list(captions), trainer)
+  tok.add_special_tokens(list(specials))
+  return tok
+
+
 def make_clip(rng: np.random.Generator, num_samples: int) -> np.ndarray:
   """Returns `[num_samples]` int16 noise that uses most of the int16 range."""
   audio = rng.normal(0.0, 6000.0, size=num_samples)
