@@ -20,6 +20,8 @@ import pytest
 
 from aac_jax.data import tokenizer as tokenizer_lib
 from aac_jax.data.sources import EvalSplit
+from aac_jax.metrics import compute_caption_metrics
+from aac_jax.metrics import reward as reward_lib
 from aac_jax.scst import rewards, steps
 from aac_jax.train import parallel
 
@@ -88,6 +90,69 @@ def test_greedy_baseline_and_advantages(reward_fn):
   adv = steps.compute_advantages(scored.rewards, scored.baselines, normalize=False)
   expected = [[5.0 - A_VS_AB, 0.0, -A_VS_AB], [0.0, -3.125, 0.0]]
   np.testing.assert_allclose(adv, expected, rtol=1e-5, atol=1e-6)
+
+
+# Clips with capitals and punctuation; pieces that recur across different words
+# ("chirp-ing", "bark-ing", "t-he", "t-hen"), so subword n-grams and word n-grams differ.
+LM_REFERENCES = EvalSplit(
+  'train',
+  ['clip0', 'clip1', 'clip2'],
+  [
+    ['A dog barks loudly, then birds chirp.', 'The dog is barking.'],
+    ['Rain falls on the roof.', 'Water flows and rain falls.'],
+    ['Footsteps walk slowly, a door closes!', 'A man speaks while the door closes.'],
+  ],
+)
+LM_SAMPLES = [
+  ['a dog barking then birds chirping', 'The dog barks, the birds chirp.'],
+  ['rain falls on a roof', 'water falls and rain flows'],
+  ['a door closes then footsteps walk', 'A man walks slowly.'],
+]
+LM_GREEDY = ['dog barks loudly', 'rain falls', 'a door closes']
+
+
+def _bpe_caption_tokenizer() -> tokenizer_lib.CaptionTokenizer:
+  """The run tokenizer of a byte-level BPE trained on toy captions (Qwen2's kind)."""
+  pytest.importorskip('tokenizers')
+  import toy_dataset
+
+  from aac_jax.data import llm_tokenizer
+
+  rng = np.random.default_rng(0)
+  captions = [toy_dataset.make_caption(rng) for _ in range(400)]
+  specials = ['<|endoftext|>', '<|im_start|>', '<|im_end|>']  # EOS, then BOS and PAD.
+  llm = llm_tokenizer.LlmTokenizer(toy_dataset.bpe_tokenizer(captions, specials=specials))
+  eos = {'eos_token_id': llm.vocab_size - len(specials)}
+  return tokenizer_lib.CaptionTokenizer(
+    llm, tokenizer_lib.special_partners(llm, eos, llm.vocab_size), llm.vocab_size
+  )
+
+
+def _padded_ids(tok, captions, length=32):
+  return np.stack([tok.encode_targets(c, length) for c in captions])
+
+
+def test_reward_of_subword_samples_is_cider_d_of_their_decoded_words():
+  """With a BPE decoder the reward is the CIDEr-D evaluation reports on the decoded text."""
+  tok = _bpe_caption_tokenizer()
+  b, k = len(LM_SAMPLES), len(LM_SAMPLES[0])
+  samples = _padded_ids(tok, [c for row in LM_SAMPLES for c in row]).reshape(b, k, -1)
+  greedy = _padded_ids(tok, LM_GREEDY)
+  index = np.arange(b)
+  reward_fn = rewards.CaptionReward(LM_REFERENCES, {'cider_d': 1.0})
+  scored = rewards.score_rollout(reward_fn, tok, samples, index, 'greedy', greedy)
+  assert scored.captions == [c for row in LM_SAMPLES for c in row]
+  refs = LM_REFERENCES.references
+  # Every clip once, so evaluation's document frequencies are the reward's.
+  for column, got in [*enumerate(scored.rewards.T), (None, scored.greedy_rewards)]:
+    captions = LM_GREEDY if column is None else [row[column] for row in LM_SAMPLES]
+    want = compute_caption_metrics(captions, refs).per_clip['cider_d']
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  # CIDEr-D counted on the subword ids instead gives other rewards.
+  ref_ids = np.stack([_padded_ids(tok, rs) for rs in refs])
+  on_ids = reward_lib.CiderDReward.from_token_ids(ref_ids, vocab_size=tok.vocab_size)
+  subword = on_ids.score_ids(samples.reshape(b * k, -1), np.repeat(ref_ids, k, axis=0))
+  assert np.abs(subword - scored.rewards.reshape(-1)).max() > 0.1
 
 
 def test_normalised_advantages_hand_computed():

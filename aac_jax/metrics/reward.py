@@ -12,7 +12,12 @@ Entry points: `score(candidates, references)` takes captions;
 `score_clips(candidates, clip_index)` scores against the corpus's own
 references by clip (no reference is tokenized again: the SCST case);
 `score_ids` / `from_token_ids` work on decoder token ids (special ids as in
-docs/CONTRACTS.md) and skip text altogether.
+docs/CONTRACTS.md) and skip text altogether: their n-grams are n-grams of
+ids, which are word n-grams only for a word vocabulary
+(`aac_jax.data.tokenizer.Tokenizer`). With a subword vocabulary (a language
+model's BPE, `CaptionTokenizer`) they would count pieces ("barking" ->
+"b ar k in g"), so score the decoded text instead, as SCST does
+(`aac_jax.scst.rewards.score_rollout`).
 
 Tokenization: training-time rewards score the model's own words, which are
 already DCASE-normalised (lower case, no punctuation), so captions are

@@ -1,7 +1,10 @@
 """The host half of an SCST step: captions -> rewards -> baselines.
 
 Rewards are computed on the host, per sampled caption, against all the
-references of its clip:
+references of its clip, on the decoded text's words (`score_rollout`
+decodes with the run's tokenizer, then `text.caption_words`), so a
+subword vocabulary (a language model's BPE) is scored on words, as
+evaluation scores it:
 
 - `cider_d` (default): CIDEr-D with document frequencies counted once over
   the training references (`aac_jax.metrics.CiderDReward`).
