@@ -167,3 +167,55 @@ def test_scst_with_a_lora_language_model_moves_adapters_only(llm_ce_workdir, tmp
       assert not same, keys
       moved['lora' if keys[-1].startswith('lora') else 'projector'] += 1
   assert moved['frozen'] > 10 and moved['lora'] == 2 * 3 and moved['projector'] == 4, moved
+
+
+@pytest.fixture(scope='module')
+def micro_clap_dir(tmp_path_factory):
+  """A converted random CLAP folder (tests/clap_reference.py 'micro', unfused layout)."""
+  pytest.importorskip('torch')
+  pytest.importorskip('transformers')
+  import sys
+
+  from tests import clap_reference, corpora
+
+  sys.path.insert(0, 'tools')
+  import convert_checkpoint
+
+  hf, out = tmp_path_factory.mktemp('clap_hf'), tmp_path_factory.mktemp('clap')
+  captions = clap_reference.read_captions(
+    corpora.corpora_dir() / 'clotho' / 'clotho_captions_development.csv', 100
+  )
+  tok = clap_reference.train_tokenizer(hf, captions, max_length=40)
+  clap_reference.save_random_clap(hf, False, len(tok), size='micro')
+  assert convert_checkpoint.main(['clap', '--input', str(hf), '--output', str(out)]) == 0
+  return out
+
+
+def test_scst_with_a_clap_reward_term_runs_and_moves_the_model(
+  ce_workdir, micro_clap_dir, tmp_path
+):
+  """reward='mix' with {cider_d: 1, clap: 1000}: the logged rewards carry the CLAP cosine."""
+  config = _scst_config(ce_workdir, reward='mix', reward_weights={'cider_d': 1.0, 'clap': 1000.0})
+  config.scst.clap_dir = str(micro_clap_dir)
+  config.scst.eval_initial = config.eval.test_at_end = False
+  config.train.eval_every = 0
+  config.train.stop_at_step = 2  # The `straight` run's schedule: its compiled steps are reused.
+  result = scst.run_scst(config, str(tmp_path))
+  assert (result.step, result.reason, int(result.state.step)) == (2, 'stopped', 2)
+  log = (tmp_path / 'train.log').read_text()
+  rewards = np.array([float(v) for v in re.findall(r'train/reward_mean=([^,\s]+)', log)])
+  spread = np.array([float(v) for v in re.findall(r'train/reward_std=([^,\s]+)', log)])
+  # CIDEr-D alone is within [0, 10]; 1000 x a cosine in [-1, 1] is what takes it outside.
+  assert len(rewards) == 2 and np.all(np.abs(rewards) > 10) and np.all(np.abs(rewards) < 1010)
+  assert np.all(spread > 0), spread  # Samples of a clip differ: the advantages are not all 0.
+
+  trained = result.state.params
+  target = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), trained
+  )
+  before, _, _ = checkpointing.restore_params(ce_workdir[0], config.train, target)
+  moved = [
+    not np.array_equal(np.asarray(x), np.asarray(y))
+    for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(trained), strict=True)
+  ]
+  assert sum(moved) > len(moved) // 2, (sum(moved), len(moved))
