@@ -279,6 +279,14 @@ def _decode(d: ml_collections.ConfigDict, section: str, c, p: _Problems) -> None
     'must be in [0, max_len)',
   )
   p.check(_finite(d.temperature), f'{section}.temperature', d.temperature, 'must be finite')
+  subwords = c.model.decoder_style == 'llm' and bool(c.model.llm.init)
+  p.check(
+    not (d.ban_repeated_content_words and subwords),
+    f'{section}.ban_repeated_content_words',
+    True,
+    "bans repeated tokens of a word vocabulary; model.llm.init's subword tokenizer would ban "
+    'word pieces ("ing", "s") after their first use: set it False',
+  )
   rerank = d.rerank
   p.check(rerank in decode_settings.RERANKERS, f'{section}.rerank', rerank,
           f'must be one of {list(decode_settings.RERANKERS)}')  # fmt: skip

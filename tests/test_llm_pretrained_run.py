@@ -182,3 +182,17 @@ def _train(model, params, feats, pads, targets, steps):
     params, state, loss = step(params, state)
     losses.append(float(loss))
   return params, np.asarray(losses)
+
+
+def test_word_ban_is_refused_with_the_checkpoint_tokenizer():
+  # The content-word ban marks vocabulary entries; with BPE pieces it would
+  # ban "ing" or "s" after their first use (checked by hand: "barking and
+  # chirping" could not be written with the tiny tokenizer's pieces).
+  from aac_jax import config_validation
+
+  config = clotho_llm.get_config('runlocal')
+  config.decode.ban_repeated_content_words = True
+  assert config_validation.problems(config, 'train', 8) == []  # A word vocabulary: allowed.
+  config.model.llm.init = 'converted'
+  (line,) = config_validation.problems(config, 'train', 8)
+  assert line.startswith('decode.ban_repeated_content_words=True') and 'set it False' in line
