@@ -39,7 +39,7 @@ def setup(tmp_path_factory):
   model, extractor = clap_reference.save_random_clap(folder, False, 64, size='micro')
   name = toy_dataset.build_toy_dataset(
     str(root / 'tfds'),
-    splits={'train': 16, 'validation': 8, 'test': 8},
+    splits={'train': 8, 'validation': 8, 'test': 8},
     min_seconds=0.5,
     max_seconds=1.0,
     sample_rate=SR,
@@ -129,11 +129,15 @@ def test_frozen_run_trains_from_the_embedding_store_and_captions(setup, tmp_path
   pretrained_setup.resolve_encoder_frontend(config, check_embeddings=False)
   tagger, params = pretrained_setup.make_tagger_and_params(config)
   path, count = embeddings.extract_train_embeddings(config, tagger, params)
-  assert count == 16
+  assert count == 8
   workdir = setup.root / 'frozen'
   config = _config(setup, embeddings='auto')
-  config.train.eval_every = 10  # aac-caption below decodes from audio (one compilation less).
-  assert trainer.train_and_evaluate(config, str(workdir)).reason == 'finished'
+  # Two steps of three: no validation (aac-caption below decodes from audio, and a
+  # validation decode would be one more compilation), the step-2 checkpoint kept.
+  config.train.num_steps, config.train.stop_at_step, config.train.eval_every = 3, 2, 0
+  config.dataset.max_caption_tokens = 12
+  result = trainer.train_and_evaluate(config, str(workdir))
+  assert (result.step, result.reason) == (2, 'stopped')
   assert config.dataset.embeddings_dir == path
   from aac_jax.data.tokenizer import Tokenizer
 
