@@ -12,10 +12,13 @@ SIGTERM. Prints requests/s, p50/p95/p99 latency and the mean batch size
 of the same decoded files with the same model and batch size (the
 `aac-caption` path, timed after a first pass compiled it), with each
 level's ratio to concurrency 1, the server's CPU time per request (all its
-threads, from /proc) and the load average before and after. Then the model
-alone: per length bucket, the time of one call of 1, half `--batch_size`
-and `--batch_size` rows of the same clips, and the CPU time per clip, which
-say what batching can save on this machine. Nothing leaves the machine.
+threads, from /proc), the cores it kept busy (CPU seconds / wall seconds),
+its CPU time over its busiest thread's (how many cores its work is spread
+over) and the load average before and after. Then the model alone: per
+length bucket, the time of one call of 1, half `--batch_size` and
+`--batch_size` rows of the same clips, the CPU time per clip, which say what
+batching can save on this machine, and the CPU time over the busiest
+thread's. Nothing leaves the machine.
 """
 
 import argparse
@@ -66,13 +69,29 @@ def write_clips(folder: pathlib.Path, count: int, window_s: float, seed: int) ->
   return out
 
 
-def process_cpu_seconds(pid: int) -> float:
-  """User plus system CPU seconds of process `pid`, all threads (Linux /proc; nan elsewhere)."""
+def process_cpu_seconds(pid: int, task: str = '') -> float:
+  """User plus system CPU seconds of process `pid`, all threads, or of its thread `task`
+  (Linux /proc; nan elsewhere)."""
+  path = f'/proc/{pid}/task/{task}/stat' if task else f'/proc/{pid}/stat'
   try:
-    fields = pathlib.Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()
+    fields = pathlib.Path(path).read_text().rsplit(')', 1)[1].split()
   except OSError:
     return float('nan')
   return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+  """CPU seconds of each thread of process `pid`, by thread id (empty where no /proc)."""
+  tasks = pathlib.Path(f'/proc/{pid}/task')
+  names = [t.name for t in tasks.iterdir()] if tasks.is_dir() else []
+  return {name: process_cpu_seconds(pid, name) for name in names}
+
+
+def parallel_threads(before: dict[str, float], after: dict[str, float]) -> float:
+  """The CPU time between two `thread_cpu_seconds` over the busiest thread's: 1.0 when one
+  thread did the work, 2.0 when two did equal shares (how many cores the work can use)."""
+  spent = [after[k] - before.get(k, 0.0) for k in after]
+  return sum(spent) / max(max(spent, default=0.0), 1e-9)
 
 
 def run_level(url: str, bodies: list[bytes], concurrency: int, count: int, limit_s: float):
@@ -110,9 +129,10 @@ def bench_server(args, bodies: list[bytes], folder: pathlib.Path) -> list[dict]:
     for level in [int(c) for c in args.concurrency.split(',')]:
       batches = client.metric(url, 'aac_serve_batch_size_count')
       windows = client.metric(url, 'aac_serve_batch_size_sum')
-      cpu = process_cpu_seconds(proc.pid)
+      cpu, threads = process_cpu_seconds(proc.pid), thread_cpu_seconds(proc.pid)
       lat, statuses, wall = run_level(url, bodies, level, args.requests, args.level_seconds)
       cpu = process_cpu_seconds(proc.pid) - cpu
+      threads = parallel_threads(threads, thread_cpu_seconds(proc.pid))
       ok = statuses.count(200)
       batches = client.metric(url, 'aac_serve_batch_size_count') - batches
       windows = client.metric(url, 'aac_serve_batch_size_sum') - windows
@@ -128,6 +148,8 @@ def bench_server(args, bodies: list[bytes], folder: pathlib.Path) -> list[dict]:
           p99=p99,
           batch=windows / max(batches, 1),
           cpu_ms=cpu * 1000 / max(len(statuses), 1),
+          cores=cpu / wall,
+          threads=threads,
         )
       )
       print(f'  concurrency {level}: {ok}/{len(statuses)} ok in {wall:.1f} s', file=sys.stderr)
@@ -168,7 +190,8 @@ def bench_model_calls(model: model_lib.ServedModel, clips: list, seconds: float 
     seconds: each shape is called repeatedly for about this long.
 
   Returns:
-    One dict per (length, rows): `seconds`, `rows`, `call_ms`, `cpu_ms` (per clip).
+    One dict per (length, rows): `seconds`, `rows`, `call_ms`, `cpu_ms` (per clip),
+    `threads` (`parallel_threads` over the calls).
   """
   out = []
   for samples in model.lengths:
@@ -177,11 +200,13 @@ def bench_model_calls(model: model_lib.ServedModel, clips: list, seconds: float 
       batch = [pool[i % len(pool)] for i in range(rows)]
       model.caption_clips(batch)  # Compiles it.
       calls, wall, cpu = 0, time.perf_counter(), time.process_time()
+      threads = thread_cpu_seconds(os.getpid())
       while calls < 3 or time.perf_counter() - wall < seconds:
         model.caption_clips(batch)
         calls += 1
       wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
       per_call = dict(call_ms=wall * 1000 / calls, cpu_ms=cpu * 1000 / calls / rows)
+      per_call['threads'] = parallel_threads(threads, thread_cpu_seconds(os.getpid()))
       out.append(dict(seconds=samples / model.sample_rate, rows=rows, **per_call))
   return out
 
@@ -194,30 +219,33 @@ def print_table(rows: list[dict], offline: float, args, loads: list[float]) -> N
   )
   print(
     '| mode | concurrency | ok / sent | req/s | vs c=1 | p50 ms | p95 ms | p99 ms | mean batch '
-    '| server CPU ms/req |'
+    '| server CPU ms/req | server cores busy | CPU / busiest thread |'
   )
-  print('|---|---|---|---|---|---|---|---|---|---|')
+  print('|---|---|---|---|---|---|---|---|---|---|---|---|')
   for r in rows:
     print(
       f'| server | {r["level"]} | {r["ok"]}/{r["sent"]} | {r["rate"]:.2f} | '
       f'{r["rate"] / base:.1f}x | {r["p50"]:.0f} | {r["p95"]:.0f} | {r["p99"]:.0f} | '
-      f'{r["batch"]:.1f} | {r["cpu_ms"]:.1f} |'
+      f'{r["batch"]:.1f} | {r["cpu_ms"]:.1f} | {r["cores"]:.2f} | {r["threads"]:.2f} |'
     )
   print(
     f'| offline batched | - | {args.clips} clips | {offline:.2f} | {offline / base:.1f}x '
-    f'| - | - | - | {args.batch_size} | - |'
+    f'| - | - | - | {args.batch_size} | - | - | - |'
   )
 
 
 def print_calls(calls: list[dict]) -> None:
   """The model-call table: what a bigger batch saves per clip."""
-  print('\n| length s | rows | ms per call | ms per clip | CPU ms per clip | clips/s |')
-  print('|---|---|---|---|---|---|')
+  print(
+    '\n| length s | rows | ms per call | ms per clip | CPU ms per clip | clips/s '
+    '| CPU / busiest thread |'
+  )
+  print('|---|---|---|---|---|---|---|')
   for c in calls:
     per_clip = c['call_ms'] / c['rows']
     print(
       f'| {c["seconds"]:g} | {c["rows"]} | {c["call_ms"]:.1f} | {per_clip:.1f} | '
-      f'{c["cpu_ms"]:.1f} | {1000 / per_clip:.0f} |'
+      f'{c["cpu_ms"]:.1f} | {1000 / per_clip:.0f} | {c["threads"]:.2f} |'
     )
 
 
