@@ -3,10 +3,10 @@
 XLA's CPU backend compiles at LLVM optimisation level 0 in tests
 (`--xla_backend_optimization_level=0`, added to `$XLA_FLAGS` unless it names
 a level): the same operations and results within the parity tolerances,
-compiled 3-5x faster, and the suite's tiny shapes spend far more time
-compiling than running (the runlocal demo's train step: 51.9 s -> 18.7 s to
-compile, its 2-step run 144 s -> 66 s on the loaded 2-core VM). Subprocesses
-the tests start inherit it.
+compiled several times faster, and the suite's tiny shapes spend far more
+time compiling than running (see the log of any run with
+`jax.config.update('jax_log_compiles', True)`). Subprocesses the tests start
+inherit it.
 """
 
 import os
