@@ -65,8 +65,9 @@ def save_whole_arrays_on_cpu() -> None:
   compilation, per array shape, slice and device. On accelerators that
   spreads device-to-host copies over the replicas; CPU devices share the
   host's memory, so it only costs time: most of a small run's first save
-  (tests/test_checkpoint_resume.py counts the compilations: 42 for five
-  arrays on 8 CPU devices with it, none without). Accelerators keep orbax's
+  (tests/test_checkpoint_resume.py counts a save's compilations: 42 for five
+  new arrays on 8 CPU devices with it, without it only the checksums' 2).
+  Accelerators keep orbax's
   default. Idempotent; checkpoints read back the same either way.
   """
   if jax.default_backend() == 'cpu':
