@@ -67,8 +67,8 @@ def save_whole_arrays_on_cpu() -> None:
   host's memory, so it only costs time: most of a small run's first save
   (tests/test_checkpoint_resume.py counts a save's compilations: 42 for five
   new arrays on 8 CPU devices with it, without it only the checksums' 2).
-  Accelerators keep orbax's
-  default. Idempotent; checkpoints read back the same either way.
+  Accelerators keep orbax's default. Idempotent; checkpoints read back the
+  same either way.
   """
   if jax.default_backend() == 'cpu':
     handler = ocp.type_handlers.ArrayHandler(use_replica_parallel=False)
