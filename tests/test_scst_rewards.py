@@ -66,6 +66,8 @@ def test_mean_others_baseline_and_advantages(reward_fn):
   scored = rewards.score_rollout(reward_fn, TOKENIZER, SAMPLES, INDEX, 'mean_others')
   assert scored.captions == ['a b', 'a', 'c d', 'c d', 'a b', 'c d']
   np.testing.assert_allclose(scored.rewards, EXPECTED_REWARDS, rtol=1e-6)
+  assert list(scored.terms) == ['cider_d']  # The reward's one term, per sample.
+  np.testing.assert_allclose(scored.terms['cider_d'], EXPECTED_REWARDS.reshape(-1), rtol=1e-6)
   r = EXPECTED_REWARDS
   expected_baselines = [
     [(r[0, 1] + r[0, 2]) / 2, (r[0, 0] + r[0, 2]) / 2, (r[0, 0] + r[0, 1]) / 2],
@@ -86,6 +88,8 @@ def test_greedy_baseline_and_advantages(reward_fn):
   scored = rewards.score_rollout(reward_fn, TOKENIZER, SAMPLES, INDEX, 'greedy', GREEDY)
   assert scored.greedy_captions == ['a', 'c e']
   np.testing.assert_allclose(scored.greedy_rewards, [A_VS_AB, 3.125], rtol=1e-6)
+  # The terms are the samples' only (the greedy captions are scored in the same call).
+  np.testing.assert_allclose(scored.terms['cider_d'], EXPECTED_REWARDS.reshape(-1), rtol=1e-6)
   np.testing.assert_allclose(scored.baselines, [[A_VS_AB] * 3, [3.125] * 3], rtol=1e-6)
   adv = steps.compute_advantages(scored.rewards, scored.baselines, normalize=False)
   expected = [[5.0 - A_VS_AB, 0.0, -A_VS_AB], [0.0, -3.125, 0.0]]

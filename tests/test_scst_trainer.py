@@ -208,6 +208,12 @@ def test_scst_with_a_clap_reward_term_runs_and_moves_the_model(
   # CIDEr-D alone is within [0, 10]; 1000 x a cosine in [-1, 1] is what takes it outside.
   assert len(rewards) == 2 and np.all(np.abs(rewards) > 10) and np.all(np.abs(rewards) < 1010)
   assert np.all(spread > 0), spread  # Samples of a clip differ: the advantages are not all 0.
+  # Each term is logged: the mean reward is their weighted sum (6 printed digits).
+  terms = {
+    name: np.array([float(v) for v in re.findall(rf'train/reward_{name}_mean=([^,\s]+)', log)])
+    for name in ('cider_d', 'clap')
+  }
+  np.testing.assert_allclose(terms['cider_d'] + 1000.0 * terms['clap'], rewards, rtol=1e-4)
 
   trained = result.state.params
   target = jax.tree.map(

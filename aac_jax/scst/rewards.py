@@ -286,15 +286,17 @@ class CaptionReward:
       )
     return scores
 
-  def __call__(self, captions: Sequence[str], clip_index: np.ndarray) -> np.ndarray:
-    """Weighted reward per caption.
+  def score(
+    self, captions: Sequence[str], clip_index: np.ndarray
+  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Weighted reward per caption, and the terms it was made of.
 
     Args:
       captions: `[n]` captions (decoded model output).
       clip_index: int `[n]` train clip of each caption.
 
     Returns:
-      float64 `[n]`.
+      `(reward float64 [n], metric_scores(captions, clip_index))`.
     """
     scores = self.metric_scores(captions, clip_index)
     reward = sum(w * scores[m] for m, w in self._weights.items())
@@ -302,7 +304,11 @@ class CaptionReward:
       reward = fense.penalize(reward, scores['fluency_error'], self._fluency.penalty)
     if self._repetition_penalty:
       reward = fense.penalize(reward, scores['repetition'], self._repetition_penalty)
-    return reward
+    return reward, scores
+
+  def __call__(self, captions: Sequence[str], clip_index: np.ndarray) -> np.ndarray:
+    """Weighted reward per caption: float64 `[n]` (see `score`)."""
+    return self.score(captions, clip_index)[0]
 
 
 def decode_captions(tokenizer: Tokenizer, tokens: np.ndarray) -> list[str]:
@@ -321,6 +327,8 @@ class ScoredRollout:
     captions: `[b * K]` sampled captions (clip-major).
     greedy_captions: `[b]` greedy captions, or None.
     greedy_rewards: float32 `[b]`, or None.
+    terms: `{metric: float64 [b * K]}`, the reward's terms of each sample
+      (`CaptionReward.metric_scores`: CIDEr-D, CLAP, fluency error, ...).
   """
 
   rewards: np.ndarray
@@ -328,6 +336,7 @@ class ScoredRollout:
   captions: list[str]
   greedy_captions: list[str] | None = None
   greedy_rewards: np.ndarray | None = None
+  terms: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def score_rollout(
@@ -341,7 +350,7 @@ def score_rollout(
   """Decodes and scores one batch of samples, and forms the baselines.
 
   Args:
-    reward_fn: the reward (`CaptionReward` or any callable of the same form).
+    reward_fn: the reward (`CaptionReward`).
     tokenizer: the run's tokenizer.
     samples: int `[b, K, L]` sampled tokens.
     clip_index: int `[b]` train clip of each row.
@@ -361,14 +370,16 @@ def score_rollout(
       raise ValueError("baseline 'greedy' needs greedy tokens")
     greedy_captions = decode_captions(tokenizer, greedy)
     # One call scores both: samples first, then the greedy captions.
-    scores = reward_fn(captions + greedy_captions, np.concatenate([index, clip_index]))
+    scores, terms = reward_fn.score(captions + greedy_captions, np.concatenate([index, clip_index]))
     rewards, greedy_rewards = scores[: b * k].reshape(b, k), scores[b * k :]
   else:
-    rewards, greedy_rewards = reward_fn(captions, index).reshape(b, k), None
+    scores, terms = reward_fn.score(captions, index)
+    rewards, greedy_rewards = scores.reshape(b, k), None
   return ScoredRollout(
     rewards=rewards.astype(np.float32),
     baselines=baseline_rewards(rewards, baseline, greedy_rewards),
     captions=captions,
     greedy_captions=greedy_captions,
     greedy_rewards=None if greedy_rewards is None else greedy_rewards.astype(np.float32),
+    terms={name: values[: b * k] for name, values in terms.items()},
   )

@@ -251,7 +251,10 @@ def score_pending(run: ScstRun, pending: _Pending) -> tuple[rewards_lib.ScoredRo
 def host_metrics(
   tokenizer, scored: rewards_lib.ScoredRollout, samples: jax.Array
 ) -> dict[str, float]:
-  """Fluency proxies of this step's samples and the greedy reward, over all processes.
+  """This step's sample fluency proxies, greedy reward and reward terms, over all processes.
+
+  The reward's terms are means over the samples: `reward_<metric>_mean`
+  (`reward_cider_d_mean`, `reward_clap_mean`, `reward_fluency_error_mean`, ...).
 
   Args:
     tokenizer: the run's tokenizer.
@@ -266,6 +269,8 @@ def host_metrics(
   out = {f'sample_{k}': float(v) for k, v in stats.items()}
   if scored.greedy_rewards is not None:
     out['greedy_reward_mean'] = float(np.mean(parallel.all_processes(scored.greedy_rewards)))
+  for name in sorted(scored.terms):  # The same order on every process.
+    out[f'reward_{name}_mean'] = float(np.mean(parallel.all_processes(scored.terms[name])))
   return out
 
 
