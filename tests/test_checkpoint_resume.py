@@ -20,7 +20,7 @@ import toy_dataset
 from aac_jax.data import pipeline
 from aac_jax.train import checkpointing, parallel, trainer
 from aac_jax.train import state as state_lib
-from configs import base
+from configs import base, clotho_llm
 
 
 @pytest.fixture(scope='module')
@@ -80,6 +80,21 @@ def test_restart_from_disk_equals_straight_run(straight_run, toy_config, tmp_pat
   straight_iter = _iterator_state(checkpointing.checkpoint_dir(straight_dir) / '4' / 'data_iter')
   assert straight_iter and straight_iter == _iterator_state(ckpt / '4' / 'data_iter')
   assert straight_iter != _iterator_state(ckpt / '2' / 'data_iter')
+
+
+def test_lora_language_model_run_resumes_bit_exactly(toy_config, tmp_path):
+  # A LoRA decoder's optimizer state has frozen (zero-update) leaves beside the adapters'.
+  config = clotho_llm.get_config('runlocal')
+  config.dataset.update(toy_config.dataset)
+  config.train.update(num_steps=100, log_every=1, checkpoint_every=2, eval_every=0)
+  config.eval.test_at_end = False
+  config.model.llm.update(dict(train='lora', lora_rank=2, lora_targets=['q', 'v', 'down']))
+  straight = _run(config, tmp_path / 'straight', 4)
+  assert _run(config, tmp_path / 'resumed', 2).step == 2
+  resumed = _run(config, tmp_path / 'resumed', 4)
+  assert resumed.step == 4 and int(resumed.state.step) == 4
+  _assert_trees_equal(resumed.state.params, straight.state.params)
+  _assert_trees_equal(resumed.state.opt_state, straight.state.opt_state)
 
 
 def test_evaluation_writes_predictions_and_ranks_checkpoint(straight_run):
