@@ -339,6 +339,7 @@ def _scst_fluency(s: ml_collections.ConfigDict, p: _Problems) -> None:
   for name in ('fluency_threshold', 'fluency_penalty', 'repetition_penalty'):
     value = s[name]
     p.check(_finite(value) and 0 <= value <= 1, f'scst.{name}', value, 'must be in [0, 1]')
+  p.non_negative(s, 'scst', 'ce_weight')
   if s.fluency in ('hard', 'soft'):
     try:
       folder = fense_models.resolve_model_dir(

@@ -312,6 +312,9 @@ def get_scst_config() -> ml_collections.ConfigDict:
   # Repetition term: reward x (1 - repetition_penalty x the caption's share of
   # repeated 3-grams); 0 = off (docs/evaluation.md#a-fluency-term-in-the-scst-reward).
   c.repetition_penalty = 0.0
+  # Cross-entropy anchor: loss + ce_weight x the cross-entropy per token of one
+  # reference caption per clip (0 = off); keeps the data's wording and counts.
+  c.ce_weight = 0.0
   return c
 
 

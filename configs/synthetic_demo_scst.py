@@ -19,6 +19,8 @@ Variants (after ':'):
                  configs/synthetic_demo.py --output workdirs/demo_fluency).
   repetition=P   reward x (1 - P x the caption's share of repeated 3-grams)
                  (default 0: off).
+  ce=W           loss + W x the cross-entropy of one reference per clip
+                 (default 0: off).
 
 Data, front end and model are the CE config's (the parameters must fit);
 optimizer, steps and everything under `scst` are this stage's own.
@@ -41,6 +43,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'fluency': 'off',
       'fluency_dir': 'workdirs/demo_fluency',
       'repetition': '0',
+      'ce': '0',
     },
   )
   ce_arg = f'data={args["data"]}' + (',runlocal' if args['runlocal'] else '')
@@ -63,6 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if args['fluency'] != 'off':
     config.scst.fluency_dir = args['fluency_dir']
   config.scst.repetition_penalty = float(args['repetition'])
+  config.scst.ce_weight = float(args['ce'])
 
   # Dropout would make the updated policy differ from the sampled one.
   config.model.dropout = 0.0

@@ -179,6 +179,26 @@ def test_make_examples_and_held_out_split():
   assert all(t not in clean for t, y in zip(texts, labels, strict=True) if y.any())
 
 
+def test_each_rule_examples_hold_one_text_per_applicable_rule():
+  caps = ['a dog barks loudly and a car passes by', 'rain falls']
+  lexicon = fc.build_lexicon(caps + ['a dog is barking'])
+  texts, labels = fc.make_examples(
+    caps, np.random.default_rng(0), lexicon, mixed=False, each_rule=True
+  )
+  assert texts[:2] == caps and not labels[:2].any()
+  rules = {}
+  for text, label in zip(texts[2:], labels[2:], strict=True):
+    assert label[-1] == 1 and label[:-1].sum() == 1  # One rule each, and "any error".
+    rules.setdefault(fc.ERROR_TYPES[int(np.argmax(label[:-1]))], []).append(text)
+  assert rules['remove_conj'] == ['a dog barks loudly a car passes by']
+  assert rules['remove_verb'] == ['a dog loudly and a car passes by']
+  assert 'repeat_adv' not in rules  # 'loudly' is in the first event, not the last.
+  assert len(rules['add_tail']) == 2 and len(rules['repeat_event']) == 2
+  assert len(set(texts)) == len(texts)  # No text twice, none equal to a clean caption.
+  both, both_labels = fc.make_examples(caps, np.random.default_rng(0), lexicon, each_rule=True)
+  assert len(both) > len(texts) and both_labels.shape == (len(both), 6)
+
+
 def test_params_to_hf_inverts_params_from_hf():
   config = bert.BertConfig(50, 16, 2, 2, 32, 64)
   ids = np.zeros((1, 4), np.int32)
@@ -258,7 +278,11 @@ def test_tool_trains_then_refuses_to_overwrite_the_detector(tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert '| remove_verb |' in result.stdout
   scores = json.loads((out / 'fluency_eval.json').read_text())
-  assert list(scores) == list(fc.CLASS_NAMES) and scores['error']['positives'] > 0
+  assert list(scores) == ['single_rule', 'mixed']
+  for table in scores.values():
+    assert list(table) == list(fc.CLASS_NAMES) and table['error']['positives'] > 0
+  single = scores['single_rule']  # Each held-out text has one rule: the types sum to "error".
+  assert sum(single[n]['positives'] for n in fc.ERROR_TYPES) == single['error']['positives']
   fense_models.load_error_checker(out)
   weights = (out / 'model.safetensors').read_bytes()
 

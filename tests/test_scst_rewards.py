@@ -276,9 +276,13 @@ def test_fluency_settings_are_checked_before_any_work(tmp_path, monkeypatch):
   config = synthetic_demo_scst.get_config('runlocal')
   config.scst.fluency, config.scst.fluency_threshold, config.scst.fluency_penalty = 'on', 1.5, -1
   config.scst.repetition_penalty = 2.0
+  config.scst.ce_weight = -0.5
   lines = config_validation.problems(config, 'scst', 8)
   assert 'scst.repetition_penalty=2.0: must be in [0, 1]' in lines, lines
+  assert 'scst.ce_weight=-0.5: must be >= 0' in lines, lines
   config.scst.repetition_penalty = 1.0
+  config.scst.ce_weight = synthetic_demo_scst.get_config('runlocal,ce=2.5').scst.ce_weight
+  assert config.scst.ce_weight == 2.5
   assert any(line.startswith("scst.fluency='on': must be one of") for line in lines), lines
   assert 'scst.fluency_threshold=1.5: must be in [0, 1]' in lines, lines
   assert 'scst.fluency_penalty=-1.0: must be in [0, 1]' in lines, lines

@@ -92,7 +92,7 @@ def _mesh(mesh_shape):
 
 
 @functools.cache
-def _update_fn(mesh_shape: tuple, normalize: bool, normalizer: str):
+def _update_fn(mesh_shape: tuple, normalize: bool, normalizer: str, ce_weight: float = 0.0):
   """`(mesh, state sharding, jitted update)` with a gradient-capturing optimizer."""
   _, model, _ = _setup()
   config, mesh = _mesh(mesh_shape)
@@ -108,17 +108,24 @@ def _update_fn(mesh_shape: tuple, normalize: bool, normalizer: str):
     sample_rate=SAMPLE_RATE,
     normalize_advantage=normalize,
     normalizer=normalizer,
+    ce_weight=ce_weight,
   )
   return mesh, sharding, fn
 
 
-def _gradient(num_devices, normalize, normalizer, rollout, params=None, mesh_shape=None):
-  """(gradient, metrics) of one update step on the first `num_devices` devices (or a mesh)."""
-  mesh, sharding, fn = _update_fn(mesh_shape or (num_devices, 1, 1), normalize, normalizer)
+def _gradient(
+  num_devices, normalize, normalizer, rollout, params=None, mesh_shape=None, targets=None, ce=0.0
+):
+  """(gradient, metrics) of one update step on the first `num_devices` devices (or a mesh).
+
+  `targets` (one reference per clip) and `ce` (its loss weight) add the CE term.
+  """
+  mesh, sharding, fn = _update_fn(mesh_shape or (num_devices, 1, 1), normalize, normalizer, ce)
   params = _setup()[2] if params is None else params
   train_state = state.create_train_state(params, _capture_gradients())
   train_state = jax.device_put(train_state, sharding)
-  batch = parallel.shard_batch(_audio(), mesh)
+  extra = {} if targets is None else {'targets': targets}
+  batch = parallel.shard_batch({**_audio(), **extra}, mesh)
   new_state, metrics = fn(
     train_state, batch, parallel.shard_batch(rollout, mesh), jax.random.key(0)
   )
@@ -249,3 +256,51 @@ def test_update_raises_log_prob_of_the_high_reward_sample():
   assert np.all(change[0, 1:] < 0)  # the clip's other samples (negative advantage) go down
   # Leave-one-out advantages 10, -5, -5 (mean 0 over the batch) standardised.
   assert metrics['advantage_max'] == pytest.approx(10 / np.sqrt(150 / (CLIPS * K)), rel=1e-4)
+
+
+def _references(seed: int = 1) -> np.ndarray:
+  """One reference per clip: words, EOS, PAD, of uneven lengths."""
+  rng = np.random.default_rng(seed)
+  targets = np.zeros((CLIPS, LENGTH), np.int32)
+  for i in range(CLIPS):
+    n = int(rng.integers(1, LENGTH))
+    targets[i, :n] = rng.integers(4, VOCAB, n)
+    targets[i, n] = tokenizer.EOS_ID
+  return targets
+
+
+def test_reference_cross_entropy_term_adds_its_weighted_gradient_on_any_mesh():
+  # loss = policy term + w x (CE per token of the references): the gradient moves by
+  # exactly w x the gradient of the CE written out on one device, on 8 devices too.
+  config, model, params = _setup()
+  rollout, targets, weight = _rollout(), _references(), 0.5
+
+  @jax.jit
+  def reference_ce(params):
+    features, paddings = train_steps.compute_features(_audio(), None, config.frontend, SAMPLE_RATE)
+    encoded, enc_paddings = model.apply({'params': params}, features, paddings, method='encode')
+    logits = model.apply(
+      {'params': params},
+      encoded,
+      enc_paddings,
+      tokenizer.shift_right(jnp.asarray(targets)),
+      method='decode',
+    )
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(log_p, jnp.asarray(targets)[..., None], axis=-1)[..., 0]
+    mask = targets != tokenizer.PAD_ID
+    return jnp.sum(nll * mask) / mask.sum()
+
+  ce, ce_grad = jax.value_and_grad(reference_ce)(params)
+  plain, plain_metrics = _gradient(1, True, 'tokens', rollout)
+  with_ce1, metrics1 = _gradient(1, True, 'tokens', rollout, targets=targets, ce=weight)
+  with_ce8, metrics8 = _gradient(
+    8, True, 'tokens', rollout, targets=targets, ce=weight, mesh_shape=(2, 2, 2)
+  )
+  expected = jax.tree.map(lambda g, c: g + weight * c, plain, ce_grad)
+  _assert_trees_close(with_ce1, expected, rtol=1e-4)
+  _assert_trees_close(with_ce8, with_ce1)
+  np.testing.assert_allclose(metrics1['ce_loss'], ce, rtol=1e-5)
+  np.testing.assert_allclose(metrics8['ce_loss'], ce, rtol=1e-5)
+  assert metrics1['loss'] == pytest.approx(plain_metrics['loss'], rel=1e-5)  # The policy term.
+  assert 'ce_loss' not in plain_metrics

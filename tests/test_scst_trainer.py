@@ -13,7 +13,7 @@ import pytest
 import toy_dataset
 
 from aac_jax import scst
-from aac_jax.data import pipeline
+from aac_jax.data import pipeline, tokenizer
 from aac_jax.models import llm_bridge
 from aac_jax.train import checkpointing, trainer
 from configs import clotho_llm, synthetic_demo, synthetic_demo_scst
@@ -225,3 +225,34 @@ def test_scst_with_a_clap_reward_term_runs_and_moves_the_model(
     for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(trained), strict=True)
   ]
   assert sum(moved) > len(moved) // 2, (sum(moved), len(moved))
+
+
+def test_iterator_with_a_tokenizer_adds_one_reference_per_clip_and_keeps_the_crops(ce_workdir):
+  config = _scst_config(ce_workdir)
+  exp_tokenizer = tokenizer.load_vocab(ce_workdir[0] / 'vocab.txt')
+  references = scst.read_train_references(config.dataset).references
+  plain = scst.make_scst_train_iterator(config.dataset, 4)
+  with_targets = scst.make_scst_train_iterator(config.dataset, 4, tokenizer=exp_tokenizer)
+  for _ in range(3):
+    a, b = next(plain), next(with_targets)
+    assert 'targets' not in a and b['targets'].shape == (4, config.dataset.max_caption_tokens)
+    for key in ('audio', 'audio_paddings', 'index'):
+      np.testing.assert_array_equal(a[key], b[key])
+    for index, row in zip(b['index'], b['targets'], strict=True):
+      expected = {
+        tuple(exp_tokenizer.encode_targets(c, config.dataset.max_caption_tokens))
+        for c in references[int(index)]
+      }
+      assert tuple(row) in expected
+
+
+def test_scst_with_a_reference_cross_entropy_term_logs_it(ce_workdir, tmp_path):
+  config = _scst_config(ce_workdir, ce_weight=0.5)
+  config.scst.eval_initial = config.eval.test_at_end = False
+  config.train.eval_every = 0
+  config.train.stop_at_step = 2
+  result = scst.run_scst(config, str(tmp_path))
+  assert (result.step, result.reason) == (2, 'stopped')
+  log = (tmp_path / 'train.log').read_text()
+  ce = [float(v) for v in re.findall(r'train/ce_loss=([^,\s]+)', log)]
+  assert len(ce) == 2 and all(0 < v < 20 for v in ce), ce

@@ -10,10 +10,11 @@ clips, and times:
 - whole steps pipelined (`pipeline=True`: batch t + 1 is sampled while the
   host scores batch t), as `run_scst` runs them.
 
-With `scst.fluency` on (the reward's fluency term) or a repetition term
-(`scst.repetition_penalty` > 0), the same measurements run without the
-terms and with them, interleaved `--rounds` times (best of each); the host
-reward's extra time and the step-time ratios are printed. The reward
+With `scst.fluency` on (the reward's fluency term), a repetition term
+(`scst.repetition_penalty` > 0) or the reference cross-entropy term
+(`scst.ce_weight` > 0), the same measurements run without the terms and
+with them, interleaved `--rounds` times (best of each); the host reward's
+extra time and the step-time ratios are printed. The reward
 share is host reward time / step time. Parameters are the
 `init_from` run's (best checkpoint) when given, else a fresh initialisation
 (an untrained model samples long captions: the slowest case for the reward).
@@ -24,6 +25,8 @@ share is host reward time / step time. Parameters are the
     --config=configs/synthetic_demo_scst.py:init_from=workdirs/demo,fluency=soft
   python tools/bench_scst.py --rounds=3 \\
     --config=configs/synthetic_demo_scst.py:init_from=workdirs/demo,fluency=soft,repetition=1
+  python tools/bench_scst.py \\
+    --config=configs/synthetic_demo_scst.py:init_from=workdirs/demo,fluency=soft,ce=1
 """
 
 import dataclasses
@@ -118,12 +121,13 @@ def time_loop(run, state, train_iter, steps: int, pipeline: bool):
 
 
 def plain_reward_run(run: scst_trainer.ScstRun) -> scst_trainer.ScstRun:
-  """The same run with the reward's fluency and repetition terms left out (side by side)."""
+  """The same run without the fluency, repetition and reference CE terms (side by side)."""
   config = run.config
   reward_fn = rewards_lib.CaptionReward(
     run.references, rewards_lib.reward_weights(config.scst), config.scst.spice_jars or None
   )
-  return dataclasses.replace(run, reward_fn=reward_fn)
+  update_fn = scst_trainer.make_update_fn(run.exp, 0.0) if config.scst.ce_weight else run.update_fn
+  return dataclasses.replace(run, reward_fn=reward_fn, update_fn=update_fn)
 
 
 def time_run(run, state, train_iter, steps: int):
@@ -146,17 +150,22 @@ def main(argv):
     config = scst_trainer.check_config(config)
     run = scst_trainer.create_scst_run(config, workdir)
     state = initial_state(run)
-    train_iter = scst_data.make_scst_train_iterator(config.dataset, config.train.batch_size)
+    train_iter = scst_data.make_scst_train_iterator(  # Targets feed the CE term, if on.
+      config.dataset, config.train.batch_size, tokenizer=run.exp.tokenizer
+    )
     k, b = config.scst.num_samples, config.train.batch_size
     print(
       f'batch {b} clips x {k} samples, baseline {config.scst.baseline}, reward {config.scst.reward}'
       f', fluency {config.scst.fluency}, repetition penalty {config.scst.repetition_penalty}'
+      f', reference CE weight {config.scst.ce_weight}'
     )
     # With a fluency or repetition term, the same run without them first (same batches'
     # kind, same compiled steps): the terms' cost side by side.
     terms = [f'fluency ({config.scst.fluency})'] if config.scst.fluency != 'off' else []
     if config.scst.repetition_penalty:
       terms.append(f'repetition ({config.scst.repetition_penalty:g})')
+    if config.scst.ce_weight:
+      terms.append(f'+ reference CE ({config.scst.ce_weight:g})')
     runs = {'reward': run}
     if terms:
       runs = {config.scst.reward: plain_reward_run(run), ' x '.join(['', *terms]).strip(): run}

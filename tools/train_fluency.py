@@ -4,12 +4,16 @@
   python tools/train_fluency.py --captions_file captions.txt --output DIR
 
 Distinct captions are split into training and held-out captions
-(`--holdout`); each is kept clean and corrupted once by FENSE's rules
-(`aac_jax/metrics/fluency_corruptions.py`). A small BERT error checker
+(`--holdout`); each is kept clean, corrupted once by FENSE's rules
+(`aac_jax/metrics/fluency_corruptions.py`: a random applicable rule,
+sometimes two) and, with `--each_rule` (default), once by every rule that
+applies to it alone. A small BERT error checker
 (`aac_jax/metrics/fluency_training.py`) learns the five error types and
 "any error"; it is saved in DIR as FENSE's checker folder, read back through
-the FENSE loader, and scored on the held-out texts: precision and recall
-per output, printed and written to DIR/fluency_eval.json. Use it with
+the FENSE loader, and scored on two held-out sets: precision and recall per
+output on the clean captions with each rule's corruptions ('single_rule',
+the per-type table) and on the clean captions with one mixed corruption each
+('mixed'), printed and written to DIR/fluency_eval.json. Use it with
 `--echecker_dir DIR` (aac-evaluate, training's `fense` metric).
 
 Exit status: 0 trained; 1 refused before training, with one line
@@ -49,6 +53,9 @@ _FF = flags.DEFINE_integer(
   'intermediate_size', training.DetectorSize.intermediate_size, 'Feed-forward width.'
 )
 _VOCAB = flags.DEFINE_integer('vocab_size', training.DetectorSize.vocab_size, 'Word pieces.')
+_EACH_RULE = flags.DEFINE_bool(
+  'each_rule', True, 'Train on every applicable rule per caption too (else one random rule).'
+)
 _LOG_EVERY = flags.DEFINE_integer('log_every', training.TrainSettings.log_every, 'Loss every N.')
 flags.mark_flag_as_required('output')
 
@@ -98,9 +105,15 @@ def main(argv):
     _fail(f'{len(train_caps) + len(held_caps)} distinct captions: need at least 3')
   lexicon = corruptions.build_lexicon(train_caps)
   rng = np.random.default_rng(_SEED.value)
-  train_texts, train_labels = corruptions.make_examples(train_caps, rng, lexicon)
-  held_texts, held_labels = corruptions.make_examples(held_caps, rng, lexicon)
-  print(f'{len(train_texts)} training and {len(held_texts)} held-out texts', flush=True)
+  train_texts, train_labels = corruptions.make_examples(
+    train_caps, rng, lexicon, each_rule=_EACH_RULE.value
+  )
+  held_out = {  # Clean + each rule alone (the per-type table), and clean + FENSE's mix.
+    'single_rule': corruptions.make_examples(held_caps, rng, lexicon, mixed=False, each_rule=True),
+    'mixed': corruptions.make_examples(held_caps, rng, lexicon),
+  }
+  sizes = ' and '.join(f'{len(texts)} {name}' for name, (texts, _) in held_out.items())
+  print(f'{len(train_texts)} training texts; held out: {sizes}', flush=True)
 
   tokenizer = training.write_wordpiece(train_caps, output, _VOCAB.value)
   size = training.DetectorSize(_VOCAB.value, _HIDDEN.value, _LAYERS.value, _HEADS.value, _FF.value)
@@ -113,9 +126,13 @@ def main(argv):
   training.save_detector(output, module, params, meta)
 
   checker = fense_models.load_error_checker(output)  # Scored as --echecker_dir reads it.
-  scores = training.precision_recall(checker(held_texts), held_labels)
+  scores = {
+    name: training.precision_recall(checker(texts), labels)
+    for name, (texts, labels) in held_out.items()
+  }
   (output / 'fluency_eval.json').write_text(json.dumps(scores, indent=1) + '\n')
-  print(format_table(scores))
+  for name, table in scores.items():
+    print(f'held-out {name}:\n{format_table(table)}')
   print(f'wrote {output} in {time.time() - start:.0f} s')
 
 

@@ -273,17 +273,55 @@ def corrupt(
   return out, labels
 
 
-def make_examples(
-  captions: Sequence[str], rng: np.random.Generator, lexicon: Lexicon
-) -> tuple[list[str], np.ndarray]:
-  """Each distinct caption once clean and once corrupted (`corrupt`).
+def single_rule_examples(
+  clean: Sequence[str], rng: np.random.Generator, lexicon: Lexicon, seen: set[str]
+) -> tuple[list[str], list[np.ndarray]]:
+  """Each clean text corrupted by every rule that applies to it, one rule at a time.
 
-  A corrupted text that is also one of the clean captions is left out.
+  Args:
+    clean: texts as the checker reads them.
+    rng: source of the choices.
+    lexicon: the corpus's verbs and adverbs.
+    seen: texts not to emit (the clean captions); emitted texts are added.
+
+  Returns:
+    (texts, labels): one text per (caption, applicable rule), labelled with
+    that rule and "error".
+  """
+  texts, labels = [], []
+  for text in clean:
+    words = text.split()
+    for k, name in enumerate(ERROR_TYPES):
+      changed = CORRUPTIONS[name](words, rng, lexicon)
+      if changed is None or changed == words or ' '.join(changed) in seen:
+        continue
+      label = np.zeros(len(CLASS_NAMES), np.float32)
+      label[k] = label[-1] = 1.0
+      seen.add(' '.join(changed))
+      texts.append(' '.join(changed))
+      labels.append(label)
+  return texts, labels
+
+
+def make_examples(
+  captions: Sequence[str],
+  rng: np.random.Generator,
+  lexicon: Lexicon,
+  mixed: bool = True,
+  each_rule: bool = False,
+) -> tuple[list[str], np.ndarray]:
+  """Each distinct caption once clean, plus its corrupted versions.
+
+  A corrupted text that is also one of the clean captions (or already
+  emitted) is left out.
 
   Args:
     captions: raw captions.
     rng: source of the choices.
     lexicon: the corpus's verbs and adverbs.
+    mixed: add one `corrupt` version per caption (a random applicable rule,
+      sometimes two).
+    each_rule: add `single_rule_examples` (one version per applicable rule).
 
   Returns:
     (texts as the checker reads them, float32 labels [len(texts), 6]).
@@ -291,11 +329,17 @@ def make_examples(
   clean = list(dict.fromkeys(' '.join(caption_words(c)) for c in captions if c.strip()))
   seen = set(clean)
   texts, labels = list(clean), [np.zeros(len(CLASS_NAMES), np.float32)] * len(clean)
-  for text in clean:
-    result = corrupt(text.split(), rng, lexicon)
-    if result is not None and ' '.join(result[0]) not in seen:
-      texts.append(' '.join(result[0]))
-      labels.append(result[1])
+  if mixed:
+    for text in clean:
+      result = corrupt(text.split(), rng, lexicon)
+      if result is not None and ' '.join(result[0]) not in seen:
+        seen.add(' '.join(result[0]))
+        texts.append(' '.join(result[0]))
+        labels.append(result[1])
+  if each_rule:
+    more_texts, more_labels = single_rule_examples(clean, rng, lexicon, seen)
+    texts += more_texts
+    labels += more_labels
   return texts, np.stack(labels) if labels else np.zeros((0, len(CLASS_NAMES)), np.float32)
 
 

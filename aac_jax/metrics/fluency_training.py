@@ -68,7 +68,7 @@ class TrainSettings:
     log_every: steps between printed losses (0: none).
   """
 
-  steps: int = 2500
+  steps: int = 4000
   batch_size: int = 64
   lr: float = 2e-3
   weight_decay: float = 0.01

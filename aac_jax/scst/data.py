@@ -47,17 +47,27 @@ def read_train_references(cfg: ml_collections.ConfigDict) -> sources.EvalSplit:
 
 @dataclasses.dataclass(frozen=True)
 class _IndexedClip(grain.transforms.RandomMap):
-  """Clip index -> `audio`, `audio_paddings` (random crop) and `index`."""
+  """Clip index -> `audio`, `audio_paddings` (random crop), `index` and,
+  with a tokenizer, `targets` (one random reference, as the CE pipeline's)."""
 
   source: Any
   max_samples: int
+  tokenizer: Any = None
+  max_tokens: int = 0
 
   def random_map(self, index: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     index = int(index)
-    audio = self.source[index]['audio']
+    record = self.source[index]
+    audio = record['audio']
     start = int(rng.integers(max(len(audio) - self.max_samples, 0) + 1))
     waveform, paddings = clips.fit_audio(audio, self.max_samples, start)
-    return {'audio': waveform, 'audio_paddings': paddings, 'index': np.int32(index)}
+    out = {'audio': waveform, 'audio_paddings': paddings, 'index': np.int32(index)}
+    if self.tokenizer is not None:
+      captions = record['captions']
+      caption = captions[int(pipeline.pick_references(len(captions), 1, rng)[0])]
+      caption = caption.decode('utf-8') if isinstance(caption, bytes) else caption
+      out['targets'] = self.tokenizer.encode_targets(caption, self.max_tokens)
+    return out
 
 
 def make_scst_train_iterator(
@@ -65,6 +75,7 @@ def make_scst_train_iterator(
   global_batch_size: int,
   process_index: int | None = None,
   process_count: int | None = None,
+  tokenizer: Any = None,
 ) -> global_order.GlobalBatches:
   """This process's infinite, checkpointable SCST train iterator.
 
@@ -74,6 +85,9 @@ def make_scst_train_iterator(
     global_batch_size: clips per step over all processes.
     process_index: this process (default `jax.process_index()`).
     process_count: number of processes (default `jax.process_count()`).
+    tokenizer: with one, batches also carry `targets` int32
+      `[b, max_caption_tokens]`, one random reference per clip (for
+      `scst.ce_weight`); the crops are the same either way.
 
   Returns:
     A `GlobalBatches` iterator of dicts: `audio`, `audio_paddings` float32
@@ -84,7 +98,10 @@ def make_scst_train_iterator(
   count = jax.process_count() if process_count is None else process_count
   source = sources.open_source(cfg, cfg.train_split)
   transform = _IndexedClip(
-    source=source, max_samples=int(round(cfg.max_audio_seconds * cfg.sample_rate))
+    source=source,
+    max_samples=int(round(cfg.max_audio_seconds * cfg.sample_rate)),
+    tokenizer=tokenizer,
+    max_tokens=int(cfg.max_caption_tokens),
   )
   seed = pipeline.train_seed(cfg, stream=1)
   examples = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat()

@@ -9,8 +9,9 @@ An SCST step is split around the host-side reward:
    and forms a baseline per sample (`aac_jax.scst.rewards`).
 3. `scst_update_step(state, batch, rollout, rng, ...)`: teacher-forces the
    sampled tokens to recompute log p(sample) with gradients, and applies
-   `loss = -sum(advantage * log p(sample)) / normaliser` through the
-   optimizer.
+   `loss = -sum(advantage * log p(sample)) / normaliser` (plus, with
+   `ce_weight`, that weight times the cross-entropy of one reference caption
+   per clip) through the optimizer.
 
 Both read whole arrays (the global batch, every parameter) and are jitted
 with the mesh's shardings (`aac_jax.train.parallel`); the loss is divided
@@ -154,6 +155,40 @@ def compute_advantages(
   return (adv - mean) / (jnp.sqrt(var) + eps)
 
 
+def _encode(model: nn.Module, params: Any, features, feature_paddings, rng):
+  return model.apply(
+    {'params': params}, features, feature_paddings, method='encode', rngs={'dropout': rng}
+  )
+
+
+def _teacher_forced_logits(model: nn.Module, params: Any, encoded, enc_paddings, tokens, rng):
+  """Logits `[n, L, vocab]` of `tokens` `[n, L]` given one encoder row per token row."""
+  return model.apply(
+    {'params': params},
+    encoded,
+    enc_paddings,
+    tokenizer.shift_right(tokens),
+    method='decode',
+    rngs={'dropout': rng},
+  )
+
+
+def _encoded_sample_log_probs(model, params, encoded, enc_paddings, samples, rng) -> jax.Array:
+  """float32 `[b, K, L]` log p of each sampled token, from the clips' encoder outputs."""
+  b, k, length = samples.shape
+  flat = samples.reshape(b * k, length)
+  logits = _teacher_forced_logits(
+    model,
+    params,
+    decoding.repeat_rows(encoded, k),
+    decoding.repeat_rows(enc_paddings, k),
+    flat,
+    rng,
+  )
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return jnp.take_along_axis(log_probs, flat[..., None], axis=-1)[..., 0].reshape(b, k, length)
+
+
 def sample_token_log_probs(
   model: nn.Module,
   params: Any,
@@ -175,34 +210,50 @@ def sample_token_log_probs(
   Returns:
     float32 `[b, K, L]` log-probabilities (meaningless where samples are PAD).
   """
-  b, k, length = samples.shape
   encode_rng, decode_rng = jax.random.split(rng)
-  encoded, enc_paddings = model.apply(
-    {'params': params}, features, feature_paddings, method='encode', rngs={'dropout': encode_rng}
-  )
-  flat = samples.reshape(b * k, length)
-  logits = model.apply(
-    {'params': params},
-    decoding.repeat_rows(encoded, k),
-    decoding.repeat_rows(enc_paddings, k),
-    tokenizer.shift_right(flat),
-    method='decode',
-    rngs={'dropout': decode_rng},
-  )
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return jnp.take_along_axis(log_probs, flat[..., None], axis=-1)[..., 0].reshape(b, k, length)
+  encoded, enc_paddings = _encode(model, params, features, feature_paddings, encode_rng)
+  return _encoded_sample_log_probs(model, params, encoded, enc_paddings, samples, decode_rng)
 
 
 def _policy_loss(
-  params, batch, samples, advantages, normalizer, rng, *, model, frontend_cfg, sample_rate
+  params,
+  batch,
+  samples,
+  advantages,
+  normalizer,
+  rng,
+  *,
+  model,
+  frontend_cfg,
+  sample_rate,
+  ce_weight,
 ):
-  """The batch's loss over `normalizer`; aux: its sum and `[b, K]` log p."""
+  """The batch's loss; aux: the policy term's sum, `[b, K]` log p and the reference CE.
+
+  loss = -sum(advantage * log p(sample)) / normalizer
+         + ce_weight * (cross-entropy per token of `batch['targets']`),
+  the second term only with `ce_weight > 0` (one reference per clip).
+  """
   features, paddings = train_steps.compute_features(batch, None, frontend_cfg, sample_rate)
-  token_log_probs = sample_token_log_probs(model, params, features, paddings, samples, rng)
+  encode_rng, decode_rng = jax.random.split(rng)
+  encoded, enc_paddings = _encode(model, params, features, paddings, encode_rng)
+  token_log_probs = _encoded_sample_log_probs(
+    model, params, encoded, enc_paddings, samples, decode_rng
+  )
   mask = (samples != tokenizer.PAD_ID).astype(jnp.float32)
   seq_log_probs = jnp.sum(token_log_probs * mask, axis=-1)  # [b, K]
   loss_sum = -jnp.sum(advantages * seq_log_probs)
-  return loss_sum / normalizer, (loss_sum, seq_log_probs)
+  loss = loss_sum / normalizer
+  ce = jnp.float32(0.0)
+  if ce_weight:
+    targets = batch['targets']
+    logits = _teacher_forced_logits(
+      model, params, encoded, enc_paddings, targets, jax.random.fold_in(decode_rng, 1)
+    )
+    ce_sum, ce_tokens = train_steps.token_loss_sum(logits, targets, 0.0)
+    ce = ce_sum / jnp.maximum(ce_tokens, 1.0)
+    loss = loss + ce_weight * ce
+  return loss, (loss_sum, seq_log_probs, ce)
 
 
 def _stats(values: jax.Array) -> dict[str, jax.Array]:
@@ -223,6 +274,7 @@ def scst_update_step(
   sample_rate: int,
   normalize_advantage: bool,
   normalizer: str = 'samples',
+  ce_weight: float = 0.0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One policy-gradient update on the global batch.
 
@@ -256,9 +308,13 @@ def scst_update_step(
   num_tokens = jnp.sum(mask)
   denominator = num_samples if normalizer == 'samples' else jnp.maximum(num_tokens, 1.0)
   loss_fn = functools.partial(
-    _policy_loss, model=model, frontend_cfg=frontend_cfg, sample_rate=sample_rate
+    _policy_loss,
+    model=model,
+    frontend_cfg=frontend_cfg,
+    sample_rate=sample_rate,
+    ce_weight=ce_weight,
   )
-  grads, (loss_sum, seq_log_probs) = jax.grad(loss_fn, has_aux=True)(
+  grads, (loss_sum, seq_log_probs, ce) = jax.grad(loss_fn, has_aux=True)(
     state.params, batch, samples, advantages, denominator, rng
   )
   metrics = {
@@ -267,6 +323,8 @@ def scst_update_step(
     'lr': jnp.asarray(schedule(state.step), jnp.float32),
     **_rollout_metrics(rollout, advantages, seq_log_probs, num_samples, num_tokens),
   }
+  if ce_weight:
+    metrics['ce_loss'] = ce
   return state.apply_gradients(tx, grads), metrics
 
 
@@ -307,13 +365,14 @@ def make_update_step(mesh: Mesh, state_sharding: Any, *, donate: bool = True, **
 
   Returns:
     `step(state, batch, rollout, rng) -> (state, metrics)`; `batch` and
-    `rollout` split over the batch axes.
+    `rollout` split over the batch axes (`batch` with `targets` when
+    `ce_weight` is set).
   """
   body = functools.partial(scst_update_step, **static)
   step = parallel.jit_update_step(body, mesh, state_sharding, 2, donate)
+  keys = ('audio', 'audio_paddings') + (('targets',) if static.get('ce_weight') else ())
 
   def run(state, batch, rollout, rng):
-    audio = {k: batch[k] for k in ('audio', 'audio_paddings')}
-    return step(state, audio, rollout, rng)
+    return step(state, {k: batch[k] for k in keys}, rollout, rng)
 
   return run

@@ -148,6 +148,23 @@ def make_sample_settings(
   return sample, greedy
 
 
+def make_update_fn(exp: trainer.Experiment, ce_weight: float):
+  """The jitted SCST update of `exp` (`steps.make_update_step`), reference CE weighted `ce_weight`."""
+  config = exp.config
+  return scst_steps.make_update_step(
+    exp.mesh,
+    exp.state_sharding,
+    model=exp.train_model,
+    tx=exp.tx,
+    schedule=exp.schedule,
+    frontend_cfg=config.frontend,
+    sample_rate=int(config.dataset.sample_rate),
+    normalize_advantage=bool(config.scst.normalize_advantage),
+    normalizer=config.scst.loss_normalizer,
+    ce_weight=ce_weight,
+  )
+
+
 def create_scst_run(config: ml_collections.ConfigDict, workdir: str) -> ScstRun:
   """Builds the experiment, the reward and the two jitted steps (`config`: see `check_config`)."""
   exp = trainer.start_experiment(config, workdir)
@@ -172,17 +189,7 @@ def create_scst_run(config: ml_collections.ConfigDict, workdir: str) -> ScstRun:
     frontend_cfg=config.frontend,
     sample_rate=sample_rate,
   )
-  update_fn = scst_steps.make_update_step(
-    exp.mesh,
-    exp.state_sharding,
-    model=exp.train_model,
-    tx=exp.tx,
-    schedule=exp.schedule,
-    frontend_cfg=config.frontend,
-    sample_rate=sample_rate,
-    normalize_advantage=bool(config.scst.normalize_advantage),
-    normalizer=config.scst.loss_normalizer,
-  )
+  update_fn = make_update_fn(exp, float(config.scst.ce_weight))
   mask = decoding.repeat_ban_mask_for(exp.tokenizer.tokens, sample_settings)
   mask = jax.device_put(mask, parallel.replicated(exp.mesh))
   sample_rng, update_rng = jax.random.split(jax.random.key(config.seed))
@@ -208,16 +215,15 @@ class _Pending:
   """A batch whose samples are in flight."""
 
   step: int
-  local: dict[str, np.ndarray]  # host batch: audio, audio_paddings, index
-  batch: dict[str, jax.Array]  # the same on the devices (audio only)
+  local: dict[str, np.ndarray]  # host batch: audio, audio_paddings, index (targets)
+  batch: dict[str, jax.Array]  # the same on the devices (no index)
   out: dict[str, jax.Array]  # sample_step outputs
 
 
 def dispatch_samples(run: ScstRun, params: Any, train_iter, step: int) -> _Pending:
   """Draws the next batch and starts sampling it (returns without waiting)."""
   local = next(train_iter)
-  audio = {k: local[k] for k in ('audio', 'audio_paddings')}
-  batch = parallel.shard_batch(audio, run.exp.mesh)
+  batch = parallel.shard_batch({k: v for k, v in local.items() if k != 'index'}, run.exp.mesh)
   out = run.sample_fn(params, batch, run.sample_rng, step, run.repeat_ban_mask)
   return _Pending(step, local, batch, out)
 
@@ -430,7 +436,9 @@ def _run_scst(config: ml_collections.ConfigDict, workdir: str) -> ScstResult:
   stage = trainer.Stage(
     name='SCST',
     make_train_iter=lambda: scst_data.make_scst_train_iterator(
-      config.dataset, config.train.batch_size
+      config.dataset,
+      config.train.batch_size,
+      tokenizer=run.exp.tokenizer if config.scst.ce_weight else None,
     ),
     make_updater=lambda train_iter: ScstUpdater(run, train_iter, times),
     training_captions=training_captions,
