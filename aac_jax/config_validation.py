@@ -340,6 +340,13 @@ def _scst_fluency(s: ml_collections.ConfigDict, p: _Problems) -> None:
     value = s[name]
     p.check(_finite(value) and 0 <= value <= 1, f'scst.{name}', value, 'must be in [0, 1]')
   p.non_negative(s, 'scst', 'ce_weight')
+  p.non_negative(s, 'scst', 'kl_weight')
+  p.check(
+    not (_finite(s.kl_weight) and s.kl_weight > 0 and s.baseline == 'greedy'),
+    'scst.kl_weight',
+    s.kl_weight,
+    "a KL-shaped reward needs scst.baseline='mean_others' (the greedy caption has no sample log p)",
+  )
   if s.fluency in ('hard', 'soft'):
     try:
       folder = fense_models.resolve_model_dir(

@@ -315,6 +315,9 @@ def get_scst_config() -> ml_collections.ConfigDict:
   # Cross-entropy anchor: loss + ce_weight x the cross-entropy per token of one
   # reference caption per clip (0 = off); keeps the data's wording and counts.
   c.ce_weight = 0.0
+  # KL-shaped reward: reward - kl_weight x (log p(sample) - log p_init(sample)), p_init
+  # the init_from (cross-entropy) parameters, frozen; 0 = off ('mean_others' baseline).
+  c.kl_weight = 0.0
   return c
 
 

@@ -21,6 +21,8 @@ Variants (after ':'):
                  (default 0: off).
   ce=W           loss + W x the cross-entropy of one reference per clip
                  (default 0: off).
+  kl=B           reward - B x (log p(sample) - log p_CE(sample)), p_CE the
+                 init_from parameters (default 0: off).
 
 Data, front end and model are the CE config's (the parameters must fit);
 optimizer, steps and everything under `scst` are this stage's own.
@@ -44,6 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       'fluency_dir': 'workdirs/demo_fluency',
       'repetition': '0',
       'ce': '0',
+      'kl': '0',
     },
   )
   ce_arg = f'data={args["data"]}' + (',runlocal' if args['runlocal'] else '')
@@ -67,6 +70,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.scst.fluency_dir = args['fluency_dir']
   config.scst.repetition_penalty = float(args['repetition'])
   config.scst.ce_weight = float(args['ce'])
+  config.scst.kl_weight = float(args['kl'])
 
   # Dropout would make the updated policy differ from the sampled one.
   config.model.dropout = 0.0

@@ -84,6 +84,22 @@ def test_mean_others_baseline_and_advantages(reward_fn):
   np.testing.assert_allclose(np.sum(adv, axis=1), 0.0, atol=1e-5)
 
 
+def test_kl_shaped_reward_subtracts_the_weighted_log_ratio_before_the_baselines(reward_fn):
+  log_ratio = np.array([[0.5, -1.0, 2.0], [0.0, 3.0, -0.25]])
+  scored = rewards.score_rollout(
+    reward_fn, TOKENIZER, SAMPLES, INDEX, 'mean_others', log_ratio=log_ratio, kl_weight=0.2
+  )
+  shaped = EXPECTED_REWARDS - 0.2 * log_ratio
+  np.testing.assert_allclose(scored.rewards, shaped, rtol=1e-6)
+  np.testing.assert_allclose(scored.baselines, rewards.baseline_rewards(shaped, 'mean_others'))
+  np.testing.assert_allclose(scored.terms['kl'], log_ratio.reshape(-1))
+  np.testing.assert_allclose(scored.terms['cider_d'], EXPECTED_REWARDS.reshape(-1), rtol=1e-6)
+  with pytest.raises(ValueError, match='mean_others'):
+    rewards.score_rollout(
+      reward_fn, TOKENIZER, SAMPLES, INDEX, 'greedy', GREEDY, log_ratio=log_ratio, kl_weight=0.2
+    )
+
+
 def test_greedy_baseline_and_advantages(reward_fn):
   scored = rewards.score_rollout(reward_fn, TOKENIZER, SAMPLES, INDEX, 'greedy', GREEDY)
   assert scored.greedy_captions == ['a', 'c e']
@@ -277,9 +293,15 @@ def test_fluency_settings_are_checked_before_any_work(tmp_path, monkeypatch):
   config.scst.fluency, config.scst.fluency_threshold, config.scst.fluency_penalty = 'on', 1.5, -1
   config.scst.repetition_penalty = 2.0
   config.scst.ce_weight = -0.5
+  config.scst.kl_weight, config.scst.baseline = 0.1, 'greedy'
   lines = config_validation.problems(config, 'scst', 8)
   assert 'scst.repetition_penalty=2.0: must be in [0, 1]' in lines, lines
   assert 'scst.ce_weight=-0.5: must be >= 0' in lines, lines
+  assert any(
+    line.startswith("scst.kl_weight=0.1: a KL-shaped reward needs scst.baseline='mean_others'")
+    for line in lines
+  ), lines
+  config.scst.kl_weight, config.scst.baseline = 0.0, 'mean_others'
   config.scst.repetition_penalty = 1.0
   config.scst.ce_weight = synthetic_demo_scst.get_config('runlocal,ce=2.5').scst.ce_weight
   assert config.scst.ce_weight == 2.5

@@ -256,3 +256,18 @@ def test_scst_with_a_reference_cross_entropy_term_logs_it(ce_workdir, tmp_path):
   log = (tmp_path / 'train.log').read_text()
   ce = [float(v) for v in re.findall(r'train/ce_loss=([^,\s]+)', log)]
   assert len(ce) == 2 and all(0 < v < 20 for v in ce), ce
+
+
+def test_kl_shaped_reward_starts_at_zero_and_grows_as_the_policy_moves(ce_workdir, tmp_path):
+  # The reference is the init_from parameters: the first batches (sampled before any
+  # update lands) have log p(sample) equal under both; later ones differ.
+  config = _scst_config(ce_workdir, kl_weight=0.5)
+  config.scst.eval_initial = config.eval.test_at_end = False
+  config.train.eval_every = 0
+  result = scst.run_scst(config, str(tmp_path))
+  assert (result.step, result.reason) == (4, 'finished')
+  log = (tmp_path / 'train.log').read_text()
+  kl = [float(v) for v in re.findall(r'train/reward_kl_mean=([^,\s]+)', log)]
+  assert len(kl) == 4, kl
+  assert abs(kl[0]) < 1e-5 and abs(kl[1]) < 1e-5, kl  # Samples of the CE parameters.
+  assert max(abs(kl[2]), abs(kl[3])) > 1e-4, kl  # After updates (4 steps of lr 1e-4).

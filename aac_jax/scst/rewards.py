@@ -346,6 +346,8 @@ def score_rollout(
   clip_index: np.ndarray,
   baseline: str,
   greedy: np.ndarray | None = None,
+  log_ratio: np.ndarray | None = None,
+  kl_weight: float = 0.0,
 ) -> ScoredRollout:
   """Decodes and scores one batch of samples, and forms the baselines.
 
@@ -356,10 +358,17 @@ def score_rollout(
     clip_index: int `[b]` train clip of each row.
     baseline: 'greedy' or 'mean_others'.
     greedy: int `[b, L]` greedy tokens ('greedy' baseline).
+    log_ratio: float `[b, K]`, log p(sample) under the sampling policy minus
+      under the frozen reference (with `kl_weight`).
+    kl_weight: the reward becomes `reward - kl_weight * log_ratio` (a
+      sample estimate of the KL to the reference, as a reward term),
+      logged as the term `kl`; needs the 'mean_others' baseline.
 
   Returns:
     The `ScoredRollout`.
   """
+  if kl_weight and (log_ratio is None or baseline == 'greedy'):
+    raise ValueError("kl_weight needs log_ratio and the 'mean_others' baseline")
   b, k, _ = samples.shape
   captions = decode_captions(tokenizer, samples)
   clip_index = np.asarray(clip_index).reshape(-1)
@@ -375,6 +384,10 @@ def score_rollout(
   else:
     scores, terms = reward_fn.score(captions, index)
     rewards, greedy_rewards = scores.reshape(b, k), None
+  if kl_weight:
+    log_ratio = np.asarray(log_ratio, np.float64).reshape(b, k)
+    rewards = rewards - kl_weight * log_ratio
+    terms = {**terms, 'kl': log_ratio.reshape(-1)}
   return ScoredRollout(
     rewards=rewards.astype(np.float32),
     baselines=baseline_rewards(rewards, baseline, greedy_rewards),

@@ -129,6 +129,34 @@ def make_sample_step(mesh: Mesh, num_samples: int, **static: Any):
   return run
 
 
+def make_reference_log_prob_step(
+  mesh: Mesh, *, model: nn.Module, frontend_cfg: ml_collections.ConfigDict, sample_rate: int
+):
+  """Jits log p(sample) `[b, K]` under other (frozen reference) parameters.
+
+  Args:
+    mesh: the `('data', 'fsdp', 'tensor')` mesh.
+    model: the decoding-mode `Captioner` (no dropout).
+    frontend_cfg: `config.frontend`.
+    sample_rate: `config.dataset.sample_rate`.
+
+  Returns:
+    `fn(params, batch, samples) -> float32 [b, K]`: each sample's summed
+    token log-probabilities (EOS included), split over the batch axes.
+  """
+
+  @functools.partial(jax.jit, out_shardings=parallel.batch_sharding(mesh))
+  def run(params, batch, samples):
+    audio = parallel.constrain_batch({k: batch[k] for k in ('audio', 'audio_paddings')}, mesh)
+    features, paddings = train_steps.compute_features(audio, None, frontend_cfg, sample_rate)
+    token_log_probs = sample_token_log_probs(
+      model, params, features, paddings, samples, jax.random.key(0)
+    )
+    return jnp.sum(token_log_probs * (samples != tokenizer.PAD_ID), axis=-1)
+
+  return run
+
+
 def compute_advantages(
   rewards: jax.Array,
   baselines: jax.Array,

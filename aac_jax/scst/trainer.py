@@ -39,7 +39,7 @@ from aac_jax.data.sources import EvalSplit
 from aac_jax.scst import data as scst_data
 from aac_jax.scst import rewards as rewards_lib
 from aac_jax.scst import steps as scst_steps
-from aac_jax.train import evaluation, logs, parallel, trainer
+from aac_jax.train import checkpointing, evaluation, logs, parallel, trainer
 from aac_jax.train.state import TrainState
 
 INITIAL_SCORES_FILE = 'scst_initial.json'
@@ -88,6 +88,8 @@ class ScstRun:
   repeat_ban_mask: jax.Array
   sample_rng: jax.Array
   update_rng: jax.Array
+  reference_fn: Any = None  # With scst.kl_weight: log p(sample) under `reference_params`.
+  reference_params: Any = None  # The init_from parameters (`load_reference_params`).
 
   @property
   def config(self) -> ml_collections.ConfigDict:
@@ -193,7 +195,27 @@ def create_scst_run(config: ml_collections.ConfigDict, workdir: str) -> ScstRun:
   mask = decoding.repeat_ban_mask_for(exp.tokenizer.tokens, sample_settings)
   mask = jax.device_put(mask, parallel.replicated(exp.mesh))
   sample_rng, update_rng = jax.random.split(jax.random.key(config.seed))
-  return ScstRun(exp, references, reward_fn, sample_fn, update_fn, mask, sample_rng, update_rng)
+  reference_fn = None
+  if config.scst.kl_weight:
+    reference_fn = scst_steps.make_reference_log_prob_step(
+      exp.mesh, model=exp.eval_model, frontend_cfg=config.frontend, sample_rate=sample_rate
+    )
+  return ScstRun(
+    exp, references, reward_fn, sample_fn, update_fn, mask, sample_rng, update_rng, reference_fn
+  )
+
+
+def load_reference_params(run: ScstRun, params: Any) -> None:
+  """Sets `run.reference_params` to the init_from run's parameters, laid out as `params`.
+
+  Read from init_from (not taken from a fresh state) so a resumed run
+  shapes its reward against the same reference.
+  """
+  target = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), params
+  )
+  train_cfg = run.config.train
+  run.reference_params = checkpointing.restore_params(train_cfg.init_from, train_cfg, target)[0]
 
 
 def local_rows(x: jax.Array) -> np.ndarray:
@@ -225,6 +247,8 @@ def dispatch_samples(run: ScstRun, params: Any, train_iter, step: int) -> _Pendi
   local = next(train_iter)
   batch = parallel.shard_batch({k: v for k, v in local.items() if k != 'index'}, run.exp.mesh)
   out = run.sample_fn(params, batch, run.sample_rng, step, run.repeat_ban_mask)
+  if run.reference_fn is not None:
+    out['reference_log_probs'] = run.reference_fn(run.reference_params, batch, out['samples'])
   return _Pending(step, local, batch, out)
 
 
@@ -236,7 +260,10 @@ def score_pending(run: ScstRun, pending: _Pending) -> tuple[rewards_lib.ScoredRo
     `update_fn` (device arrays) and `{'sample_wait_s', 'reward_s'}`.
   """
   t0 = time.perf_counter()
-  host = {k: local_rows(v) for k, v in pending.out.items() if k in ('samples', 'greedy')}
+  host = {k: local_rows(v) for k, v in pending.out.items() if k != 'sample_log_probs'}
+  log_ratio = None
+  if 'reference_log_probs' in host:
+    log_ratio = local_rows(pending.out['sample_log_probs']) - host['reference_log_probs']
   t1 = time.perf_counter()
   scored = rewards_lib.score_rollout(
     run.reward_fn,
@@ -245,6 +272,8 @@ def score_pending(run: ScstRun, pending: _Pending) -> tuple[rewards_lib.ScoredRo
     pending.local['index'],
     run.config.scst.baseline,
     host.get('greedy'),
+    log_ratio=log_ratio,
+    kl_weight=float(run.config.scst.kl_weight),
   )
   rollout = parallel.shard_batch(
     {'rewards': scored.rewards, 'baselines': scored.baselines}, run.exp.mesh
@@ -431,6 +460,8 @@ def _run_scst(config: ml_collections.ConfigDict, workdir: str) -> ScstResult:
   training_captions = [c for refs in run.references.references for c in refs]
 
   def before_loop(evaluator, state, fresh):
+    if run.reference_fn is not None:
+      load_reference_params(run, state.params)
     initial.update(initial_scores(run, evaluator, state, fresh))
 
   stage = trainer.Stage(
