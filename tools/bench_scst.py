@@ -11,11 +11,11 @@ clips, and times:
   host scores batch t), as `run_scst` runs them.
 
 With `scst.fluency` on (the reward's fluency term), a repetition term
-(`scst.repetition_penalty` > 0) or the reference cross-entropy term
-(`scst.ce_weight` > 0), the same measurements run without the terms and
-with them, interleaved `--rounds` times (best of each); the host reward's
-extra time and the step-time ratios are printed. The reward
-share is host reward time / step time. Parameters are the
+(`scst.repetition_penalty` > 0), the reference cross-entropy term
+(`scst.ce_weight` > 0) or the KL term (`scst.kl_weight` > 0), the same
+measurements run without the terms and with them, interleaved `--rounds`
+times (best of each); the host reward's extra time and the step-time ratios
+are printed. The reward share is host reward time / step time. Parameters are the
 `init_from` run's (best checkpoint) when given, else a fresh initialisation
 (an untrained model samples long captions: the slowest case for the reward).
 
@@ -121,13 +121,15 @@ def time_loop(run, state, train_iter, steps: int, pipeline: bool):
 
 
 def plain_reward_run(run: scst_trainer.ScstRun) -> scst_trainer.ScstRun:
-  """The same run without the fluency, repetition and reference CE terms (side by side)."""
+  """The same run without the fluency, repetition, reference CE and KL terms (side by side)."""
   config = run.config
   reward_fn = rewards_lib.CaptionReward(
     run.references, rewards_lib.reward_weights(config.scst), config.scst.spice_jars or None
   )
   update_fn = scst_trainer.make_update_fn(run.exp, 0.0) if config.scst.ce_weight else run.update_fn
-  return dataclasses.replace(run, reward_fn=reward_fn, update_fn=update_fn)
+  return dataclasses.replace(
+    run, reward_fn=reward_fn, update_fn=update_fn, reference_fn=None, reference_params=None
+  )
 
 
 def time_run(run, state, train_iter, steps: int):
@@ -150,6 +152,8 @@ def main(argv):
     config = scst_trainer.check_config(config)
     run = scst_trainer.create_scst_run(config, workdir)
     state = initial_state(run)
+    if run.reference_fn is not None:  # The KL term's frozen reference: init_from's parameters.
+      scst_trainer.load_reference_params(run, state.params)
     train_iter = scst_data.make_scst_train_iterator(  # Targets feed the CE term, if on.
       config.dataset, config.train.batch_size, tokenizer=run.exp.tokenizer
     )
@@ -157,18 +161,20 @@ def main(argv):
     print(
       f'batch {b} clips x {k} samples, baseline {config.scst.baseline}, reward {config.scst.reward}'
       f', fluency {config.scst.fluency}, repetition penalty {config.scst.repetition_penalty}'
-      f', reference CE weight {config.scst.ce_weight}'
+      f', reference CE weight {config.scst.ce_weight}, KL weight {config.scst.kl_weight}'
     )
     # With a fluency or repetition term, the same run without them first (same batches'
     # kind, same compiled steps): the terms' cost side by side.
-    terms = [f'fluency ({config.scst.fluency})'] if config.scst.fluency != 'off' else []
+    terms = [f'x fluency ({config.scst.fluency})'] if config.scst.fluency != 'off' else []
     if config.scst.repetition_penalty:
-      terms.append(f'repetition ({config.scst.repetition_penalty:g})')
+      terms.append(f'x repetition ({config.scst.repetition_penalty:g})')
     if config.scst.ce_weight:
       terms.append(f'+ reference CE ({config.scst.ce_weight:g})')
+    if config.scst.kl_weight:
+      terms.append(f'- KL ({config.scst.kl_weight:g})')
     runs = {'reward': run}
     if terms:
-      runs = {config.scst.reward: plain_reward_run(run), ' x '.join(['', *terms]).strip(): run}
+      runs = {config.scst.reward: plain_reward_run(run), ' '.join(terms): run}
     rows = {}
     # Interleaved rounds, the best of each (a busy machine's noise hits both alike).
     # The update donates the state: each measurement continues from the last.

@@ -272,8 +272,8 @@ def score_pending(run: ScstRun, pending: _Pending) -> tuple[rewards_lib.ScoredRo
     pending.local['index'],
     run.config.scst.baseline,
     host.get('greedy'),
-    log_ratio=log_ratio,
-    kl_weight=float(run.config.scst.kl_weight),
+    log_ratio=log_ratio,  # None: a run without a reference (`create_scst_run`: kl_weight 0).
+    kl_weight=0.0 if log_ratio is None else float(run.config.scst.kl_weight),
   )
   rollout = parallel.shard_batch(
     {'rewards': scored.rewards, 'baselines': scored.baselines}, run.exp.mesh
