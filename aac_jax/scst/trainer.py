@@ -5,8 +5,11 @@ trainer's `run_stage` (experiment, resume order, the one loop, evaluation,
 checkpoints, preemption) with this module's update, `ScstUpdater`:
 
   device: sample K captions per clip (+ greedy)   `steps.make_sample_step`
-  host:   decode, reward, baseline                `rewards.score_rollout`
+          (+ their log p under the frozen init_from parameters, with
+          `scst.kl_weight`: `steps.make_reference_log_prob_step`)
+  host:   decode, reward (- KL term), baseline    `rewards.score_rollout`
   device: -advantage * log p(sample) update       `steps.make_update_step`
+          (+ `scst.ce_weight` x reference cross-entropy)
 
 Pipelining (`config.scst.pipeline`, on by default): the samples of batch
 t + 1 are dispatched (asynchronously) before the host scores batch t, so
